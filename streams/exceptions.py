@@ -1,0 +1,14 @@
+"""The project's root error; every area's errors derive from it so the CLI can tell a user
+mistake (print one line, exit non-zero) from a bug (let the traceback through)."""
+
+
+class EstopError(Exception):
+    """Base of every error estop raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(EstopError):
+    """A bad command or bad input from the user: nothing was written."""
+
+    exit_code = 2

@@ -1,0 +1,75 @@
+"""Client construction in one place: shared config, quiet librdkafka logs, bounded waits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+from streams.kafka.exceptions import KafkaUnavailableError
+from streams.settings import Settings
+
+# librdkafka reports every refused connection; route it through logging so callers decide.
+RDKAFKA_LOG = logging.getLogger("estop.librdkafka")
+
+
+def process_id(role: str) -> str:
+    """Identity of this process in acks and in consumer-group membership (``client.id``)."""
+    return f"{role}@{socket.gethostname()}:{os.getpid()}"
+
+
+def _base(settings: Settings, extra: dict[str, Any]) -> dict[str, Any]:
+    conf: dict[str, Any] = dict(settings.client_config())
+    conf["logger"] = RDKAFKA_LOG
+    conf.update(extra)
+    return conf
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient(_base(settings, {}))
+
+
+def producer(settings: Settings, **extra: Any) -> Producer:
+    conf = {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1000000,
+    }
+    conf.update(extra)
+    return Producer(_base(settings, conf))
+
+
+def consumer(settings: Settings, **extra: Any) -> Consumer:
+    conf = {
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "fetch.wait.max.ms": 50,
+    }
+    conf.update(extra)
+    if "group.id" not in conf:
+        # Assign-only consumers (control view, readers) never join a group, but librdkafka
+        # still requires a group id; a throwaway one keeps them out of every real group.
+        conf["group.id"] = f"estop-reader-{os.getpid()}-{id(conf)}"
+    return Consumer(_base(settings, conf))
+
+
+def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> int:
+    """Return the number of brokers once one answers a metadata request, or raise."""
+    timeout = settings.admin_timeout_s if timeout_s is None else timeout_s
+    try:
+        metadata = admin(settings).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s "
+            f"({exc.args[0].str() if exc.args else exc}); start one with `estop broker start` "
+            "or point ESTOP_BOOTSTRAP_SERVERS at your cluster"
+        ) from exc
+    return len(metadata.brokers)

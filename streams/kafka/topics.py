@@ -1,0 +1,113 @@
+"""The topic plan and ``estop topics create``: idempotent, and loud about drift."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import ConfigResource, NewTopic
+
+from streams.kafka.clients import admin, wait_for_broker
+from streams.models import CHANNELS
+from streams.settings import Settings
+
+DAY_MS = 24 * 3600 * 1000
+
+# Compacted topics: roll segments hourly so the cleaner can run, keep tombstones a week so a
+# process that was down for days still sees them, compact as soon as a tenth is dirty.
+COMPACTED = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(3600 * 1000),
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": str(7 * DAY_MS),
+    "min.compaction.lag.ms": "0",
+}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TopicReport:
+    created: list[str] = field(default_factory=list)
+    existed: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+
+
+def plan(settings: Settings) -> list[TopicSpec]:
+    """Every topic the pipeline uses, with its partitions and config."""
+    t = settings.topics
+    data = settings.partitions
+    specs = [
+        TopicSpec(t.control, settings.control_partitions, dict(COMPACTED)),
+        TopicSpec(t.status, 1, dict(COMPACTED)),
+        TopicSpec(t.acks, 1, {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)}),
+        *(TopicSpec(t.send_requests(c), data) for c in CHANNELS),
+        *(TopicSpec(t.dispatch(c), data) for c in CHANNELS),
+        TopicSpec(t.sent, data),
+        TopicSpec(t.notsent, data),
+    ]
+    dead_letters = [
+        TopicSpec(t.dead_letter(s.name), 1, {"retention.ms": str(14 * DAY_MS)}) for s in specs
+    ]
+    return specs + dead_letters
+
+
+def create_topics(settings: Settings, say: Callable[[str], None] = print) -> TopicReport:
+    """Create what is missing; report what existed and what differs from the plan."""
+    wait_for_broker(settings)
+    client = admin(settings)
+    timeout = settings.admin_timeout_s
+    existing = client.list_topics(timeout=timeout).topics
+    specs = plan(settings)
+    report = TopicReport()
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        futures = client.create_topics(
+            [NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config)
+             for s in missing],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+                report.created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+                report.existed.append(name)  # created concurrently by another process
+    present = [s for s in specs if s.name in existing]
+    report.existed.extend(s.name for s in present)
+    report.drift.extend(_drift(client, present, existing, timeout))
+    for name in report.created:
+        say(f"created  {name}")
+    for name in report.existed:
+        say(f"exists   {name}")
+    for line in report.drift:
+        say(f"DIFFERS  {line}")
+    return report
+
+
+def _drift(client, specs: list[TopicSpec], existing: dict, timeout: float) -> list[str]:  # type: ignore[no-untyped-def]
+    lines = []
+    for spec in specs:
+        actual = len(existing[spec.name].partitions)
+        if actual != spec.partitions:
+            lines.append(f"{spec.name}: {actual} partitions, settings say {spec.partitions}")
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs if s.config]
+    if not resources:
+        return lines
+    by_name = {s.name: s for s in specs}
+    for resource, future in client.describe_configs(resources, request_timeout=timeout).items():
+        entries = future.result()
+        for key, wanted in by_name[resource.name].config.items():
+            actual_value = entries[key].value if key in entries else None
+            if actual_value != wanted:
+                lines.append(f"{resource.name}: {key}={actual_value}, settings say {wanted}")
+    return lines

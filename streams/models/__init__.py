@@ -1,0 +1,48 @@
+"""Domain vocabulary: channels, their event names, pipeline stages, lifecycle states."""
+
+from __future__ import annotations
+
+from typing import Final
+
+CHANNELS: Final = ("email", "sms", "push", "webpush")
+
+# Event names per channel, as analytics consumers know them (the brief's table).
+SENT_EVENT: Final = {
+    "email": "message.sent",
+    "sms": "sms.sent",
+    "push": "push.sent",
+    "webpush": "webpush.sent",
+}
+NOT_SENT_EVENT: Final = {
+    "email": "message.notSent",
+    "sms": "sms.notSent",
+    "push": "push.notSent",
+    "webpush": "webpush.notSent",
+}
+
+STAGE_SENDING: Final = "sending"
+STAGE_PROVIDER: Final = "provider"
+STAGES: Final = (STAGE_SENDING, STAGE_PROVIDER)
+
+ACTION_STOP: Final = "stop"
+
+STATE_SENDING: Final = "Sending"
+STATE_FINISHED: Final = "Finished"
+STATE_STOPPED: Final = "Stopped"
+STOPPABLE_STATES: Final = (STATE_SENDING, STATE_FINISHED)
+
+# Headers every data-plane record carries so a stage can route without decoding the value.
+HEADER_CAMPAIGN: Final = "campaign_id"
+HEADER_CHANNEL: Final = "channel"
+HEADER_ERROR: Final = "estop.error"
+HEADER_SOURCE_TOPIC: Final = "estop.source.topic"
+HEADER_SOURCE_PARTITION: Final = "estop.source.partition"
+HEADER_SOURCE_OFFSET: Final = "estop.source.offset"
+
+
+def check_channels(channels: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Validate channel names given by a user; raises ValueError naming the bad one."""
+    for channel in channels:
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r} (expected one of {', '.join(CHANNELS)})")
+    return tuple(dict.fromkeys(channels))

@@ -1,0 +1,114 @@
+"""The one place the environment is read. Every setting is ``ESTOP_<NAME>``."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.models import CHANNELS
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Broker, topics, storage and worker tuning; defaults run everything on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="ESTOP_", extra="ignore")
+
+    # Where the broker is. Set by the user -> used as is; otherwise tests/demo/bench pick one.
+    bootstrap_servers: str = "localhost:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    schema_registry_url: str | None = None
+
+    # Topics.
+    topic_prefix: str = ""
+    partitions: int = Field(default=6, ge=1)
+    control_partitions: int = Field(default=1, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    # Local files: broker data and logs, provider ledgers, analytics store.
+    data_dir: Path = PROJECT_ROOT / ".data"
+    cache_dir: Path = PROJECT_ROOT / ".cache"
+
+    # Local broker recipe.
+    kafka_version: str = "4.1.1"
+    broker_port: int = 9092
+    controller_port: int = 9093
+    broker_heap: str = "1g"
+    broker_start_timeout_s: float = Field(default=90.0, gt=0)
+
+    # How long an admin call may wait for an unreachable broker.
+    admin_timeout_s: float = Field(default=15.0, gt=0)
+
+    # Data plane tuning.
+    batch_size: int = Field(default=2000, ge=1)
+    poll_timeout_s: float = Field(default=0.2, gt=0)
+    # Commands older than this when a process first reads them are applied but not acknowledged:
+    # a fresh process would otherwise flood the ack topic with the whole control history.
+    ack_recent_s: float = Field(default=600.0, ge=0)
+
+    # Simulated providers (one per channel): messages per second and time spent "processing".
+    provider_rate: float = Field(default=20000.0, gt=0)
+    provider_delay_s: float = Field(default=2.0, ge=0)
+
+    @cached_property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings shared by every client this process creates."""
+        conf = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        return conf
+
+
+class Topics:
+    """Topic names, derived from one optional prefix so tests can isolate themselves."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.control = f"{prefix}campaign-control"
+        self.status = f"{prefix}campaign-status"
+        self.acks = f"{prefix}campaign-control-acks"
+        self.sent = f"{prefix}sent"
+        self.notsent = f"{prefix}notsent"
+
+    def send_requests(self, channel: str) -> str:
+        return f"{self.prefix}send-requests.{channel}"
+
+    def dispatch(self, channel: str) -> str:
+        return f"{self.prefix}dispatch.{channel}"
+
+    @staticmethod
+    def dead_letter(topic: str) -> str:
+        return f"{topic}.dlq"
+
+    def inputs(self) -> list[str]:
+        """Every topic some estop process consumes; each gets a dead-letter topic."""
+        return [
+            self.control,
+            self.status,
+            self.acks,
+            *(self.send_requests(c) for c in CHANNELS),
+            *(self.dispatch(c) for c in CHANNELS),
+            self.sent,
+            self.notsent,
+        ]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; overrides win (tests and the CLI use them)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
