@@ -4,13 +4,16 @@ code; only bugs show a traceback."""
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from streams.exceptions import EstopError
+from streams.exceptions import EstopError, UsageError
 from streams.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,3 +106,187 @@ def topics_create(settings: Settings) -> None:
     report = create_topics(settings, click.echo)
     click.echo(f"{len(report.created)} created, {len(report.existed)} existed, "
                f"{len(report.drift)} differ from the settings")
+
+
+# -- data plane ---------------------------------------------------------------------------------
+
+CHANNEL_OPTION = click.Choice(["email", "sms", "push", "webpush"])
+
+
+@main.command()
+@click.option("--role", "roles", multiple=True, type=click.Choice(["gate", "dispatcher"]),
+              help="Run only these roles (default: every gate and dispatcher).")
+@click.option("--channel", "channels", multiple=True, type=CHANNEL_OPTION,
+              help="Run only these channels (default: all four).")
+@click.pass_obj
+@handles_errors
+def worker(settings: Settings, roles: tuple[str, ...], channels: tuple[str, ...]) -> None:
+    """Run gates and dispatchers; SIGTERM shuts down cleanly."""
+    from streams.models import CHANNELS
+    from streams.worker import ROLES, run_worker
+
+    def announce(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    sys.exit(run_worker(settings, roles or ROLES, channels or CHANNELS, announce))
+
+
+@main.command()
+@click.option("--campaign", "campaign_id", required=True, help="Campaign id.")
+@click.option("--channel", "channels", multiple=True, type=CHANNEL_OPTION, required=True)
+@click.option("--recipients", type=click.IntRange(min=1), required=True)
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Recipients queued per second (default: as fast as Kafka takes them).")
+@click.pass_obj
+@handles_errors
+def launch(settings: Settings, campaign_id: str, channels: tuple[str, ...], recipients: int,
+           rate: float | None) -> None:
+    """Queue a campaign the way the campaign engine would (Sending, requests, Finished)."""
+    from rich.progress import Progress
+
+    from streams.campaigns.launcher import launch as run_launch
+    from streams.kafka.clients import wait_for_broker
+    from streams.serde import serdes_for
+
+    wait_for_broker(settings)
+    channel_list = list(dict.fromkeys(channels))
+    with Progress(transient=False) as progress:
+        task = progress.add_task(f"queueing {campaign_id}", total=recipients * len(channel_list))
+        result = run_launch(settings, serdes_for(settings.schema_registry_url), campaign_id,
+                            channel_list, recipients, rate,
+                            progress=lambda n: progress.advance(task, n))
+    click.echo(f"{campaign_id}: {result.state}; queued "
+               + ", ".join(f"{c} {n:,}" for c, n in result.queued.items()))
+    for channel, count in result.never_queued.items():
+        click.echo(f"  {channel}: {count:,} never queued (reported as notSent, stage sending)")
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option("--reason", required=True, help="Why the campaign is stopped (shown everywhere).")
+@click.option("--channel", "channels", multiple=True,
+              help="Stop only these channels (default: every channel).")
+@click.option("--by", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
+              help="Who stops it.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to wait for every live worker to confirm.")
+@click.option("--force", is_flag=True, help="Stop a campaign not (yet) seen Sending or Finished.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_obj
+@handles_errors
+def stop(settings: Settings, campaign_id: str, reason: str, channels: tuple[str, ...], by: str,
+         timeout_s: float, force: bool, as_json: bool) -> None:
+    """Stop a campaign on every channel (or some) and wait until it is confirmed."""
+    from streams.control.exceptions import StopNotConfirmedError
+    from streams.control.stop import issue_stop
+    from streams.serde import serdes_for
+
+    result = issue_stop(settings, serdes_for(settings.schema_registry_url), campaign_id, reason,
+                        list(channels), by, timeout_s, force)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    elif result.already_stopped:
+        click.echo(f"{campaign_id} is already stopped on {', '.join(result.channels)} "
+                   f"(command {result.command_id}); nothing written")
+    else:
+        state = "confirmed" if result.confirmed else "NOT confirmed"
+        click.echo(f"stop {result.command_id} for {campaign_id} ({', '.join(result.channels)}): "
+                   f"{state} after {result.confirm_s:.3f}s")
+        for ack in result.acks:
+            click.echo(f"  {ack.process_id:<40} applied after {ack.propagation_ms:>5} ms, "
+                       f"halted {ack.halted:,} at its provider")
+        for missing in sorted(set(result.live) - {a.process_id for a in result.acks}):
+            click.echo(f"  {missing:<40} has not acknowledged")
+        if not result.live:
+            click.echo("  no gate or dispatcher is running; every worker that starts will "
+                       "read the stop before its first request")
+        click.echo(f"  halted at providers so far: {result.halted:,}")
+    if not result.confirmed:
+        raise StopNotConfirmedError(
+            f"stop of {campaign_id} not confirmed within {timeout_s:g}s; it stays in force"
+        )
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_obj
+@handles_errors
+def status(settings: Settings, campaign_id: str, as_json: bool) -> None:
+    """Lifecycle state and per-channel counts of a campaign."""
+    from streams.campaigns.status import campaign_status
+    from streams.kafka.clients import wait_for_broker
+    from streams.serde import serdes_for
+
+    wait_for_broker(settings)
+    report = campaign_status(settings, serdes_for(settings.schema_registry_url), campaign_id)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"{campaign_id}: {report['state']}")
+    click.echo(f"  {'channel':<8} {'requested':>10} {'passed gate':>12} {'handed':>10} "
+               f"{'sent':>10} {'notSent@sending':>16} {'notSent@provider':>17} {'pending':>9}")
+    for channel, c in report["channels"].items():
+        click.echo(f"  {channel:<8} {c['requested']:>10,} {c['passed_gate']:>12,} "
+                   f"{c['handed_to_provider']:>10,} {c['sent']:>10,} "
+                   f"{c['not_sent']['sending']:>16,} {c['not_sent']['provider']:>17,} "
+                   f"{c['pending']:>9,}")
+    for s in report["stops"]:
+        click.echo(f"  stopped {', '.join(s['channels'])} by {s['requested_by']} at "
+                   f"{_when(s['requested_at'])}: {s['reason']} (command {s['command_id']})")
+
+
+def _when(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+@main.command()
+@click.option("--recipients", type=click.IntRange(min=1), default=500_000, show_default=True)
+@click.option("--stop-after", type=click.IntRange(min=0), default=50_000, show_default=True,
+              help="Stop once this many messages were sent.")
+@click.option("--channels", "channels", multiple=True, type=CHANNEL_OPTION,
+              help="Channels of the campaign (default: email).")
+@click.option("--provider-rate", type=click.FloatRange(min=1), default=5000.0, show_default=True,
+              help="Messages per second each simulated provider accepts.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handles_errors
+def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[str, ...],
+         provider_rate: float, as_json: bool) -> None:
+    """The seed's scenario: a 500,000-recipient email campaign stopped after about 50,000 sent."""
+    from rich.progress import Progress
+
+    from streams.demo import run_demo
+
+    channel_list = list(dict.fromkeys(channels)) or ["email"]
+    if stop_after >= recipients * len(channel_list):
+        raise UsageError("--stop-after must be smaller than the number of planned messages")
+    settings = settings.model_copy(update={"provider_rate": provider_rate,
+                                           "provider_delay_s": 1.0})
+    with Progress(transient=as_json) as progress:
+        result = run_demo(settings, recipients, stop_after, channel_list,
+                          say=progress.console.print if not as_json else _say, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return
+    stop_line = (f"{result.stop.confirm_s:.3f}s by {len(result.stop.acks)} process(es)"
+                 if result.stop and result.stop.confirmed else "NOT confirmed")
+    click.echo("")
+    click.echo(f"campaign {result.campaign_id} ({', '.join(channel_list)}), stopped while "
+               f"{result.state_at_stop}")
+    click.echo(f"  planned                      {result.planned:>10,}")
+    click.echo(f"  sent                         {result.sent:>10,}")
+    click.echo(f"  notSent, stage sending       {result.not_sent.get('sending', 0):>10,}")
+    click.echo(f"  notSent, stage provider      {result.not_sent.get('provider', 0):>10,}")
+    click.echo(f"  total outcomes               {result.total:>10,}")
+    click.echo(f"  stop confirmed in            {stop_line}")
+    click.echo(f"  all outcomes in after stop   {result.outcomes_complete_s or 0:.1f}s")
+    click.echo(f"  handoffs after confirmation  {result.handoffs_after_confirmation:>10,}")
+    if result.total != result.planned or result.handoffs_after_confirmation:
+        raise EstopError("the demo's accounting does not add up (see above)")

@@ -92,6 +92,16 @@ class Topics:
     def dispatch(self, channel: str) -> str:
         return f"{self.prefix}dispatch.{channel}"
 
+    def gate_group(self, channel: str) -> str:
+        return f"{self.prefix}estop-gate-{channel}"
+
+    def dispatcher_group(self, channel: str) -> str:
+        return f"{self.prefix}estop-dispatcher-{channel}"
+
+    def data_plane_groups(self) -> list[str]:
+        """Groups whose live members must acknowledge a stop before it counts as confirmed."""
+        return [g for c in CHANNELS for g in (self.gate_group(c), self.dispatcher_group(c))]
+
     @staticmethod
     def dead_letter(topic: str) -> str:
         return f"{topic}.dlq"

@@ -81,7 +81,7 @@ class LocalBroker:
             str(self.home / "server.properties"),
         ]
         started = time.monotonic()
-        process = subprocess.Popen(  # noqa: S603 - fixed command line
+        process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -135,7 +135,7 @@ class LocalBroker:
         self.say(f"resolving Apache Kafka {self.version} jars from Maven Central (once)")
         self.libs.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix="libs-", dir=self.libs.parent))
-        result = subprocess.run(  # noqa: S603
+        result = subprocess.run(
             [mvn, "-q", "-B", "-f", str(RECIPE / "pom.xml"), "dependency:copy-dependencies",
              "-DincludeScope=runtime", f"-Dkafka.version={self.version}",
              f"-DoutputDirectory={staging}"],
@@ -165,7 +165,7 @@ class LocalBroker:
         self._storage_tool(java, ["format", "-t", cluster_id, "-c", str(self.home / "server.properties")])
 
     def _storage_tool(self, java: str, args: list[str]) -> str:
-        result = subprocess.run(  # noqa: S603
+        result = subprocess.run(
             [java, f"-Dlog4j2.configurationFile={RECIPE / 'log4j2.properties'}",
              f"-Dkafka.logs.dir={self.home / 'logs'}", "-cp", f"{self.libs}/*",
              "kafka.tools.StorageTool", *args],

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.settings import Settings
+
+# What confluent-kafka accepts as record headers.
+Headers = list[tuple[str, str | bytes | None]]
 
 # librdkafka reports every refused connection; route it through logging so callers decide.
 RDKAFKA_LOG = logging.getLogger("estop.librdkafka")
@@ -52,6 +55,9 @@ def consumer(settings: Settings, **extra: Any) -> Consumer:
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
         "fetch.wait.max.ms": 50,
+        # A killed worker leaves its group (and the live set a stop waits for) within 10 s.
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 1000,
     }
     conf.update(extra)
     if "group.id" not in conf:
@@ -73,3 +79,17 @@ def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> int:
             "or point ESTOP_BOOTSTRAP_SERVERS at your cluster"
         ) from exc
     return len(metadata.brokers)
+
+
+def headers_of(message: Message) -> Headers:
+    """A consumed record's headers as a list (librdkafka hands back a list of pairs)."""
+    return list(cast(Headers, message.headers() or []))
+
+
+def take(source: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
+    """Up to ``max_messages`` without waiting once something is there: ``consume`` alone waits
+    out its whole timeout for a full batch, which would add that timeout to a stop's latency."""
+    first = source.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *source.consume(max_messages - 1, timeout=0)] if max_messages > 1 else [first]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.kafka.clients import admin, wait_for_broker
 from streams.models import CHANNELS
@@ -83,7 +85,13 @@ def create_topics(settings: Settings, say: Callable[[str], None] = print) -> Top
                     raise
                 report.existed.append(name)  # created concurrently by another process
     present = [s for s in specs if s.name in existing]
+    raced = [s for s in missing if s.name in report.existed]
     report.existed.extend(s.name for s in present)
+    if raced:
+        # Topics that appeared after our metadata snapshot are checked for drift too, once the
+        # broker's metadata shows them.
+        existing = _metadata_showing(client, [s.name for s in raced], timeout)
+        present.extend(s for s in raced if s.name in existing)
     report.drift.extend(_drift(client, present, existing, timeout))
     for name in report.created:
         say(f"created  {name}")
@@ -92,6 +100,16 @@ def create_topics(settings: Settings, say: Callable[[str], None] = print) -> Top
     for line in report.drift:
         say(f"DIFFERS  {line}")
     return report
+
+
+def _metadata_showing(client: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
+    """Topic metadata once it lists ``names`` (or as it is when ``timeout`` runs out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics: dict[str, Any] = client.list_topics(timeout=timeout).topics
+        if all(name in topics for name in names) or time.monotonic() > deadline:
+            return topics
+        time.sleep(0.1)
 
 
 def _drift(client, specs: list[TopicSpec], existing: dict, timeout: float) -> list[str]:  # type: ignore[no-untyped-def]

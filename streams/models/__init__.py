@@ -34,6 +34,7 @@ STOPPABLE_STATES: Final = (STATE_SENDING, STATE_FINISHED)
 # Headers every data-plane record carries so a stage can route without decoding the value.
 HEADER_CAMPAIGN: Final = "campaign_id"
 HEADER_CHANNEL: Final = "channel"
+HEADER_STAGE: Final = "stage"
 HEADER_ERROR: Final = "estop.error"
 HEADER_SOURCE_TOPIC: Final = "estop.source.topic"
 HEADER_SOURCE_PARTITION: Final = "estop.source.partition"

@@ -43,7 +43,7 @@ class Schema:
     def __init__(self, definition: Mapping[str, Any]) -> None:
         self.definition = dict(definition)
         self.name: str = self.definition["name"]
-        self.parsed = fastavro.parse_schema(self.definition, _write_hint=False)
+        self.parsed = fastavro.parse_schema(self.definition)
         canonical = to_parsing_canonical_form(self.parsed)
         self.fingerprint = crc64_avro(canonical.encode())
 
@@ -100,13 +100,18 @@ class Serde:
             raise SerdeError("empty value")
         writer = self._writer_for(value)
         offset = _SO_HEADER.size if value[:2] == SINGLE_OBJECT_MAGIC else _CF_HEADER.size
+        body = io.BytesIO(value[offset:])
         try:
             reader = None if writer is self.schema else self.schema.parsed
-            record = fastavro.schemaless_reader(io.BytesIO(value[offset:]), writer.parsed, reader)
+            record = fastavro.schemaless_reader(body, writer.parsed, reader)
         except Exception as exc:  # fastavro raises many types on corrupt bodies
             raise SerdeError(f"corrupt {self.schema.name} body: {type(exc).__name__}") from exc
         if not isinstance(record, dict):
             raise SerdeError(f"{self.schema.name} body is not a record")
+        trailing = len(value) - offset - body.tell()
+        if trailing:
+            # A value is exactly one record; extra bytes mean it was cut or glued together.
+            raise SerdeError(f"corrupt {self.schema.name} body: {trailing} bytes after the record")
         return record
 
     def _writer_for(self, value: bytes) -> Schema:

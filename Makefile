@@ -1,0 +1,44 @@
+# One entry point per job; every target installs what it needs first, so each works on a
+# fresh clone. PYTEST_ARGS passes extra arguments to pytest, e.g.
+#   make test PYTEST_ARGS="tests/foundation -x"
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install broker demo test bench soak lint clean
+
+install: $(STAMP)
+
+# Re-run pip only when the dependencies change: a second `make install` is instant.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $(STAMP)
+
+broker: install
+	$(BIN)/estop broker start
+
+demo: install
+	$(BIN)/estop demo
+
+# The broker fixture brings up a broker itself (user's cluster, Docker or the local one).
+test: install
+	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/estop bench
+
+soak: install
+	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check streams tests
+	$(BIN)/mypy streams tests
+
+clean:
+	if [ -x $(BIN)/estop ]; then $(BIN)/estop broker stop; fi
+	rm -rf $(VENV) .data .cache build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

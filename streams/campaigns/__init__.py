@@ -1,0 +1,1 @@
+"""Campaigns: lifecycle on ``campaign-status``, the launcher (campaign engine stand-in), status."""

@@ -1,0 +1,1 @@
+"""Campaign control: the in-memory view of ``campaign-control``, its feed, and the stop command."""

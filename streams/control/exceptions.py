@@ -1,0 +1,13 @@
+"""Control errors: a stop that cannot be issued, or one not confirmed in time."""
+
+from streams.exceptions import EstopError, UsageError
+
+
+class InvalidStopError(UsageError):
+    """The stop command is invalid; nothing was written."""
+
+
+class StopNotConfirmedError(EstopError):
+    """The stop is in force but not every live process acknowledged it within the timeout."""
+
+    exit_code = 3

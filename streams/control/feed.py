@@ -1,0 +1,131 @@
+"""Keeps a ControlView current: reads ``campaign-control`` to its end before the process
+handles its first request (every partition assigned, no consumer group), then tails it on a
+thread, runs the process's stop hooks and acknowledges each command it applied."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, Message
+
+from streams.control.view import Applied, ControlView
+from streams.kafka.clients import producer, take
+from streams.kafka.reader import assign_all, read_until
+from streams.serde import SerdeError, Serdes
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A hook halts what the process holds for a newly stopped campaign; returns how many it halted.
+StopHook = Callable[[Applied], int]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ControlFeed:
+    def __init__(self, settings: Settings, view: ControlView, serdes: Serdes, process_id: str,
+                 roles: list[str], acknowledge: bool = True) -> None:
+        self.settings = settings
+        self.view = view
+        self.serdes = serdes
+        self.process_id = process_id
+        self.roles = roles
+        self._hooks: list[StopHook] = []
+        self._acknowledge = acknowledge
+        self._producer = producer(settings, **{"linger.ms": 0}) if acknowledge else None
+        self._consumer: Consumer | None = None
+        self._thread: threading.Thread | None = None
+        self._running = threading.Event()
+        self.bootstrap_s: float | None = None
+
+    def add_hook(self, hook: StopHook) -> None:
+        self._hooks.append(hook)
+
+    def bootstrap(self) -> None:
+        """Block until every command present now is applied."""
+        started = time.monotonic()
+        reader, ends = assign_all(self.settings, self.settings.topics.control,
+                                  **{"fetch.wait.max.ms": 10})
+        self._consumer = reader
+        applied: list[Applied] = []
+        read_until(reader, self.settings.topics.control, ends, lambda m: self._apply(m, applied))
+        recent = now_ms() - int(self.settings.ack_recent_s * 1000)
+        self._after_apply([a for a in applied if a.requested_at >= recent], applied)
+        self.bootstrap_s = time.monotonic() - started
+        log.info("control view ready: %d stopped campaigns, %d commands in %.2fs",
+                 len(self.view), self.view.applied, self.bootstrap_s)
+
+    def start(self) -> None:
+        if self._consumer is None:
+            self.bootstrap()
+        self._running.set()
+        self._thread = threading.Thread(target=self._tail, name="control-feed", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._running.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._producer is not None:
+            self._producer.flush(5)
+
+    def _tail(self) -> None:
+        assert self._consumer is not None
+        while self._running.is_set():
+            messages = take(self._consumer, 1000, 0.05)
+            applied: list[Applied] = []
+            for message in messages:
+                if message.error():
+                    continue
+                self._apply(message, applied)
+            if applied:
+                self._after_apply(applied, applied)
+
+    def _apply(self, message: Message, applied: list[Applied]) -> None:
+        value = message.value()
+        if value is None:
+            key = message.key()
+            self.view.apply_tombstone(key.decode(errors="replace") if key else "")
+            log.warning("ignored a tombstone on %s: a stop is final", message.topic())
+            return
+        try:
+            command = self.serdes.control_command.decode(value)
+        except SerdeError as exc:
+            self.view.apply_anomaly()
+            log.warning("ignored an unreadable control record at %s[%d]@%d: %s",
+                        message.topic(), message.partition(), message.offset(), exc.reason)
+            return
+        result = self.view.apply(command)
+        if result is None:
+            log.warning("ignored control command %s: action %r", command.get("command_id"),
+                        command.get("action"))
+            return
+        applied.append(result)
+
+    def _after_apply(self, to_ack: list[Applied], applied: list[Applied]) -> None:
+        halted: dict[str, int] = {}
+        for result in applied:
+            if result.newly_halted:
+                halted[result.command_id] = sum(hook(result) for hook in self._hooks)
+        if not self._acknowledge or self._producer is None:
+            return
+        for result in to_ack:
+            ack = {
+                "process_id": self.process_id,
+                "roles": self.roles,
+                "command_id": result.command_id,
+                "campaign_id": result.campaign_id,
+                "command_requested_at": result.requested_at,
+                "applied_at": now_ms(),
+                "halted": halted.get(result.command_id, 0),
+            }
+            self._producer.produce(self.settings.topics.acks, key=result.command_id.encode(),
+                                   value=self.serdes.control_ack.encode(ack))
+        self._producer.flush(10)

@@ -1,0 +1,210 @@
+"""Issuing a stop and waiting until it is confirmed.
+
+Validate first and write nothing on error; produce the ControlCommand with acks=all on an
+idempotent producer; then wait until every live gate and dispatcher process (the members of
+their consumer groups, as Kafka reports them) has acknowledged the command."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streams.campaigns.lifecycle import publish_status, read_campaigns, read_control
+from streams.control.exceptions import InvalidStopError
+from streams.control.feed import now_ms
+from streams.control.view import Stop
+from streams.kafka.clients import admin, consumer, producer, take, wait_for_broker
+from streams.kafka.exceptions import KafkaUnavailableError
+from streams.models import ACTION_STOP, CHANNELS, STATE_STOPPED, STOPPABLE_STATES, check_channels
+from streams.serde import Serdes
+from streams.settings import Settings
+
+
+@dataclass
+class ProcessAck:
+    process_id: str
+    roles: list[str]
+    propagation_ms: int
+    halted: int
+
+
+@dataclass
+class StopResult:
+    campaign_id: str
+    command_id: str | None
+    channels: list[str]
+    already_stopped: bool
+    confirmed: bool
+    broker_ack_ms: int | None = None
+    confirmed_at_ms: int | None = None
+    confirm_s: float | None = None
+    live: list[str] = field(default_factory=list)
+    acks: list[ProcessAck] = field(default_factory=list)
+
+    @property
+    def halted(self) -> int:
+        return sum(a.halted for a in self.acks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign_id": self.campaign_id,
+            "command_id": self.command_id,
+            "channels": self.channels,
+            "already_stopped": self.already_stopped,
+            "confirmed": self.confirmed,
+            "confirm_s": self.confirm_s,
+            "broker_ack_ms": self.broker_ack_ms,
+            "live_processes": self.live,
+            "acks": [a.__dict__ for a in self.acks],
+            "halted_at_provider": self.halted,
+        }
+
+
+def validate(reason: str, channels: list[str]) -> tuple[str, tuple[str, ...]]:
+    reason = reason.strip()
+    if not reason:
+        raise InvalidStopError("a stop needs a reason (--reason TEXT)")
+    try:
+        return reason, check_channels(channels)
+    except ValueError as exc:
+        raise InvalidStopError(str(exc)) from exc
+
+
+def live_processes(settings: Settings, client: AdminClient | None = None) -> set[str]:
+    """client.id of every member of the gate and dispatcher groups right now."""
+    groups = settings.topics.data_plane_groups()
+    client = client or admin(settings)
+    futures = client.describe_consumer_groups(groups, request_timeout=settings.admin_timeout_s)
+    members: set[str] = set()
+    for future in futures.values():
+        try:
+            description = future.result(timeout=settings.admin_timeout_s + 5)
+        except (KafkaException, TimeoutError):
+            continue  # a group that never existed has no live member
+        members.update(m.client_id for m in description.members)
+    return members
+
+
+def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str,
+               channels: list[str], by: str, timeout_s: float, force: bool = False) -> StopResult:
+    reason, wanted = validate(reason, channels)
+    campaign_id = campaign_id.strip()
+    if not campaign_id:
+        raise InvalidStopError("a stop needs a campaign id")
+    wait_for_broker(settings)
+    # Created first: an idempotent producer spends its first few hundred ms getting a producer
+    # id, which the validation reads below hide from the stop's latency.
+    send = producer(settings, **{"linger.ms": 0})
+    view = read_control(settings, serdes)
+    already = view.channels_stopped(campaign_id)
+    requested = frozenset(wanted) or frozenset(CHANNELS)
+    if already and requested <= already:
+        return StopResult(campaign_id, view.stopped(campaign_id, next(iter(requested))).command_id,  # type: ignore[union-attr]
+                          sorted(already), already_stopped=True, confirmed=True)
+    campaigns = read_campaigns(settings, serdes)
+    status = campaigns.get(campaign_id)
+    if not already and not force and (status is None or status["state"] not in STOPPABLE_STATES):
+        seen = f"it is {status['state']}" if status else "it has not been seen on campaign-status"
+        raise InvalidStopError(
+            f"campaign {campaign_id!r} is not Sending or Finished ({seen}); "
+            "use --force to stop it anyway"
+        )
+
+    acks_from = _acks_end(settings)
+    command_id = uuid.uuid4().hex
+    command: dict[str, Any] = {
+        "command_id": command_id,
+        "campaign_id": campaign_id,
+        "action": ACTION_STOP,
+        "channels": sorted(already | requested) if wanted else [],
+        "reason": reason,
+        "requested_by": by,
+        "requested_at": now_ms(),
+    }
+    started = time.monotonic()
+    delivered: dict[str, Any] = {}
+
+    def on_delivery(err: Any, message: Any) -> None:
+        delivered["error"] = err
+        delivered["at"] = now_ms()  # the broker acknowledged the stop: propagation starts here
+
+    send.produce(settings.topics.control, key=campaign_id.encode(),
+                 value=serdes.control_command.encode(command), on_delivery=on_delivery)
+    if send.flush(settings.admin_timeout_s) or delivered.get("error"):
+        raise KafkaUnavailableError(
+            f"the stop command was not acknowledged by Kafka: {delivered.get('error')}"
+        )
+    broker_ack = delivered["at"]
+    stop = Stop(command_id, campaign_id, requested - already, int(command["requested_at"]), by, reason)
+    planned = status["planned"] if status else {}
+    publish_status(send, settings, serdes, campaign_id, STATE_STOPPED,
+                   status["channels"] if status else sorted(requested), planned,
+                   status["queued"] if status else {}, stop)
+    send.flush(settings.admin_timeout_s)
+
+    result = StopResult(campaign_id, command_id, sorted(already | requested),
+                        already_stopped=False, confirmed=False, broker_ack_ms=broker_ack)
+    _await_confirmation(settings, serdes, result, acks_from, broker_ack, started, timeout_s)
+    return result
+
+
+def _acks_end(settings: Settings) -> dict[int, int]:
+    reader = consumer(settings)
+    try:
+        metadata = reader.list_topics(settings.topics.acks, timeout=settings.admin_timeout_s)
+        ends = {}
+        for partition in metadata.topics[settings.topics.acks].partitions:
+            _, high = reader.get_watermark_offsets(TopicPartition(settings.topics.acks, partition),
+                                                   timeout=settings.admin_timeout_s, cached=False)
+            ends[partition] = high
+        return ends
+    finally:
+        reader.close()
+
+
+def _await_confirmation(settings: Settings, serdes: Serdes, result: StopResult,
+                        acks_from: dict[int, int], broker_ack_ms: int, started: float,
+                        timeout_s: float) -> None:
+    deadline = started + timeout_s
+    reader = consumer(settings)
+    reader.assign([TopicPartition(settings.topics.acks, p, o) for p, o in acks_from.items()])
+    acked: dict[str, ProcessAck] = {}
+    client = admin(settings)
+    next_live_check = 0.0
+    live: set[str] = set()
+    try:
+        while True:
+            for message in take(reader, 500, 0.05):
+                if message.error() or message.value() is None:
+                    continue
+                try:
+                    ack = serdes.control_ack.decode(message.value())
+                except Exception:
+                    continue
+                if ack["command_id"] == result.command_id:
+                    acked[ack["process_id"]] = ProcessAck(
+                        ack["process_id"], ack["roles"], ack["applied_at"] - broker_ack_ms, ack["halted"]
+                    )
+            now = time.monotonic()
+            if now >= next_live_check:
+                live = live_processes(settings, client)
+                next_live_check = now + 0.5
+            if set(acked) >= live:
+                # Everyone Kafka counts as live has applied the stop.
+                live = live_processes(settings, client)
+                if set(acked) >= live:
+                    result.confirmed = True
+                    result.confirmed_at_ms = now_ms()
+                    break
+            if now > deadline:
+                break
+    finally:
+        reader.close()
+    result.live = sorted(live)
+    result.acks = sorted(acked.values(), key=lambda a: a.process_id)
+    result.confirm_s = time.monotonic() - started

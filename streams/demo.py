@@ -1,0 +1,197 @@
+"""``estop demo``: the seed's scenario on the embedded defaults. A 500,000-recipient email
+campaign is queued, the providers work through it, an operator stops it once about 50,000 are
+sent, and every message ends as exactly one outcome."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from streams.campaigns.launcher import LaunchResult, launch
+from streams.campaigns.status import OutcomeCounter
+from streams.control.stop import StopResult, issue_stop
+from streams.dispatch.provider import LedgerStats
+from streams.exceptions import EstopError
+from streams.kafka.clients import consumer, take
+from streams.kafka.source import BrokerHandle, acquire_broker
+from streams.kafka.topics import create_topics
+from streams.models import STAGES
+from streams.serde import serdes_for
+from streams.settings import Settings
+
+
+@dataclass
+class DemoResult:
+    campaign_id: str
+    planned: int
+    sent: int = 0
+    not_sent: dict[str, int] = field(default_factory=dict)
+    stop: StopResult | None = None
+    launch: LaunchResult | None = None
+    handoffs_after_confirmation: int = 0
+    outcomes_complete_s: float | None = None
+    broker: str = ""
+    state_at_stop: str | None = None
+
+    @property
+    def total(self) -> int:
+        return self.sent + sum(self.not_sent.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign_id": self.campaign_id,
+            "planned": self.planned,
+            "sent": self.sent,
+            "not_sent": self.not_sent,
+            "not_sent_total": sum(self.not_sent.values()),
+            "total": self.total,
+            "stop_confirmed": bool(self.stop and self.stop.confirmed),
+            "stop_confirm_s": self.stop.confirm_s if self.stop else None,
+            "stop": self.stop.as_dict() if self.stop else None,
+            "campaign_state_at_stop": self.state_at_stop,
+            "handoffs_after_confirmation": self.handoffs_after_confirmation,
+            "outcomes_complete_s": self.outcomes_complete_s,
+            "broker": self.broker,
+        }
+
+
+class WorkerProcess:
+    """An ``estop worker`` subprocess, ready once it has read the control view."""
+
+    def __init__(self, settings: Settings, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ)
+        full_env.update({
+            "ESTOP_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "ESTOP_TOPIC_PREFIX": settings.topic_prefix,
+            "ESTOP_DATA_DIR": str(settings.data_dir),
+            "ESTOP_PROVIDER_RATE": str(settings.provider_rate),
+            "ESTOP_PROVIDER_DELAY_S": str(settings.provider_delay_s),
+        })
+        full_env.update(env or {})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker", *(extra_args or [])],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True,
+        )
+        self.lines: list[str] = []
+
+    def wait_ready(self, timeout_s: float = 120.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise EstopError("the worker exited before it was ready:\n" + "".join(self.lines[-20:]))
+            self.lines.append(line)
+            if line.startswith("ready "):
+                threading.Thread(target=self._drain, daemon=True).start()
+                return line.split()[1]
+        raise EstopError("the worker was not ready in time")
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+class OutcomeWatch:
+    """Tails ``sent`` and ``notsent`` from the beginning, counting one outcome per message."""
+
+    def __init__(self, settings: Settings, campaign_id: str) -> None:
+        self.counter = OutcomeCounter(campaign_id)
+        self._consumer = consumer(settings)
+        parts = []
+        for topic in (settings.topics.sent, settings.topics.notsent):
+            metadata = self._consumer.list_topics(topic, timeout=settings.admin_timeout_s)
+            parts += [TopicPartition(topic, p, OFFSET_BEGINNING)
+                      for p in metadata.topics[topic].partitions]
+        self._consumer.assign(parts)
+
+    def poll(self, timeout_s: float = 0.2) -> None:
+        for message in take(self._consumer, 10000, timeout_s):
+            self.counter.add(message)
+
+    def sent(self) -> int:
+        return sum(c.sent for c in self.counter.counts.values())
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def run_demo(settings: Settings, recipients: int, stop_after: int, channels: list[str],
+             say: Any, progress: Any) -> DemoResult:
+    handle: BrokerHandle = acquire_broker(settings, say)
+    settings = settings.model_copy(update={"bootstrap_servers": handle.bootstrap_servers})
+    say(f"broker: {handle.origin} at {handle.bootstrap_servers}")
+    create_topics(settings, say=lambda _: None)
+    serdes = serdes_for(settings.schema_registry_url)
+    worker = WorkerProcess(settings)
+    campaign_id = f"promo-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = DemoResult(campaign_id, recipients * len(channels), broker=handle.bootstrap_servers)
+    watch: OutcomeWatch | None = None
+    try:
+        say(f"worker {worker.wait_ready()} ready (gates and dispatchers for every channel)")
+        say(f"launching {campaign_id}: {recipients:,} recipients on {', '.join(channels)}; "
+            f"providers deliver {settings.provider_rate:,.0f} msg/s per channel")
+        launched: dict[str, LaunchResult] = {}
+        queue_task = progress.add_task("queued", total=result.planned)
+        sent_task = progress.add_task("sent", total=result.planned)
+        launcher = threading.Thread(target=lambda: launched.setdefault("r", launch(
+            settings, serdes, campaign_id, channels, recipients,
+            progress=lambda n: progress.advance(queue_task, n))), daemon=True)
+        launcher.start()
+        watch = OutcomeWatch(settings, campaign_id)
+        while watch.sent() < stop_after:
+            watch.poll()
+            progress.update(sent_task, completed=watch.sent())
+            if not launcher.is_alive() and not launched:
+                raise EstopError("the launcher failed")
+        result.state_at_stop = "Finished" if not launcher.is_alive() else "Sending"
+        say(f"stopping after {watch.sent():,} sent (campaign {result.state_at_stop})")
+        stop = issue_stop(settings, serdes, campaign_id, "incorrect discount code in the email",
+                          [], by="demo operator", timeout_s=60)
+        result.stop = stop
+        stopped_at = time.monotonic()
+        say(f"stop {stop.command_id} {'confirmed' if stop.confirmed else 'NOT confirmed'} "
+            f"in {stop.confirm_s:.3f}s by {len(stop.acks)} process(es)")
+        launcher.join()
+        result.launch = launched.get("r")
+        all_task = progress.add_task("outcomes", total=result.planned)
+        deadline = time.monotonic() + 600
+        while watch.counter.total < result.planned and time.monotonic() < deadline:
+            watch.poll()
+            progress.update(all_task, completed=watch.counter.total)
+            progress.update(sent_task, completed=watch.sent())
+        result.outcomes_complete_s = time.monotonic() - stopped_at
+        result.sent = watch.sent()
+        result.not_sent = {stage: sum(c.not_sent.get(stage, 0) for c in watch.counter.counts.values())
+                           for stage in STAGES}
+        if stop.confirmed_at_ms is not None:
+            result.handoffs_after_confirmation = sum(
+                LedgerStats(settings.data_dir, c).handed_after(campaign_id, stop.confirmed_at_ms)
+                for c in channels)
+    finally:
+        if watch is not None:
+            watch.close()
+        worker.stop()
+    return result

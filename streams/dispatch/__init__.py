@@ -1,0 +1,1 @@
+"""The dispatcher (stage ``provider``) and the provider adapters it hands messages to."""

@@ -1,0 +1,98 @@
+"""``estop worker``: the data plane in one process (every gate and dispatcher, the embedded
+default) or split by ``--role`` and ``--channel`` into processes that scale out as consumer
+group members. The control view is read to its end before any request is handled."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from streams.control.feed import ControlFeed
+from streams.control.view import ControlView
+from streams.dispatch.dispatcher import Dispatcher
+from streams.dispatch.provider import SimulatedProvider
+from streams.gate.gate import Gate
+from streams.kafka.clients import process_id, wait_for_broker
+from streams.serde import serdes_for
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROLES = ("gate", "dispatcher")
+
+
+class Worker:
+    def __init__(self, settings: Settings, roles: tuple[str, ...], channels: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.process_id = process_id("worker")
+        self.serdes = serdes_for(settings.schema_registry_url)
+        self.view = ControlView()
+        self.role_names = [f"{r}.{c}" for r in roles for c in channels]
+        self.feed = ControlFeed(settings, self.view, self.serdes, self.process_id, self.role_names)
+        self.running = threading.Event()  # stages loop while set
+        self.stopping = threading.Event()  # a signal or a failed stage asks for shutdown
+        self.gates = [Gate(settings, c, self.view, self.serdes, self.process_id)
+                      for c in channels] if "gate" in roles else []
+        self.dispatchers: list[Dispatcher] = []
+        if "dispatcher" in roles:
+            for channel in channels:
+                provider = SimulatedProvider.for_channel(settings.data_dir, channel,
+                                                         settings.provider_delay_s)
+                dispatcher = Dispatcher(settings, channel, self.view, self.serdes,
+                                        self.process_id, provider, settings.provider_rate)
+                self.feed.add_hook(dispatcher.on_stop)
+                self.dispatchers.append(dispatcher)
+        self._threads: list[threading.Thread] = []
+        self.failed = False
+
+    def start(self) -> None:
+        wait_for_broker(self.settings)
+        self.feed.bootstrap()  # before the first request: the GlobalKTable guarantee
+        self.feed.start()
+        self.running.set()
+        stages: list[Gate | Dispatcher] = [*self.gates, *self.dispatchers]
+        for stage in stages:
+            name = f"{type(stage).__name__.lower()}-{stage.channel}"
+            thread = threading.Thread(target=self._guard, args=(stage.run,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _guard(self, run: Callable[[threading.Event], None]) -> None:
+        try:
+            run(self.running)
+        except Exception:
+            log.exception("a stage failed; stopping the worker so a supervisor restarts it")
+            self.failed = True
+            self.stopping.set()
+            raise
+
+    def wait(self) -> None:
+        self.stopping.wait()
+
+    def stop(self) -> None:
+        self.running.clear()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.feed.close()
+
+
+def run_worker(settings: Settings, roles: tuple[str, ...], channels: tuple[str, ...],
+               announce: Callable[[str], None]) -> int:
+    worker = Worker(settings, roles, channels)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        announce(f"received signal {signum}; shutting down")
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.start()
+    announce(f"ready {worker.process_id} roles={','.join(worker.role_names)} "
+             f"control_view={len(worker.view)} stopped campaigns")
+    worker.wait()
+    worker.stop()
+    announce("stopped")
+    return 1 if worker.failed else 0

@@ -1,0 +1,45 @@
+"""Helpers for tests that run the `estop` command the way a user does, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+# The console script pip installed next to this interpreter (the package has no __main__).
+ESTOP = Path(sys.executable).parent / "estop"
+
+
+def run_estop(*args: str, env: dict[str, str] | None = None,
+              timeout_s: float = 180.0) -> subprocess.CompletedProcess[str]:
+    """Run `estop ARGS` with the current environment plus ``env``; no stdin, output captured.
+
+    ``timeout_s`` only keeps a hung command from hanging the suite; it is not an assertion.
+    """
+    return subprocess.run(
+        [str(ESTOP), *args],
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def listen_on_free_port() -> socket.socket:
+    """A plain listener standing for 'some other program owns this port'."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
