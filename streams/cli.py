@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -114,14 +115,17 @@ CHANNEL_OPTION = click.Choice(["email", "sms", "push", "webpush"])
 
 
 @main.command()
-@click.option("--role", "roles", multiple=True, type=click.Choice(["gate", "dispatcher"]),
-              help="Run only these roles (default: every gate and dispatcher).")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["gate", "dispatcher", "sink"]),
+              help="Run only these roles (default: every gate and dispatcher, and the sink).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics here (default ESTOP_METRICS_PORT; a taken port falls back to a free one).")
 @click.option("--channel", "channels", multiple=True, type=CHANNEL_OPTION,
               help="Run only these channels (default: all four).")
 @click.pass_obj
 @handles_errors
-def worker(settings: Settings, roles: tuple[str, ...], channels: tuple[str, ...]) -> None:
-    """Run gates and dispatchers; SIGTERM shuts down cleanly."""
+def worker(settings: Settings, roles: tuple[str, ...], metrics_port: int | None,
+           channels: tuple[str, ...]) -> None:
+    """Run gates, dispatchers and the analytics sink; SIGTERM shuts down cleanly."""
     from streams.models import CHANNELS
     from streams.worker import ROLES, run_worker
 
@@ -132,6 +136,8 @@ def worker(settings: Settings, roles: tuple[str, ...], channels: tuple[str, ...]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": metrics_port})
     sys.exit(run_worker(settings, roles or ROLES, channels or CHANNELS, announce))
 
 
@@ -288,5 +294,97 @@ def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[s
     click.echo(f"  stop confirmed in            {stop_line}")
     click.echo(f"  all outcomes in after stop   {result.outcomes_complete_s or 0:.1f}s")
     click.echo(f"  handoffs after confirmation  {result.handoffs_after_confirmation:>10,}")
+    if result.analytics:
+        click.echo(f"  analytics store accounts for {result.analytics['accounted']:>10,}   "
+                   f"(estop report {result.campaign_id})")
     if result.total != result.planned or result.handoffs_after_confirmation:
         raise EstopError("the demo's accounting does not add up (see above)")
+
+
+# -- analytics ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--watch", is_flag=True, help="Refresh every second until interrupted.")
+@click.pass_obj
+@handles_errors
+def report(settings: Settings, campaign_id: str, as_json: bool, watch: bool) -> None:
+    """Exact sent/notSent split of a campaign from the analytics store."""
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from streams.sink.report import campaign_report
+    from streams.sink.store import open_store
+
+    store = open_store(settings)
+    try:
+        data = campaign_report(store, campaign_id)
+        if as_json and not watch:
+            click.echo(json.dumps(data))
+            return
+        if not watch:
+            Console().print(_report_table(data))
+            return
+        with Live(_report_table(data), refresh_per_second=2) as live:
+            try:
+                while True:
+                    time.sleep(1)
+                    live.update(_report_table(campaign_report(store, campaign_id)))
+            except KeyboardInterrupt:
+                pass
+    finally:
+        store.close()
+
+
+def _report_table(data: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{data['campaign_id']}: {data['state'] or 'unknown state'}")
+    for column in ("channel", "planned", "sent", "notSent", "@sending", "@provider", "pending"):
+        table.add_column(column, justify="left" if column == "channel" else "right")
+    for channel, c in data["by_channel"].items():
+        stages = c["not_sent_by_stage"]
+        table.add_row(channel, f"{c['planned']:,}", f"{c['sent']:,}", f"{c['not_sent']:,}",
+                      f"{stages.get('sending', 0):,}", f"{stages.get('provider', 0):,}",
+                      f"{c['pending']:,}")
+    stages = data["not_sent_by_stage"]
+    table.add_row("total", f"{data['total']:,}", f"{data['sent']:,}", f"{data['not_sent']:,}",
+                  f"{stages.get('sending', 0):,}", f"{stages.get('provider', 0):,}",
+                  f"{data['pending']:,}", style="bold")
+    lines = []
+    for stop in data["stops"]:
+        channels = ", ".join(stop["channels"]) or "all channels"
+        lines.append(f"stopped {channels} at {_when(stop['requested_at'])} by {stop['requested_by']}: "
+                     f"{stop['reason']} ({stop['acks']} acknowledgements)")
+    if data["stop_to_last_halted_accounted_s"] is not None:
+        lines.append(f"last halted message accounted {data['stop_to_last_halted_accounted_s']:.1f}s "
+                     "after the stop")
+    return Group(table, *(Text(line) for line in lines))
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option("--status", "outcome", type=click.Choice(["not_sent", "sent"]), required=True,
+              help="Which recipients: those never sent (to re-target) or those sent.")
+@click.option("--channel", type=CHANNEL_OPTION, default=None)
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="CSV file to write (replaced atomically).")
+@click.pass_obj
+@handles_errors
+def export(settings: Settings, campaign_id: str, outcome: str, channel: str | None, out: Path) -> None:
+    """One CSV row per recipient of a campaign with the given outcome."""
+    from streams.sink.report import export_recipients
+    from streams.sink.store import open_store
+
+    store = open_store(settings)
+    try:
+        rows = export_recipients(store, campaign_id, outcome, channel, out)
+    finally:
+        store.close()
+    click.echo(f"wrote {rows:,} {outcome} rows of {campaign_id} to {out}")

@@ -25,6 +25,9 @@ from streams.kafka.topics import create_topics
 from streams.models import STAGES
 from streams.serde import serdes_for
 from streams.settings import Settings
+from streams.sink.exceptions import UnknownCampaignError
+from streams.sink.report import campaign_report
+from streams.sink.store import open_store
 
 
 @dataclass
@@ -39,6 +42,7 @@ class DemoResult:
     outcomes_complete_s: float | None = None
     broker: str = ""
     state_at_stop: str | None = None
+    analytics: dict[str, Any] | None = None  # `estop report` of the campaign at the end
 
     @property
     def total(self) -> int:
@@ -59,7 +63,26 @@ class DemoResult:
             "handoffs_after_confirmation": self.handoffs_after_confirmation,
             "outcomes_complete_s": self.outcomes_complete_s,
             "broker": self.broker,
+            "report": self.analytics,
         }
+
+
+def _await_analytics(settings: Settings, campaign_id: str, planned: int,
+                     deadline: float) -> dict[str, Any]:
+    """The worker's sink stores outcomes a moment after they are published: wait until the
+    analytics store accounts for every planned message, so `estop report` shows the split."""
+    store = open_store(settings)
+    try:
+        while True:
+            try:
+                report = campaign_report(store, campaign_id)
+            except UnknownCampaignError:
+                report = {"accounted": 0}
+            if report["accounted"] >= planned or time.monotonic() > deadline:
+                return report
+            time.sleep(0.2)
+    finally:
+        store.close()
 
 
 class WorkerProcess:
@@ -74,6 +97,7 @@ class WorkerProcess:
             "ESTOP_DATA_DIR": str(settings.data_dir),
             "ESTOP_PROVIDER_RATE": str(settings.provider_rate),
             "ESTOP_PROVIDER_DELAY_S": str(settings.provider_delay_s),
+            "ESTOP_METRICS_PORT": str(settings.metrics_port),
         })
         full_env.update(env or {})
         self.process = subprocess.Popen(
@@ -94,6 +118,12 @@ class WorkerProcess:
                 threading.Thread(target=self._drain, daemon=True).start()
                 return line.split()[1]
         raise EstopError("the worker was not ready in time")
+
+    def check(self) -> None:
+        """Raise with the worker's last output if it exited: a dead worker must not hang us."""
+        if self.process.poll() is not None:
+            raise EstopError(f"the worker exited with code {self.process.returncode}:\n"
+                             + "".join(self.lines[-20:]))
 
     def _drain(self) -> None:
         assert self.process.stdout is not None
@@ -162,6 +192,7 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
         launcher.start()
         watch = OutcomeWatch(settings, campaign_id)
         while watch.sent() < stop_after:
+            worker.check()
             watch.poll()
             progress.update(sent_task, completed=watch.sent())
             if not launcher.is_alive() and not launched:
@@ -179,6 +210,7 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
         all_task = progress.add_task("outcomes", total=result.planned)
         deadline = time.monotonic() + 600
         while watch.counter.total < result.planned and time.monotonic() < deadline:
+            worker.check()
             watch.poll()
             progress.update(all_task, completed=watch.counter.total)
             progress.update(sent_task, completed=watch.sent())
@@ -190,6 +222,7 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
             result.handoffs_after_confirmation = sum(
                 LedgerStats(settings.data_dir, c).handed_after(campaign_id, stop.confirmed_at_ms)
                 for c in channels)
+        result.analytics = _await_analytics(settings, campaign_id, result.planned, deadline)
     finally:
         if watch is not None:
             watch.close()

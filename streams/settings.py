@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     data_dir: Path = PROJECT_ROOT / ".data"
     cache_dir: Path = PROJECT_ROOT / ".cache"
 
+    # Analytics store: SQLite in the data folder unless a PostgreSQL DSN is given.
+    analytics_dsn: SecretStr | None = None
+
+    # Prometheus: every process serves /metrics here; a taken port falls back to a free one.
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
     # Local broker recipe.
     kafka_version: str = "4.1.1"
     broker_port: int = 9092
@@ -85,6 +91,7 @@ class Topics:
         self.acks = f"{prefix}campaign-control-acks"
         self.sent = f"{prefix}sent"
         self.notsent = f"{prefix}notsent"
+        self.sink_group = f"{prefix}estop-sink"
 
     def send_requests(self, channel: str) -> str:
         return f"{self.prefix}send-requests.{channel}"

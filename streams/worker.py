@@ -1,6 +1,7 @@
-"""``estop worker``: the data plane in one process (every gate and dispatcher, the embedded
-default) or split by ``--role`` and ``--channel`` into processes that scale out as consumer
-group members. The control view is read to its end before any request is handled."""
+"""``estop worker``: the data plane in one process (every gate and dispatcher and the analytics
+sink, the embedded default) or split by ``--role`` and ``--channel`` into processes that scale
+out as consumer group members. The control view is read to its end before any request is
+handled. Every worker serves Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from streams.dispatch.dispatcher import Dispatcher
 from streams.dispatch.provider import SimulatedProvider
 from streams.gate.gate import Gate
 from streams.kafka.clients import process_id, wait_for_broker
+from streams.metrics import UP, serve_metrics
 from streams.serde import serdes_for
 from streams.settings import Settings
+from streams.sink.sink import Sink
+from streams.sink.store import open_store
 
 log = logging.getLogger(__name__)
 
-ROLES = ("gate", "dispatcher")
+ROLES = ("gate", "dispatcher", "sink")
 
 
 class Worker:
@@ -30,8 +34,14 @@ class Worker:
         self.process_id = process_id("worker")
         self.serdes = serdes_for(settings.schema_registry_url)
         self.view = ControlView()
-        self.role_names = [f"{r}.{c}" for r in roles for c in channels]
+        # Roles that must acknowledge stops (the sink carries no message to a provider).
+        self.role_names = [f"{r}.{c}" for r in roles if r != "sink" for c in channels]
         self.feed = ControlFeed(settings, self.view, self.serdes, self.process_id, self.role_names)
+        self.sink: Sink | None = None
+        if "sink" in roles:
+            self.sink = Sink(settings, self.serdes, open_store(settings), self.process_id)
+        self.roles = roles
+        self.metrics_port: int | None = None
         self.running = threading.Event()  # stages loop while set
         self.stopping = threading.Event()  # a signal or a failed stage asks for shutdown
         self.gates = [Gate(settings, c, self.view, self.serdes, self.process_id)
@@ -50,24 +60,32 @@ class Worker:
 
     def start(self) -> None:
         wait_for_broker(self.settings)
-        self.feed.bootstrap()  # before the first request: the GlobalKTable guarantee
-        self.feed.start()
+        if self.role_names:
+            self.feed.bootstrap()  # before the first request: the GlobalKTable guarantee
+            self.feed.start()
+        self.metrics_port = serve_metrics(self.settings.metrics_port)
         self.running.set()
-        stages: list[Gate | Dispatcher] = [*self.gates, *self.dispatchers]
-        for stage in stages:
-            name = f"{type(stage).__name__.lower()}-{stage.channel}"
-            thread = threading.Thread(target=self._guard, args=(stage.run,), name=name, daemon=True)
+        stages: list[tuple[str, Callable[[threading.Event], None]]] = [
+            *((f"gate.{g.channel}", g.run) for g in self.gates),
+            *((f"dispatcher.{d.channel}", d.run) for d in self.dispatchers),
+            *((("sink", self.sink.run),) if self.sink else ()),
+        ]
+        for name, run in stages:
+            thread = threading.Thread(target=self._guard, args=(name, run), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def _guard(self, run: Callable[[threading.Event], None]) -> None:
+    def _guard(self, name: str, run: Callable[[threading.Event], None]) -> None:
+        UP.labels(name).set(1)
         try:
             run(self.running)
         except Exception:
-            log.exception("a stage failed; stopping the worker so a supervisor restarts it")
+            log.exception("%s failed; stopping the worker so a supervisor restarts it", name)
             self.failed = True
             self.stopping.set()
             raise
+        finally:
+            UP.labels(name).set(0)
 
     def wait(self) -> None:
         self.stopping.wait()
@@ -76,7 +94,10 @@ class Worker:
         self.running.clear()
         for thread in self._threads:
             thread.join(timeout=30)
-        self.feed.close()
+        if self.role_names:
+            self.feed.close()
+        if self.sink is not None:
+            self.sink.store.close()
 
 
 def run_worker(settings: Settings, roles: tuple[str, ...], channels: tuple[str, ...],
@@ -90,8 +111,9 @@ def run_worker(settings: Settings, roles: tuple[str, ...], channels: tuple[str, 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker.start()
-    announce(f"ready {worker.process_id} roles={','.join(worker.role_names)} "
-             f"control_view={len(worker.view)} stopped campaigns")
+    running = [*worker.role_names, *(["sink"] if worker.sink else [])]
+    announce(f"ready {worker.process_id} roles={','.join(running)} metrics_port={worker.metrics_port} "
+             f"stopped_campaigns={len(worker.view)}")
     worker.wait()
     worker.stop()
     announce("stopped")

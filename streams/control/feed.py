@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, Message
 from streams.control.view import Applied, ControlView
 from streams.kafka.clients import producer, take
 from streams.kafka.reader import assign_all, read_until
+from streams.metrics import CONTROL_ANOMALIES, STOP_PROPAGATION, STOPS_APPLIED
 from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
 
@@ -42,6 +43,7 @@ class ControlFeed:
         self._thread: threading.Thread | None = None
         self._running = threading.Event()
         self.bootstrap_s: float | None = None
+        self._received_at: dict[str, int] = {}  # record timestamps of commands being applied
 
     def add_hook(self, hook: StopHook) -> None:
         self._hooks.append(hook)
@@ -92,28 +94,40 @@ class ControlFeed:
         value = message.value()
         if value is None:
             key = message.key()
-            self.view.apply_tombstone(key.decode(errors="replace") if key else "")
-            log.warning("ignored a tombstone on %s: a stop is final", message.topic())
+            campaign = key.decode(errors="replace") if isinstance(key, bytes) else ""
+            if self.view.apply_tombstone(campaign):
+                CONTROL_ANOMALIES.inc()
+                log.warning("ignored a tombstone for stopped campaign %r: a stop is final", campaign)
             return
         try:
             command = self.serdes.control_command.decode(value)
         except SerdeError as exc:
             self.view.apply_anomaly()
+            CONTROL_ANOMALIES.inc()
             log.warning("ignored an unreadable control record at %s[%d]@%d: %s",
                         message.topic(), message.partition(), message.offset(), exc.reason)
             return
         result = self.view.apply(command)
         if result is None:
+            CONTROL_ANOMALIES.inc()
             log.warning("ignored control command %s: action %r", command.get("command_id"),
                         command.get("action"))
             return
         applied.append(result)
+        self._received_at[result.command_id] = message.timestamp()[1]
 
     def _after_apply(self, to_ack: list[Applied], applied: list[Applied]) -> None:
         halted: dict[str, int] = {}
         for result in applied:
             if result.newly_halted:
                 halted[result.command_id] = sum(hook(result) for hook in self._hooks)
+        if to_ack:
+            applied_at = now_ms()
+            for result in to_ack:
+                STOPS_APPLIED.inc()
+                STOP_PROPAGATION.observe(
+                    max(applied_at - self._received_at.get(result.command_id, applied_at), 0) / 1000)
+        self._received_at.clear()
         if not self._acknowledge or self._producer is None:
             return
         for result in to_ack:

@@ -64,11 +64,13 @@ class ControlView:
         unique = {id(s): s for s in self._stops.get(campaign_id, _NONE).values()}
         return sorted(unique.values(), key=lambda s: s.requested_at)
 
-    def apply_tombstone(self, campaign_id: str) -> None:
-        """A deleted key must not lift a stop; counted so operators see the attempt."""
+    def apply_tombstone(self, campaign_id: str) -> bool:
+        """A deleted key must not lift a stop; True (and counted) when it tried to."""
         with self.lock:
             if campaign_id in self._stops:
                 self.anomalies += 1
+                return True
+            return False
 
     def apply_anomaly(self) -> None:
         with self.lock:

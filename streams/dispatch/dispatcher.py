@@ -14,10 +14,12 @@ import time
 
 from confluent_kafka import Message, TopicPartition
 
+from streams import metrics
 from streams.control.view import Applied, ControlView
 from streams.dispatch.provider import CANCELLED, DELIVERED, Handoff, Outcome, SimulatedProvider
 from streams.kafka.clients import Headers, consumer, producer, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
+from streams.kafka.lag import LagGauge
 from streams.models import (
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
@@ -54,6 +56,7 @@ class Dispatcher:
             "max.poll.interval.ms": 600000,
         })
         self.producer = producer(settings)
+        self.lag = LagGauge(self.consumer, f"dispatcher.{channel}", self.source, settings)
         self._slice = max(1, int(rate * PACE_SLICE_S))
         self._next_slot = time.monotonic()
         self._last_report = 0.0
@@ -69,8 +72,10 @@ class Dispatcher:
         stop = self.view.stopped(applied.campaign_id, self.channel)
         if stop is None:
             return 0
-        return self.provider.cancel(applied.campaign_id, stop.command_id, stop.requested_at,
-                                    stop.reason)
+        cancelled = self.provider.cancel(applied.campaign_id, stop.command_id, stop.requested_at,
+                                         stop.reason)
+        metrics.CANCELLED.labels(self.channel).inc(cancelled)
+        return cancelled
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -82,6 +87,7 @@ class Dispatcher:
                 if messages:
                     self._process(messages, running)
                 self._report()
+                self.lag.maybe_update()
         finally:
             self.consumer.close()
             self._report()
@@ -121,6 +127,7 @@ class Dispatcher:
         if dead:
             self.producer.flush(30)
             self.dead_lettered += dead
+            metrics.DEAD_LETTERED.labels(self.source).inc(dead)
         self.consumer.commit(offsets=[TopicPartition(self.source, p, o) for p, o in offsets.items()],
                              asynchronous=False)
 
@@ -145,6 +152,7 @@ class Dispatcher:
             self.provider.submit(handoffs, halted, stop_ids)
         self.handed += len(handoffs)
         self.halted += len(halted)
+        metrics.HANDOFFS.labels(self.channel).inc(len(handoffs))
         if handoffs:
             self._pace(len(handoffs))
         return index
@@ -188,6 +196,7 @@ class Dispatcher:
             })
             self.producer.produce(topics.sent, key=outcome.message_id.encode(), value=value,
                                   headers=headers)
+            metrics.SENT.labels(self.channel).inc()
             return
         where = "cancelled at the provider" if outcome.state == CANCELLED else "held before handoff"
         value = self.serdes.not_sent.encode({
@@ -204,3 +213,4 @@ class Dispatcher:
         })
         self.producer.produce(topics.notsent, key=outcome.message_id.encode(), value=value,
                               headers=[*headers, (HEADER_STAGE, STAGE_PROVIDER.encode())])
+        metrics.NOT_SENT.labels(self.channel, STAGE_PROVIDER).inc()

@@ -16,6 +16,8 @@ from streams.control.feed import now_ms
 from streams.control.view import ControlView
 from streams.kafka.clients import Headers, consumer, producer, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
+from streams.kafka.lag import LagGauge
+from streams.metrics import DEAD_LETTERED, GATE_REQUESTS, NOT_SENT
 from streams.models import (
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
@@ -49,6 +51,7 @@ class Gate:
         self.producer = producer(settings, **{
             "transactional.id": f"{topics.gate_group(channel)}-{process_id}-{uuid.uuid4().hex[:8]}",
         })
+        self.lag = LagGauge(self.consumer, f"gate.{channel}", self.source, settings)
         self.passed = 0
         self.halted = 0
         self.dead_lettered = 0
@@ -61,6 +64,7 @@ class Gate:
                 messages = take(self.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
                 if messages:
                     self._process(messages)
+                self.lag.maybe_update()
         finally:
             self.consumer.close()
 
@@ -115,12 +119,20 @@ class Gate:
                     key=request["message_id"].encode(),
                     headers=[*headers, (HEADER_STAGE, STAGE_SENDING.encode())])
             halted += 1
-        self._commit([TopicPartition(self.source, p, o) for p, o in offsets.items()])
+        if not self._commit([TopicPartition(self.source, p, o) for p, o in offsets.items()]):
+            return
         self.passed += passed
         self.halted += halted
         self.dead_lettered += dead
+        GATE_REQUESTS.labels(channel, "passed").inc(passed)
+        GATE_REQUESTS.labels(channel, "halted").inc(halted)
+        GATE_REQUESTS.labels(channel, "dead_lettered").inc(dead)
+        NOT_SENT.labels(channel, STAGE_SENDING).inc(halted)
+        if dead:
+            DEAD_LETTERED.labels(self.source).inc(dead)
 
-    def _commit(self, offsets: list[TopicPartition]) -> None:
+    def _commit(self, offsets: list[TopicPartition]) -> bool:
+        """Commit the batch's transaction; False when it was aborted and will be redone."""
         try:
             self.producer.send_offsets_to_transaction(
                 offsets,
@@ -128,6 +140,7 @@ class Gate:
                 self.settings.admin_timeout_s,
             )
             self.producer.commit_transaction(self.settings.admin_timeout_s)
+            return True
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.txn_requires_abort():
@@ -135,7 +148,7 @@ class Gate:
                 log.warning("gate %s aborts a transaction: %s", self.channel, error)
                 self.producer.abort_transaction(self.settings.admin_timeout_s)
                 self._rewind()
-                return
+                return False
             raise
 
     def _rewind(self) -> None:

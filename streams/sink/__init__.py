@@ -1,0 +1,1 @@
+"""Analytics: exactly one outcome per message in a store, the report, the export."""

@@ -1,0 +1,96 @@
+"""The campaign report and the export of recipients, both read from the analytics store only."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from streams.models import STAGES, STATE_STOPPED
+from streams.sink.exceptions import UnknownCampaignError
+from streams.sink.store import NOT_SENT, SENT, OutcomeStore
+
+EXPORT_COLUMNS = ("message_id", "channel", "recipient_id", "outcome", "stage", "reason", "occurred_at")
+
+
+def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
+    campaign = store.campaign(campaign_id)
+    stops = store.stops(campaign_id)
+    counts = store.counts(campaign_id)
+    if campaign is None and not stops and not counts:
+        raise UnknownCampaignError(f"unknown campaign {campaign_id!r}: the analytics store has no "
+                                   "status, stop or outcome for it")
+    planned: dict[str, int] = dict(campaign["planned"]) if campaign else {}
+    channels = list(campaign["channels"]) if campaign else []
+    channels += sorted({row[0] for row in counts} - set(channels))
+    by_channel: dict[str, dict[str, Any]] = {}
+    for channel in channels:
+        by_channel[channel] = {"planned": planned.get(channel, 0), "sent": 0, "not_sent": 0,
+                               "not_sent_by_stage": dict.fromkeys(STAGES, 0)}
+    for channel, outcome, stage, count in counts:
+        entry = by_channel[channel]
+        if outcome == SENT:
+            entry["sent"] += count
+        else:
+            entry["not_sent"] += count
+            key = stage or "unknown"
+            entry["not_sent_by_stage"][key] = entry["not_sent_by_stage"].get(key, 0) + count
+    for entry in by_channel.values():
+        entry["accounted"] = entry["sent"] + entry["not_sent"]
+        entry["pending"] = max(entry["planned"] - entry["accounted"], 0)
+    total = sum(planned.values())
+    sent = sum(e["sent"] for e in by_channel.values())
+    not_sent = sum(e["not_sent"] for e in by_channel.values())
+    by_stage = {stage: sum(e["not_sent_by_stage"].get(stage, 0) for e in by_channel.values())
+                for stage in STAGES}
+    state = campaign["state"] if campaign else None
+    if stops:
+        state = STATE_STOPPED
+    last_halted = store.last_halted_at(campaign_id)
+    stop_to_last = None
+    if stops and last_halted is not None:
+        stop_to_last = max(last_halted - stops[0]["requested_at"], 0) / 1000
+    return {
+        "campaign_id": campaign_id,
+        "state": state,
+        "total": total,
+        "sent": sent,
+        "not_sent": not_sent,
+        "accounted": sent + not_sent,
+        "pending": max(total - sent - not_sent, 0),
+        "not_sent_by_stage": by_stage,
+        "by_channel": by_channel,
+        "stops": stops,
+        "stop_to_last_halted_accounted_s": stop_to_last,
+    }
+
+
+def export_recipients(store: OutcomeStore, campaign_id: str, outcome: str, channel: str | None,
+                      out: Path) -> int:
+    """Write the CSV atomically (a temporary file renamed into place): no partial file on error."""
+    if store.campaign(campaign_id) is None and not store.counts(campaign_id):
+        raise UnknownCampaignError(f"unknown campaign {campaign_id!r}")
+    stored = NOT_SENT if outcome == "not_sent" else SENT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    rows = 0
+    try:
+        with os.fdopen(handle, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(EXPORT_COLUMNS)
+            for row in store.export(campaign_id, stored, channel):
+                *head, occurred_at = row
+                writer.writerow([*head, _iso(occurred_at)])
+                rows += 1
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")

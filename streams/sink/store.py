@@ -1,0 +1,330 @@
+"""The analytics store: exactly one outcome per message id, plus what the report needs about
+campaigns and stops. SQLite by default (a file in the data folder), PostgreSQL when
+``ESTOP_ANALYTICS_DSN`` names one; both run the same SQL and pass the same tests.
+
+Rule for a message that has both a sent and a notSent (possible only under replay): sent wins,
+because the message reached the provider; the store reports it as a conflict."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streams.settings import Settings
+from streams.sink.exceptions import StoreError
+
+SENT, NOT_SENT = "sent", "not_sent"
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS outcomes (
+        message_id TEXT PRIMARY KEY,
+        campaign_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        recipient_id TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        event TEXT NOT NULL,
+        stage TEXT,
+        reason TEXT,
+        stop_command_id TEXT,
+        handed_at BIGINT,
+        occurred_at BIGINT NOT NULL,
+        stored_at BIGINT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS outcomes_campaign ON outcomes (campaign_id, channel, outcome, stage)",
+    """CREATE TABLE IF NOT EXISTS campaigns (
+        campaign_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        channels TEXT NOT NULL,
+        planned TEXT NOT NULL,
+        updated_at BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS stops (
+        command_id TEXT PRIMARY KEY,
+        campaign_id TEXT NOT NULL,
+        channels TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested_at BIGINT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS stops_campaign ON stops (campaign_id)",
+    """CREATE TABLE IF NOT EXISTS acks (
+        command_id TEXT NOT NULL,
+        process_id TEXT NOT NULL,
+        applied_at BIGINT NOT NULL,
+        PRIMARY KEY (command_id, process_id))""",
+]
+
+UPSERT_OUTCOME = """
+INSERT INTO outcomes (message_id, campaign_id, channel, recipient_id, outcome, event, stage, reason,
+                      stop_command_id, handed_at, occurred_at, stored_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (message_id) DO UPDATE SET
+    outcome = excluded.outcome, event = excluded.event, stage = excluded.stage,
+    reason = excluded.reason, stop_command_id = excluded.stop_command_id,
+    handed_at = excluded.handed_at, occurred_at = excluded.occurred_at,
+    stored_at = excluded.stored_at
+WHERE outcomes.outcome = 'not_sent' AND excluded.outcome = 'sent'
+"""
+UPSERT_CAMPAIGN = """
+INSERT INTO campaigns (campaign_id, state, channels, planned, updated_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (campaign_id) DO UPDATE SET state = excluded.state, channels = excluded.channels,
+    planned = excluded.planned, updated_at = excluded.updated_at
+WHERE excluded.updated_at >= campaigns.updated_at
+"""
+INSERT_STOP = """
+INSERT INTO stops (command_id, campaign_id, channels, reason, requested_by, requested_at)
+VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (command_id) DO NOTHING
+"""
+INSERT_ACK = """
+INSERT INTO acks (command_id, process_id, applied_at) VALUES (?, ?, ?)
+ON CONFLICT (command_id, process_id) DO NOTHING
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRow:
+    message_id: str
+    campaign_id: str
+    channel: str
+    recipient_id: str
+    outcome: str
+    event: str
+    stage: str | None
+    reason: str | None
+    stop_command_id: str | None
+    handed_at: int | None
+    occurred_at: int
+
+
+@dataclass
+class Batch:
+    """Everything one consumed batch contributes, written in one store transaction."""
+
+    outcomes: list[OutcomeRow]
+    campaigns: list[dict[str, Any]]
+    stops: list[dict[str, Any]]
+    acks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    inserted_sent: int
+    inserted_not_sent: int
+    conflicts: int
+
+    @property
+    def inserted(self) -> int:
+        return self.inserted_sent + self.inserted_not_sent
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class OutcomeStore:
+    """SQL shared by both engines; subclasses open the connection and translate placeholders."""
+
+    placeholder = "?"
+
+    def __init__(self, connection: Any) -> None:
+        self._db = connection
+        with self._transaction() as cur:
+            for statement in SCHEMA:
+                cur.execute(statement)
+
+    # -- engine hooks ------------------------------------------------------------------------
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    def _transaction(self) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def write(self, batch: Batch) -> WriteResult:
+        """Apply a batch idempotently; returns new outcomes and sent/notSent conflicts."""
+        now = int(time.time() * 1000)
+        latest: dict[str, OutcomeRow] = {}
+        for row in batch.outcomes:
+            held = latest.get(row.message_id)
+            if held is None or (held.outcome == NOT_SENT and row.outcome == SENT):
+                latest[row.message_id] = row
+        conflicts = sum(1 for a, b in _pairs(batch.outcomes) if a.outcome != b.outcome)
+        with self._transaction() as cur:
+            existing: dict[str, str] = {}
+            for chunk in _chunks(list(latest)):
+                marks = ",".join(self.placeholder for _ in chunk)
+                cur.execute(f"SELECT message_id, outcome FROM outcomes WHERE message_id IN ({marks})",
+                            list(chunk))
+                existing.update(cur.fetchall())
+            conflicts += sum(1 for m, r in latest.items() if m in existing and existing[m] != r.outcome)
+            cur.executemany(self._sql(UPSERT_OUTCOME), [
+                (r.message_id, r.campaign_id, r.channel, r.recipient_id, r.outcome, r.event, r.stage,
+                 r.reason, r.stop_command_id, r.handed_at, r.occurred_at, now)
+                for r in latest.values()
+            ])
+            if batch.campaigns:
+                cur.executemany(self._sql(UPSERT_CAMPAIGN), [
+                    (c["campaign_id"], c["state"], json.dumps(c["channels"]),
+                     json.dumps(c["planned"]), c["updated_at"]) for c in batch.campaigns
+                ])
+            if batch.stops:
+                cur.executemany(self._sql(INSERT_STOP), [
+                    (s["command_id"], s["campaign_id"], json.dumps(s["channels"]), s["reason"],
+                     s["requested_by"], s["requested_at"]) for s in batch.stops
+                ])
+            if batch.acks:
+                cur.executemany(self._sql(INSERT_ACK), [
+                    (a["command_id"], a["process_id"], a["applied_at"]) for a in batch.acks
+                ])
+        new = [row.outcome for m, row in latest.items() if m not in existing]
+        return WriteResult(new.count(SENT), new.count(NOT_SENT), conflicts)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _query(self, statement: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._transaction() as cur:
+            values = list(args)
+            if values:
+                cur.execute(self._sql(statement), values)
+            else:
+                cur.execute(statement)  # no placeholders: psycopg must not parse the '%'s
+            return list(cur.fetchall())
+
+    def counts(self, campaign_id: str) -> list[tuple[str, str, str | None, int]]:
+        """(channel, outcome, stage, count) rows of a campaign."""
+        return [(r[0], r[1], r[2], int(r[3])) for r in self._query(
+            "SELECT channel, outcome, stage, COUNT(*) FROM outcomes WHERE campaign_id = ?"
+            " GROUP BY channel, outcome, stage", (campaign_id,))]
+
+    def campaign(self, campaign_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT state, channels, planned, updated_at FROM campaigns"
+                           " WHERE campaign_id = ?", (campaign_id,))
+        if not rows:
+            return None
+        state, channels, planned, updated_at = rows[0]
+        return {"state": state, "channels": json.loads(channels), "planned": json.loads(planned),
+                "updated_at": updated_at}
+
+    def campaigns(self) -> list[str]:
+        return [r[0] for r in self._query(
+            "SELECT campaign_id FROM campaigns UNION SELECT campaign_id FROM stops ORDER BY 1")]
+
+    def stops(self, campaign_id: str) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT s.command_id, s.channels, s.reason, s.requested_by, s.requested_at,"
+            " COUNT(a.process_id), MAX(a.applied_at) FROM stops s"
+            " LEFT JOIN acks a ON a.command_id = s.command_id WHERE s.campaign_id = ?"
+            " GROUP BY s.command_id, s.channels, s.reason, s.requested_by, s.requested_at"
+            " ORDER BY s.requested_at", (campaign_id,))
+        return [{"command_id": r[0], "channels": json.loads(r[1]), "reason": r[2],
+                 "requested_by": r[3], "requested_at": r[4], "acks": int(r[5]),
+                 "last_applied_at": r[6]} for r in rows]
+
+    def last_halted_at(self, campaign_id: str) -> int | None:
+        rows = self._query("SELECT MAX(stored_at) FROM outcomes WHERE campaign_id = ?"
+                           " AND outcome = 'not_sent'", (campaign_id,))
+        return rows[0][0] if rows else None
+
+    def handoffs_after_confirmation(self) -> dict[str, int]:
+        """Sent messages handed to a provider after every acknowledgement of a stop covering
+        their channel was in: the leak the product promises never happens (per channel)."""
+        rows = self._query(
+            "SELECT o.channel, COUNT(*) FROM outcomes o"
+            " JOIN (SELECT s.campaign_id, s.channels, MAX(a.applied_at) AS confirmed_at"
+            "       FROM stops s JOIN acks a ON a.command_id = s.command_id"
+            "       GROUP BY s.command_id, s.campaign_id, s.channels) c"
+            " ON c.campaign_id = o.campaign_id"
+            " WHERE o.outcome = 'sent' AND o.handed_at > c.confirmed_at"
+            " AND (c.channels = '[]' OR c.channels LIKE '%\"' || o.channel || '\"%')"
+            " GROUP BY o.channel")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def export(self, campaign_id: str, outcome: str, channel: str | None) -> Iterator[tuple[Any, ...]]:
+        statement = ("SELECT message_id, channel, recipient_id, outcome, stage, reason, occurred_at"
+                     " FROM outcomes WHERE campaign_id = ? AND outcome = ?")
+        args: list[Any] = [campaign_id, outcome]
+        if channel:
+            statement += " AND channel = ?"
+            args.append(channel)
+        yield from self._query(statement + " ORDER BY channel, message_id", args)
+
+
+def _pairs(rows: list[OutcomeRow]) -> Iterator[tuple[OutcomeRow, OutcomeRow]]:
+    """Pairs of rows for the same message inside one batch."""
+    first: dict[str, OutcomeRow] = {}
+    for row in rows:
+        if row.message_id in first:
+            yield first[row.message_id], row
+        else:
+            first[row.message_id] = row
+
+
+class _SQLiteTransaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Cursor:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db.cursor()
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+class SQLiteStore(OutcomeStore):
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        self.path = path
+        super().__init__(db)
+
+    def _transaction(self) -> Any:
+        return _SQLiteTransaction(self._db)
+
+
+class PostgresStore(OutcomeStore):
+    placeholder = "%s"
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+
+        try:
+            db = psycopg.connect(dsn, autocommit=True)  # transactions are explicit blocks
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
+        super().__init__(db)
+
+    def _transaction(self) -> Any:
+        return _PostgresTransaction(self._db)
+
+
+class _PostgresTransaction:
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.block: Any = None
+
+    def __enter__(self) -> Any:
+        self.block = self.db.transaction()
+        self.block.__enter__()
+        self.cursor = self.db.cursor()
+        return self.cursor
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cursor.close()
+        self.block.__exit__(*exc)
+
+
+def open_store(settings: Settings) -> OutcomeStore:
+    if settings.analytics_dsn is not None:
+        return PostgresStore(settings.analytics_dsn.get_secret_value())
+    return SQLiteStore(settings.data_dir / "analytics.sqlite")
