@@ -7,8 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+PROMETHEUS_PORT ?= 9090
 
-.PHONY: install broker demo test bench soak lint clean
+.PHONY: install broker demo test bench soak lint clean monitor
 
 install: $(STAMP)
 
@@ -33,6 +34,15 @@ bench: install
 
 soak: install
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+
+# Prometheus in the foreground, scraping the ports of deploy/prometheus/prometheus.yml: the demo's
+# worker (9464), `estop control` (6066) and the split roles (9465-9467). Ctrl-C stops it.
+monitor:
+	@command -v prometheus >/dev/null || { echo "prometheus is not installed: apt-get install prometheus (Debian), or see README"; exit 1; }
+	@mkdir -p .data/prometheus
+	@echo "Prometheus at http://localhost:$(PROMETHEUS_PORT) (targets: deploy/prometheus/prometheus.yml; log: .data/prometheus/prometheus.log; Ctrl-C stops it)"
+	prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=.data/prometheus/data \
+		--web.listen-address=localhost:$(PROMETHEUS_PORT) 2>>.data/prometheus/prometheus.log
 
 lint: install
 	$(BIN)/ruff check streams tests

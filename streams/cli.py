@@ -115,8 +115,10 @@ CHANNEL_OPTION = click.Choice(["email", "sms", "push", "webpush"])
 
 
 @main.command()
-@click.option("--role", "roles", multiple=True, type=click.Choice(["gate", "dispatcher", "sink"]),
-              help="Run only these roles (default: every gate and dispatcher, and the sink).")
+@click.option("--role", "roles", multiple=True,
+              type=click.Choice(["gate", "dispatcher", "sink", "control"]),
+              help="Run only these roles (default: every gate and dispatcher, and the sink); "
+                   "`control` alone runs the control plane, as `estop control` does.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve /metrics here (default ESTOP_METRICS_PORT; a taken port falls back to a free one).")
 @click.option("--channel", "channels", multiple=True, type=CHANNEL_OPTION,
@@ -133,12 +135,39 @@ def worker(settings: Settings, roles: tuple[str, ...], metrics_port: int | None,
         click.echo(line)
         sys.stdout.flush()
 
+    if "control" in roles:
+        if set(roles) != {"control"} or channels or metrics_port is not None:
+            raise UsageError("the control role runs in a process of its own, without --channel or "
+                             "--metrics-port (its /metrics is on its HTTP port, ESTOP_CONTROL_PORT)")
+        from streams.controlplane import run_control
+
+        sys.exit(run_control(settings, announce))
+
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     if metrics_port is not None:
         settings = settings.model_copy(update={"metrics_port": metrics_port})
     sys.exit(run_worker(settings, roles or ROLES, channels or CHANNELS, announce))
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="HTTP port of the API and /metrics (default ESTOP_CONTROL_PORT, 6066; 0 picks "
+                   "a free one, printed in the ready line).")
+@click.pass_obj
+@handles_errors
+def control(settings: Settings, port: int | None) -> None:
+    """The control plane (faust-streaming): campaign HTTP API, stop confirmations, /metrics."""
+    from streams.controlplane import run_control
+
+    def announce(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    if port is not None:
+        settings = settings.model_copy(update={"control_port": port})
+    sys.exit(run_control(settings, announce))
 
 
 @main.command()
@@ -235,12 +264,13 @@ def status(settings: Settings, campaign_id: str, as_json: bool) -> None:
         return
     click.echo(f"{campaign_id}: {report['state']}")
     click.echo(f"  {'channel':<8} {'requested':>10} {'passed gate':>12} {'handed':>10} "
-               f"{'sent':>10} {'notSent@sending':>16} {'notSent@provider':>17} {'pending':>9}")
+               f"{'sent':>10} {'notSent@sending':>16} {'notSent@provider':>17} {'failed':>8} "
+               f"{'pending':>9}")
     for channel, c in report["channels"].items():
         click.echo(f"  {channel:<8} {c['requested']:>10,} {c['passed_gate']:>12,} "
                    f"{c['handed_to_provider']:>10,} {c['sent']:>10,} "
                    f"{c['not_sent']['sending']:>16,} {c['not_sent']['provider']:>17,} "
-                   f"{c['pending']:>9,}")
+                   f"{c['failed']:>8,} {c['pending']:>9,}")
     for s in report["stops"]:
         click.echo(f"  stopped {', '.join(s['channels'])} by {s['requested_by']} at "
                    f"{_when(s['requested_at'])}: {s['reason']} (command {s['command_id']})")
@@ -290,6 +320,8 @@ def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[s
     click.echo(f"  sent                         {result.sent:>10,}")
     click.echo(f"  notSent, stage sending       {result.not_sent.get('sending', 0):>10,}")
     click.echo(f"  notSent, stage provider      {result.not_sent.get('provider', 0):>10,}")
+    if result.failed:
+        click.echo(f"  failed at the provider       {result.failed:>10,}")
     click.echo(f"  total outcomes               {result.total:>10,}")
     click.echo(f"  stop confirmed in            {stop_line}")
     click.echo(f"  all outcomes in after stop   {result.outcomes_complete_s or 0:.1f}s")
@@ -346,17 +378,18 @@ def _report_table(data: dict[str, Any]) -> Any:
     from rich.text import Text
 
     table = Table(title=f"{data['campaign_id']}: {data['state'] or 'unknown state'}")
-    for column in ("channel", "planned", "sent", "notSent", "@sending", "@provider", "pending"):
+    for column in ("channel", "planned", "sent", "notSent", "@sending", "@provider", "failed",
+                   "pending"):
         table.add_column(column, justify="left" if column == "channel" else "right")
     for channel, c in data["by_channel"].items():
         stages = c["not_sent_by_stage"]
         table.add_row(channel, f"{c['planned']:,}", f"{c['sent']:,}", f"{c['not_sent']:,}",
                       f"{stages.get('sending', 0):,}", f"{stages.get('provider', 0):,}",
-                      f"{c['pending']:,}")
+                      f"{c.get('failed', 0):,}", f"{c['pending']:,}")
     stages = data["not_sent_by_stage"]
     table.add_row("total", f"{data['total']:,}", f"{data['sent']:,}", f"{data['not_sent']:,}",
                   f"{stages.get('sending', 0):,}", f"{stages.get('provider', 0):,}",
-                  f"{data['pending']:,}", style="bold")
+                  f"{data.get('failed', 0):,}", f"{data['pending']:,}", style="bold")
     lines = []
     for stop in data["stops"]:
         channels = ", ".join(stop["channels"]) or "all channels"
@@ -370,8 +403,9 @@ def _report_table(data: dict[str, Any]) -> Any:
 
 @main.command()
 @click.argument("campaign_id")
-@click.option("--status", "outcome", type=click.Choice(["not_sent", "sent"]), required=True,
-              help="Which recipients: those never sent (to re-target) or those sent.")
+@click.option("--status", "outcome", type=click.Choice(["not_sent", "sent", "failed"]), required=True,
+              help="Which recipients: those never sent (to re-target), those sent, or those the "
+                   "provider never accepted.")
 @click.option("--channel", type=CHANNEL_OPTION, default=None)
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV file to write (replaced atomically).")
@@ -388,3 +422,25 @@ def export(settings: Settings, campaign_id: str, outcome: str, channel: str | No
     finally:
         store.close()
     click.echo(f"wrote {rows:,} {outcome} rows of {campaign_id} to {out}")
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Small sizes: the whole run ends within about 3 minutes.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("bench/results/latest.json"), show_default=True)
+@click.pass_obj
+@handles_errors
+def bench(settings: Settings, quick: bool, out: Path) -> None:
+    """Measure throughput, stop latency, leaks and analytics completion against raw Kafka."""
+    from rich.console import Console
+
+    from streams.bench.harness import run_bench
+    from streams.bench.plot import plot, print_table
+
+    console = Console()
+    started = __import__("time").monotonic()
+    results = run_bench(settings, quick, out, lambda line: console.print(f"[dim]{line}[/dim]"))
+    plot(results, out.with_suffix(".png"))
+    print_table(results, console)
+    console.print(f"wrote {out} and {out.with_suffix('.png')} "
+                  f"in {__import__('time').monotonic() - started:.0f}s")

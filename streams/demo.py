@@ -36,6 +36,7 @@ class DemoResult:
     planned: int
     sent: int = 0
     not_sent: dict[str, int] = field(default_factory=dict)
+    failed: int = 0  # never accepted by a provider within the retry budget (provider faults)
     stop: StopResult | None = None
     launch: LaunchResult | None = None
     handoffs_after_confirmation: int = 0
@@ -46,7 +47,7 @@ class DemoResult:
 
     @property
     def total(self) -> int:
-        return self.sent + sum(self.not_sent.values())
+        return self.sent + sum(self.not_sent.values()) + self.failed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class DemoResult:
             "sent": self.sent,
             "not_sent": self.not_sent,
             "not_sent_total": sum(self.not_sent.values()),
+            "failed": self.failed,
             "total": self.total,
             "stop_confirmed": bool(self.stop and self.stop.confirmed),
             "stop_confirm_s": self.stop.confirm_s if self.stop else None,
@@ -145,13 +147,14 @@ class WorkerProcess:
 
 
 class OutcomeWatch:
-    """Tails ``sent`` and ``notsent`` from the beginning, counting one outcome per message."""
+    """Tails ``sent``, ``notsent`` and ``failed`` from the beginning, counting one outcome per
+    message."""
 
     def __init__(self, settings: Settings, campaign_id: str) -> None:
         self.counter = OutcomeCounter(campaign_id)
         self._consumer = consumer(settings)
         parts = []
-        for topic in (settings.topics.sent, settings.topics.notsent):
+        for topic in (settings.topics.sent, settings.topics.notsent, settings.topics.failed):
             metadata = self._consumer.list_topics(topic, timeout=settings.admin_timeout_s)
             parts += [TopicPartition(topic, p, OFFSET_BEGINNING)
                       for p in metadata.topics[topic].partitions]
@@ -216,6 +219,7 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
             progress.update(sent_task, completed=watch.sent())
         result.outcomes_complete_s = time.monotonic() - stopped_at
         result.sent = watch.sent()
+        result.failed = sum(c.failed for c in watch.counter.counts.values())
         result.not_sent = {stage: sum(c.not_sent.get(stage, 0) for c in watch.counter.counts.values())
                            for stage in STAGES}
         if stop.confirmed_at_ms is not None:

@@ -4,7 +4,6 @@ result, role, topic); never a campaign, message or recipient id (see docs/metric
 from __future__ import annotations
 
 import logging
-import socket
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -19,6 +18,15 @@ NOT_SENT = Counter(
     ["channel", "stage"],
 )
 SENT = Counter("estop_sent_events_total", "sent events published (provider receipts)", ["channel"])
+FAILED = Counter(
+    "estop_failed_events_total",
+    "failed events published: messages the provider never accepted within the retry budget",
+    ["channel"],
+)
+PROVIDER_RETRIES = Counter(
+    "estop_provider_retries_total", "Handoffs tried again after a provider error or timeout",
+    ["channel", "error"],  # error | timeout
+)
 HANDOFFS = Counter("estop_provider_handoffs_total", "Messages handed to a provider", ["channel"])
 CANCELLED = Counter(
     "estop_provider_cancelled_total", "Messages a provider still held and cancelled on a stop",
@@ -58,17 +66,53 @@ SINK_STORE_SECONDS = Histogram(
 )
 UP = Gauge("estop_role_up", "1 while a role runs in this process", ["role"])
 
+# Control plane (`estop control`): stop confirmation as the control service follows it.
+STOPS_UNCONFIRMED = Gauge(
+    "estop_stops_unconfirmed",
+    "Stops in force that not every live gate and dispatcher process has acknowledged yet",
+)
+STOP_UNCONFIRMED_SECONDS = Gauge(
+    "estop_stop_unconfirmed_seconds",
+    "Age of the oldest stop not confirmed yet; 0 while every stop is confirmed",
+)
+LIVE_PROCESSES = Gauge(
+    "estop_live_processes", "Live gate and dispatcher processes (members of their consumer groups)",
+)
+CAMPAIGNS = Gauge("estop_campaigns", "Campaigns the control service knows, by lifecycle state",
+                  ["state"])
+
+
+def init_labels(channels: tuple[str, ...] | list[str], topics: list[str]) -> None:
+    """Create the labelled series a process will count in at 0, before anything happens: a
+    series born at its first increment makes rate()/increase() miss that increment (dashboards
+    and the dead-letter alert depend on seeing it)."""
+    from streams.models import STAGES
+
+    for channel in channels:
+        SENT.labels(channel)
+        FAILED.labels(channel)
+        for error in ("error", "timeout"):
+            PROVIDER_RETRIES.labels(channel, error)
+        HANDOFFS.labels(channel)
+        CANCELLED.labels(channel)
+        for stage in STAGES:
+            NOT_SENT.labels(channel, stage)
+        for result in ("passed", "halted", "dead_lettered"):
+            GATE_REQUESTS.labels(channel, result)
+    for outcome in ("sent", "not_sent", "failed"):
+        SINK_OUTCOMES.labels(outcome)
+    for topic in topics:
+        DEAD_LETTERED.labels(topic)
+
 
 def serve_metrics(port: int) -> int:
-    """Serve /metrics on ``port``, or on a free port if it is taken; returns the port used."""
+    """Serve /metrics on ``port``, or on a free port if it is 0 or taken; returns the port used.
+    The free port is the one the server bound (no probe-then-bind race between processes)."""
     if port:
         try:
             start_http_server(port)
             return port
         except OSError:
             log.warning("metrics port %d is taken; serving metrics on a free port instead", port)
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        free = int(probe.getsockname()[1])
-    start_http_server(free)
-    return free
+    server, _thread = start_http_server(0)
+    return int(server.server_port)

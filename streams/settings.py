@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # Prometheus: every process serves /metrics here; a taken port falls back to a free one.
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
+    # Control plane (`estop control`): HTTP API and its /metrics; port 0 picks a free port.
+    control_port: int = Field(default=6066, ge=0, le=65535)
+    control_host: str = "localhost"
+
     # Local broker recipe.
     kafka_version: str = "4.1.1"
     broker_port: int = 9092
@@ -62,6 +66,18 @@ class Settings(BaseSettings):
     # Simulated providers (one per channel): messages per second and time spent "processing".
     provider_rate: float = Field(default=20000.0, gt=0)
     provider_delay_s: float = Field(default=2.0, ge=0)
+    # Simulated provider faults: the share of handoffs answered with an error (never accepted)
+    # or a timeout (accepted or not: the caller cannot tell), and the dispatcher's retry budget
+    # for them: up to provider_max_retries more attempts, backing off exponentially from
+    # provider_retry_backoff_s; a message still not accepted ends as a `failed` outcome.
+    provider_error_rate: float = Field(default=0.0, ge=0, le=1)
+    provider_timeout_rate: float = Field(default=0.0, ge=0, le=1)
+    provider_max_retries: int = Field(default=3, ge=0)
+    provider_retry_backoff_s: float = Field(default=0.05, ge=0)
+
+    # Fault injection for the reliability tests: the process SIGKILLs itself the first time it
+    # reaches this point (see streams/faults.py). Never set in production.
+    crash_at: str | None = None
 
     @cached_property
     def topics(self) -> Topics:
@@ -91,6 +107,7 @@ class Topics:
         self.acks = f"{prefix}campaign-control-acks"
         self.sent = f"{prefix}sent"
         self.notsent = f"{prefix}notsent"
+        self.failed = f"{prefix}failed"
         self.sink_group = f"{prefix}estop-sink"
 
     def send_requests(self, channel: str) -> str:
@@ -123,6 +140,7 @@ class Topics:
             *(self.dispatch(c) for c in CHANNELS),
             self.sent,
             self.notsent,
+            self.failed,
         ]
 
 

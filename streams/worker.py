@@ -17,7 +17,7 @@ from streams.dispatch.dispatcher import Dispatcher
 from streams.dispatch.provider import SimulatedProvider
 from streams.gate.gate import Gate
 from streams.kafka.clients import process_id, wait_for_broker
-from streams.metrics import UP, serve_metrics
+from streams.metrics import UP, init_labels, serve_metrics
 from streams.serde import serdes_for
 from streams.settings import Settings
 from streams.sink.sink import Sink
@@ -26,6 +26,9 @@ from streams.sink.store import open_store
 log = logging.getLogger(__name__)
 
 ROLES = ("gate", "dispatcher", "sink")
+# `--role control` runs the control plane (streams.controlplane, a Faust app) in a process of its
+# own: it is not one of the default roles.
+CONTROL_ROLE = "control"
 
 
 class Worker:
@@ -49,14 +52,18 @@ class Worker:
         self.dispatchers: list[Dispatcher] = []
         if "dispatcher" in roles:
             for channel in channels:
-                provider = SimulatedProvider.for_channel(settings.data_dir, channel,
-                                                         settings.provider_delay_s)
+                provider = SimulatedProvider.for_channel(
+                    settings.data_dir, channel, settings.provider_delay_s,
+                    settings.provider_error_rate, settings.provider_timeout_rate)
                 dispatcher = Dispatcher(settings, channel, self.view, self.serdes,
                                         self.process_id, provider, settings.provider_rate)
                 self.feed.add_hook(dispatcher.on_stop)
                 self.dispatchers.append(dispatcher)
         self._threads: list[threading.Thread] = []
         self.failed = False
+        # Every series this process counts in exists from the start, at 0 (see init_labels).
+        init_labels(channels, [*(g.source for g in self.gates), *(d.source for d in self.dispatchers),
+                               *(self.sink.topics if self.sink else [])])
 
     def start(self) -> None:
         wait_for_broker(self.settings)

@@ -17,7 +17,9 @@ from streams.models import (
     CHANNELS,
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
+    HEADER_OUTCOME,
     HEADER_STAGE,
+    OUTCOME_FAILED,
     STAGE_SENDING,
     STAGES,
 )
@@ -31,6 +33,7 @@ class ChannelCounts:
     queued: int = 0
     handed: int = 0
     sent: int = 0
+    failed: int = 0  # the provider never accepted them within the retry budget
     not_sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
 
     @property
@@ -46,11 +49,12 @@ class ChannelCounts:
 
     @property
     def pending(self) -> int:
-        return max(self.planned - self.sent - self.not_sent_total, 0)
+        return max(self.planned - self.sent - self.not_sent_total - self.failed, 0)
 
 
 class OutcomeCounter:
-    """Counts one outcome per message id for one campaign from the two event topics."""
+    """Counts one outcome per message id for one campaign from the event topics (sent,
+    notsent, failed)."""
 
     def __init__(self, campaign_id: str) -> None:
         self.campaign_id = campaign_id.encode()
@@ -72,7 +76,9 @@ class OutcomeCounter:
         self.seen.add(key)
         counts = self.channel(headers.get(HEADER_CHANNEL, b"?").decode())
         stage = headers.get(HEADER_STAGE)
-        if stage is None:
+        if headers.get(HEADER_OUTCOME) == OUTCOME_FAILED.encode():
+            counts.failed += 1
+        elif stage is None:
             counts.sent += 1
         else:
             stage_name = stage.decode()
@@ -87,6 +93,7 @@ def count_outcomes(settings: Settings, campaign_id: str) -> OutcomeCounter:
     counter = OutcomeCounter(campaign_id)
     read_topic(settings, settings.topics.sent, counter.add)
     read_topic(settings, settings.topics.notsent, counter.add)
+    read_topic(settings, settings.topics.failed, counter.add)
     return counter
 
 
@@ -113,6 +120,7 @@ def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dic
             "handed_to_provider": counts.handed,
             "sent": counts.sent,
             "not_sent": dict(counts.not_sent),
+            "failed": counts.failed,
             "pending": counts.pending,
         }
     return {
@@ -124,6 +132,7 @@ def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dic
             "planned": sum(c["planned"] for c in per_channel.values()),
             "sent": sum(c["sent"] for c in per_channel.values()),
             "not_sent": sum(sum(c["not_sent"].values()) for c in per_channel.values()),
+            "failed": sum(c["failed"] for c in per_channel.values()),
         },
         "known_channels": list(CHANNELS),
     }

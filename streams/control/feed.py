@@ -1,6 +1,12 @@
 """Keeps a ControlView current: reads ``campaign-control`` to its end before the process
 handles its first request (every partition assigned, no consumer group), then tails it on a
-thread, runs the process's stop hooks and acknowledges each command it applied."""
+thread, runs the process's stop hooks and acknowledges each command it applied.
+
+``campaign-control`` is compacted by campaign id: only the latest record of a campaign survives.
+A tombstone, an unknown action or an unreadable record after a stop would therefore erase the
+stop for every process that starts after compaction. A data-plane feed that reads such a record
+(or any record that does not carry every stopped channel) re-publishes the stop in force, so the
+latest record of a stopped campaign is always a stop."""
 
 from __future__ import annotations
 
@@ -11,10 +17,11 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, Message
 
-from streams.control.view import Applied, ControlView
+from streams.control.view import ALL_CHANNELS, Applied, ControlView
 from streams.kafka.clients import producer, take
 from streams.kafka.reader import assign_all, read_until
 from streams.metrics import CONTROL_ANOMALIES, STOP_PROPAGATION, STOPS_APPLIED
+from streams.models import ACTION_STOP
 from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
 
@@ -44,6 +51,8 @@ class ControlFeed:
         self._running = threading.Event()
         self.bootstrap_s: float | None = None
         self._received_at: dict[str, int] = {}  # record timestamps of commands being applied
+        self._seen: set[str] = set()  # command ids applied: a re-published stop is not new
+        self._repair: set[str] = set()  # stopped campaigns whose latest record is not a full stop
 
     def add_hook(self, hook: StopHook) -> None:
         self._hooks.append(hook)
@@ -58,6 +67,7 @@ class ControlFeed:
         read_until(reader, self.settings.topics.control, ends, lambda m: self._apply(m, applied))
         recent = now_ms() - int(self.settings.ack_recent_s * 1000)
         self._after_apply([a for a in applied if a.requested_at >= recent], applied)
+        self._republish()
         self.bootstrap_s = time.monotonic() - started
         log.info("control view ready: %d stopped campaigns, %d commands in %.2fs",
                  len(self.view), self.view.applied, self.bootstrap_s)
@@ -89,39 +99,86 @@ class ControlFeed:
                 self._apply(message, applied)
             if applied:
                 self._after_apply(applied, applied)
+            self._republish()
 
     def _apply(self, message: Message, applied: list[Applied]) -> None:
+        key = message.key()
+        campaign = key.decode(errors="replace") if isinstance(key, bytes) else ""
+        anomalies = self.view.anomalies
+        covers: frozenset[str] = frozenset()  # the channels this record stops on its own
         value = message.value()
         if value is None:
-            key = message.key()
-            campaign = key.decode(errors="replace") if isinstance(key, bytes) else ""
             if self.view.apply_tombstone(campaign):
-                CONTROL_ANOMALIES.inc()
                 log.warning("ignored a tombstone for stopped campaign %r: a stop is final", campaign)
+        else:
+            try:
+                command = self.serdes.control_command.decode(value)
+            except SerdeError as exc:
+                self.view.apply_anomaly()
+                log.warning("ignored an unreadable control record for %r at %s[%d]@%d: %s", campaign,
+                            message.topic(), message.partition(), message.offset(), exc.reason)
+            else:
+                result = self.view.apply(command)
+                if result is None:
+                    log.warning("ignored control command %s for %r: action %r, channels %s",
+                                command.get("command_id"), command.get("campaign_id"),
+                                command.get("action"), command.get("channels"))
+                else:
+                    if command["action"] == ACTION_STOP:
+                        covers = frozenset(command["channels"]) or ALL_CHANNELS
+                    if self.view.anomalies > anomalies:
+                        log.warning("control command %s names unknown channels: %s",
+                                    result.command_id, command.get("channels"))
+                    if result.command_id not in self._seen:
+                        self._seen.add(result.command_id)
+                        applied.append(result)
+                        self._received_at[result.command_id] = message.timestamp()[1]
+        if self.view.anomalies > anomalies:
+            CONTROL_ANOMALIES.inc(self.view.anomalies - anomalies)
+        stopped = self.view.channels_stopped(campaign) if campaign else frozenset()
+        if stopped and not stopped <= covers:
+            self._repair.add(campaign)
+        else:
+            self._repair.discard(campaign)
+
+    def _republish(self) -> None:
+        """Make a full stop the latest record of every stopped campaign whose latest record is
+        not one (see the module's note); every data-plane process does it, duplicates are
+        harmless (same command id: not applied or acknowledged twice)."""
+        if not self._repair or not self._acknowledge or self._producer is None:
+            self._repair.clear()
             return
-        try:
-            command = self.serdes.control_command.decode(value)
-        except SerdeError as exc:
-            self.view.apply_anomaly()
-            CONTROL_ANOMALIES.inc()
-            log.warning("ignored an unreadable control record at %s[%d]@%d: %s",
-                        message.topic(), message.partition(), message.offset(), exc.reason)
-            return
-        result = self.view.apply(command)
-        if result is None:
-            CONTROL_ANOMALIES.inc()
-            log.warning("ignored control command %s: action %r", command.get("command_id"),
-                        command.get("action"))
-            return
-        applied.append(result)
-        self._received_at[result.command_id] = message.timestamp()[1]
+        for campaign in sorted(self._repair):
+            stops = self.view.stops(campaign)
+            if not stops:
+                continue
+            channels = self.view.channels_stopped(campaign)
+            first = stops[0]
+            command = {
+                "command_id": first.command_id,
+                "campaign_id": campaign,
+                "action": ACTION_STOP,
+                "channels": [] if channels == ALL_CHANNELS else sorted(channels),
+                "reason": first.reason,
+                "requested_by": first.requested_by,
+                "requested_at": first.requested_at,
+            }
+            self._producer.produce(self.settings.topics.control, key=campaign.encode(),
+                                   value=self.serdes.control_command.encode(command))
+            log.warning("re-published the stop of %r on %s: its latest record was not a stop "
+                        "of every stopped channel, which compaction would have kept alone",
+                        campaign, ", ".join(sorted(channels)))
+        self._repair.clear()
+        self._producer.flush(10)
 
     def _after_apply(self, to_ack: list[Applied], applied: list[Applied]) -> None:
         halted: dict[str, int] = {}
         for result in applied:
             if result.newly_halted:
                 halted[result.command_id] = sum(hook(result) for hook in self._hooks)
-        if to_ack:
+        if to_ack and self._acknowledge:
+            # Only a stage's feed applies stops; read-only views (CLI, control service, launcher)
+            # must not count in the data plane's stop metrics.
             applied_at = now_ms()
             for result in to_ack:
                 STOPS_APPLIED.inc()

@@ -15,11 +15,12 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.campaigns.lifecycle import publish_status, read_campaigns, read_control
-from streams.control.exceptions import InvalidStopError
+from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
 from streams.control.feed import now_ms
 from streams.control.view import Stop
 from streams.kafka.clients import admin, consumer, producer, take, wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError
+from streams.kafka.reader import high_watermark
 from streams.models import ACTION_STOP, CHANNELS, STATE_STOPPED, STOPPABLE_STATES, check_channels
 from streams.serde import Serdes
 from streams.settings import Settings
@@ -75,8 +76,11 @@ def validate(reason: str, channels: list[str]) -> tuple[str, tuple[str, ...]]:
         raise InvalidStopError(str(exc)) from exc
 
 
-def live_processes(settings: Settings, client: AdminClient | None = None) -> set[str]:
-    """client.id of every member of the gate and dispatcher groups right now."""
+def live_processes(settings: Settings, client: AdminClient | None = None,
+                   strict: bool = False) -> set[str]:
+    """client.id of every member of the gate and dispatcher groups right now. ``strict``: a
+    group that cannot be described raises instead of counting as empty (the control service
+    records confirmations from this set)."""
     groups = settings.topics.data_plane_groups()
     client = client or admin(settings)
     futures = client.describe_consumer_groups(groups, request_timeout=settings.admin_timeout_s)
@@ -85,6 +89,8 @@ def live_processes(settings: Settings, client: AdminClient | None = None) -> set
         try:
             description = future.result(timeout=settings.admin_timeout_s + 5)
         except (KafkaException, TimeoutError):
+            if strict:
+                raise
             continue  # a group that never existed has no live member
         members.update(m.client_id for m in description.members)
     return members
@@ -110,9 +116,10 @@ def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str
     status = campaigns.get(campaign_id)
     if not already and not force and (status is None or status["state"] not in STOPPABLE_STATES):
         seen = f"it is {status['state']}" if status else "it has not been seen on campaign-status"
-        raise InvalidStopError(
+        raise CampaignNotStoppableError(
             f"campaign {campaign_id!r} is not Sending or Finished ({seen}); "
-            "use --force to stop it anyway"
+            "use --force to stop it anyway",
+            status["state"] if status else None,
         )
 
     acks_from = _acks_end(settings)
@@ -159,9 +166,8 @@ def _acks_end(settings: Settings) -> dict[int, int]:
         metadata = reader.list_topics(settings.topics.acks, timeout=settings.admin_timeout_s)
         ends = {}
         for partition in metadata.topics[settings.topics.acks].partitions:
-            _, high = reader.get_watermark_offsets(TopicPartition(settings.topics.acks, partition),
-                                                   timeout=settings.admin_timeout_s, cached=False)
-            ends[partition] = high
+            ends[partition] = high_watermark(reader, TopicPartition(settings.topics.acks, partition),
+                                             settings.admin_timeout_s)
         return ends
     finally:
         reader.close()
@@ -191,16 +197,21 @@ def _await_confirmation(settings: Settings, serdes: Serdes, result: StopResult,
                         ack["process_id"], ack["roles"], ack["applied_at"] - broker_ack_ms, ack["halted"]
                     )
             now = time.monotonic()
-            if now >= next_live_check:
-                live = live_processes(settings, client)
-                next_live_check = now + 0.5
-            if set(acked) >= live:
-                # Everyone Kafka counts as live has applied the stop.
-                live = live_processes(settings, client)
+            try:
+                if now >= next_live_check:
+                    live = live_processes(settings, client, strict=True)
+                    next_live_check = now + 0.5
                 if set(acked) >= live:
-                    result.confirmed = True
-                    result.confirmed_at_ms = now_ms()
-                    break
+                    # Everyone Kafka counts as live has applied the stop (asked again, so a
+                    # process that joined meanwhile is not missed).
+                    live = live_processes(settings, client, strict=True)
+                    if set(acked) >= live:
+                        result.confirmed = True
+                        result.confirmed_at_ms = now_ms()
+                        break
+            except (KafkaException, TimeoutError):
+                # A group Kafka could not describe is unknown, not empty: never confirm on it.
+                next_live_check = 0.0
             if now > deadline:
                 break
     finally:

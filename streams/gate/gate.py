@@ -9,16 +9,20 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from streams.control.feed import now_ms
 from streams.control.view import ControlView
-from streams.kafka.clients import Headers, consumer, producer, take
+from streams.faults import crash_point
+from streams.kafka import transactions
+from streams.kafka.clients import Headers, consumer, headers_of, producer, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
 from streams.kafka.lag import LagGauge
 from streams.metrics import DEAD_LETTERED, GATE_REQUESTS, NOT_SENT
 from streams.models import (
+    CHANNELS,
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
     HEADER_STAGE,
@@ -50,75 +54,112 @@ class Gate:
         })
         self.producer = producer(settings, **{
             "transactional.id": f"{topics.gate_group(channel)}-{process_id}-{uuid.uuid4().hex[:8]}",
+            "transaction.timeout.ms": transactions.TRANSACTION_TIMEOUT_MS,
         })
         self.lag = LagGauge(self.consumer, f"gate.{channel}", self.source, settings)
         self.passed = 0
         self.halted = 0
         self.dead_lettered = 0
+        self._revoked: set[int] = set()
 
     def run(self, running: threading.Event) -> None:
-        self.producer.init_transactions(self.settings.admin_timeout_s)
-        self.consumer.subscribe([self.source])
+        transactions.retrying(lambda: self.producer.init_transactions(self.settings.admin_timeout_s),
+                              f"gate {self.channel}: init")
+        self.consumer.subscribe([self.source], on_revoke=self._on_revoke, on_lost=self._on_revoke)
         try:
             while running.is_set():
                 messages = take(self.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
+                if self._revoked:
+                    # Partitions taken away while this batch was fetched: their new owner
+                    # starts from the committed offsets, so these records are its to process.
+                    messages = [m for m in messages if m.partition() not in self._revoked]
+                    self._revoked.clear()
                 if messages:
                     self._process(messages)
                 self.lag.maybe_update()
         finally:
             self.consumer.close()
 
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._revoked.update(tp.partition for tp in partitions)
+
     def _process(self, messages: list[Message]) -> None:
         produce = self.producer.produce
         view_stopped = self.view.stopped
         channel = self.channel
-        self.producer.begin_transaction()
+        channel_bytes = channel.encode()
+        decode = self.serdes.send_request.decode
+        known = self.serdes.send_request.has_known_header
+        transactions.begin(self.producer)
         passed = halted = dead = 0
         offsets: dict[int, int] = {}
-        for message in messages:
-            if message.error():
-                continue
-            offsets[message.partition()] = message.offset() + 1  # type: ignore[index,operator]
-            value = message.value()
-            if value is None or len(value) > MAX_RECORD_BYTES:
-                dead_letter(self.producer, message,
-                            "empty value" if value is None else f"record of {len(value)} bytes")
-                dead += 1
-                continue
-            try:
-                request = self.serdes.send_request.decode(value)
-            except SerdeError as exc:
-                dead_letter(self.producer, message, exc.reason)
-                dead += 1
-                continue
-            if request["channel"] != channel:
-                dead_letter(self.producer, message,
-                            f"channel {request['channel']!r} on the {channel} topic")
-                dead += 1
-                continue
-            campaign = request["campaign_id"]
-            stop = view_stopped(campaign, channel)
-            headers: Headers = [(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, channel.encode())]
-            if stop is None:
-                produce(self.target, value=value, key=message.key(), headers=headers)
-                passed += 1
-                continue
-            event = {
-                "event": self.event,
-                "message_id": request["message_id"],
-                "campaign_id": campaign,
-                "channel": channel,
-                "recipient_id": request["recipient_id"],
-                "stage": STAGE_SENDING,
-                "reason": f"campaign stopped: {stop.reason}",
-                "stop_command_id": stop.command_id,
-                "stop_requested_at": stop.requested_at,
-                "occurred_at": now_ms(),
-            }
-            produce(self.notsent, value=self.serdes.not_sent.encode(event),
-                    key=request["message_id"].encode(),
-                    headers=[*headers, (HEADER_STAGE, STAGE_SENDING.encode())])
-            halted += 1
+        try:
+            for message in messages:
+                if message.error():
+                    continue
+                offsets[message.partition()] = message.offset() + 1  # type: ignore[index,operator]
+                value = message.value()
+                if value is None or len(value) > MAX_RECORD_BYTES:
+                    dead_letter(self.producer, message,
+                                "empty value" if value is None else f"record of {len(value)} bytes")
+                    dead += 1
+                    continue
+                # Fast path: route by the campaign and channel headers, checking only the Avro
+                # envelope; the body is decoded when the gate must read it (a notSent event, a
+                # record without headers) and, for passing records, by the dispatcher.
+                campaign_header, channel_header = _routing(message)
+                request = None
+                if campaign_header is None or not known(value):
+                    try:
+                        request = _valid(decode(value))
+                    except SerdeError as exc:
+                        dead_letter(self.producer, message, exc.reason)
+                        dead += 1
+                        continue
+                    campaign, record_channel = request["campaign_id"], request["channel"]
+                else:
+                    campaign, record_channel = campaign_header, channel_header or channel
+                if record_channel != channel:
+                    known_channel = "channel" if record_channel in CHANNELS else "unknown channel"
+                    dead_letter(self.producer, message,
+                                f"{known_channel} {record_channel!r} on the {channel} topic")
+                    dead += 1
+                    continue
+                stop = view_stopped(campaign, channel)
+                headers: Headers = [(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, channel_bytes)]
+                if stop is None:
+                    produce(self.target, value=value, key=message.key(), headers=headers)
+                    passed += 1
+                    continue
+                if request is None:
+                    try:
+                        request = _valid(decode(value))
+                    except SerdeError as exc:
+                        dead_letter(self.producer, message, exc.reason)
+                        dead += 1
+                        continue
+                event = {
+                    "event": self.event,
+                    "message_id": request["message_id"],
+                    "campaign_id": campaign,
+                    "channel": channel,
+                    "recipient_id": request["recipient_id"],
+                    "stage": STAGE_SENDING,
+                    "reason": f"campaign stopped: {stop.reason}",
+                    "stop_command_id": stop.command_id,
+                    "stop_requested_at": stop.requested_at,
+                    "occurred_at": now_ms(),
+                }
+                produce(self.notsent, value=self.serdes.not_sent.encode(event),
+                        key=request["message_id"].encode(),
+                        headers=[*headers, (HEADER_STAGE, STAGE_SENDING.encode())])
+                halted += 1
+        except KafkaException as exc:
+            # E.g. a record expired while the broker was away: redo the batch from its start.
+            transactions.abort(self.producer, exc, self.settings.admin_timeout_s, f"gate {channel}")
+            self._rewind()
+            return
+        crash_point(self.settings, "gate-produced")
         if not self._commit([TopicPartition(self.source, p, o) for p, o in offsets.items()]):
             return
         self.passed += passed
@@ -132,28 +173,32 @@ class Gate:
             DEAD_LETTERED.labels(self.source).inc(dead)
 
     def _commit(self, offsets: list[TopicPartition]) -> bool:
-        """Commit the batch's transaction; False when it was aborted and will be redone."""
-        try:
-            self.producer.send_offsets_to_transaction(
-                offsets,
-                self.consumer.consumer_group_metadata(),
-                self.settings.admin_timeout_s,
-            )
-            self.producer.commit_transaction(self.settings.admin_timeout_s)
+        """Commit the batch's transaction; False when it was aborted and will be redone (from
+        the last committed offsets, in a new transaction)."""
+        if transactions.commit(self.producer, offsets, self.consumer.consumer_group_metadata(),
+                               self.settings.admin_timeout_s, f"gate {self.channel}"):
             return True
-        except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if error.txn_requires_abort():
-                # Rewind to the last committed offsets and redo the batch in a new transaction.
-                log.warning("gate %s aborts a transaction: %s", self.channel, error)
-                self.producer.abort_transaction(self.settings.admin_timeout_s)
-                self._rewind()
-                return False
-            raise
+        self._rewind()
+        return False
 
     def _rewind(self) -> None:
-        committed = self.consumer.committed(self.consumer.assignment(),
-                                            timeout=self.settings.admin_timeout_s)
-        for tp in committed:
-            if tp.offset >= 0:
-                self.consumer.seek(tp)
+        transactions.rewind(self.consumer, self.settings.admin_timeout_s)
+
+
+def _routing(message: Message) -> tuple[str | None, str | None]:
+    """The campaign and channel headers of a send request, when its producer set them."""
+    campaign = channel = None
+    for key, value in headers_of(message):
+        if key == HEADER_CAMPAIGN and isinstance(value, bytes):
+            campaign = value.decode(errors="replace")
+        elif key == HEADER_CHANNEL and isinstance(value, bytes):
+            channel = value.decode(errors="replace")
+    return campaign, channel
+
+
+def _valid(request: dict[str, Any]) -> dict[str, Any]:
+    """A decoded request the gate can act on: every id present."""
+    for name in ("message_id", "campaign_id", "recipient_id"):
+        if not request[name]:
+            raise SerdeError(f"invalid SendRequest: empty {name}")
+    return request

@@ -6,11 +6,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.kafka.clients import consumer, take
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.settings import Settings
+
+# A partition without a leader yet: a topic created a moment ago, a broker (re)starting.
+_NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                            KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+def high_watermark(reader: Consumer, partition: TopicPartition, timeout_s: float) -> int:
+    """The partition's end offset from its leader, waiting up to ``timeout_s`` for one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _, high = reader.get_watermark_offsets(partition, timeout=timeout_s, cached=False)
+            return int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def assign_all(settings: Settings, topic: str, **extra: object) -> tuple[Consumer, dict[int, int]]:
@@ -24,10 +41,8 @@ def assign_all(settings: Settings, topic: str, **extra: object) -> tuple[Consume
         raise KafkaUnavailableError(f"topic {topic} does not exist; run `estop topics create`")
     ends: dict[int, int] = {}
     for partition in info.partitions:
-        _, high = reader.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=settings.admin_timeout_s, cached=False
-        )
-        ends[partition] = high
+        ends[partition] = high_watermark(reader, TopicPartition(topic, partition),
+                                         settings.admin_timeout_s)
     reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in info.partitions])
     return reader, ends
 

@@ -53,6 +53,7 @@ def plan(settings: Settings) -> list[TopicSpec]:
         *(TopicSpec(t.dispatch(c), data) for c in CHANNELS),
         TopicSpec(t.sent, data),
         TopicSpec(t.notsent, data),
+        TopicSpec(t.failed, data),
     ]
     dead_letters = [
         TopicSpec(t.dead_letter(s.name), 1, {"retention.ms": str(14 * DAY_MS)}) for s in specs
@@ -84,6 +85,10 @@ def create_topics(settings: Settings, say: Callable[[str], None] = print) -> Top
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
                 report.existed.append(name)  # created concurrently by another process
+    if report.created:
+        # A broker serves metadata from its own copy, which can lag the controller a moment:
+        # return once the new topics have leaders, so the next client (a worker) finds them.
+        _metadata_showing(client, report.created, timeout)
     present = [s for s in specs if s.name in existing]
     raced = [s for s in missing if s.name in report.existed]
     report.existed.extend(s.name for s in present)
@@ -103,13 +108,19 @@ def create_topics(settings: Settings, say: Callable[[str], None] = print) -> Top
 
 
 def _metadata_showing(client: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
-    """Topic metadata once it lists ``names`` (or as it is when ``timeout`` runs out)."""
+    """Topic metadata once it lists ``names``, each partition with a leader (or as it is when
+    ``timeout`` runs out)."""
     deadline = time.monotonic() + timeout
     while True:
         topics: dict[str, Any] = client.list_topics(timeout=timeout).topics
-        if all(name in topics for name in names) or time.monotonic() > deadline:
+        if all(_has_leaders(topics.get(name)) for name in names) or time.monotonic() > deadline:
             return topics
         time.sleep(0.1)
+
+
+def _has_leaders(topic: Any) -> bool:
+    return bool(topic is not None and topic.error is None and topic.partitions
+                and all(p.leader >= 0 and p.error is None for p in topic.partitions.values()))
 
 
 def _drift(client, specs: list[TopicSpec], existing: dict, timeout: float) -> list[str]:  # type: ignore[no-untyped-def]

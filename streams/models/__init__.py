@@ -20,6 +20,14 @@ NOT_SENT_EVENT: Final = {
     "webpush": "webpush.notSent",
 }
 
+# A message the provider never accepted, its retry budget spent: neither sent nor stopped.
+FAILED_EVENT: Final = {
+    "email": "message.failed",
+    "sms": "sms.failed",
+    "push": "push.failed",
+    "webpush": "webpush.failed",
+}
+
 STAGE_SENDING: Final = "sending"
 STAGE_PROVIDER: Final = "provider"
 STAGES: Final = (STAGE_SENDING, STAGE_PROVIDER)
@@ -35,6 +43,8 @@ STOPPABLE_STATES: Final = (STATE_SENDING, STATE_FINISHED)
 HEADER_CAMPAIGN: Final = "campaign_id"
 HEADER_CHANNEL: Final = "channel"
 HEADER_STAGE: Final = "stage"
+HEADER_OUTCOME: Final = "outcome"  # "failed" on failure events (sent and notSent need no header)
+OUTCOME_FAILED: Final = "failed"
 HEADER_ERROR: Final = "estop.error"
 HEADER_SOURCE_TOPIC: Final = "estop.source.topic"
 HEADER_SOURCE_PARTITION: Final = "estop.source.partition"

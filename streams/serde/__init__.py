@@ -81,6 +81,13 @@ class Serde:
         """Accept values written with another (compatible) version of this schema."""
         self._writers[schema.fingerprint] = schema
 
+    def has_known_header(self, value: bytes) -> bool:
+        """Cheap envelope check (single-object magic and a known writer fingerprint) for a stage
+        that routes by record headers and never reads the body; decode() checks the body."""
+        if value[:2] != SINGLE_OBJECT_MAGIC or len(value) < _SO_HEADER.size:
+            return False
+        return _SO_HEADER.unpack_from(value)[1] in self._writers
+
     def encode(self, record: Mapping[str, Any]) -> bytes:
         buf = io.BytesIO()
         if self._registry is not None:
@@ -147,6 +154,7 @@ class Serdes:
         self.campaign_status = Serde(load_schema("CampaignStatus"), registry)
         self.sent = Serde(load_schema("SentEvent"), registry)
         self.not_sent = Serde(load_schema("NotSentEvent"), registry)
+        self.failed = Serde(load_schema("FailedEvent"), registry)
         self.control_ack = Serde(load_schema("ControlAck"), registry)
 
 

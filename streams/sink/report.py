@@ -11,7 +11,7 @@ from typing import Any
 
 from streams.models import STAGES, STATE_STOPPED
 from streams.sink.exceptions import UnknownCampaignError
-from streams.sink.store import NOT_SENT, SENT, OutcomeStore
+from streams.sink.store import FAILED, NOT_SENT, SENT, OutcomeStore
 
 EXPORT_COLUMNS = ("message_id", "channel", "recipient_id", "outcome", "stage", "reason", "occurred_at")
 
@@ -29,21 +29,24 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
     by_channel: dict[str, dict[str, Any]] = {}
     for channel in channels:
         by_channel[channel] = {"planned": planned.get(channel, 0), "sent": 0, "not_sent": 0,
-                               "not_sent_by_stage": dict.fromkeys(STAGES, 0)}
+                               "not_sent_by_stage": dict.fromkeys(STAGES, 0), "failed": 0}
     for channel, outcome, stage, count in counts:
         entry = by_channel[channel]
         if outcome == SENT:
             entry["sent"] += count
+        elif outcome == FAILED:
+            entry["failed"] += count
         else:
             entry["not_sent"] += count
             key = stage or "unknown"
             entry["not_sent_by_stage"][key] = entry["not_sent_by_stage"].get(key, 0) + count
     for entry in by_channel.values():
-        entry["accounted"] = entry["sent"] + entry["not_sent"]
+        entry["accounted"] = entry["sent"] + entry["not_sent"] + entry["failed"]
         entry["pending"] = max(entry["planned"] - entry["accounted"], 0)
     total = sum(planned.values())
     sent = sum(e["sent"] for e in by_channel.values())
     not_sent = sum(e["not_sent"] for e in by_channel.values())
+    failed = sum(e["failed"] for e in by_channel.values())
     by_stage = {stage: sum(e["not_sent_by_stage"].get(stage, 0) for e in by_channel.values())
                 for stage in STAGES}
     state = campaign["state"] if campaign else None
@@ -59,8 +62,9 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
         "total": total,
         "sent": sent,
         "not_sent": not_sent,
-        "accounted": sent + not_sent,
-        "pending": max(total - sent - not_sent, 0),
+        "failed": failed,  # the provider never accepted them within the retry budget
+        "accounted": sent + not_sent + failed,
+        "pending": max(total - sent - not_sent - failed, 0),
         "not_sent_by_stage": by_stage,
         "by_channel": by_channel,
         "stops": stops,
@@ -73,11 +77,13 @@ def export_recipients(store: OutcomeStore, campaign_id: str, outcome: str, chann
     """Write the CSV atomically (a temporary file renamed into place): no partial file on error."""
     if store.campaign(campaign_id) is None and not store.counts(campaign_id):
         raise UnknownCampaignError(f"unknown campaign {campaign_id!r}")
-    stored = NOT_SENT if outcome == "not_sent" else SENT
+    stored = {"not_sent": NOT_SENT, "failed": FAILED}.get(outcome, SENT)
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     rows = 0
     try:
+        # mkstemp creates the file private (0600); the export gets the mode any new file gets.
+        os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(EXPORT_COLUMNS)
@@ -90,6 +96,12 @@ def export_recipients(store: OutcomeStore, campaign_id: str, outcome: str, chann
         Path(temporary).unlink(missing_ok=True)
         raise
     return rows
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _iso(ms: int) -> str:

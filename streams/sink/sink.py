@@ -2,7 +2,9 @@
 stop commands and their acks) and stores exactly one outcome per message id.
 
 Offsets are committed only after the store committed the batch, and every write is idempotent,
-so a redelivered or replayed event changes nothing."""
+so a redelivered or replayed event changes nothing. The committed offset is the consumer's
+position, which moves past the commit markers of the gates' transactions: a caught-up sink shows
+a lag of 0."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import Message, Producer, TopicPartition
+from confluent_kafka import KafkaException, Message, Producer, TopicPartition
 
+from streams.faults import crash_point
 from streams.kafka.clients import consumer, producer, take
-from streams.kafka.deadletter import dead_letter
+from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
+from streams.kafka.exceptions import KafkaUnavailableError
+from streams.kafka.lag import LagGauge
 from streams.metrics import (
     DEAD_LETTERED,
     HANDOFFS_AFTER_CONFIRMED_STOP,
@@ -25,11 +30,12 @@ from streams.metrics import (
 from streams.models import ACTION_STOP, CHANNELS
 from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
-from streams.sink.store import NOT_SENT, SENT, Batch, OutcomeRow, OutcomeStore
+from streams.sink.store import FAILED, NOT_SENT, SENT, Batch, OutcomeRow, OutcomeStore
 
 log = logging.getLogger(__name__)
 
 LEAK_CHECK_S = 5.0
+IDLE_COMMIT_S = 1.0  # when idle, commit positions that moved past transaction markers
 
 
 class Sink:
@@ -39,26 +45,37 @@ class Sink:
         self.serdes = serdes
         self.store = store
         topics = settings.topics
-        self.topics = [topics.sent, topics.notsent, topics.status, topics.control, topics.acks]
+        self.topics = [topics.sent, topics.notsent, topics.failed, topics.status, topics.control,
+                       topics.acks]
+        self.compacted = {topics.status, topics.control}
         self.consumer = consumer(settings, **{
             "group.id": topics.sink_group,
             "client.id": process_id,
             "partition.assignment.strategy": "cooperative-sticky",
         })
         self.producer: Producer = producer(settings)
+        self.lags = [LagGauge(self.consumer, "sink", t, settings)
+                     for t in (topics.sent, topics.notsent, topics.failed)]
+        self._committed: dict[tuple[str, int], int] = {}
         self.stored = 0
         self.conflicts = 0
         self.dead_lettered = 0
 
     def run(self, running: threading.Event) -> None:
         self.consumer.subscribe(self.topics)
-        next_leak_check = 0.0
+        next_leak_check = next_idle_commit = 0.0
         try:
             while running.is_set():
                 messages = take(self.consumer, self.settings.batch_size * 5,
                                 self.settings.poll_timeout_s)
                 if messages:
                     self.process(messages)
+                    next_idle_commit = time.monotonic() + IDLE_COMMIT_S
+                elif time.monotonic() >= next_idle_commit:
+                    next_idle_commit = time.monotonic() + IDLE_COMMIT_S
+                    self._commit({})
+                for lag in self.lags:
+                    lag.maybe_update()
                 if time.monotonic() >= next_leak_check:
                     next_leak_check = time.monotonic() + LEAK_CHECK_S
                     leaks = self.store.handoffs_after_confirmation()
@@ -77,9 +94,14 @@ class Sink:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None and partition is not None and offset is not None
             offsets[(topic, partition)] = offset + 1
-            if message.value() is None:
+            if message.value() is None and topic in self.compacted:
                 continue  # tombstones on the compacted topics carry nothing to store
             try:
+                value = message.value()
+                if value is None:
+                    raise SerdeError("empty value")  # no event: unreadable, not a tombstone
+                if len(value) > MAX_RECORD_BYTES:
+                    raise SerdeError(f"record of {len(value)} bytes")
                 self._collect(topic, message, batch)
             except (SerdeError, KeyError, ValueError) as exc:
                 reason = exc.reason if isinstance(exc, SerdeError) else f"invalid record: {exc}"
@@ -90,10 +112,12 @@ class Sink:
         result = self.store.write(batch)
         SINK_STORE_SECONDS.observe(time.monotonic() - started)
         if dead:
-            self.producer.flush(30)
+            if self.producer.flush(30):
+                # Committing now would lose these records: fail, and redo the batch on restart.
+                raise KafkaUnavailableError(f"{dead} dead-letter records not acknowledged by Kafka")
             self.dead_lettered += dead
-        self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                             asynchronous=False)
+        crash_point(self.settings, "sink-stored")
+        self._commit(offsets)
         self.stored += result.inserted
         self.conflicts += result.conflicts
         if result.conflicts:
@@ -101,6 +125,30 @@ class Sink:
             log.warning("%d messages had both sent and notSent; kept sent", result.conflicts)
         SINK_OUTCOMES.labels(SENT).inc(result.inserted_sent)
         SINK_OUTCOMES.labels(NOT_SENT).inc(result.inserted_not_sent)
+        SINK_OUTCOMES.labels(FAILED).inc(result.inserted_failed)
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit what is stored: each partition's position (every record before it was handed
+        to this process and stored), at least the offsets after the batch's last records."""
+        try:
+            positions = self.consumer.position(self.consumer.assignment())
+        except KafkaException:
+            positions = []  # a rebalance in progress: the batch's own offsets still count
+        for tp in positions:
+            key = (tp.topic, tp.partition)
+            if tp.offset >= 0 and tp.offset > offsets.get(key, -1):
+                offsets[key] = tp.offset
+        changed = {k: o for k, o in offsets.items() if o > self._committed.get(k, -1)}
+        if not changed:
+            return
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in changed.items()],
+                                 asynchronous=False)
+        except KafkaException as exc:
+            # E.g. a rebalance: the records are redelivered and the store ignores them.
+            log.warning("sink commit failed (%s); the records will be redelivered", exc)
+            return
+        self._committed.update(changed)
 
     def _collect(self, topic: str, message: Message, batch: Batch) -> None:
         topics = self.settings.topics
@@ -111,19 +159,50 @@ class Sink:
         elif topic == topics.notsent:
             event = self.serdes.not_sent.decode(value)
             batch.outcomes.append(_row(event, NOT_SENT))
+        elif topic == topics.failed:
+            event = self.serdes.failed.decode(value)
+            batch.outcomes.append(_row({**event, "reason": event["error"]}, FAILED))
         elif topic == topics.status:
-            batch.campaigns.append(self.serdes.campaign_status.decode(value))
+            batch.campaigns.append(_status(self.serdes.campaign_status.decode(value)))
         elif topic == topics.control:
             command = self.serdes.control_command.decode(value)
-            if command["action"] == ACTION_STOP:
-                batch.stops.append(command)
+            # As the control view applies it: unknown channels are ignored (the workers count
+            # them as control anomalies), and a stop of none of the known channels is no stop.
+            known = [c for c in command["channels"] if c in CHANNELS]
+            if command["action"] == ACTION_STOP and (known or not command["channels"]):
+                batch.stops.append({**command, "channels": known})
         elif topic == topics.acks:
-            batch.acks.append(self.serdes.control_ack.decode(value))
+            batch.acks.append(_ack(self.serdes.control_ack.decode(value)))
+
+
+def _known_channels(channels: Any) -> None:
+    for channel in channels:
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}")
+
+
+def _status(status: dict[str, Any]) -> dict[str, Any]:
+    if not status["campaign_id"]:
+        raise ValueError("empty campaign_id")
+    _known_channels([*status["channels"], *status["planned"], *status["queued"]])
+    return status
+
+
+def _ack(ack: dict[str, Any]) -> dict[str, Any]:
+    for name in ("process_id", "command_id"):
+        if not ack[name]:
+            raise ValueError(f"empty {name}")
+    # Roles are "<stage>.<channel>": gate.email, dispatcher.sms.
+    _known_channels(role.partition(".")[2] for role in ack["roles"])
+    return ack
 
 
 def _row(event: dict[str, Any], outcome: str) -> OutcomeRow:
     if event["channel"] not in CHANNELS:
         raise ValueError(f"unknown channel {event['channel']!r}")
+    for name in ("message_id", "campaign_id"):
+        if not event[name]:
+            raise ValueError(f"empty {name}")
     return OutcomeRow(
         message_id=event["message_id"],
         campaign_id=event["campaign_id"],

@@ -3,7 +3,8 @@ campaigns and stops. SQLite by default (a file in the data folder), PostgreSQL w
 ``ESTOP_ANALYTICS_DSN`` names one; both run the same SQL and pass the same tests.
 
 Rule for a message that has both a sent and a notSent (possible only under replay): sent wins,
-because the message reached the provider; the store reports it as a conflict."""
+because the message reached the provider; the store flags the row and reports the conflict once,
+so replaying the same events again counts nothing new."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 from streams.settings import Settings
 from streams.sink.exceptions import StoreError
 
-SENT, NOT_SENT = "sent", "not_sent"
+SENT, NOT_SENT, FAILED = "sent", "not_sent", "failed"
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS outcomes (
@@ -33,7 +34,8 @@ SCHEMA = [
         stop_command_id TEXT,
         handed_at BIGINT,
         occurred_at BIGINT NOT NULL,
-        stored_at BIGINT NOT NULL)""",
+        stored_at BIGINT NOT NULL,
+        conflict SMALLINT NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS outcomes_campaign ON outcomes (campaign_id, channel, outcome, stage)",
     """CREATE TABLE IF NOT EXISTS campaigns (
         campaign_id TEXT PRIMARY KEY,
@@ -65,7 +67,7 @@ ON CONFLICT (message_id) DO UPDATE SET
     reason = excluded.reason, stop_command_id = excluded.stop_command_id,
     handed_at = excluded.handed_at, occurred_at = excluded.occurred_at,
     stored_at = excluded.stored_at
-WHERE outcomes.outcome = 'not_sent' AND excluded.outcome = 'sent'
+WHERE outcomes.outcome <> 'sent' AND excluded.outcome = 'sent'
 """
 UPSERT_CAMPAIGN = """
 INSERT INTO campaigns (campaign_id, state, channels, planned, updated_at) VALUES (?, ?, ?, ?, ?)
@@ -77,6 +79,7 @@ INSERT_STOP = """
 INSERT INTO stops (command_id, campaign_id, channels, reason, requested_by, requested_at)
 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (command_id) DO NOTHING
 """
+FLAG_CONFLICT = "UPDATE outcomes SET conflict = 1 WHERE message_id = ?"
 INSERT_ACK = """
 INSERT INTO acks (command_id, process_id, applied_at) VALUES (?, ?, ?)
 ON CONFLICT (command_id, process_id) DO NOTHING
@@ -113,10 +116,11 @@ class WriteResult:
     inserted_sent: int
     inserted_not_sent: int
     conflicts: int
+    inserted_failed: int = 0
 
     @property
     def inserted(self) -> int:
-        return self.inserted_sent + self.inserted_not_sent
+        return self.inserted_sent + self.inserted_not_sent + self.inserted_failed
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
@@ -134,6 +138,9 @@ class OutcomeStore:
         with self._transaction() as cur:
             for statement in SCHEMA:
                 cur.execute(statement)
+            if "conflict" not in self._columns(cur, "outcomes"):
+                # A store created before conflicts were flagged per row.
+                cur.execute("ALTER TABLE outcomes ADD COLUMN conflict SMALLINT NOT NULL DEFAULT 0")
 
     # -- engine hooks ------------------------------------------------------------------------
 
@@ -143,33 +150,44 @@ class OutcomeStore:
     def _transaction(self) -> Any:
         raise NotImplementedError
 
+    def _columns(self, cur: Any, table: str) -> set[str]:
+        raise NotImplementedError
+
     def close(self) -> None:
         self._db.close()
 
     # -- writes ------------------------------------------------------------------------------
 
     def write(self, batch: Batch) -> WriteResult:
-        """Apply a batch idempotently; returns new outcomes and sent/notSent conflicts."""
+        """Apply a batch idempotently; returns new outcomes and the messages newly found with
+        both a sent and a notSent (each such message is counted once, however often replayed)."""
         now = int(time.time() * 1000)
         latest: dict[str, OutcomeRow] = {}
+        seen: dict[str, set[str]] = {}
         for row in batch.outcomes:
+            seen.setdefault(row.message_id, set()).add(row.outcome)
             held = latest.get(row.message_id)
-            if held is None or (held.outcome == NOT_SENT and row.outcome == SENT):
+            if held is None or (held.outcome != SENT and row.outcome == SENT):
                 latest[row.message_id] = row
-        conflicts = sum(1 for a, b in _pairs(batch.outcomes) if a.outcome != b.outcome)
         with self._transaction() as cur:
-            existing: dict[str, str] = {}
+            existing: dict[str, tuple[str, int]] = {}
             for chunk in _chunks(list(latest)):
                 marks = ",".join(self.placeholder for _ in chunk)
-                cur.execute(f"SELECT message_id, outcome FROM outcomes WHERE message_id IN ({marks})",
-                            list(chunk))
-                existing.update(cur.fetchall())
-            conflicts += sum(1 for m, r in latest.items() if m in existing and existing[m] != r.outcome)
+                cur.execute("SELECT message_id, outcome, conflict FROM outcomes"
+                            f" WHERE message_id IN ({marks})", list(chunk))
+                existing.update((m, (outcome, int(flag))) for m, outcome, flag in cur.fetchall())
+            conflicted = []
+            for m, outcomes in seen.items():
+                stored, flagged = existing.get(m, (None, 0))
+                if not flagged and len(outcomes | ({stored} if stored else set())) > 1:
+                    conflicted.append(m)
             cur.executemany(self._sql(UPSERT_OUTCOME), [
                 (r.message_id, r.campaign_id, r.channel, r.recipient_id, r.outcome, r.event, r.stage,
                  r.reason, r.stop_command_id, r.handed_at, r.occurred_at, now)
                 for r in latest.values()
             ])
+            if conflicted:
+                cur.executemany(self._sql(FLAG_CONFLICT), [(m,) for m in conflicted])
             if batch.campaigns:
                 cur.executemany(self._sql(UPSERT_CAMPAIGN), [
                     (c["campaign_id"], c["state"], json.dumps(c["channels"]),
@@ -185,7 +203,7 @@ class OutcomeStore:
                     (a["command_id"], a["process_id"], a["applied_at"]) for a in batch.acks
                 ])
         new = [row.outcome for m, row in latest.items() if m not in existing]
-        return WriteResult(new.count(SENT), new.count(NOT_SENT), conflicts)
+        return WriteResult(new.count(SENT), new.count(NOT_SENT), len(conflicted), new.count(FAILED))
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -257,16 +275,6 @@ class OutcomeStore:
         yield from self._query(statement + " ORDER BY channel, message_id", args)
 
 
-def _pairs(rows: list[OutcomeRow]) -> Iterator[tuple[OutcomeRow, OutcomeRow]]:
-    """Pairs of rows for the same message inside one batch."""
-    first: dict[str, OutcomeRow] = {}
-    for row in rows:
-        if row.message_id in first:
-            yield first[row.message_id], row
-        else:
-            first[row.message_id] = row
-
-
 class _SQLiteTransaction:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -291,6 +299,10 @@ class SQLiteStore(OutcomeStore):
     def _transaction(self) -> Any:
         return _SQLiteTransaction(self._db)
 
+    def _columns(self, cur: Any, table: str) -> set[str]:
+        cur.execute(f"PRAGMA table_info({table})")
+        return {row[1] for row in cur.fetchall()}
+
 
 class PostgresStore(OutcomeStore):
     placeholder = "%s"
@@ -306,6 +318,11 @@ class PostgresStore(OutcomeStore):
 
     def _transaction(self) -> Any:
         return _PostgresTransaction(self._db)
+
+    def _columns(self, cur: Any, table: str) -> set[str]:
+        cur.execute("SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = %s", (table,))
+        return {row[0] for row in cur.fetchall()}
 
 
 class _PostgresTransaction:

@@ -120,6 +120,18 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
             "occurred_at": 1_732_600_001_400,
         },
     ],
+    "FailedEvent": [
+        {
+            "event": "webpush.failed",
+            "message_id": "m-000004",
+            "campaign_id": "spring-sale",
+            "channel": "webpush",
+            "recipient_id": "r-45",
+            "attempts": 4,
+            "error": "timeout",
+            "occurred_at": 1_732_600_001_500,
+        }
+    ],
     "ControlAck": [
         {
             "process_id": "gate.email@host:123",
@@ -162,7 +174,7 @@ def test_every_schema_file_has_a_serde_and_samples() -> None:
     names = {schema_definition(p)["name"] for p in SCHEMA_FILES}
     assert names == {
         "SendRequest", "ControlCommand", "CampaignStatus", "SentEvent", "NotSentEvent",
-        "ControlAck",
+        "FailedEvent", "ControlAck",
     }
     assert set(serde_by_schema_name(Serdes())) == names
     assert set(SAMPLES) == names

@@ -1,0 +1,496 @@
+"""``estop bench``: the scenarios of the performance issue, each measured on the same broker, with
+the same partitions and message size, next to a raw confluent-kafka baseline from the same run.
+
+Processes under test run as subprocesses (``estop worker`` roles, the forwarders); the harness
+measures them from the outside (committed offsets of their group, or end offsets of their output
+topic), so every figure includes what a user would see: consume, process, produce, commit."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from streams.campaigns.launcher import launch
+from streams.control.feed import ControlFeed, now_ms
+from streams.control.stop import issue_stop
+from streams.control.view import ControlView
+from streams.demo import WorkerProcess
+from streams.dispatch.provider import LedgerStats
+from streams.exceptions import EstopError
+from streams.kafka.clients import admin, consumer, producer, take
+from streams.kafka.source import acquire_broker
+from streams.kafka.topics import create_topics
+from streams.models import ACTION_STOP, HEADER_CAMPAIGN, HEADER_CHANNEL
+from streams.serde import Serdes
+from streams.settings import Settings
+from streams.sink.exceptions import UnknownCampaignError
+from streams.sink.report import campaign_report
+from streams.sink.store import open_store
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    passthrough: int
+    drain: int
+    seed_recipients: int
+    stops: int
+    control_commands: int
+    evidence: int
+    latency_samples: int
+
+    @classmethod
+    def for_run(cls, quick: bool) -> Sizes:
+        if quick:
+            return cls(passthrough=60_000, drain=60_000, seed_recipients=50_000, stops=30,
+                       control_commands=50_000, evidence=15_000, latency_samples=200)
+        return cls(passthrough=300_000, drain=500_000, seed_recipients=500_000, stops=40,
+                   control_commands=1_000_000, evidence=50_000, latency_samples=500)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class Bench:
+    def __init__(self, settings: Settings, quick: bool, say: Say) -> None:
+        self.base = settings
+        self.quick = quick
+        self.sizes = Sizes.for_run(quick)
+        self.say = say
+        self.run_id = uuid.uuid4().hex[:6]
+        self.serdes = Serdes()
+        self.workdir = Path(tempfile.mkdtemp(prefix="estop-bench-"))
+        self.message_bytes = 0
+        self.prefixes: list[str] = []
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def scenario_settings(self, name: str, **updates: Any) -> Settings:
+        prefix = f"bench{self.run_id}-{name}-"
+        self.prefixes.append(prefix)
+        settings = self.base.model_copy(update={
+            "topic_prefix": prefix, "data_dir": self.workdir / name, "metrics_port": 0, **updates})
+        create_topics(settings, say=lambda _: None)
+        return settings
+
+    def cleanup(self) -> None:
+        client = admin(self.base)
+        names = [t for t in client.list_topics(timeout=30).topics
+                 if any(t.startswith(p) for p in self.prefixes)]
+        if names:
+            for future in client.delete_topics(names, operation_timeout=30).values():
+                with suppress(confluent_kafka.KafkaException):
+                    future.result()
+
+    def preload(self, settings: Settings, topic: str, count: int, campaign: str,
+                channel: str = "email") -> None:
+        out = producer(settings)
+        encode = self.serdes.send_request.encode
+        headers: Any = [(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, channel.encode())]
+        now = now_ms()
+        for index in range(count):
+            message_id = f"{campaign}:{channel}:{index}"
+            value = encode({"message_id": message_id, "campaign_id": campaign, "channel": channel,
+                            "recipient_id": f"r{index:08d}", "payload": "x" * 120,
+                            "requested_at": now})
+            self.message_bytes = len(value)
+            while True:
+                try:
+                    out.produce(topic, key=message_id.encode(), value=value, headers=headers)
+                    break
+                except BufferError:
+                    out.poll(0.05)
+        out.flush(120)
+
+    def end_offsets(self, settings: Settings, topic: str) -> int:
+        reader = consumer(settings)
+        try:
+            metadata = reader.list_topics(topic, timeout=30).topics[topic]
+            return sum(reader.get_watermark_offsets(TopicPartition(topic, p), timeout=30,
+                                                    cached=False)[1]
+                       for p in metadata.partitions)
+        finally:
+            reader.close()
+
+    def committed(self, settings: Settings, group: str, topic: str) -> int:
+        client = admin(settings)
+        metadata = client.list_topics(topic, timeout=30).topics[topic]
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(topic, p) for p in metadata.partitions])
+        result = client.list_consumer_group_offsets([request])[group].result()
+        return sum(max(tp.offset, 0) for tp in result.topic_partitions)
+
+    def rate_until(self, progress: Callable[[], int], target: int, timeout_s: float,
+                   guard: Callable[[], None] = lambda: None) -> float:
+        """Messages per second between the first progress seen and reaching ``target``."""
+        first: tuple[float, int] | None = None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            guard()
+            value = progress()
+            now = time.monotonic()
+            if first is None and value > 0:
+                first = (now, value)
+            if value >= target:
+                if first is None or now <= first[0]:
+                    raise EstopError("progress was too fast to measure; raise the sizes")
+                return (value - first[1]) / (now - first[0])
+            if now > deadline:
+                raise EstopError(f"timed out at {value:,} of {target:,}")
+            time.sleep(0.02)
+
+    @contextmanager
+    def process(self, args: list[str]) -> Iterator[subprocess.Popen[str]]:
+        """A forwarder; the measurement waits for its first output, so no readiness handshake
+        (Faust swallows its stdout into its own logging)."""
+        log = (self.workdir / f"{args[1]}.log").open("w")
+        proc = subprocess.Popen([sys.executable, *args], stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+    @contextmanager
+    def workers(self, settings: Settings, *arg_sets: list[str]) -> Iterator[list[WorkerProcess]]:
+        started = [WorkerProcess(settings, args) for args in arg_sets]
+        try:
+            for worker in started:
+                worker.wait_ready()
+            yield started
+        finally:
+            for worker in started:
+                worker.stop()
+
+    # -- scenarios -----------------------------------------------------------------------------
+
+    def forward_rate(self, impl: str, count: int) -> float:
+        settings = self.scenario_settings(f"fwd-{impl}")
+        source, target = f"{settings.topic_prefix}src", f"{settings.topic_prefix}dst"
+        client = admin(settings)
+        for future in client.create_topics(
+                [NewTopic(t, settings.partitions, settings.replication_factor)
+                 for t in (source, target)]).values():
+            future.result()
+        self.preload(settings, source, count, f"fwd-{impl}")
+        module = "streams.bench.faust_forward" if impl == "faust" else "streams.bench.forward"
+        args = ["-m", module]
+        if impl != "faust":
+            args.append(impl)
+        args += [settings.bootstrap_servers, source, target, f"{settings.topic_prefix}{impl}"]
+        if impl == "faust":
+            args.append(str(settings.partitions))
+        with self.process(args) as proc:
+
+            def alive() -> None:
+                if proc.poll() is not None:
+                    raise EstopError(f"the {impl} forwarder exited; see {self.workdir}")
+
+            return self.rate_until(lambda: self.end_offsets(settings, target), count, 600, alive)
+
+    def raw_latency(self) -> list[float]:
+        settings = self.scenario_settings("latency")
+        topic = f"{settings.topic_prefix}latency"
+        client = admin(settings)  # must outlive its futures
+        for future in client.create_topics([NewTopic(topic, 1, 1)]).values():
+            future.result()
+        reader = consumer(settings, **{"fetch.wait.max.ms": 10})
+        reader.assign([TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+        out = producer(settings, **{"linger.ms": 0})
+        out.produce(topic, value=b"warm-up")  # the producer id and the fetch are set up first
+        out.flush(10)
+        while not [m for m in take(reader, 10, 1.0) if not m.error()]:
+            pass
+        samples: list[float] = []
+        padding = b"x" * max(self.message_bytes - 8, 0)
+        deadline = time.monotonic() + 120
+        for index in range(self.sizes.latency_samples):
+            tag = index.to_bytes(8, "big")
+            sent = time.monotonic()
+            out.produce(topic, value=tag + padding)
+            out.poll(0)
+            while time.monotonic() < deadline:
+                got = [m for m in take(reader, 10, 0.5) if not m.error()]
+                if any((m.value() or b"")[:8] == tag for m in got):
+                    samples.append((time.monotonic() - sent) * 1000)
+                    break
+            time.sleep(0.005)
+        out.flush(10)
+        reader.close()
+        return samples
+
+    def gate_rate(self, processes: int, count: int, name: str) -> float:
+        settings = self.scenario_settings(name)
+        topic = settings.topics.send_requests("email")
+        self.preload(settings, topic, count, f"{name}-campaign")
+        gate_args = ["--role", "gate", "--channel", "email"]
+        with self.workers(settings, *[gate_args] * processes) as started:
+
+            def alive() -> None:
+                for worker in started:
+                    worker.check()
+
+            return self.rate_until(
+                lambda: self.committed(settings, settings.topics.gate_group("email"), topic), count,
+                600, guard=alive)
+
+    def drain_rate(self, count: int) -> float:
+        settings = self.scenario_settings("drain")
+        campaign = "drain-campaign"
+        issue_stop(settings, self.serdes, campaign, "benchmark drain", [], "bench", 5, force=True)
+        self.preload(settings, settings.topics.dispatch("email"), count, campaign)
+        with self.workers(settings, ["--role", "dispatcher", "--channel", "email"]) as started:
+            return self.rate_until(lambda: self.end_offsets(settings, settings.topics.notsent),
+                                   count, 900, guard=lambda: started[0].check())
+
+    def stop_propagation(self) -> dict[str, Any]:
+        """Stops issued one after another while a campaign keeps the workers busy; each sample is
+        one process's propagation (broker ack of the stop -> that process applied it)."""
+        settings = self.scenario_settings("propagation", provider_rate=20000.0,
+                                          provider_delay_s=0.5)
+        samples: list[float] = []
+        leak_after = leak_between = 0
+        gate = ["--role", "gate", "--channel", "email"]
+        dispatcher = ["--role", "dispatcher", "--channel", "email"]
+        with self.workers(settings, gate, gate, dispatcher) as started:
+            load = threading.Thread(target=launch, daemon=True, kwargs={
+                "settings": settings, "serdes": self.serdes, "campaign_id": "load",
+                "channels": ["email"], "recipients": 4000 * (self.sizes.stops + 10),
+                "rate": 4000.0})
+            load.start()
+            time.sleep(2)
+            for index in range(self.sizes.stops):
+                for worker in started:
+                    worker.check()
+                result = issue_stop(settings, self.serdes, f"probe-{index}", "benchmark", [],
+                                    "bench", 30, force=True)
+                if not result.confirmed:
+                    raise EstopError(f"stop {index} was not confirmed")
+                samples.extend(float(a.propagation_ms) for a in result.acks)
+            result = issue_stop(settings, self.serdes, "load", "benchmark leak check", [], "bench",
+                                30, force=True)
+            load.join(300)
+            time.sleep(1)
+            ledger = LedgerStats(settings.data_dir, "email")
+            if result.confirmed_at_ms is not None and result.broker_ack_ms is not None:
+                leak_after = ledger.handed_after("load", result.confirmed_at_ms)
+                leak_between = ledger.handed_after("load", result.broker_ack_ms) - leak_after
+        return {"samples": samples, "leak_after": leak_after, "leak_between": leak_between}
+
+    def seed_scenario(self) -> dict[str, Any]:
+        """The seed's case: a campaign stopped after about a tenth was sent, a full worker with
+        the sink; how long until analytics show every halted message, and leaks."""
+        recipients = self.sizes.seed_recipients
+        settings = self.scenario_settings("seed", provider_rate=10000.0, provider_delay_s=1.0)
+        campaign = "seed"
+        with self.workers(settings, []) as started:
+            launch(settings, self.serdes, campaign, ["email"], recipients)
+            topic = settings.topics.sent
+            stop_after = recipients // 10
+            while self.end_offsets(settings, topic) < stop_after:
+                started[0].check()
+                time.sleep(0.05)
+            result = issue_stop(settings, self.serdes, campaign, "benchmark seed", [], "bench", 30)
+            stopped = time.monotonic()
+            store = open_store(settings)
+            try:
+                while True:
+                    started[0].check()
+                    try:
+                        report = campaign_report(store, campaign)
+                    except UnknownCampaignError:
+                        report = {"accounted": 0}
+                    if report["accounted"] >= recipients:
+                        break
+                    if time.monotonic() - stopped > 900:
+                        raise EstopError("analytics did not complete")
+                    time.sleep(0.1)
+            finally:
+                store.close()
+            complete_s = time.monotonic() - stopped
+            ledger = LedgerStats(settings.data_dir, "email")
+            after = ledger.handed_after(campaign, result.confirmed_at_ms or 0)
+            between = ledger.handed_after(campaign, result.broker_ack_ms or 0) - after
+        return {"analytics_complete_s": complete_s, "halted": report["not_sent"],
+                "sent": report["sent"], "leak_after": after, "leak_between": between,
+                "confirm_s": result.confirm_s}
+
+    def control_view(self) -> dict[str, Any]:
+        count = self.sizes.control_commands
+        settings = self.scenario_settings("control")
+        out = producer(settings)
+        encode = self.serdes.control_command.encode
+        now = now_ms() - 3_600_000  # old: a bootstrapping process applies but does not ack them
+        commands = []
+        for index in range(count):
+            command = {"command_id": uuid.uuid4().hex, "campaign_id": f"c{index}",
+                       "action": ACTION_STOP, "channels": [], "reason": "benchmark",
+                       "requested_by": "bench", "requested_at": now}
+            if index < 20000:
+                commands.append(command)
+            while True:
+                try:
+                    out.produce(settings.topics.control, key=f"c{index}".encode(),
+                                value=encode(command))
+                    break
+                except BufferError:
+                    out.poll(0.05)
+        out.flush(120)
+        view = ControlView()
+        feed = ControlFeed(settings, view, self.serdes, "bench", [], acknowledge=False)
+        started = time.monotonic()
+        feed.bootstrap()
+        bootstrap_s = time.monotonic() - started
+        feed.close()
+        if len(view) != count:
+            raise EstopError(f"the control view holds {len(view)} of {count} stopped campaigns")
+        # Memory per command, measured on a sample applied to a fresh view under tracemalloc.
+        tracemalloc.start()
+        sample = ControlView()
+        before = tracemalloc.take_snapshot()
+        for command in commands:
+            sample.apply(command)
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+        return {"commands": count, "bootstrap_s": bootstrap_s,
+                "bytes_per_command": grown / len(commands)}
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        sizes = self.sizes
+        results: dict[str, Any] = {}
+        say = self.say
+        say("baseline: raw confluent-kafka consume-and-forward")
+        base_rate = self.forward_rate("confluent", sizes.passthrough)
+        say("baseline: raw produce-to-consume latency")
+        latency = self.raw_latency()
+        results["baseline"] = {"passthrough_msgs_per_s": base_rate,
+                               "latency_p50_ms": percentile(latency, 50),
+                               "latency_p99_ms": percentile(latency, 99)}
+        say("gate pass-through (one gate process)")
+        gate = self.gate_rate(1, sizes.passthrough, "gate1")
+        results["gate"] = {"passthrough_msgs_per_s": gate, "ratio": gate / base_rate}
+        say("drain of a stopped backlog at the provider stage")
+        drain = self.drain_rate(sizes.drain)
+        results["drain"] = {"msgs_per_s": drain, "ratio": drain / base_rate,
+                            "backlog": sizes.drain}
+        say(f"stop propagation: {sizes.stops} stops under load")
+        propagation = self.stop_propagation()
+        samples = propagation["samples"]
+        results["stop_propagation_ms"] = {"p50": percentile(samples, 50),
+                                          "p99": percentile(samples, 99), "samples": len(samples),
+                                          "mean": statistics.fmean(samples) if samples else None}
+        say(f"seed scenario: {sizes.seed_recipients:,} recipients stopped after a tenth")
+        seed = self.seed_scenario()
+        results["leak"] = {"after_confirm": propagation["leak_after"] + seed["leak_after"],
+                           "between_ack_and_confirm":
+                               propagation["leak_between"] + seed["leak_between"]}
+        results["analytics_complete_s"] = seed["analytics_complete_s"]
+        results["seed"] = seed
+        say(f"control view: {sizes.control_commands:,} commands")
+        results["control_view"] = self.control_view()
+        say("scaling: two gate processes")
+        two = self.gate_rate(2, sizes.passthrough, "gate2")
+        results["scaling"] = {"one_gate_msgs_per_s": gate, "two_gates_msgs_per_s": two,
+                              "ratio": two / gate}
+        say("design evidence: the same forward job on aiokafka and as a Faust agent")
+        aio = self.forward_rate("aiokafka", sizes.evidence)
+        faust_rate = self.forward_rate("faust", sizes.evidence)
+        results["design_evidence"] = {"aiokafka_msgs_per_s": aio, "faust_agent_msgs_per_s": faust_rate,
+                                      "aiokafka_ratio": aio / base_rate,
+                                      "faust_ratio": faust_rate / base_rate}
+        results["stop_propagation_ms"]["raw_latency_samples_ms"] = latency
+        results["stop_propagation_ms"]["samples_ms"] = samples
+        results["env"] = self.env()
+        return results
+
+    def env(self) -> dict[str, Any]:
+        return {
+            "cpus": os.cpu_count(),
+            "kafka_version": self.base.kafka_version,
+            "bootstrap_servers": self.base.bootstrap_servers,
+            "python": platform.python_version(),
+            "confluent_kafka": confluent_kafka.version()[0],
+            "librdkafka": confluent_kafka.libversion()[0],
+            "message_bytes": self.message_bytes,
+            "partitions": self.base.partitions,
+            "batch_size": self.base.batch_size,
+            "quick": self.quick,
+            "sizes": self.sizes.__dict__,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+TARGETS = {
+    "gate.ratio": (">=", 0.5),
+    "drain.ratio": (">=", 0.5),
+    "leak.after_confirm": ("==", 0),
+}
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Each target with the figure measured and whether it is met."""
+    base = results["baseline"]
+    p99_limit = 2 * base["latency_p99_ms"] + 20
+    seed = results["seed"]
+    # The issue's analytics target is for 450,000 halted messages; scale it to the run's size.
+    analytics_limit = 10.0 * max(seed["halted"], 1) / 450_000
+    rows = [
+        ("gate pass-through >= 0.5 x baseline", f"{results['gate']['ratio']:.2f}",
+         results["gate"]["ratio"] >= 0.5),
+        ("drain >= 0.5 x baseline", f"{results['drain']['ratio']:.2f}",
+         results["drain"]["ratio"] >= 0.5),
+        (f"stop propagation p99 <= 2 x raw p99 + 20 ms ({p99_limit:.1f} ms)",
+         f"{results['stop_propagation_ms']['p99']:.1f} ms",
+         results["stop_propagation_ms"]["p99"] <= p99_limit),
+        ("leak after confirmation == 0", str(results["leak"]["after_confirm"]),
+         results["leak"]["after_confirm"] == 0),
+        (f"analytics complete <= {analytics_limit:.1f} s for {seed['halted']:,} halted",
+         f"{results['analytics_complete_s']:.1f} s", results["analytics_complete_s"] <= analytics_limit),
+    ]
+    return rows
+
+
+def run_bench(settings: Settings, quick: bool, out: Path, say: Say) -> dict[str, Any]:
+    handle = acquire_broker(settings, say)
+    settings = settings.model_copy(update={"bootstrap_servers": handle.bootstrap_servers})
+    bench = Bench(settings, quick, say)
+    try:
+        results = bench.run()
+    finally:
+        bench.cleanup()
+    results["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(results)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,551 @@
+"""The control plane as a faust-streaming app (aiokafka transport).
+
+Tables (raw Avro bytes, exactly as on the topics; decoded when read):
+
+* ``campaigns``: campaign id -> latest ``CampaignStatus`` from ``campaign-status``;
+* ``commands``: ``<partition>/<offset>`` -> ``ControlCommand`` from ``campaign-control``, so the
+  control view is rebuilt in topic order (a compacted topic keeps only a campaign's last command;
+  the table keeps every command it saw);
+* ``acks``: ``<command id>/<process id>`` -> ``ControlAck`` from ``campaign-control-acks``;
+* ``confirmations``: command id -> when the stop was seen confirmed, fed by the app's own
+  internal topic, so a confirmation survives a restart of the service.
+
+The app reads its three source topics with its own consumer group from the earliest offset on
+first start; later starts recover the tables from their changelogs and resume from the committed
+offsets. ``GET /health`` answers 200 (and the ready line is printed) only once the tables hold
+every record that was on the topics when the service started.
+
+Counts come from the analytics store (``streams.sink``); a stop is issued with the same code as
+``estop stop`` (``streams.control.stop``). Blocking calls (Kafka admin, the store, issuing a stop)
+run on worker threads, never on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import faust
+from confluent_kafka import KafkaException
+from faust.types import EventT, StreamT, TopicT
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from streams.campaigns.lifecycle import effective_state
+from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
+from streams.control.feed import now_ms
+from streams.control.stop import issue_stop, live_processes, validate
+from streams.control.view import ControlView
+from streams.controlplane import state
+from streams.controlplane.offsets import (
+    TP,
+    committed_offsets,
+    last_record_offsets,
+    partition_counts,
+)
+from streams.controlplane.topics import ensure_topics, faust_topic_spec
+from streams.exceptions import EstopError
+from streams.kafka.clients import admin, process_id
+from streams.kafka.topics import TopicSpec
+from streams.metrics import (
+    CAMPAIGNS,
+    LIVE_PROCESSES,
+    STOP_UNCONFIRMED_SECONDS,
+    STOPS_UNCONFIRMED,
+)
+from streams.models import CHANNELS, STATE_FINISHED, STATE_SENDING, STATE_STOPPED
+from streams.serde import SerdeError, Serdes, serdes_for
+from streams.settings import Settings
+from streams.sink.exceptions import UnknownCampaignError
+from streams.sink.report import campaign_report
+from streams.sink.store import OutcomeStore, open_store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
+                       "key_serializer": "raw", "value_serializer": "raw"}
+STOP_FIELDS = ("reason", "by", "channels", "force")
+LIVE_MAX_AGE_S = 1.0  # answers use a live set at most this old
+TICK_S = 1.0  # confirmation tracking and gauges
+
+
+class ControlPlane:
+    """One control service: the Faust app, its tables, agents, timer and web views."""
+
+    def __init__(self, settings: Settings, serdes: Serdes | None = None,
+                 on_ready: Callable[[ControlPlane], None] | None = None) -> None:
+        self.settings = settings
+        self.serdes = serdes or serdes_for(settings.schema_registry_url)
+        self.process_id = process_id("control")
+        self.on_ready = on_ready
+        topics = settings.topics
+        self.source_topics = [topics.status, topics.control, topics.acks]
+        partitions = partition_counts(settings, self.source_topics)
+        self.app_id = f"{settings.topic_prefix}estop-control"
+        datadir = settings.data_dir / "control" / self.app_id
+        datadir.parent.mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            self.app_id,
+            broker=[f"kafka://{host.strip()}" for host in settings.bootstrap_servers.split(",")],
+            broker_credentials=_credentials(settings),
+            broker_client_id=self.process_id,
+            # A restarted service rejoins its group quickly after a crash.
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=1.0,
+            store="memory://",
+            datadir=str(datadir),
+            autodiscover=False,
+            topic_partitions=1,
+            topic_replication_factor=settings.replication_factor,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+            web_enabled=True,
+            web_port=settings.control_port,
+            web_bind=settings.control_host,
+            web_host=settings.control_host,
+            # Only this module's views: no table dumps or router pages on the API port.
+            web_router_enabled=False,
+            web_tables_enabled=False,
+            web_graph_enabled=False,
+            web_stats_enabled=False,
+        )
+        self.status_topic = self.app.topic(topics.status, **RAW)
+        self.control_topic = self.app.topic(topics.control, **RAW)
+        self.acks_topic = self.app.topic(topics.acks, **RAW)
+        self.confirm_topic = self.app.topic(f"{self.app_id}-stop-confirmations", internal=True,
+                                            partitions=1, compacting=True, **RAW)
+        table: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
+        self.campaigns = self.app.Table("campaigns", partitions=partitions[topics.status],
+                                        help="campaign id -> CampaignStatus", **table)
+        self.commands = self.app.Table("commands", partitions=partitions[topics.control],
+                                       help="partition/offset -> ControlCommand", **table)
+        self.acks = self.app.Table("acks", partitions=partitions[topics.acks],
+                                   help="command id/process id -> ControlAck", **table)
+        self.confirmations = self.app.Table("confirmations", partitions=1,
+                                            help="command id -> confirmation (JSON)", **table)
+
+        self.ready = False
+        self._positions: dict[TP, int] = {}  # last offset each agent processed
+        self._writes = 0  # any table write; invalidates the decoded caches below
+        self._cache: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._live: set[str] = set()
+        self._live_at = float("-inf")
+        self._live_lock: asyncio.Lock | None = None
+        self._confirm_sent: set[str] = set()
+        self._kafka_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="control-kafka")
+        self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-store")
+        self._admin = admin(settings)
+        self._store: OutcomeStore | None = None
+
+        self._register_agents()
+        self._register_views()
+        self.app.timer(TICK_S, name=f"{self.app_id}.track-confirmations")(self._tick)
+        self.app.task(self._catch_up)
+
+    def internal_topics(self) -> list[TopicSpec]:
+        """Faust's own topics for this app: leader election, table changelogs, confirmations."""
+        leader = TopicSpec(f"{self.app_id}-__assignor-__leader", 1)
+        return [leader, *(faust_topic_spec(t.changelog_topic) for t in self.app.tables.values()),
+                faust_topic_spec(self.confirm_topic)]
+
+    def declare_topics(self) -> list[str]:
+        """Create Faust's internal topics before Faust starts (see streams.controlplane.topics)."""
+        return ensure_topics(self.settings, self.internal_topics())
+
+    # -- agents: each writes one table, inside the event's context ----------------------------
+
+    def _register_agents(self) -> None:
+        def agent(topic: TopicT, name: str, handle: Callable[[EventT], None]) -> None:
+            async def process(stream: StreamT) -> None:
+                async for event in stream.events():
+                    try:
+                        handle(event)
+                    finally:
+                        message = event.message
+                        self._positions[(message.topic, message.partition)] = message.offset
+
+            self.app.agent(topic, name=f"{self.app_id}.{name}")(process)
+
+        agent(self.status_topic, "campaign-status", self._on_status)
+        agent(self.control_topic, "campaign-control", self._on_command)
+        agent(self.acks_topic, "campaign-control-acks", self._on_ack)
+        agent(self.confirm_topic, "stop-confirmations", self._on_confirmation)
+
+    def _on_status(self, event: EventT) -> None:
+        key, value = event.key, event.value
+        if value is None:
+            if isinstance(key, bytes):
+                self.campaigns.pop(key, None)
+                self._writes += 1
+            return
+        record = self._decode(self.serdes.campaign_status, value, event)
+        if record is not None:
+            self.campaigns[record["campaign_id"].encode()] = value
+            self._writes += 1
+
+    def _on_command(self, event: EventT) -> None:
+        if event.value is None:
+            return  # a tombstone never lifts a stop (the data plane counts it)
+        if self._decode(self.serdes.control_command, event.value, event) is None:
+            return
+        message = event.message
+        self.commands[f"{message.partition:05d}/{message.offset:020d}".encode()] = event.value
+        self._writes += 1
+
+    def _on_ack(self, event: EventT) -> None:
+        if event.value is None:
+            return
+        ack = self._decode(self.serdes.control_ack, event.value, event)
+        if ack is not None:
+            self.acks[f"{ack['command_id']}/{ack['process_id']}".encode()] = event.value
+            self._writes += 1
+
+    def _on_confirmation(self, event: EventT) -> None:
+        if isinstance(event.key, bytes) and event.value is not None and event.key not in self.confirmations:
+            self.confirmations[event.key] = event.value
+            self._writes += 1
+
+    @staticmethod
+    def _decode(serde: Any, value: bytes, event: EventT) -> dict[str, Any] | None:
+        try:
+            record: dict[str, Any] = serde.decode(value)
+            return record
+        except SerdeError as exc:
+            message = event.message
+            log.warning("ignored an unreadable record at %s[%d]@%d: %s", message.topic,
+                        message.partition, message.offset, exc)
+            return None
+
+    # -- decoded state, rebuilt only after a write -------------------------------------------
+
+    def _cached(self, name: str, size: int, build: Callable[[], T]) -> T:
+        key = (self._writes, size)
+        held = self._cache.get(name)
+        if held is None or held[0] != key:
+            held = (key, build())
+            self._cache[name] = held
+        value: T = held[1]
+        return value
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        def build() -> dict[str, dict[str, Any]]:
+            return {k.decode(): self.serdes.campaign_status.decode(v) for k, v in self.campaigns.items()}
+
+        return self._cached("statuses", len(self.campaigns), build)
+
+    def view(self) -> tuple[ControlView, set[str]]:
+        """The control view over every command seen, in topic order, and the campaigns it names."""
+        def build() -> tuple[ControlView, set[str]]:
+            view = ControlView()
+            campaigns: set[str] = set()
+            for key in sorted(self.commands.keys()):
+                command = self.serdes.control_command.decode(self.commands[key])
+                if view.apply(command) is not None:
+                    campaigns.add(command["campaign_id"])
+            return view, campaigns
+
+        return self._cached("view", len(self.commands), build)
+
+    def acks_by_command(self) -> dict[str, dict[str, dict[str, Any]]]:
+        def build() -> dict[str, dict[str, dict[str, Any]]]:
+            index: dict[str, dict[str, dict[str, Any]]] = {}
+            for value in self.acks.values():
+                ack = self.serdes.control_ack.decode(value)
+                index.setdefault(ack["command_id"], {})[ack["process_id"]] = ack
+            return index
+
+        return self._cached("acks", len(self.acks), build)
+
+    def confirmed(self) -> dict[str, dict[str, Any]]:
+        def build() -> dict[str, dict[str, Any]]:
+            return {k.decode(): json.loads(v) for k, v in self.confirmations.items()}
+
+        return self._cached("confirmations", len(self.confirmations), build)
+
+    # -- blocking work off the event loop ----------------------------------------------------
+
+    async def _kafka(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._kafka_pool, func, *args)
+
+    async def live(self, max_age_s: float = LIVE_MAX_AGE_S) -> set[str]:
+        """client.id of every live gate and dispatcher process, as `estop stop` counts them;
+        raises when a group cannot be described (never an empty set standing for "unknown")."""
+        if self._live_lock is None:
+            self._live_lock = asyncio.Lock()
+        async with self._live_lock:
+            if time.monotonic() - self._live_at > max_age_s:
+                self._live = await self._kafka(
+                    functools.partial(live_processes, self.settings, self._admin, strict=True))
+                self._live_at = time.monotonic()
+                LIVE_PROCESSES.set(len(self._live))
+        return self._live
+
+    async def live_or_last(self) -> set[str]:
+        """For answers: the live set, or the last one known when Kafka cannot say right now."""
+        try:
+            return await self.live()
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("cannot describe the gate and dispatcher groups (%s); answering with "
+                        "the live set of %.1fs ago", exc, time.monotonic() - self._live_at)
+            return self._live
+
+    def _reports(self, campaign_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Analytics reports (store thread only); None for a campaign the store has not seen."""
+        if self._store is None:
+            self._store = open_store(self.settings)
+        reports: dict[str, dict[str, Any] | None] = {}
+        for campaign_id in campaign_ids:
+            try:
+                reports[campaign_id] = campaign_report(self._store, campaign_id)
+            except UnknownCampaignError:
+                reports[campaign_id] = None
+        return reports
+
+    async def reports(self, campaign_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._store_pool, self._reports, campaign_ids)
+        except EstopError as exc:  # the store is unreachable: state without counts
+            log.warning("analytics store unavailable: %s", exc)
+            return dict.fromkeys(campaign_ids)
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def campaign_ids(self) -> list[str]:
+        return sorted(set(self.statuses()) | self.view()[1])
+
+    async def campaign(self, campaign_id: str) -> dict[str, Any] | None:
+        status = self.statuses().get(campaign_id)
+        view, stopped = self.view()
+        if status is None and campaign_id not in stopped:
+            return None
+        live = await self.live_or_last()
+        report = (await self.reports([campaign_id]))[campaign_id]
+        return state.campaign_detail(campaign_id, status, view, self.acks_by_command(),
+                                     self.confirmed(), live, report)
+
+    async def campaign_list(self) -> list[dict[str, Any]]:
+        ids = self.campaign_ids()
+        live = await self.live_or_last()
+        reports = await self.reports(ids)
+        statuses, (view, _), acks, confirmed = (self.statuses(), self.view(), self.acks_by_command(),
+                                                self.confirmed())
+        return [state.campaign_summary(state.campaign_detail(
+            campaign_id, statuses.get(campaign_id), view, acks, confirmed, live, reports[campaign_id]))
+            for campaign_id in ids]
+
+    async def stop(self, campaign_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``POST /campaigns/{id}/stop``: (HTTP status, JSON body). Checks the request, then
+        issues the stop exactly as `estop stop` does, without waiting for confirmation."""
+        try:
+            payload = json.loads(body.decode("utf-8")) if body.strip() else None
+        except (UnicodeDecodeError, ValueError) as exc:
+            return 400, {"error": f"the request body is not valid JSON: {exc}"}
+        problem = _check_stop_request(payload)
+        if problem:
+            return 400, {"error": problem}
+        assert isinstance(payload, dict)
+        reason, by = payload["reason"], payload.get("by") or "http-api"
+        channels, force = list(payload.get("channels") or []), bool(payload.get("force", False))
+        try:
+            validate(reason, channels)  # the CLI's own checks: empty reason, unknown channel
+            result = await self._kafka(issue_stop, self.settings, self.serdes, campaign_id, reason,
+                                       channels, by, 0.0, force)
+        except CampaignNotStoppableError as exc:
+            if exc.state is None:
+                return 404, {"error": f"unknown campaign {campaign_id!r}: it has not been seen on "
+                                      "campaign-status; send \"force\": true to stop it anyway"}
+            return 409, {"error": f"campaign {campaign_id!r} is {exc.state}, not Sending or "
+                                  "Finished; send \"force\": true to stop it anyway",
+                         "state": exc.state}
+        except InvalidStopError as exc:
+            return 400, {"error": str(exc)}
+        except EstopError as exc:  # Kafka unreachable: nothing confirmed written
+            return 503, {"error": str(exc)}
+        body_out = {
+            "campaign_id": campaign_id,
+            "command_id": result.command_id,
+            "channels": result.channels,
+            "already_stopped": result.already_stopped,
+            "status_url": f"/campaigns/{campaign_id}",
+        }
+        return (200 if result.already_stopped else 202), body_out
+
+    # -- start-up and the periodic confirmation check ------------------------------------------
+
+    async def _catch_up(self) -> None:
+        """Ready once every record present on the source topics at start-up is in the tables
+        (recovered from a changelog, or consumed now)."""
+        while True:
+            try:
+                last = await self._kafka(last_record_offsets, self.settings, self.source_topics)
+                committed = await self._kafka(committed_offsets, self.settings, self.app_id,
+                                              list(last))
+                break
+            except Exception as exc:  # the broker is away: try again, never answer stale
+                log.warning("control service cannot read its topics yet: %s", exc)
+                await asyncio.sleep(1.0)
+        pending = {tp: offset for tp, offset in last.items() if committed.get(tp, -1) <= offset}
+        await self.app.tables.recovery.completed.wait()  # type: ignore[attr-defined]
+        while any(self._positions.get(tp, -1) < offset for tp, offset in pending.items()):
+            await asyncio.sleep(0.05)
+        while True:
+            try:
+                await self.live(max_age_s=0)
+                break
+            except (KafkaException, TimeoutError) as exc:
+                log.warning("cannot describe the gate and dispatcher groups yet: %s", exc)
+                await asyncio.sleep(1.0)
+        self.ready = True
+        await self._tick()
+        log.info("control service ready: %d campaigns, %d commands, %d acks",
+                 len(self.campaigns), len(self.commands), len(self.acks))
+        if self.on_ready is not None:
+            self.on_ready(self)
+
+    async def _tick(self) -> None:
+        """Record stops newly confirmed and export the stops still waiting for confirmation."""
+        if not self.ready:
+            return
+        try:
+            live = await self.live()
+        except (KafkaException, TimeoutError) as exc:
+            # Unknown is not empty: nothing is recorded confirmed from a failed read.
+            log.warning("cannot describe the gate and dispatcher groups: %s", exc)
+            return
+        view, campaign_ids = self.view()
+        acks, confirmed = self.acks_by_command(), self.confirmed()
+        now = now_ms()
+        window_ms = int(self.settings.ack_recent_s * 1000)
+        waiting: list[int] = []
+        for campaign_id in sorted(campaign_ids):
+            for stop in view.stops(campaign_id):
+                if stop.command_id in confirmed:
+                    continue
+                result = state.confirmation(stop, acks, confirmed, live)
+                if result.confirmed:
+                    if stop.command_id not in self._confirm_sent:
+                        record = {"confirmed_at": result.confirmed_at or now, "live": sorted(live)}
+                        await self.confirm_topic.send(key=stop.command_id.encode(),
+                                                      value=json.dumps(record).encode())
+                        self._confirm_sent.add(stop.command_id)
+                elif now - stop.requested_at <= window_ms:
+                    # Older stops are not acknowledged by processes started since (they read
+                    # them before their first request): they cannot become confirmed by acks.
+                    waiting.append(now - stop.requested_at)
+        STOPS_UNCONFIRMED.set(len(waiting))
+        STOP_UNCONFIRMED_SECONDS.set(max(waiting) / 1000 if waiting else 0)
+        statuses = self.statuses()
+        by_state = dict.fromkeys((STATE_SENDING, STATE_FINISHED, STATE_STOPPED), 0)
+        for campaign_id in set(statuses) | campaign_ids:
+            current = effective_state(statuses.get(campaign_id), view, campaign_id) or "unknown"
+            by_state[current] = by_state.get(current, 0) + 1
+        for name, count in by_state.items():
+            CAMPAIGNS.labels(name).set(count)
+
+    def ready_line(self) -> str:
+        _view, stopped = self.view()
+        return (f"ready {self.process_id} roles=control control_port={self.settings.control_port} "
+                f"metrics_port={self.settings.control_port} campaigns={len(self.campaign_ids())} "
+                f"stopped_campaigns={len(stopped)}")
+
+    def close(self) -> None:
+        self._kafka_pool.shutdown(wait=False, cancel_futures=True)
+        self._store_pool.shutdown(wait=True, cancel_futures=True)
+        if self._store is not None:
+            self._store.close()
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def _register_views(self) -> None:
+        plane = self
+
+        class Health(View):
+            async def get(self, request: Request) -> Response:
+                return self.json({"status": "ok" if plane.ready else "starting", "ready": plane.ready,
+                                  "process_id": plane.process_id, "app_id": plane.app_id},
+                                 status=200 if plane.ready else 503)
+
+        class Metrics(View):
+            async def get(self, request: Request) -> Response:
+                return self.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+        class Campaigns(View):
+            async def get(self, request: Request) -> Response:
+                return self.json({"campaigns": await plane.campaign_list()})
+
+        class Campaign(View):
+            async def get(self, request: Request, campaign_id: str) -> Response:
+                detail = await plane.campaign(campaign_id)
+                if detail is None:
+                    return self.error(404, f"unknown campaign {campaign_id!r}: not seen on "
+                                           "campaign-status or campaign-control")
+                return self.json(detail)
+
+        class StopCampaign(View):
+            async def post(self, request: Request, campaign_id: str) -> Response:
+                status, body = await plane.stop(campaign_id, await self.read_request_content(request))
+                return self.json(body, status=status)
+
+        self.app.page("/health")(Health)
+        self.app.page("/metrics")(Metrics)
+        self.app.page("/campaigns")(Campaigns)
+        self.app.page("/campaigns/{campaign_id}")(Campaign)
+        self.app.page("/campaigns/{campaign_id}/stop")(StopCampaign)
+
+
+def _check_stop_request(payload: Any) -> str | None:
+    """The shape of a stop request; the values are then checked by ``streams.control.stop``."""
+    if not isinstance(payload, dict):
+        return ('the request body must be a JSON object: {"reason": "...", "by": "...", '
+                '"channels": ["email", ...]}')
+    unknown = sorted(set(payload) - set(STOP_FIELDS))
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)} (expected {', '.join(STOP_FIELDS)})"
+    reason = payload.get("reason")
+    if reason is None:
+        return 'missing "reason": a stop needs a reason'
+    if not isinstance(reason, str):
+        return '"reason" must be a string'
+    if not reason.strip():
+        return '"reason" is empty: a stop needs a reason'
+    if payload.get("by") is not None and not isinstance(payload["by"], str):
+        return '"by" must be a string'
+    channels = payload.get("channels")
+    if channels is not None and (not isinstance(channels, list)
+                                 or not all(isinstance(c, str) for c in channels)):
+        return f'"channels" must be a list of channel names ({", ".join(CHANNELS)}); empty means all'
+    if not isinstance(payload.get("force", False), bool):
+        return '"force" must be true or false'
+    return None
+
+
+def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    protocol = settings.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context() if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        return faust.SASLCredentials(username=settings.sasl_username, password=password,
+                                     mechanism=settings.sasl_mechanism or "PLAIN",
+                                     ssl_context=context)
+    return faust.SSLCredentials(context)
+
+
+def create_app(settings: Settings, serdes: Serdes | None = None,
+               on_ready: Callable[[ControlPlane], None] | None = None) -> ControlPlane:
+    """A control service for these settings: app id, group and internal topics all derive
+    from the topic prefix, so services for different prefixes never share state."""
+    plane = ControlPlane(settings, serdes, on_ready)
+    plane.declare_topics()
+    return plane

@@ -1,0 +1,29 @@
+"""Fault injection for the reliability tests: ``ESTOP_CRASH_AT=<point>`` makes a worker SIGKILL
+itself the first time it reaches that point, the narrowest window a crash can hit. Points:
+
+* ``receipts-committed``: a dispatcher committed a batch of provider outcomes to Kafka and has
+  not marked it reported in the provider ledger yet;
+* ``handoff-submitted``: a dispatcher handed messages to its provider and has not committed the
+  input offsets yet;
+* ``gate-produced``: a gate produced a batch's outputs in its transaction, not committed yet;
+* ``sink-stored``: the sink stored a batch and has not committed its offsets yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def crash_point(settings: Settings, point: str) -> None:
+    if settings.crash_at == point:
+        log.critical("crash point %s reached: SIGKILL", point)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
