@@ -21,7 +21,6 @@ import logging
 import random
 import threading
 import time
-import uuid
 from collections import deque
 from typing import Any
 
@@ -34,7 +33,7 @@ from streams.dispatch.provider import DELIVERED, Handoff, Outcome, SimulatedProv
 from streams.dispatch.receipts import ReceiptPublisher
 from streams.faults import crash_point
 from streams.kafka import transactions
-from streams.kafka.clients import Headers, consumer, producer, take
+from streams.kafka.clients import Headers, consumer, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
 from streams.kafka.lag import LagGauge
 from streams.models import (
@@ -77,10 +76,8 @@ class Dispatcher:
             # A slow provider may keep one batch in hand for a while.
             "max.poll.interval.ms": 600000,
         })
-        self.transactions = producer(settings, **{  # held-back and failed events + input offsets
-            "transactional.id": f"{topics.dispatcher_group(channel)}-{process_id}-{uuid.uuid4().hex[:8]}",
-            "transaction.timeout.ms": transactions.TRANSACTION_TIMEOUT_MS,
-        })
+        self.transactions = transactions.TransactionalProducer(  # held/failed events + offsets
+            settings, f"{topics.dispatcher_group(channel)}-{process_id}", f"dispatcher {channel}")
         self.receipts = ReceiptPublisher(settings, channel, provider, self._render, self._published)
         self.lag = LagGauge(self.consumer, f"dispatcher.{channel}", self.source, settings)
         self._slice = max(1, int(rate * PACE_SLICE_S))
@@ -112,16 +109,13 @@ class Dispatcher:
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self, running: threading.Event) -> None:
-        transactions.retrying(lambda: self.transactions.init_transactions(self.settings.admin_timeout_s),
-                              f"dispatcher {self.channel}: init")
+        self.transactions.init()
         self.consumer.subscribe([self.source], on_revoke=self._on_revoke, on_lost=self._on_revoke)
         try:
             while running.is_set():
                 messages = take(self.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
                 if self._revoked:
-                    # Partitions taken away while this batch was fetched: their new owner
-                    # starts from the committed offsets, so these records are its to process.
-                    messages = [m for m in messages if m.partition() not in self._revoked]
+                    messages = transactions.without_revoked(self.consumer, messages, self._revoked)
                     self._revoked.clear()
                 if messages:
                     self._process(messages, running)
@@ -158,24 +152,22 @@ class Dispatcher:
                                       + [h.message_id for h, _, _ in failed])
         held = [(h, stop) for h, stop in held if h.message_id not in already]
         failed = [f for f in failed if f[0].message_id not in already]
-        what = f"dispatcher {self.channel}"
-        out = self.transactions
-        transactions.begin(out)
+        self.transactions.begin()
         try:
             for message, reason in dead:
-                dead_letter(out, message, reason)
+                dead_letter(self.transactions.producer, message, reason)
             occurred_at = now_ms()
             for handoff, stop in held:
                 self._publish_held(handoff, stop, occurred_at)
             for handoff, attempts, error in failed:
                 self._publish_failed(handoff, attempts, error, occurred_at)
         except KafkaException as exc:
-            transactions.abort(out, exc, self.settings.admin_timeout_s, what)
+            self.transactions.abort(exc)
             self._rewind()
             return
-        committed = transactions.commit(
-            out, [TopicPartition(self.source, p, o) for p, o in offsets.items()],
-            self.consumer.consumer_group_metadata(), self.settings.admin_timeout_s, what)
+        committed = self.transactions.commit(
+            [TopicPartition(self.source, p, o) for p, o in offsets.items()],
+            self.consumer.consumer_group_metadata())
         if not committed:
             self._rewind()
             return
@@ -303,7 +295,7 @@ class Dispatcher:
             "stop_requested_at": stop.requested_at,
             "occurred_at": occurred_at,
         })
-        transactions.produce(self.transactions, self.settings.topics.notsent, value=value,
+        self.transactions.produce(self.settings.topics.notsent, value=value,
                              key=handoff.message_id.encode(),
                              headers=[*self._headers(handoff.campaign_id), (HEADER_STAGE, self._stage_bytes)])
 
@@ -318,7 +310,7 @@ class Dispatcher:
             "error": f"provider {error} on every attempt ({attempts})",
             "occurred_at": occurred_at,
         })
-        transactions.produce(self.transactions, self.settings.topics.failed, value=value,
+        self.transactions.produce(self.settings.topics.failed, value=value,
                              key=handoff.message_id.encode(),
                              headers=[*self._headers(handoff.campaign_id),
                                       (HEADER_OUTCOME, OUTCOME_FAILED.encode())])

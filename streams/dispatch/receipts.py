@@ -151,6 +151,12 @@ class ReceiptPublisher:
                 return True
         except KafkaException as exc:
             return self._failed(batch, exc, what)
+        except transactions.WedgedProducerError as exc:
+            # Unknown whether the batch committed: a new producer with the same transactional.id
+            # fences this one, and the marker settles the batch.
+            log.warning("%s: %s; starting over", what, exc)
+            self._producer = None
+            return False
         self.provider.release(batch)  # aborted: nothing of it is visible; claimed again later
         return False
 
@@ -158,7 +164,7 @@ class ReceiptPublisher:
         try:
             transactions.abort(self._producer, exc, self.settings.admin_timeout_s, what)  # type: ignore[arg-type]
             self.provider.release(batch)
-        except KafkaException:
+        except (KafkaException, transactions.WedgedProducerError):
             # Unknown whether the batch committed: a new producer with the same transactional.id
             # fences this one, and the marker settles the batch.
             log.warning("%s: starting over after %s", what, exc)

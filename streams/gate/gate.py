@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -17,7 +16,7 @@ from streams.control.feed import now_ms
 from streams.control.view import ControlView
 from streams.faults import crash_point
 from streams.kafka import transactions
-from streams.kafka.clients import Headers, consumer, headers_of, producer, take
+from streams.kafka.clients import Headers, consumer, headers_of, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
 from streams.kafka.lag import LagGauge
 from streams.metrics import DEAD_LETTERED, GATE_REQUESTS, NOT_SENT
@@ -52,10 +51,8 @@ class Gate:
             "client.id": process_id,
             "partition.assignment.strategy": "cooperative-sticky",
         })
-        self.producer = producer(settings, **{
-            "transactional.id": f"{topics.gate_group(channel)}-{process_id}-{uuid.uuid4().hex[:8]}",
-            "transaction.timeout.ms": transactions.TRANSACTION_TIMEOUT_MS,
-        })
+        self.transactions = transactions.TransactionalProducer(
+            settings, f"{topics.gate_group(channel)}-{process_id}", f"gate {channel}")
         self.lag = LagGauge(self.consumer, f"gate.{channel}", self.source, settings)
         self.passed = 0
         self.halted = 0
@@ -63,16 +60,13 @@ class Gate:
         self._revoked: set[int] = set()
 
     def run(self, running: threading.Event) -> None:
-        transactions.retrying(lambda: self.producer.init_transactions(self.settings.admin_timeout_s),
-                              f"gate {self.channel}: init")
+        self.transactions.init()
         self.consumer.subscribe([self.source], on_revoke=self._on_revoke, on_lost=self._on_revoke)
         try:
             while running.is_set():
                 messages = take(self.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
                 if self._revoked:
-                    # Partitions taken away while this batch was fetched: their new owner
-                    # starts from the committed offsets, so these records are its to process.
-                    messages = [m for m in messages if m.partition() not in self._revoked]
+                    messages = transactions.without_revoked(self.consumer, messages, self._revoked)
                     self._revoked.clear()
                 if messages:
                     self._process(messages)
@@ -84,13 +78,14 @@ class Gate:
         self._revoked.update(tp.partition for tp in partitions)
 
     def _process(self, messages: list[Message]) -> None:
-        produce = self.producer.produce
         view_stopped = self.view.stopped
         channel = self.channel
         channel_bytes = channel.encode()
         decode = self.serdes.send_request.decode
         known = self.serdes.send_request.has_known_header
-        transactions.begin(self.producer)
+        self.transactions.begin()
+        out = self.transactions.producer  # this batch's producer (a fenced one gets replaced)
+        produce = out.produce
         passed = halted = dead = 0
         offsets: dict[int, int] = {}
         try:
@@ -100,7 +95,7 @@ class Gate:
                 offsets[message.partition()] = message.offset() + 1  # type: ignore[index,operator]
                 value = message.value()
                 if value is None or len(value) > MAX_RECORD_BYTES:
-                    dead_letter(self.producer, message,
+                    dead_letter(out, message,
                                 "empty value" if value is None else f"record of {len(value)} bytes")
                     dead += 1
                     continue
@@ -113,7 +108,7 @@ class Gate:
                     try:
                         request = _valid(decode(value))
                     except SerdeError as exc:
-                        dead_letter(self.producer, message, exc.reason)
+                        dead_letter(out, message, exc.reason)
                         dead += 1
                         continue
                     campaign, record_channel = request["campaign_id"], request["channel"]
@@ -121,7 +116,7 @@ class Gate:
                     campaign, record_channel = campaign_header, channel_header or channel
                 if record_channel != channel:
                     known_channel = "channel" if record_channel in CHANNELS else "unknown channel"
-                    dead_letter(self.producer, message,
+                    dead_letter(out, message,
                                 f"{known_channel} {record_channel!r} on the {channel} topic")
                     dead += 1
                     continue
@@ -135,7 +130,7 @@ class Gate:
                     try:
                         request = _valid(decode(value))
                     except SerdeError as exc:
-                        dead_letter(self.producer, message, exc.reason)
+                        dead_letter(out, message, exc.reason)
                         dead += 1
                         continue
                 event = {
@@ -156,7 +151,7 @@ class Gate:
                 halted += 1
         except KafkaException as exc:
             # E.g. a record expired while the broker was away: redo the batch from its start.
-            transactions.abort(self.producer, exc, self.settings.admin_timeout_s, f"gate {channel}")
+            self.transactions.abort(exc)
             self._rewind()
             return
         crash_point(self.settings, "gate-produced")
@@ -175,8 +170,7 @@ class Gate:
     def _commit(self, offsets: list[TopicPartition]) -> bool:
         """Commit the batch's transaction; False when it was aborted and will be redone (from
         the last committed offsets, in a new transaction)."""
-        if transactions.commit(self.producer, offsets, self.consumer.consumer_group_metadata(),
-                               self.settings.admin_timeout_s, f"gate {self.channel}"):
+        if self.transactions.commit(offsets, self.consumer.consumer_group_metadata()):
             return True
         self._rewind()
         return False

@@ -9,7 +9,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from streams.metrics import CONSUMER_LAG
 from streams.settings import Settings
 
-INTERVAL_S = 2.0
+INTERVAL_S = 5.0
 
 
 class LagGauge:
@@ -21,7 +21,8 @@ class LagGauge:
         self._next = 0.0
 
     def maybe_update(self) -> None:
-        """At most every two seconds: watermarks cost a broker round trip per partition."""
+        """At most every few seconds: watermarks cost a broker round trip per partition, taken
+        on the stage's own thread (the cached watermarks lag behind transaction markers)."""
         now = time.monotonic()
         if now < self._next:
             return

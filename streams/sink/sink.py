@@ -18,7 +18,6 @@ from confluent_kafka import KafkaException, Message, Producer, TopicPartition
 from streams.faults import crash_point
 from streams.kafka.clients import consumer, producer, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
-from streams.kafka.exceptions import KafkaUnavailableError
 from streams.kafka.lag import LagGauge
 from streams.metrics import (
     DEAD_LETTERED,
@@ -112,9 +111,10 @@ class Sink:
         result = self.store.write(batch)
         SINK_STORE_SECONDS.observe(time.monotonic() - started)
         if dead:
-            if self.producer.flush(30):
-                # Committing now would lose these records: fail, and redo the batch on restart.
-                raise KafkaUnavailableError(f"{dead} dead-letter records not acknowledged by Kafka")
+            # Committing before Kafka has them would lose these records: wait (a broker away
+            # comes back; the librdkafka producer retries on its own).
+            while remaining := self.producer.flush(30):
+                log.warning("%d dead-letter records not acknowledged by Kafka yet; waiting", remaining)
             self.dead_lettered += dead
         crash_point(self.settings, "sink-stored")
         self._commit(offsets)

@@ -326,7 +326,8 @@ def test_metrics_move_during_a_stopped_campaign(scenario: Scenario) -> None:
     assert leaks == {(("channel", channel),): 0.0 for channel in CHANNELS}
     lag_topics = {dict(k)["topic"] for k in samples(after, "estop_consumer_lag_records")
                   if dict(k)["role"] == "sink"}
-    assert lag_topics == {scenario.settings.topics.sent, scenario.settings.topics.notsent}
+    topics = scenario.settings.topics
+    assert lag_topics == {topics.sent, topics.notsent, topics.failed}
 
 
 def test_replaying_the_sink_from_offset_zero_changes_nothing(scenario: Scenario) -> None:

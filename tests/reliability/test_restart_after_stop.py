@@ -1,0 +1,83 @@
+"""A stop, then every worker SIGKILLed, then fresh ones: none of the campaign's messages reaches
+a provider any more. The fresh processes read the control view to its end before their first
+request, so the backlog they inherit (in the gates' input, in the dispatch topics, and queued
+by the engine while nothing ran) is halted, never handed over."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.campaigns.launcher import launch
+from streams.dispatch.provider import LedgerStats
+from streams.models import STAGE_PROVIDER, STAGE_SENDING
+from streams.serde import Serdes
+from streams.settings import Settings
+from tests.reliability.support import (
+    Fleet,
+    assert_exact,
+    produce_requests,
+    stop,
+    wait_for,
+    wait_joined,
+)
+
+pytestmark = pytest.mark.broker
+
+CHANNELS = ["email", "sms"]
+RECIPIENTS = 2000
+LATE = 300  # per channel and topic, queued while no worker runs
+ENV = {"ESTOP_BATCH_SIZE": "40", "ESTOP_PROVIDER_RATE": "150", "ESTOP_PROVIDER_DELAY_S": "0.5"}
+
+
+def test_workers_started_after_a_stop_and_a_crash_hand_nothing_over(settings: Settings) -> None:
+    serdes = Serdes()
+    campaign = "stop-then-crash"
+    fleet = Fleet(settings, **ENV)
+    names = {"gate": ("--role", "gate"), "dispatcher": ("--role", "dispatcher"),
+             "sink": ("--role", "sink")}
+    try:
+        for name, args in names.items():
+            fleet.start(name, *args, *(a for c in CHANNELS for a in ("--channel", c)))
+        for channel in CHANNELS:
+            wait_joined(settings, fleet.procs["gate"].process_id, settings.topics.gate_group(channel))
+            wait_joined(settings, fleet.procs["dispatcher"].process_id,
+                        settings.topics.dispatcher_group(channel))
+        launch(settings, serdes, campaign, CHANNELS, RECIPIENTS)
+        ledgers = {c: LedgerStats(settings.data_dir, c) for c in CHANNELS}
+        wait_for(lambda: all(ledgers[c].handed(campaign) > 100 for c in CHANNELS),
+                 "a backlog at every provider", every_s=0.05)
+
+        result = stop(settings, serdes, campaign)
+        for name in names:
+            fleet.kill(name)
+        handed = {c: ledgers[c].handed(campaign) for c in CHANNELS}
+        assert all(n < RECIPIENTS for n in handed.values()), "the stop should leave a backlog"
+
+        # While nothing runs, the engine queues more of the campaign, and requests that passed a
+        # gate before the stop are still waiting for a dispatcher.
+        late = {}
+        for channel in CHANNELS:
+            late[channel] = produce_requests(
+                settings, serdes, settings.topics.send_requests(channel), campaign, channel,
+                range(RECIPIENTS, RECIPIENTS + LATE))
+            late[channel] += produce_requests(
+                settings, serdes, settings.topics.dispatch(channel), campaign, channel,
+                range(RECIPIENTS + LATE, RECIPIENTS + 2 * LATE))
+        for name in names:
+            fleet.restart(name)
+
+        planned = dict.fromkeys(CHANNELS, RECIPIENTS + 2 * LATE)
+        events, found = assert_exact(settings, serdes, campaign, planned, result)
+        # Nothing reached a provider after the kill: its ledger holds what it held then...
+        assert {c: ledgers[c].handed(campaign) for c in CHANNELS} == handed
+        # ...and nothing was delivered after the stop was confirmed.
+        assert result.confirmed_at_ms is not None
+        assert all(e["occurred_at"] <= result.confirmed_at_ms for e in events.sent)
+        halted = {e["message_id"]: e["stage"] for e in events.not_sent}
+        for channel in CHANNELS:
+            gate_side, dispatch_side = late[channel][:LATE], late[channel][LATE:]
+            assert all(halted.get(m) == STAGE_SENDING for m in gate_side), channel
+            assert all(halted.get(m) == STAGE_PROVIDER for m in dispatch_side), channel
+        assert found["not_sent_by_stage"][STAGE_PROVIDER] > 2 * LATE
+    finally:
+        fleet.stop_all()
