@@ -62,7 +62,7 @@ class Chaos:
     def _run(self) -> None:
         try:
             while len(self.log) < KILLS:
-                time.sleep(self.rng.uniform(3.0, 8.0))
+                time.sleep(self.rng.uniform(2.0, 5.0))
                 name = self.rng.choice(sorted(SLOTS))
                 self.fleet.kill(name)
                 kill = {"at_s": round(time.monotonic() - self.started, 1), "process": name,
