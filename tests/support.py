@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 # The console script pip installed next to this interpreter (the package has no __main__).
@@ -43,3 +45,13 @@ def listen_on_free_port() -> socket.socket:
     sock.bind(("127.0.0.1", 0))
     sock.listen()
     return sock
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 180.0,
+             every_s: float = 0.1) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` when the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(every_s)

@@ -81,7 +81,6 @@ class Gate:
         view_stopped = self.view.stopped
         channel = self.channel
         channel_bytes = channel.encode()
-        decode = self.serdes.send_request.decode
         known = self.serdes.send_request.has_known_header
         self.transactions.begin()
         out = self.transactions.producer  # this batch's producer (a fenced one gets replaced)
@@ -105,10 +104,8 @@ class Gate:
                 campaign_header, channel_header = _routing(message)
                 request = None
                 if campaign_header is None or not known(value):
-                    try:
-                        request = _valid(decode(value))
-                    except SerdeError as exc:
-                        dead_letter(out, message, exc.reason)
+                    request = self._read(out, message, value)
+                    if request is None:
                         dead += 1
                         continue
                     campaign, record_channel = request["campaign_id"], request["channel"]
@@ -127,10 +124,8 @@ class Gate:
                     passed += 1
                     continue
                 if request is None:
-                    try:
-                        request = _valid(decode(value))
-                    except SerdeError as exc:
-                        dead_letter(out, message, exc.reason)
+                    request = self._read(out, message, value)
+                    if request is None:
                         dead += 1
                         continue
                 event = {
@@ -166,6 +161,14 @@ class Gate:
         NOT_SENT.labels(channel, STAGE_SENDING).inc(halted)
         if dead:
             DEAD_LETTERED.labels(self.source).inc(dead)
+
+    def _read(self, out: Any, message: Message, value: bytes) -> dict[str, Any] | None:
+        """The decoded request, or None once it went to the dead-letter topic."""
+        try:
+            return _valid(self.serdes.send_request.decode(value))
+        except SerdeError as exc:
+            dead_letter(out, message, exc.reason)
+            return None
 
     def _commit(self, offsets: list[TopicPartition]) -> bool:
         """Commit the batch's transaction; False when it was aborted and will be redone (from

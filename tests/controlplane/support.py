@@ -6,17 +6,16 @@ assertion depends on how fast anything happened."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,20 +25,15 @@ import pytest
 from streams.demo import WorkerProcess
 from streams.kafka.clients import producer
 from streams.settings import PROJECT_ROOT, Settings
+from tests.support import wait_for as shared_wait_for
 
 WAIT_S = 120.0
 PROMETHEUS_DIR = PROJECT_ROOT / "deploy" / "prometheus"
 DASHBOARD = PROJECT_ROOT / "deploy" / "grafana" / "estop-dashboard.json"
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S,
-             every_s: float = 0.2) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` when the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(every_s)
+# Each suite waits as long as its slowest eventual outcome may take.
+wait_for = functools.partial(shared_wait_for, timeout_s=WAIT_S)
 
 
 def tool(name: str) -> str:

@@ -7,6 +7,7 @@ assertion depends on how fast anything happened."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sqlite3
@@ -32,19 +33,14 @@ from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
 from streams.sink.report import campaign_report
 from streams.sink.store import open_store
+from tests.support import wait_for as shared_wait_for
 
 WAIT_S = 240.0  # upper bound for anything the pipeline must eventually do, faults included
 REASON = "wrong discount code"
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S,
-             every_s: float = 0.1) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` when the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(every_s)
+# Each suite waits as long as its slowest eventual outcome may take.
+wait_for = functools.partial(shared_wait_for, timeout_s=WAIT_S)
 
 
 # -- worker processes -----------------------------------------------------------------------

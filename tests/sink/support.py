@@ -6,12 +6,13 @@ depends on how fast anything happened."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,18 +26,13 @@ from streams.kafka.reader import read_topic
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.support import ESTOP
+from tests.support import wait_for as shared_wait_for
 
 WAIT_S = 180.0  # upper bound for anything the pipeline must eventually do
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S,
-             every_s: float = 0.2) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` when the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(every_s)
+# Each suite waits as long as its slowest eventual outcome may take.
+wait_for = functools.partial(shared_wait_for, timeout_s=WAIT_S)
 
 
 def estop_env(settings: Settings) -> dict[str, str]:
