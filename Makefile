@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 PROMETHEUS_PORT ?= 9090
 
-.PHONY: install broker demo test bench soak lint clean monitor
+.PHONY: install system-demo system-test broker demo test bench soak lint clean monitor
 
 install: $(STAMP)
 
@@ -19,20 +19,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
 	touch $(STAMP)
 
-broker: install
+# System packages (Java, Maven; for the tests also Prometheus, PostgreSQL, Postfix, Chromium):
+# one idempotent installer, never starting a system service (deploy/system-packages.sh).
+system-demo:
+	bash deploy/system-packages.sh demo
+
+system-test:
+	bash deploy/system-packages.sh test
+
+broker: system-demo install
 	$(BIN)/estop broker start
 
-demo: install
+demo: system-demo install
 	$(BIN)/estop demo
 
 # The broker fixture brings up a broker itself (user's cluster, Docker or the local one).
-test: install
+test: system-test install
 	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)
 
-bench: install
+bench: system-demo install
 	$(BIN)/estop bench
 
-soak: install
+soak: system-test install
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
 
 # Prometheus in the foreground, scraping the ports of deploy/prometheus/prometheus.yml: the demo's
