@@ -41,6 +41,14 @@ def print_table(results: dict[str, Any], console: Console) -> None:
          f"{results['design_evidence']['faust_agent_msgs_per_s']:,.0f} msg/s",
          f"{results['design_evidence']['faust_ratio']:.2f}"),
     ]
+    memory = results["seed"]["worker_memory"]
+    growth = memory["growth_bytes_per_100k_in_flight"]
+    rows.append(("worker peak RSS in the reference scenario / growth per 100,000 in flight",
+                 f"{memory['peak_rss_bytes'] / 2**20:,.0f} MiB / "
+                 + ("n/a" if growth is None else f"{growth / 2**20:,.1f} MiB"), ""))
+    for name, peer in results["peers"].items():
+        rows.append((f"gate job: {name} (from joining the group)", f"{peer['msgs_per_s']:,.0f} msg/s",
+                     f"{peer['ratio']:.2f}"))
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -59,14 +67,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    labels = ["gate", "drain", "2 gates", "aiokafka", "faust"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, 5.5))
+    peers = results["peers"]
+    labels = ["gate", "drain", "2 gates", "aiokafka\nforward", "faust\nforward",
+              *(name.replace(" ", "\n", 1) for name in peers)]
     ratios = [results["gate"]["ratio"], results["drain"]["ratio"],
               results["scaling"]["two_gates_msgs_per_s"] / results["baseline"]["passthrough_msgs_per_s"],
-              results["design_evidence"]["aiokafka_ratio"], results["design_evidence"]["faust_ratio"]]
-    left.bar(labels, ratios, color=["tab:blue", "tab:orange", "tab:blue", "tab:gray", "tab:gray"])
+              results["design_evidence"]["aiokafka_ratio"], results["design_evidence"]["faust_ratio"],
+              *(peer["ratio"] for peer in peers.values())]
+    colors = ["tab:blue", "tab:orange", "tab:blue", "tab:gray", "tab:gray",
+              *("tab:blue" if name == "estop gate" else "tab:green" for name in peers)]
+    left.bar(labels, ratios, color=colors)
+    left.tick_params(axis="x", labelsize=7)
     left.axhline(1.0, color="black", linewidth=1, label="raw confluent-kafka baseline")
-    left.axhline(0.5, color="red", linestyle="--", linewidth=1, label="target 0.5")
+    left.axhline(0.6, color="red", linestyle="--", linewidth=1, label="gate target 0.6")
+    left.axhline(0.5, color="orange", linestyle=":", linewidth=1, label="drain target 0.5")
     left.set_ylabel("throughput / baseline")
     left.set_title("Throughput ratios (same run, same broker)")
     left.legend()

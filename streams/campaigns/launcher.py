@@ -20,14 +20,14 @@ from streams.kafka.clients import Headers, producer
 from streams.models import (
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
-    HEADER_STAGE,
-    NOT_SENT_EVENT,
+    HEADER_RECIPIENT,
     STAGE_SENDING,
     STATE_FINISHED,
     STATE_SENDING,
     STATE_STOPPED,
 )
 from streams.serde import Serdes
+from streams.serde.fastevents import HeldBackEvents
 from streams.settings import Settings
 
 Progress = Callable[[int], None]
@@ -95,17 +95,19 @@ def _queue(out: Producer, settings: Settings, serdes: Serdes, view: ControlView,
         active = [c for c in active if view.stopped(campaign_id, c) is None]
         if not active:
             return
+        recipient = recipient_id(index)
+        recipient_header = (HEADER_RECIPIENT, recipient.encode())
         for channel in active:
             mid = message_id(campaign_id, channel, index)
             value = encode({
                 "message_id": mid,
                 "campaign_id": campaign_id,
                 "channel": channel,
-                "recipient_id": recipient_id(index),
+                "recipient_id": recipient,
                 "payload": payload,
                 "requested_at": now_ms(),
             })
-            _produce(out, topics[channel], mid.encode(), value, headers[channel])
+            _produce(out, topics[channel], mid.encode(), value, [*headers[channel], recipient_header])
             result.queued[channel] += 1
         progress(len(active))
         if rate and (index + 1) % 100 == 0:
@@ -126,23 +128,10 @@ def _produce(out: Producer, topic: str, key: bytes, value: bytes,
 
 def _report_never_queued(out: Producer, settings: Settings, serdes: Serdes, campaign_id: str,
                          channel: str, queued: int, recipients: int, stop: Stop) -> int:
-    event = NOT_SENT_EVENT[channel]
-    headers: Headers = [(HEADER_CAMPAIGN, campaign_id.encode()), (HEADER_CHANNEL, channel.encode()),
-                        (HEADER_STAGE, STAGE_SENDING.encode())]
-    reason = f"never queued: campaign stopped: {stop.reason}"
+    encoder, headers = HeldBackEvents(serdes.not_sent, channel, STAGE_SENDING,
+                                      "never queued: campaign stopped: ").for_stop(stop)
     for index in range(queued, recipients):
-        mid = message_id(campaign_id, channel, index)
-        value = serdes.not_sent.encode({
-            "event": event,
-            "message_id": mid,
-            "campaign_id": campaign_id,
-            "channel": channel,
-            "recipient_id": recipient_id(index),
-            "stage": STAGE_SENDING,
-            "reason": reason,
-            "stop_command_id": stop.command_id,
-            "stop_requested_at": stop.requested_at,
-            "occurred_at": now_ms(),
-        })
-        _produce(out, settings.topics.notsent, mid.encode(), value, headers)
+        mid = message_id(campaign_id, channel, index).encode()
+        _produce(out, settings.topics.notsent, mid, encoder.encode(mid, recipient_id(index), now_ms()),
+                 headers)
     return recipients - queued

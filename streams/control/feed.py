@@ -23,6 +23,7 @@ from streams.kafka.reader import assign_all, read_until
 from streams.metrics import CONTROL_ANOMALIES, STOP_PROPAGATION, STOPS_APPLIED
 from streams.models import ACTION_STOP
 from streams.serde import SerdeError, Serdes
+from streams.serde.fastevents import FlatDecoder
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ControlFeed:
         self.settings = settings
         self.view = view
         self.serdes = serdes
+        self._commands = FlatDecoder(serdes.control_command)  # a start-up reads them all
         self.process_id = process_id
         self.roles = roles
         self._hooks: list[StopHook] = []
@@ -112,7 +114,7 @@ class ControlFeed:
                 log.warning("ignored a tombstone for stopped campaign %r: a stop is final", campaign)
         else:
             try:
-                command = self.serdes.control_command.decode(value)
+                command = self._commands.decode(value)
             except SerdeError as exc:
                 self.view.apply_anomaly()
                 log.warning("ignored an unreadable control record for %r at %s[%d]@%d: %s", campaign,

@@ -3,6 +3,7 @@ memory. Pure state and semantics here; reading Kafka is the feed's job."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -35,15 +36,26 @@ class Applied:
 
 
 _NONE: dict[str, Stop] = {}
+# Every subset of the channels, built once: a million stops share these few sets.
+_CHANNEL_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _shared(channels: frozenset[str]) -> frozenset[str]:
+    return _CHANNEL_SETS.setdefault(channels, channels)
 
 
 class ControlView:
     """Stops per campaign and channel. A stop is final: a later command may widen its channels,
     never lift it; tombstones and unknown actions for a stopped campaign are counted and ignored.
-    Each channel keeps the command that first halted it, so events name the right command."""
+    Each channel keeps the command that first halted it, so events name the right command.
+
+    A campaign one command stopped (the usual case) is stored as that one Stop, whose channels
+    say where it applies; only a campaign stopped channel by channel by several commands gets a
+    dict per channel. With the channel sets shared and the reason and requester interned, a
+    stopped campaign costs little more than its key and command id (``estop bench``)."""
 
     def __init__(self) -> None:
-        self._stops: dict[str, dict[str, Stop]] = {}
+        self._stops: dict[str, Stop | dict[str, Stop]] = {}
         # Held while applying a command and by a dispatcher around check-then-handoff, so no
         # handoff that saw "not stopped" can land after the process acknowledged the stop.
         self.lock = threading.Lock()
@@ -54,14 +66,30 @@ class ControlView:
         return len(self._stops)
 
     def stopped(self, campaign_id: str, channel: str) -> Stop | None:
-        return self._stops.get(campaign_id, _NONE).get(channel)
+        found = self._stops.get(campaign_id)
+        if found is None:
+            return None
+        if type(found) is Stop:
+            return found if channel in found.channels else None
+        return found.get(channel)  # type: ignore[union-attr]
+
+    def _per_channel(self, campaign_id: str) -> dict[str, Stop]:
+        found = self._stops.get(campaign_id)
+        if found is None:
+            return _NONE
+        if isinstance(found, Stop):
+            return dict.fromkeys(found.channels, found)
+        return found
 
     def channels_stopped(self, campaign_id: str) -> frozenset[str]:
-        return frozenset(self._stops.get(campaign_id, _NONE))
+        found = self._stops.get(campaign_id)
+        if isinstance(found, Stop):
+            return found.channels
+        return frozenset(found or ())
 
     def stops(self, campaign_id: str) -> list[Stop]:
         """The distinct commands in force for a campaign, oldest first."""
-        unique = {id(s): s for s in self._stops.get(campaign_id, _NONE).values()}
+        unique = {id(s): s for s in self._per_channel(campaign_id).values()}
         return sorted(unique.values(), key=lambda s: s.requested_at)
 
     def apply_tombstone(self, campaign_id: str) -> bool:
@@ -89,19 +117,24 @@ class ControlView:
                 return None
         campaign_id = command["campaign_id"]
         with self.lock:
-            per_channel = self._stops.setdefault(campaign_id, {})
-            newly = requested - per_channel.keys()
+            found = self._stops.get(campaign_id)
+            before = self.channels_stopped(campaign_id)
+            newly = _shared(requested - before)
             if newly:
                 stop = Stop(
                     command_id=command["command_id"],
                     campaign_id=campaign_id,
-                    channels=frozenset(newly),
+                    channels=newly,
                     requested_at=command["requested_at"],
-                    requested_by=command["requested_by"],
-                    reason=command["reason"],
+                    requested_by=sys.intern(command["requested_by"]),
+                    reason=sys.intern(command["reason"]),
                 )
-                for channel in newly:
-                    per_channel[channel] = stop
+                if found is None:
+                    self._stops[campaign_id] = stop
+                else:
+                    per_channel = dict(self._per_channel(campaign_id))
+                    per_channel.update(dict.fromkeys(newly, stop))
+                    self._stops[campaign_id] = per_channel
             self.applied += 1
         return Applied(
             command_id=command["command_id"],

@@ -33,7 +33,7 @@ from streams.dispatch.provider import DELIVERED, Handoff, Outcome, SimulatedProv
 from streams.dispatch.receipts import ReceiptPublisher
 from streams.faults import crash_point
 from streams.kafka import transactions
-from streams.kafka.clients import Headers, consumer, take
+from streams.kafka.clients import Headers, consumer, routing, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
 from streams.kafka.lag import LagGauge
 from streams.models import (
@@ -49,6 +49,7 @@ from streams.models import (
     STAGE_PROVIDER,
 )
 from streams.serde import SerdeError, Serdes
+from streams.serde.fastevents import HeldBackEvents
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class Dispatcher:
         self.lag = LagGauge(self.consumer, f"dispatcher.{channel}", self.source, settings)
         self._slice = max(1, int(rate * PACE_SLICE_S))
         self._not_sent_event = NOT_SENT_EVENT[channel]
+        self._held_back = HeldBackEvents(serdes.not_sent, channel, STAGE_PROVIDER,
+                                         "held before handoff: campaign stopped: ")
         self._channel_bytes = channel.encode()
         self._stage_bytes = STAGE_PROVIDER.encode()
         self._next_slot = time.monotonic()
@@ -184,6 +187,14 @@ class Dispatcher:
         value = message.value()
         if value is None or len(value) > MAX_RECORD_BYTES:
             raise SerdeError("empty value" if value is None else f"record of {len(value)} bytes")
+        # A request of a stopped campaign is held back whatever its body: its key and headers
+        # make its notSent event, no decode needed. Every other request is decoded and checked.
+        campaign, channel, recipient = routing(message)
+        key = message.key()
+        if (campaign and recipient and key and channel == self.channel
+                and self.view.stopped(campaign, channel) is not None
+                and self.serdes.send_request.has_known_header(value)):
+            return Handoff(key.decode(errors="replace"), campaign, recipient.decode(errors="replace"))
         request = self.serdes.send_request.decode(value)
         if request["channel"] != self.channel:
             if request["channel"] not in CHANNELS:
@@ -283,21 +294,10 @@ class Dispatcher:
         return [(HEADER_CAMPAIGN, campaign_id.encode()), (HEADER_CHANNEL, self._channel_bytes)]
 
     def _publish_held(self, handoff: Handoff, stop: Stop, occurred_at: int) -> None:
-        value = self.serdes.not_sent.encode({
-            "event": self._not_sent_event,
-            "message_id": handoff.message_id,
-            "campaign_id": handoff.campaign_id,
-            "channel": self.channel,
-            "recipient_id": handoff.recipient_id,
-            "stage": STAGE_PROVIDER,
-            "reason": f"held before handoff: campaign stopped: {stop.reason}",
-            "stop_command_id": stop.command_id,
-            "stop_requested_at": stop.requested_at,
-            "occurred_at": occurred_at,
-        })
-        self.transactions.produce(self.settings.topics.notsent, value=value,
-                             key=handoff.message_id.encode(),
-                             headers=[*self._headers(handoff.campaign_id), (HEADER_STAGE, self._stage_bytes)])
+        encoder, headers = self._held_back.for_stop(stop)
+        key = handoff.message_id.encode()
+        self.transactions.produce(self.settings.topics.notsent, key=key, headers=headers,
+                                  value=encoder.encode(key, handoff.recipient_id, occurred_at))
 
     def _publish_failed(self, handoff: Handoff, attempts: int, error: str, occurred_at: int) -> None:
         value = self.serdes.failed.encode({

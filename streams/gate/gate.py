@@ -16,7 +16,7 @@ from streams.control.feed import now_ms
 from streams.control.view import ControlView
 from streams.faults import crash_point
 from streams.kafka import transactions
-from streams.kafka.clients import Headers, consumer, headers_of, take
+from streams.kafka.clients import Headers, consumer, routing, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
 from streams.kafka.lag import LagGauge
 from streams.metrics import DEAD_LETTERED, GATE_REQUESTS, NOT_SENT
@@ -24,11 +24,11 @@ from streams.models import (
     CHANNELS,
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
-    HEADER_STAGE,
-    NOT_SENT_EVENT,
+    HEADER_RECIPIENT,
     STAGE_SENDING,
 )
 from streams.serde import SerdeError, Serdes
+from streams.serde.fastevents import HeldBackEvents
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Gate:
         self.source = topics.send_requests(channel)
         self.target = topics.dispatch(channel)
         self.notsent = topics.notsent
-        self.event = NOT_SENT_EVENT[channel]
+        self.held_back = HeldBackEvents(serdes.not_sent, channel, STAGE_SENDING, "campaign stopped: ")
         self.consumer = consumer(settings, **{
             "group.id": topics.gate_group(channel),
             "client.id": process_id,
@@ -79,6 +79,7 @@ class Gate:
 
     def _process(self, messages: list[Message]) -> None:
         view_stopped = self.view.stopped
+        held_back = self.held_back.for_stop
         channel = self.channel
         channel_bytes = channel.encode()
         known = self.serdes.send_request.has_known_header
@@ -101,7 +102,7 @@ class Gate:
                 # Fast path: route by the campaign and channel headers, checking only the Avro
                 # envelope; the body is decoded when the gate must read it (a notSent event, a
                 # record without headers) and, for passing records, by the dispatcher.
-                campaign_header, channel_header = _routing(message)
+                campaign_header, channel_header, recipient_header = routing(message)
                 request = None
                 if campaign_header is None or not known(value):
                     request = self._read(out, message, value)
@@ -118,31 +119,27 @@ class Gate:
                     dead += 1
                     continue
                 stop = view_stopped(campaign, channel)
-                headers: Headers = [(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, channel_bytes)]
                 if stop is None:
+                    headers: Headers = [(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, channel_bytes)]
+                    if recipient_header:
+                        headers.append((HEADER_RECIPIENT, recipient_header))
                     produce(self.target, value=value, key=message.key(), headers=headers)
                     passed += 1
                     continue
-                if request is None:
+                # Held back: the key and the recipient header make the event, else the body.
+                key: bytes | None = message.key()
+                recipient: str | bytes | None = recipient_header
+                if request is None and not (key and recipient):
                     request = self._read(out, message, value)
                     if request is None:
                         dead += 1
                         continue
-                event = {
-                    "event": self.event,
-                    "message_id": request["message_id"],
-                    "campaign_id": campaign,
-                    "channel": channel,
-                    "recipient_id": request["recipient_id"],
-                    "stage": STAGE_SENDING,
-                    "reason": f"campaign stopped: {stop.reason}",
-                    "stop_command_id": stop.command_id,
-                    "stop_requested_at": stop.requested_at,
-                    "occurred_at": now_ms(),
-                }
-                produce(self.notsent, value=self.serdes.not_sent.encode(event),
-                        key=request["message_id"].encode(),
-                        headers=[*headers, (HEADER_STAGE, STAGE_SENDING.encode())])
+                if request is not None:
+                    key, recipient = request["message_id"].encode(), request["recipient_id"]
+                assert key is not None and recipient is not None
+                encoder, event_headers = held_back(stop)
+                produce(self.notsent, value=encoder.encode(key, recipient, now_ms()), key=key,
+                        headers=event_headers)
                 halted += 1
         except KafkaException as exc:
             # E.g. a record expired while the broker was away: redo the batch from its start.
@@ -180,17 +177,6 @@ class Gate:
 
     def _rewind(self) -> None:
         transactions.rewind(self.consumer, self.settings.admin_timeout_s)
-
-
-def _routing(message: Message) -> tuple[str | None, str | None]:
-    """The campaign and channel headers of a send request, when its producer set them."""
-    campaign = channel = None
-    for key, value in headers_of(message):
-        if key == HEADER_CAMPAIGN and isinstance(value, bytes):
-            campaign = value.decode(errors="replace")
-        elif key == HEADER_CHANNEL and isinstance(value, bytes):
-            channel = value.decode(errors="replace")
-    return campaign, channel
 
 
 def _valid(request: dict[str, Any]) -> dict[str, Any]:

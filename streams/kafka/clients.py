@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.exceptions import KafkaUnavailableError
+from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, HEADER_RECIPIENT
 from streams.settings import Settings
 
 # What confluent-kafka accepts as record headers.
@@ -84,6 +85,22 @@ def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> int:
 def headers_of(message: Message) -> Headers:
     """A consumed record's headers as a list (librdkafka hands back a list of pairs)."""
     return list(cast(Headers, message.headers() or []))
+
+
+def routing(message: Message) -> tuple[str | None, str | None, bytes | None]:
+    """The campaign, channel and recipient headers of a send request, where its producer set them."""
+    campaign = channel = None
+    recipient: bytes | None = None
+    for key, value in cast(Headers, message.headers() or []):
+        if not isinstance(value, bytes):
+            continue
+        if key == HEADER_CAMPAIGN:
+            campaign = value.decode(errors="replace")
+        elif key == HEADER_CHANNEL:
+            channel = value.decode(errors="replace")
+        elif key == HEADER_RECIPIENT:
+            recipient = value
+    return campaign, channel, recipient
 
 
 def take(source: Consumer, max_messages: int, timeout_s: float) -> list[Message]:

@@ -42,6 +42,9 @@ STOPPABLE_STATES: Final = (STATE_SENDING, STATE_FINISHED)
 # Headers every data-plane record carries so a stage can route without decoding the value.
 HEADER_CAMPAIGN: Final = "campaign_id"
 HEADER_CHANNEL: Final = "channel"
+# On send requests: the recipient, so a stage can turn a held-back request into its notSent event
+# without decoding it (the key is the message id).
+HEADER_RECIPIENT: Final = "recipient_id"
 HEADER_STAGE: Final = "stage"
 HEADER_OUTCOME: Final = "outcome"  # "failed" on failure events (sent and notSent need no header)
 OUTCOME_FAILED: Final = "failed"

@@ -26,6 +26,7 @@ SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 _SO_HEADER = struct.Struct("<2sQ")
 _CF_HEADER = struct.Struct(">bI")
+SINGLE_OBJECT_HEADER_SIZE = _SO_HEADER.size
 
 __all__ = [
     "Schema",
@@ -88,14 +89,22 @@ class Serde:
             return False
         return _SO_HEADER.unpack_from(value)[1] in self._writers
 
+    def prefix(self) -> bytes:
+        """What precedes the Avro body of every value this serde writes."""
+        if self._registry is None:
+            return self._prefix
+        if self._registry_id is None:
+            self._registry_id = self._registry.register(self._subject, self.schema)
+        return _CF_HEADER.pack(0, self._registry_id)
+
+    def is_own_single_object(self, value: bytes) -> bool:
+        """Single-object encoded with exactly this serde's schema (its body starts at offset
+        ``SINGLE_OBJECT_HEADER_SIZE``)."""
+        return value.startswith(self._prefix)
+
     def encode(self, record: Mapping[str, Any]) -> bytes:
         buf = io.BytesIO()
-        if self._registry is not None:
-            if self._registry_id is None:
-                self._registry_id = self._registry.register(self._subject, self.schema)
-            buf.write(_CF_HEADER.pack(0, self._registry_id))
-        else:
-            buf.write(self._prefix)
+        buf.write(self.prefix())
         try:
             fastavro.schemaless_writer(buf, self.schema.parsed, record)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:

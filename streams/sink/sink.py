@@ -28,6 +28,7 @@ from streams.metrics import (
 )
 from streams.models import ACTION_STOP, CHANNELS
 from streams.serde import SerdeError, Serdes
+from streams.serde.fastevents import FlatDecoder
 from streams.settings import Settings
 from streams.sink.store import FAILED, NOT_SENT, SENT, Batch, OutcomeRow, OutcomeStore
 
@@ -42,6 +43,7 @@ class Sink:
                  process_id: str) -> None:
         self.settings = settings
         self.serdes = serdes
+        self._not_sent = FlatDecoder(serdes.not_sent)  # a stop brings them by the hundred thousand
         self.store = store
         topics = settings.topics
         self.topics = [topics.sent, topics.notsent, topics.failed, topics.status, topics.control,
@@ -157,7 +159,7 @@ class Sink:
             event = self.serdes.sent.decode(value)
             batch.outcomes.append(_row(event, SENT))
         elif topic == topics.notsent:
-            event = self.serdes.not_sent.decode(value)
+            event = self._not_sent.decode(value)
             batch.outcomes.append(_row(event, NOT_SENT))
         elif topic == topics.failed:
             event = self.serdes.failed.decode(value)

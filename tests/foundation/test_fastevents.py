@@ -1,0 +1,144 @@
+"""The notSent fast path writes and reads exactly fastavro's bytes: the encoder (constant part
+once per stop) against ``fastavro.schemaless_writer`` through the generic serde, the decoder
+against ``fastavro.schemaless_reader``, over random and edge-case events; corrupt values fail as
+the generic decoder fails. No broker needed."""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import pytest
+from fastavro.utils import generate_many
+
+from streams.serde import Schema, Serde, Serdes
+from streams.serde.exceptions import SerdeError
+from streams.serde.fastevents import FlatDecoder, NotSentEncoder
+
+EVENT: dict[str, Any] = {
+    "event": "message.notSent",
+    "message_id": "spring-sale:email:42",
+    "campaign_id": "spring-sale",
+    "channel": "email",
+    "recipient_id": "r-42",
+    "stage": "provider",
+    "reason": "held before handoff: campaign stopped: wrong code",
+    "stop_command_id": "6f1c0e5d9b2a4c8e",
+    "stop_requested_at": 1_732_600_000_000,
+    "occurred_at": 1_732_600_000_123,
+}
+
+
+def edge_cases() -> list[dict[str, Any]]:
+    """Lengths around every varint boundary, non-ASCII text, null unions, extreme longs."""
+    cases = [EVENT, {**EVENT, "stop_command_id": None, "stop_requested_at": None},
+             {**EVENT, "recipient_id": "récipient-ünïcödé-✓", "reason": "Grund: falscher Rabatt €"},
+             {**EVENT, "occurred_at": 0, "stop_requested_at": -1},
+             {**EVENT, "occurred_at": 2**63 - 1, "stop_requested_at": -(2**63)}]
+    for size in (0, 1, 63, 64, 127, 128, 255, 256, 8191, 8192, 20000):
+        cases.append({**EVENT, "message_id": "m" * size, "recipient_id": "r" * size,
+                      "campaign_id": "c" * size, "reason": "x" * size})
+    return cases
+
+
+def encoder_for(serde: Serde, event: dict[str, Any]) -> NotSentEncoder:
+    return NotSentEncoder(serde, event["event"], event["campaign_id"], event["channel"],
+                          event["stage"], event["reason"], event["stop_command_id"],
+                          event["stop_requested_at"])
+
+
+def random_events(serde: Serde, count: int) -> list[dict[str, Any]]:
+    return list(generate_many(serde.schema.parsed, count))
+
+
+def test_the_encoder_writes_fastavros_bytes() -> None:
+    serde = Serdes().not_sent
+    events = [*edge_cases(), *random_events(serde, 300)]
+    for event in events:
+        expected = serde.encode(event)
+        encoder = encoder_for(serde, event)
+        assert encoder.encode(event["message_id"], event["recipient_id"],
+                              event["occurred_at"]) == expected, event
+        # The ids as the key and header bytes a held-back request carries.
+        assert encoder.encode(event["message_id"].encode(), event["recipient_id"].encode(),
+                              event["occurred_at"]) == expected, event
+
+
+def test_one_encoder_serves_every_message_of_a_stop() -> None:
+    serde = Serdes().not_sent
+    encoder = encoder_for(serde, EVENT)
+    rng = random.Random(7)
+    for index in range(500):
+        event = {**EVENT, "message_id": f"spring-sale:email:{index}",
+                 "recipient_id": f"r{rng.randrange(10**12)}", "occurred_at": rng.randrange(2**45)}
+        assert encoder.encode(event["message_id"], event["recipient_id"],
+                              event["occurred_at"]) == serde.encode(event)
+
+
+def test_the_decoder_reads_what_fastavro_wrote() -> None:
+    serde = Serdes().not_sent
+    decoder = FlatDecoder(serde)
+    for event in [*edge_cases(), *random_events(serde, 300)]:
+        value = serde.encode(event)
+        assert decoder.decode(value) == serde.decode(value) == event
+
+
+def test_the_decoder_reads_control_commands_as_fastavro_does() -> None:
+    serde = Serdes().control_command
+    decoder = FlatDecoder(serde)
+    command = {"command_id": "c-1", "campaign_id": "spring-sale", "action": "stop",
+               "channels": ["email", "sms"], "reason": "wrong code", "requested_by": "ops",
+               "requested_at": 1_732_600_000_000}
+    for record in [command, {**command, "channels": []}, {**command, "channels": ["é" * 300] * 70},
+                   *generate_many(serde.schema.parsed, 300)]:
+        value = serde.encode(record)
+        assert decoder.decode(value) == serde.decode(value) == record
+
+
+class MemoryRegistry:
+    """A schema registry holding one schema in memory (the Confluent wire format path)."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[int, Schema] = {}
+
+    def register(self, subject: str, schema: Schema) -> int:
+        self.schemas[21] = schema
+        return 21
+
+    def lookup(self, schema_id: int) -> Schema:
+        return self.schemas[schema_id]
+
+
+def test_with_a_registry_both_use_the_confluent_wire_format() -> None:
+    serde = Serdes(MemoryRegistry()).not_sent
+    value = encoder_for(serde, EVENT).encode(EVENT["message_id"], EVENT["recipient_id"],
+                                             EVENT["occurred_at"])
+    assert value == serde.encode(EVENT)
+    assert value[:5] == b"\x00\x00\x00\x00\x15"
+    assert FlatDecoder(serde).decode(value) == EVENT
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20])
+def test_a_cut_or_padded_value_is_refused_like_the_generic_decoder_does(cut: int) -> None:
+    serde = Serdes().not_sent
+    decoder = FlatDecoder(serde)
+    value = serde.encode(EVENT)
+    for bad in (value[:-cut], value + b"\x00" * cut):
+        with pytest.raises(SerdeError, match="corrupt NotSentEvent body"):
+            decoder.decode(bad)
+        with pytest.raises(SerdeError, match="corrupt NotSentEvent body"):
+            serde.decode(bad)
+    with pytest.raises(SerdeError, match="empty value"):
+        decoder.decode(b"")
+
+
+def test_a_changed_schema_is_refused_not_miswritten() -> None:
+    definition = copy.deepcopy(Serdes().not_sent.schema.definition)
+    definition["fields"].insert(3, {"name": "tenant", "type": "string"})
+    serde = Serde(Schema(definition))
+    with pytest.raises(SerdeError, match="changed"):
+        encoder_for(serde, EVENT)
+    definition["fields"].append({"name": "tags", "type": {"type": "map", "values": "string"}})
+    with pytest.raises(SerdeError, match="not flat"):
+        FlatDecoder(Serde(Schema(definition)))
