@@ -88,19 +88,17 @@ def headers_of(message: Message) -> Headers:
 
 
 def routing(message: Message) -> tuple[str | None, str | None, bytes | None]:
-    """The campaign, channel and recipient headers of a send request, where its producer set them."""
-    campaign = channel = None
-    recipient: bytes | None = None
-    for key, value in cast(Headers, message.headers() or []):
-        if not isinstance(value, bytes):
-            continue
-        if key == HEADER_CAMPAIGN:
-            campaign = value.decode(errors="replace")
-        elif key == HEADER_CHANNEL:
-            channel = value.decode(errors="replace")
-        elif key == HEADER_RECIPIENT:
-            recipient = value
-    return campaign, channel, recipient
+    """The campaign, channel and recipient headers of a send request, where its producer set them
+    (the last of a repeated header wins; a header without a value counts as absent)."""
+    headers = message.headers()
+    if not headers:
+        return None, None, None
+    found: dict[str, bytes | None] = dict(headers)  # type: ignore[arg-type]
+    campaign, channel, recipient = (found.get(HEADER_CAMPAIGN), found.get(HEADER_CHANNEL),
+                                    found.get(HEADER_RECIPIENT))
+    return (campaign.decode(errors="replace") if campaign else None,
+            channel.decode(errors="replace") if channel else None,
+            recipient or None)
 
 
 def take(source: Consumer, max_messages: int, timeout_s: float) -> list[Message]:

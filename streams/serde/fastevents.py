@@ -107,6 +107,7 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
             raise SerdeError("corrupt Avro body: varint too long")
 
 
+# Field kinds: string, long, nullable string, nullable long, array of strings.
 _KINDS = {"string": 0, "long": 1, ("null", "string"): 2, ("null", "long"): 3}
 _STRING_ARRAY = 4
 
@@ -137,52 +138,66 @@ class FlatDecoder:
         if not value or not self._serde.is_own_single_object(value):
             return self._serde.decode(value)
         try:
-            record, pos = self._body(value, SINGLE_OBJECT_HEADER_SIZE)
+            return self._body(value, SINGLE_OBJECT_HEADER_SIZE)
         except IndexError as exc:
             raise SerdeError(f"{self._what}: cut short") from exc
         except UnicodeDecodeError as exc:
             raise SerdeError(f"{self._what}: invalid UTF-8") from exc
-        if pos != len(value):
-            raise SerdeError(f"{self._what}: {len(value) - pos} bytes after the record")
-        return record
 
-    def _string(self, buf: bytes, pos: int) -> tuple[str, int]:
-        size, pos = _read_long(buf, pos)
-        if size < 0 or pos + size > len(buf):
-            raise SerdeError(f"{self._what}: string past the end")
-        return buf[pos:pos + size].decode(), pos + size
-
-    def _body(self, buf: bytes, pos: int) -> tuple[dict[str, Any], int]:
+    def _body(self, buf: bytes, pos: int) -> dict[str, Any]:
+        """The fields in order; a one-byte varint (a string under 64 bytes) is read inline."""
         record: dict[str, Any] = {}
+        end = len(buf)
         for name, kind in self._fields:
-            if kind == 0:
-                record[name], pos = self._string(buf, pos)
+            if kind == 0 or kind == 2:
+                if kind == 2:  # nullable string: the union branch first
+                    branch, pos = _read_long(buf, pos)
+                    if branch == 0:
+                        record[name] = None
+                        continue
+                    if branch != 1:
+                        raise SerdeError(f"{self._what}: bad union branch")
+                byte = buf[pos]
+                if byte < 0x80:
+                    size, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                else:
+                    size, pos = _read_long(buf, pos)
+                if size < 0 or pos + size > end:
+                    raise SerdeError(f"{self._what}: string past the end")
+                record[name] = buf[pos:pos + size].decode()
+                pos += size
             elif kind == 1:
                 record[name], pos = _read_long(buf, pos)
-            elif kind == _STRING_ARRAY:
-                items: list[str] = []
-                while True:
-                    count, pos = _read_long(buf, pos)
-                    if count == 0:
-                        break
-                    if count < 0:  # a block with its size in bytes
-                        count = -count
-                        _, pos = _read_long(buf, pos)
-                    for _ in range(count):
-                        item, pos = self._string(buf, pos)
-                        items.append(item)
-                record[name] = items
-            else:
+            elif kind == 3:
                 branch, pos = _read_long(buf, pos)
                 if branch == 0:
                     record[name] = None
-                elif branch != 1:
-                    raise SerdeError(f"{self._what}: bad union branch")
-                elif kind == 2:
-                    record[name], pos = self._string(buf, pos)
-                else:
+                elif branch == 1:
                     record[name], pos = _read_long(buf, pos)
-        return record, pos
+                else:
+                    raise SerdeError(f"{self._what}: bad union branch")
+            else:
+                record[name], pos = self._strings(buf, pos)
+        if pos != end:
+            raise SerdeError(f"{self._what}: {end - pos} bytes after the record")
+        return record
+
+    def _strings(self, buf: bytes, pos: int) -> tuple[list[str], int]:
+        """An array of strings: blocks of items, a block of 0 ends it."""
+        items: list[str] = []
+        while True:
+            count, pos = _read_long(buf, pos)
+            if count == 0:
+                return items, pos
+            if count < 0:  # a block that also gives its size in bytes
+                count = -count
+                _, pos = _read_long(buf, pos)
+            for _ in range(count):
+                size, pos = _read_long(buf, pos)
+                if size < 0 or pos + size > len(buf):
+                    raise SerdeError(f"{self._what}: string past the end")
+                items.append(buf[pos:pos + size].decode())
+                pos += size
 
 
 class StopLike(Protocol):

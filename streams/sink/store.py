@@ -58,10 +58,9 @@ SCHEMA = [
         PRIMARY KEY (command_id, process_id))""",
 ]
 
-UPSERT_OUTCOME = """
-INSERT INTO outcomes (message_id, campaign_id, channel, recipient_id, outcome, event, stage, reason,
-                      stop_command_id, handed_at, occurred_at, stored_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+OUTCOME_COLUMNS = ("message_id, campaign_id, channel, recipient_id, outcome, event, stage, reason,"
+                   " stop_command_id, handed_at, occurred_at")
+ON_OUTCOME_CONFLICT = """
 ON CONFLICT (message_id) DO UPDATE SET
     outcome = excluded.outcome, event = excluded.event, stage = excluded.stage,
     reason = excluded.reason, stop_command_id = excluded.stop_command_id,
@@ -69,6 +68,13 @@ ON CONFLICT (message_id) DO UPDATE SET
     stored_at = excluded.stored_at
 WHERE outcomes.outcome <> 'sent' AND excluded.outcome = 'sent'
 """
+UPSERT_OUTCOME = (f"INSERT INTO outcomes ({OUTCOME_COLUMNS}, stored_at)"
+                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + ON_OUTCOME_CONFLICT)
+# PostgreSQL: a batch is COPYed into this per-session staging table, then merged in one statement.
+STAGING = ("CREATE TEMPORARY TABLE IF NOT EXISTS outcomes_in (LIKE outcomes INCLUDING DEFAULTS)"
+           " ON COMMIT DELETE ROWS")
+MERGE_STAGED = (f"INSERT INTO outcomes ({OUTCOME_COLUMNS}, stored_at)"
+                f" SELECT {OUTCOME_COLUMNS}, stored_at FROM outcomes_in" + ON_OUTCOME_CONFLICT)
 UPSERT_CAMPAIGN = """
 INSERT INTO campaigns (campaign_id, state, channels, planned, updated_at) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (campaign_id) DO UPDATE SET state = excluded.state, channels = excluded.channels,
@@ -170,22 +176,16 @@ class OutcomeStore:
             if held is None or (held.outcome != SENT and row.outcome == SENT):
                 latest[row.message_id] = row
         with self._transaction() as cur:
-            existing: dict[str, tuple[str, int]] = {}
-            for chunk in _chunks(list(latest)):
-                marks = ",".join(self.placeholder for _ in chunk)
-                cur.execute("SELECT message_id, outcome, conflict FROM outcomes"
-                            f" WHERE message_id IN ({marks})", list(chunk))
-                existing.update((m, (outcome, int(flag))) for m, outcome, flag in cur.fetchall())
+            existing = self._write_outcomes(cur, [
+                (r.message_id, r.campaign_id, r.channel, r.recipient_id, r.outcome, r.event, r.stage,
+                 r.reason, r.stop_command_id, r.handed_at, r.occurred_at, now)
+                for r in latest.values()
+            ])
             conflicted = []
             for m, outcomes in seen.items():
                 stored, flagged = existing.get(m, (None, 0))
                 if not flagged and len(outcomes | ({stored} if stored else set())) > 1:
                     conflicted.append(m)
-            cur.executemany(self._sql(UPSERT_OUTCOME), [
-                (r.message_id, r.campaign_id, r.channel, r.recipient_id, r.outcome, r.event, r.stage,
-                 r.reason, r.stop_command_id, r.handed_at, r.occurred_at, now)
-                for r in latest.values()
-            ])
             if conflicted:
                 cur.executemany(self._sql(FLAG_CONFLICT), [(m,) for m in conflicted])
             if batch.campaigns:
@@ -204,6 +204,18 @@ class OutcomeStore:
                 ])
         new = [row.outcome for m, row in latest.items() if m not in existing]
         return WriteResult(new.count(SENT), new.count(NOT_SENT), len(conflicted), new.count(FAILED))
+
+    def _write_outcomes(self, cur: Any, rows: list[tuple[Any, ...]]) -> dict[str, tuple[str, int]]:
+        """Upsert the rows (columns of ``UPSERT_OUTCOME``); returns the (outcome, conflict flag)
+        each id had before, for the ids already stored."""
+        existing: dict[str, tuple[str, int]] = {}
+        for chunk in _chunks([row[0] for row in rows]):
+            marks = ",".join(self.placeholder for _ in chunk)
+            cur.execute("SELECT message_id, outcome, conflict FROM outcomes"
+                        f" WHERE message_id IN ({marks})", list(chunk))
+            existing.update((m, (outcome, int(flag))) for m, outcome, flag in cur.fetchall())
+        cur.executemany(self._sql(UPSERT_OUTCOME), rows)
+        return existing
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -318,6 +330,18 @@ class PostgresStore(OutcomeStore):
 
     def _transaction(self) -> Any:
         return _PostgresTransaction(self._db)
+
+    def _write_outcomes(self, cur: Any, rows: list[tuple[Any, ...]]) -> dict[str, tuple[str, int]]:
+        """COPY into the staging table and merge from there: no round trip per row."""
+        cur.execute(STAGING)
+        with cur.copy(f"COPY outcomes_in ({OUTCOME_COLUMNS}, stored_at) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute("SELECT message_id, outcome, conflict FROM outcomes WHERE message_id = ANY(%s)",
+                    ([row[0] for row in rows],))
+        existing = {m: (outcome, int(flag)) for m, outcome, flag in cur.fetchall()}
+        cur.execute(MERGE_STAGED)
+        return existing
 
     def _columns(self, cur: Any, table: str) -> set[str]:
         cur.execute("SELECT column_name FROM information_schema.columns"
