@@ -72,6 +72,29 @@ class Sizes:
                    peers=100_000)
 
 
+@dataclass(frozen=True)
+class Measured:
+    """A throughput and what it cost: CPU (user + system, every thread) of the processes under
+    test per message. On a machine shared with other work the CPU cost is the steadier figure."""
+
+    msgs_per_s: float
+    cpu_us_per_msg: float
+
+    def figures(self, baseline: Measured) -> dict[str, float]:
+        return {"msgs_per_s": self.msgs_per_s, "ratio": self.msgs_per_s / baseline.msgs_per_s,
+                "cpu_us_per_msg": self.cpu_us_per_msg,
+                "cpu_ratio": baseline.cpu_us_per_msg / self.cpu_us_per_msg}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time so far of these processes, all their threads (``/proc``)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler:
     """Resident memory of a process (``/proc``) next to the messages in flight when sampled:
     its peak, and its growth per 100,000 messages in flight (least-squares slope)."""
@@ -192,20 +215,22 @@ class Bench:
         return sum(max(tp.offset, 0) for tp in result.topic_partitions)
 
     def rate_until(self, progress: Callable[[], int], target: int, timeout_s: float,
-                   guard: Callable[[], None] = lambda: None) -> float:
-        """Messages per second between the first progress seen and reaching ``target``."""
-        first: tuple[float, int] | None = None
+                   guard: Callable[[], None], pids: list[int]) -> Measured:
+        """Messages per second between the first progress seen and reaching ``target``, and the
+        CPU the processes ``pids`` spent per message meanwhile."""
+        first: tuple[float, int, float] | None = None
         deadline = time.monotonic() + timeout_s
         while True:
             guard()
             value = progress()
             now = time.monotonic()
             if first is None and value > 0:
-                first = (now, value)
+                first = (now, value, cpu_seconds(pids))
             if value >= target:
                 if first is None or now <= first[0]:
                     raise EstopError("progress was too fast to measure; raise the sizes")
-                return (value - first[1]) / (now - first[0])
+                return Measured((value - first[1]) / (now - first[0]),
+                                (cpu_seconds(pids) - first[2]) / (value - first[1]) * 1e6)
             if now > deadline:
                 raise EstopError(f"timed out at {value:,} of {target:,}")
             time.sleep(0.02)
@@ -239,7 +264,7 @@ class Bench:
 
     # -- scenarios -----------------------------------------------------------------------------
 
-    def forward_rate(self, impl: str, count: int) -> float:
+    def forward_rate(self, impl: str, count: int) -> Measured:
         settings = self.scenario_settings(f"fwd-{impl}")
         source, target = f"{settings.topic_prefix}src", f"{settings.topic_prefix}dst"
         client = admin(settings)
@@ -261,9 +286,10 @@ class Bench:
                 if proc.poll() is not None:
                     raise EstopError(f"the {impl} forwarder exited; see {self.workdir}")
 
-            return self.rate_until(lambda: self.end_offsets(settings, target), count, 600, alive)
+            return self.rate_until(lambda: self.end_offsets(settings, target), count, 600, alive,
+                                   [proc.pid])
 
-    def peer_rate(self, name: str, command: list[str], count: int) -> float:
+    def peer_rate(self, name: str, command: list[str], count: int) -> Measured:
         """The gate job as another framework writes it, on the same input as the gate's: its rate
         is read from the end offsets of the dispatch topic it forwards to."""
         settings = self.scenario_settings(f"peer-{name}")
@@ -284,10 +310,10 @@ class Bench:
                 if proc.poll() is not None:
                     raise EstopError(f"the {name} peer exited; see {self.workdir / name}.log")
 
-            return self.rate_from_join(settings, group, dispatch, count, alive)
+            return self.rate_from_join(settings, group, dispatch, count, alive, [proc.pid])
 
     def rate_from_join(self, settings: Settings, group: str, output: str, count: int,
-                       guard: Callable[[], None]) -> float:
+                       guard: Callable[[], None], pids: list[int]) -> Measured:
         """Messages per second from the moment the group has its partitions to the moment all
         ``count`` are on ``output``: a framework that makes its output visible only when it
         commits (quixstreams exactly-once, every 5 s) is measured as fairly as one that commits
@@ -303,13 +329,14 @@ class Bench:
             if time.monotonic() > deadline:
                 raise EstopError(f"group {group} never got its partitions")
             time.sleep(0.02)
-        joined = time.monotonic()
+        joined, cpu = time.monotonic(), cpu_seconds(pids)
         while self.end_offsets(settings, output) < count:
             guard()
             if time.monotonic() - joined > 900:
                 raise EstopError(f"{output} never reached {count:,} records")
             time.sleep(0.02)
-        return count / (time.monotonic() - joined)
+        return Measured(count / (time.monotonic() - joined),
+                        (cpu_seconds(pids) - cpu) / count * 1e6)
 
     def raw_latency(self) -> list[float]:
         settings = self.scenario_settings("latency")
@@ -342,7 +369,7 @@ class Bench:
         reader.close()
         return samples
 
-    def gate_rate(self, processes: int, count: int, name: str) -> float:
+    def gate_rate(self, processes: int, count: int, name: str) -> Measured:
         settings = self.scenario_settings(name)
         topic = settings.topics.send_requests("email")
         self.preload(settings, topic, count, f"{name}-campaign")
@@ -355,16 +382,16 @@ class Bench:
 
             return self.rate_until(
                 lambda: self.committed(settings, settings.topics.gate_group("email"), topic), count,
-                600, guard=alive)
+                600, alive, [w.process.pid for w in started])
 
-    def drain_rate(self, count: int) -> float:
+    def drain_rate(self, count: int) -> Measured:
         settings = self.scenario_settings("drain")
         campaign = "drain-campaign"
         issue_stop(settings, self.serdes, campaign, "benchmark drain", [], "bench", 5, force=True)
         self.preload(settings, settings.topics.dispatch("email"), count, campaign)
         with self.workers(settings, ["--role", "dispatcher", "--channel", "email"]) as started:
             return self.rate_until(lambda: self.end_offsets(settings, settings.topics.notsent),
-                                   count, 900, guard=lambda: started[0].check())
+                                   count, 900, started[0].check, [started[0].process.pid])
 
     def stop_propagation(self) -> dict[str, Any]:
         """Stops issued one after another while a campaign keeps the workers busy; each sample is
@@ -401,8 +428,9 @@ class Bench:
         return {"samples": samples, "leak_after": leak_after, "leak_between": leak_between}
 
     def seed_scenario(self) -> dict[str, Any]:
-        """The seed's case: a campaign stopped after about a tenth was sent, a full worker with
-        the sink; how long until analytics show every halted message, and leaks."""
+        """The reference scenario: a campaign stopped after about a tenth was sent, the gate and
+        the dispatcher in one worker, the sink in another; how long until analytics show every
+        halted message, leaks, and the pipeline worker's memory."""
         recipients = self.sizes.seed_recipients
         settings = self.scenario_settings("seed", provider_rate=10000.0, provider_delay_s=1.0)
         campaign = "seed"
@@ -504,26 +532,27 @@ class Bench:
         results: dict[str, Any] = {}
         say = self.say
         say("baseline: raw confluent-kafka consume-and-forward")
-        base_rate = self.forward_rate("confluent", sizes.passthrough)
+        base = self.forward_rate("confluent", sizes.passthrough)
+        base_rate = base.msgs_per_s
         say("baseline: raw produce-to-consume latency")
         latency = self.raw_latency()
         results["baseline"] = {"passthrough_msgs_per_s": base_rate,
+                               "cpu_us_per_msg": base.cpu_us_per_msg,
                                "latency_p50_ms": percentile(latency, 50),
                                "latency_p99_ms": percentile(latency, 99)}
         say("gate pass-through (one gate process)")
         gate = self.gate_rate(1, sizes.passthrough, "gate1")
-        results["gate"] = {"passthrough_msgs_per_s": gate, "ratio": gate / base_rate}
+        results["gate"] = {"passthrough_msgs_per_s": gate.msgs_per_s, **gate.figures(base)}
         say("drain of a stopped backlog at the provider stage")
         drain = self.drain_rate(sizes.drain)
-        results["drain"] = {"msgs_per_s": drain, "ratio": drain / base_rate,
-                            "backlog": sizes.drain}
+        results["drain"] = {**drain.figures(base), "backlog": sizes.drain}
         say(f"stop propagation: {sizes.stops} stops under load")
         propagation = self.stop_propagation()
         samples = propagation["samples"]
         results["stop_propagation_ms"] = {"p50": percentile(samples, 50),
                                           "p99": percentile(samples, 99), "samples": len(samples),
                                           "mean": statistics.fmean(samples) if samples else None}
-        say(f"seed scenario: {sizes.seed_recipients:,} recipients stopped after a tenth")
+        say(f"reference scenario: {sizes.seed_recipients:,} recipients stopped after a tenth")
         seed = self.seed_scenario()
         results["leak"] = {"after_confirm": propagation["leak_after"] + seed["leak_after"],
                            "between_ack_and_confirm":
@@ -534,34 +563,37 @@ class Bench:
         results["control_view"] = self.control_view()
         say("scaling: two gate processes")
         two = self.gate_rate(2, sizes.passthrough, "gate2")
-        results["scaling"] = {"one_gate_msgs_per_s": gate, "two_gates_msgs_per_s": two,
-                              "ratio": two / gate}
+        results["scaling"] = {"one_gate_msgs_per_s": gate.msgs_per_s,
+                              "two_gates_msgs_per_s": two.msgs_per_s,
+                              "ratio": two.msgs_per_s / gate.msgs_per_s}
         say("design evidence: the same forward job on aiokafka and as a Faust agent")
         aio = self.forward_rate("aiokafka", sizes.evidence)
         faust_rate = self.forward_rate("faust", sizes.evidence)
-        results["design_evidence"] = {"aiokafka_msgs_per_s": aio, "faust_agent_msgs_per_s": faust_rate,
-                                      "aiokafka_ratio": aio / base_rate,
-                                      "faust_ratio": faust_rate / base_rate}
+        results["design_evidence"] = {
+            "aiokafka_msgs_per_s": aio.msgs_per_s, "faust_agent_msgs_per_s": faust_rate.msgs_per_s,
+            "aiokafka_ratio": aio.msgs_per_s / base_rate,
+            "faust_ratio": faust_rate.msgs_per_s / base_rate,
+            "aiokafka": aio.figures(base), "faust": faust_rate.figures(base)}
         say("peers: the gate job on quixstreams and on Kafka Streams")
-        results["peers"] = self.peer_rates(base_rate)
+        results["peers"] = self.peer_rates(base)
         results["stop_propagation_ms"]["raw_latency_samples_ms"] = latency
         results["stop_propagation_ms"]["samples_ms"] = samples
         results["env"] = self.env()
         return results
 
-    def gate_from_join(self, count: int) -> float:
+    def gate_from_join(self, count: int) -> Measured:
         """The gate measured as the peers are (``rate_from_join``), on the same input."""
         settings = self.scenario_settings("peer-estop")
         topic = settings.topics.send_requests("email")
+        self.preload(settings, topic, count, "peer-estop")
         with self.workers(settings, ["--role", "gate", "--channel", "email"]) as started:
-            # Ready means its control view is read; the input goes in now, as for the peers.
-            self.preload(settings, topic, count, "peer-estop")
             return self.rate_from_join(settings, settings.topics.gate_group("email"),
                                        settings.topics.dispatch("email"), count,
-                                       started[0].check)
+                                       started[0].check, [started[0].process.pid])
 
-    def peer_rates(self, base_rate: float) -> dict[str, dict[str, float]]:
-        """msg/s and ratio to the baseline of estop's gate and of the same job on each peer."""
+    def peer_rates(self, base: Measured) -> dict[str, dict[str, float]]:
+        """Throughput and CPU cost of estop's gate and of the same job on each peer, each next to
+        the baseline's."""
         cache = self.base.cache_dir
         quix = peers.quixstreams_python(cache, self.say)
         kstreams = peers.kstreams_java(cache, self.base.kafka_version, self.say)
@@ -571,7 +603,7 @@ class Bench:
                 f"quixstreams-{guarantee}", quix, self.sizes.peers)
         rates["Kafka Streams exactly_once_v2"] = self.peer_rate(
             "kstreams-eos", kstreams, self.sizes.peers)
-        return {name: {"msgs_per_s": rate, "ratio": rate / base_rate} for name, rate in rates.items()}
+        return {name: rate.figures(base) for name, rate in rates.items()}
 
     def env(self) -> dict[str, Any]:
         return {

@@ -9,46 +9,54 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _cpu(figures: dict[str, Any]) -> str:
+    return f"{figures['cpu_us_per_msg']:.1f} µs ({figures['cpu_ratio']:.2f})"
+
+
 def print_table(results: dict[str, Any], console: Console) -> None:
     base = results["baseline"]
     table = Table(title="estop bench (ratios against the raw baseline measured in this run)")
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("ratio", justify="right")
+    table.add_column("CPU per message (ratio)", justify="right")
+    evidence = results["design_evidence"]
+    view = results["control_view"]
     rows = [
         ("baseline pass-through (raw confluent-kafka)",
-         f"{base['passthrough_msgs_per_s']:,.0f} msg/s", "1.00"),
+         f"{base['passthrough_msgs_per_s']:,.0f} msg/s", "1.00", f"{base['cpu_us_per_msg']:.1f} µs"),
         ("raw produce-to-consume latency p50 / p99",
-         f"{base['latency_p50_ms']:.1f} / {base['latency_p99_ms']:.1f} ms", ""),
+         f"{base['latency_p50_ms']:.1f} / {base['latency_p99_ms']:.1f} ms", "", ""),
         ("gate pass-through", f"{results['gate']['passthrough_msgs_per_s']:,.0f} msg/s",
-         f"{results['gate']['ratio']:.2f}"),
+         f"{results['gate']['ratio']:.2f}", _cpu(results["gate"])),
         (f"drain of a stopped backlog ({results['drain']['backlog']:,})",
-         f"{results['drain']['msgs_per_s']:,.0f} msg/s", f"{results['drain']['ratio']:.2f}"),
+         f"{results['drain']['msgs_per_s']:,.0f} msg/s", f"{results['drain']['ratio']:.2f}",
+         _cpu(results["drain"])),
         (f"stop propagation p50 / p99 ({results['stop_propagation_ms']['samples']} samples)",
-         f"{results['stop_propagation_ms']['p50']:.1f} / {results['stop_propagation_ms']['p99']:.1f} ms", ""),
+         f"{results['stop_propagation_ms']['p50']:.1f} / {results['stop_propagation_ms']['p99']:.1f} ms",
+         "", ""),
         ("leak after confirmation / between ack and confirmation",
-         f"{results['leak']['after_confirm']} / {results['leak']['between_ack_and_confirm']}", ""),
+         f"{results['leak']['after_confirm']} / {results['leak']['between_ack_and_confirm']}", "", ""),
         (f"analytics complete after the stop ({results['seed']['halted']:,} halted)",
-         f"{results['analytics_complete_s']:.1f} s", ""),
-        (f"control view bootstrap ({results['control_view']['commands']:,} commands)",
-         f"{results['control_view']['bootstrap_s']:.2f} s, "
-         f"{results['control_view']['bytes_per_command']:.0f} B/command", ""),
+         f"{results['analytics_complete_s']:.1f} s", "", ""),
+        (f"control view bootstrap ({view['commands']:,} commands)",
+         f"{view['bootstrap_s']:.2f} s, {view['bytes_per_command']:.0f} B/campaign", "", ""),
         ("one gate / two gates", f"{results['scaling']['one_gate_msgs_per_s']:,.0f} / "
-         f"{results['scaling']['two_gates_msgs_per_s']:,.0f} msg/s", f"{results['scaling']['ratio']:.2f}"),
-        ("same forward job on aiokafka", f"{results['design_evidence']['aiokafka_msgs_per_s']:,.0f} msg/s",
-         f"{results['design_evidence']['aiokafka_ratio']:.2f}"),
-        ("same forward job as a Faust agent",
-         f"{results['design_evidence']['faust_agent_msgs_per_s']:,.0f} msg/s",
-         f"{results['design_evidence']['faust_ratio']:.2f}"),
+         f"{results['scaling']['two_gates_msgs_per_s']:,.0f} msg/s", f"{results['scaling']['ratio']:.2f}",
+         ""),
+        ("same forward job on aiokafka", f"{evidence['aiokafka_msgs_per_s']:,.0f} msg/s",
+         f"{evidence['aiokafka_ratio']:.2f}", _cpu(evidence["aiokafka"])),
+        ("same forward job as a Faust agent", f"{evidence['faust_agent_msgs_per_s']:,.0f} msg/s",
+         f"{evidence['faust_ratio']:.2f}", _cpu(evidence["faust"])),
     ]
     memory = results["seed"]["worker_memory"]
     growth = memory["growth_bytes_per_100k_in_flight"]
-    rows.append(("worker peak RSS in the reference scenario / growth per 100,000 in flight",
+    rows.append(("pipeline worker peak RSS (reference scenario) / growth per 100,000 in flight",
                  f"{memory['peak_rss_bytes'] / 2**20:,.0f} MiB / "
-                 + ("n/a" if growth is None else f"{growth / 2**20:,.1f} MiB"), ""))
+                 + ("n/a" if growth is None else f"{growth / 2**20:,.1f} MiB"), "", ""))
     for name, peer in results["peers"].items():
-        rows.append((f"gate job: {name} (from joining the group)", f"{peer['msgs_per_s']:,.0f} msg/s",
-                     f"{peer['ratio']:.2f}"))
+        rows.append((f"gate job: {name} (from joining its group)", f"{peer['msgs_per_s']:,.0f} msg/s",
+                     f"{peer['ratio']:.2f}", _cpu(peer)))
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -69,8 +77,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(15, 5.5))
     peers = results["peers"]
-    labels = ["gate", "drain", "2 gates", "aiokafka\nforward", "faust\nforward",
-              *(name.replace(" ", "\n", 1) for name in peers)]
+    labels = ["gate", "drain", "2 gates", "aiokafka forward", "Faust forward", *peers]
     ratios = [results["gate"]["ratio"], results["drain"]["ratio"],
               results["scaling"]["two_gates_msgs_per_s"] / results["baseline"]["passthrough_msgs_per_s"],
               results["design_evidence"]["aiokafka_ratio"], results["design_evidence"]["faust_ratio"],
@@ -78,7 +85,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     colors = ["tab:blue", "tab:orange", "tab:blue", "tab:gray", "tab:gray",
               *("tab:blue" if name == "estop gate" else "tab:green" for name in peers)]
     left.bar(labels, ratios, color=colors)
-    left.tick_params(axis="x", labelsize=7)
+    left.tick_params(axis="x", labelsize=8, labelrotation=35)
+    plt.setp(left.get_xticklabels(), ha="right", rotation_mode="anchor")
     left.axhline(1.0, color="black", linewidth=1, label="raw confluent-kafka baseline")
     left.axhline(0.6, color="red", linestyle="--", linewidth=1, label="gate target 0.6")
     left.axhline(0.5, color="orange", linestyle=":", linewidth=1, label="drain target 0.5")
