@@ -126,8 +126,8 @@ class ControlFeed:
                                 command.get("command_id"), command.get("campaign_id"),
                                 command.get("action"), command.get("channels"))
                 else:
-                    if command["action"] == ACTION_STOP:
-                        covers = frozenset(command["channels"]) or ALL_CHANNELS
+                    channels = command["channels"]
+                    covers = frozenset(channels) if channels else ALL_CHANNELS  # only stops apply
                     if self.view.anomalies > anomalies:
                         log.warning("control command %s names unknown channels: %s",
                                     result.command_id, command.get("channels"))
@@ -137,6 +137,9 @@ class ControlFeed:
                         self._received_at[result.command_id] = message.timestamp()[1]
         if self.view.anomalies > anomalies:
             CONTROL_ANOMALIES.inc(self.view.anomalies - anomalies)
+        if covers is ALL_CHANNELS:
+            self._repair.discard(campaign)  # a full stop is all compaction needs to keep
+            return
         stopped = self.view.channels_stopped(campaign) if campaign else frozenset()
         if stopped and not stopped <= covers:
             self._repair.add(campaign)
@@ -175,9 +178,10 @@ class ControlFeed:
 
     def _after_apply(self, to_ack: list[Applied], applied: list[Applied]) -> None:
         halted: dict[str, int] = {}
-        for result in applied:
-            if result.newly_halted:
-                halted[result.command_id] = sum(hook(result) for hook in self._hooks)
+        if self._hooks:
+            for result in applied:
+                if result.newly_halted:
+                    halted[result.command_id] = sum(hook(result) for hook in self._hooks)
         if to_ack and self._acknowledge:
             # Only a stage's feed applies stops; read-only views (CLI, control service, launcher)
             # must not count in the data plane's stop metrics.

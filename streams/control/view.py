@@ -25,9 +25,10 @@ class Stop:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Applied:
-    """The outcome of one control record: what to acknowledge and what newly halted."""
+    """The outcome of one control record: what to acknowledge and what newly halted. (Not
+    frozen: a start-up creates one per command, and a frozen dataclass costs 4 times more.)"""
 
     command_id: str
     campaign_id: str
@@ -37,7 +38,7 @@ class Applied:
 
 _NONE: dict[str, Stop] = {}
 # Every subset of the channels, built once: a million stops share these few sets.
-_CHANNEL_SETS: dict[frozenset[str], frozenset[str]] = {}
+_CHANNEL_SETS: dict[frozenset[str], frozenset[str]] = {ALL_CHANNELS: ALL_CHANNELS}
 
 
 def _shared(channels: frozenset[str]) -> frozenset[str]:
@@ -109,17 +110,17 @@ class ControlView:
         if command["action"] != ACTION_STOP:
             self.apply_anomaly()
             return None
-        requested = frozenset(command["channels"]) or ALL_CHANNELS
+        channels = command["channels"]
+        requested = _shared(frozenset(channels)) if channels else ALL_CHANNELS
         if not requested <= ALL_CHANNELS:
             self.apply_anomaly()
-            requested &= ALL_CHANNELS
+            requested = _shared(requested & ALL_CHANNELS)
             if not requested:
                 return None
         campaign_id = command["campaign_id"]
         with self.lock:
             found = self._stops.get(campaign_id)
-            before = self.channels_stopped(campaign_id)
-            newly = _shared(requested - before)
+            newly = requested if found is None else _shared(requested - self.channels_stopped(campaign_id))
             if newly:
                 stop = Stop(
                     command_id=command["command_id"],
