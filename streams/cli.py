@@ -425,7 +425,9 @@ def export(settings: Settings, campaign_id: str, outcome: str, channel: str | No
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="Small sizes: the whole run ends within about 3 minutes.")
+@click.option("--quick", is_flag=True,
+              help="Small sizes: the whole run ends within about 5 minutes (the first run also "
+                   "prepares the peers: a quixstreams virtualenv and a Maven build).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("bench/results/latest.json"), show_default=True)
 @click.pass_obj
