@@ -97,7 +97,9 @@ def cpu_seconds(pids: list[int]) -> float:
 
 class RssSampler:
     """Resident memory of a process (``/proc``) next to the messages in flight when sampled:
-    its peak, and its growth per 100,000 messages in flight (least-squares slope)."""
+    its peak, and its growth per 100,000 messages in flight (least-squares slope). Sampled while
+    the backlog builds up: once it drains, the allocator keeps what it took, so those samples say
+    nothing about what a message in flight costs."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -459,8 +461,6 @@ class Bench:
                         report = {"accounted": 0}
                     if report["accounted"] >= recipients:
                         break
-                    if rss.due():
-                        rss.sample(self.in_flight(settings))
                     if time.monotonic() - stopped > 900:
                         raise EstopError("analytics did not complete")
                     time.sleep(0.1)
