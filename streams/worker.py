@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -27,7 +26,6 @@ from streams.sink.store import open_store
 log = logging.getLogger(__name__)
 
 ROLES = ("gate", "dispatcher", "sink")
-SWITCH_INTERVAL_S = 0.001
 # `--role control` runs the control plane (streams.controlplane, a Faust app) in a process of its
 # own: it is not one of the default roles.
 CONTROL_ROLE = "control"
@@ -68,11 +66,6 @@ class Worker:
                                *(self.sink.topics if self.sink else [])])
 
     def start(self) -> None:
-        # A thread that gave up the GIL for a blocking call (the control feed's poll, its ack's
-        # flush, the view's lock) waits up to the switch interval (5 ms by default) to get it back
-        # from a busy stage thread, and a stop crosses several such hand-offs before it is applied
-        # and acknowledged; 1 ms keeps that under load to a few milliseconds.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         wait_for_broker(self.settings)
         if self.role_names:
             self.feed.bootstrap()  # before the first request: the GlobalKTable guarantee
