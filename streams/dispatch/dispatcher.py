@@ -189,7 +189,7 @@ class Dispatcher:
             raise SerdeError("empty value" if value is None else f"record of {len(value)} bytes")
         # A request of a stopped campaign is held back whatever its body: its key and headers
         # make its notSent event, no decode needed. Every other request is decoded and checked.
-        campaign, channel, recipient = routing(message)
+        campaign, channel, recipient = routing(message.headers())
         key = message.key()
         if (campaign and recipient and key and channel == self.channel
                 and self.view.stopped(campaign, channel) is not None

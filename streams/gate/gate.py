@@ -16,7 +16,7 @@ from streams.control.feed import now_ms
 from streams.control.view import ControlView
 from streams.faults import crash_point
 from streams.kafka import transactions
-from streams.kafka.clients import Headers, consumer, routing, take
+from streams.kafka.clients import RecordHeaders, consumer, routing, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
 from streams.kafka.lag import LagGauge
 from streams.metrics import DEAD_LETTERED, GATE_REQUESTS, NOT_SENT
@@ -102,7 +102,8 @@ class Gate:
                 # Fast path: route by the campaign and channel headers, checking only the Avro
                 # envelope; the body is decoded when the gate must read it (a notSent event, a
                 # record without headers) and, for passing records, by the dispatcher.
-                campaign_header, channel_header, recipient_header = routing(message)
+                raw_headers = message.headers()
+                campaign_header, channel_header, recipient_header = routing(raw_headers)
                 request = None
                 if campaign_header is None or not known(value):
                     request = self._read(out, message, value)
@@ -120,10 +121,12 @@ class Gate:
                     continue
                 stop = view_stopped(campaign, channel)
                 if stop is None:
-                    headers: Headers = [(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, channel_bytes)]
-                    if recipient_header:
-                        headers.append((HEADER_RECIPIENT, recipient_header))
-                    produce(self.target, value=value, key=message.key(), headers=headers)
+                    forward: RecordHeaders = raw_headers
+                    if request is not None or channel_header != channel:  # else they say it all
+                        forward = [(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, channel_bytes)]
+                        if recipient_header:
+                            forward.append((HEADER_RECIPIENT, recipient_header))
+                    produce(self.target, value=value, key=message.key(), headers=forward)
                     passed += 1
                     continue
                 # Held back: the key and the recipient header make the event, else the body.

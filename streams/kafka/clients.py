@@ -16,6 +16,8 @@ from streams.settings import Settings
 
 # What confluent-kafka accepts as record headers.
 Headers = list[tuple[str, str | bytes | None]]
+# What a consumed record's ``headers()`` returns.
+RecordHeaders = Headers | dict[str, str | bytes | None] | None
 
 # librdkafka reports every refused connection; route it through logging so callers decide.
 RDKAFKA_LOG = logging.getLogger("estop.librdkafka")
@@ -87,18 +89,18 @@ def headers_of(message: Message) -> Headers:
     return list(cast(Headers, message.headers() or []))
 
 
-def routing(message: Message) -> tuple[str | None, str | None, bytes | None]:
-    """The campaign, channel and recipient headers of a send request, where its producer set them
-    (the last of a repeated header wins; a header without a value counts as absent)."""
-    headers = message.headers()
+def routing(headers: RecordHeaders) -> tuple[str | None, str | None, bytes | None]:
+    """The campaign, channel and recipient of a send request from its headers (``headers()`` of
+    the record), where its producer set them (the last of a repeated header wins; a header
+    without a value counts as absent)."""
     if not headers:
         return None, None, None
-    found: dict[str, bytes | None] = dict(headers)  # type: ignore[arg-type]
+    found = dict(headers)
     campaign, channel, recipient = (found.get(HEADER_CAMPAIGN), found.get(HEADER_CHANNEL),
                                     found.get(HEADER_RECIPIENT))
-    return (campaign.decode(errors="replace") if campaign else None,
-            channel.decode(errors="replace") if channel else None,
-            recipient or None)
+    return (campaign.decode(errors="replace") if isinstance(campaign, bytes) and campaign else None,
+            channel.decode(errors="replace") if isinstance(channel, bytes) and channel else None,
+            recipient if isinstance(recipient, bytes) and recipient else None)
 
 
 def take(source: Consumer, max_messages: int, timeout_s: float) -> list[Message]:

@@ -77,17 +77,17 @@ class Serde:
         self._writers: dict[int, Schema] = {schema.fingerprint: schema}
         self._registry_id: int | None = None
         self._prefix = _SO_HEADER.pack(SINGLE_OBJECT_MAGIC, schema.fingerprint)
+        self._known_headers = {self._prefix}  # the envelope of every writer version accepted
 
     def add_writer(self, schema: Schema) -> None:
         """Accept values written with another (compatible) version of this schema."""
         self._writers[schema.fingerprint] = schema
+        self._known_headers.add(_SO_HEADER.pack(SINGLE_OBJECT_MAGIC, schema.fingerprint))
 
     def has_known_header(self, value: bytes) -> bool:
         """Cheap envelope check (single-object magic and a known writer fingerprint) for a stage
         that routes by record headers and never reads the body; decode() checks the body."""
-        if value[:2] != SINGLE_OBJECT_MAGIC or len(value) < _SO_HEADER.size:
-            return False
-        return _SO_HEADER.unpack_from(value)[1] in self._writers
+        return value[:_SO_HEADER.size] in self._known_headers
 
     def prefix(self) -> bytes:
         """What precedes the Avro body of every value this serde writes."""
