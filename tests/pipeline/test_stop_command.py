@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 
 import pytest
 
@@ -13,17 +12,18 @@ from streams.campaigns.launcher import launch
 from streams.control.exceptions import InvalidStopError
 from streams.control.stop import issue_stop
 from streams.dispatch.provider import LedgerStats
-from streams.kafka.clients import consumer
 from streams.models import CHANNELS, STAGE_PROVIDER, STAGE_SENDING, STATE_FINISHED, STATE_STOPPED
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.pipeline.support import (
+    StuckGate,
     Workers,
     announce,
     cli_env,
     control_records,
     end_offsets,
     read_events,
+    stored_outcomes,
     wait_for,
     wait_joined,
     wait_outcomes,
@@ -132,9 +132,10 @@ def test_a_wider_stop_after_a_channel_stop_writes_one_more_command(settings: Set
 def test_estop_stop_and_status_on_the_command_line(settings: Settings, serdes: Serdes,
                                                    workers: Workers) -> None:
     """`estop stop --json` prints one confirmed JSON object; `estop status --json` then adds
-    up: every planned message sent or notSent, and the stop details match."""
+    up: every planned message sent or notSent, and the stop details match. The worker runs the
+    analytics sink too: `estop status` counts outcomes from the analytics store."""
     campaign, recipients = "cli-promo", 600
-    _, worker_id = workers.start("--channel", "email", rate=300, delay_s=1.0)
+    _, worker_id = workers.start("--channel", "email", rate=300, delay_s=1.0, everything=True)
     wait_joined(settings, [worker_id], [settings.topics.gate_group("email"),
                                         settings.topics.dispatcher_group("email")])
     assert launch(settings, serdes, campaign, ["email"], recipients).state == STATE_FINISHED
@@ -155,6 +156,7 @@ def test_estop_stop_and_status_on_the_command_line(settings: Settings, serdes: S
     assert [a["process_id"] for a in stop["acks"]] == [worker_id]
 
     wait_outcomes(settings, campaign, recipients)
+    wait_for(lambda: stored_outcomes(settings, campaign) == recipients, "the sink to store every outcome")
     shown = run_estop("status", campaign, "--json", env=cli_env(settings))
     assert shown.returncode == 0, shown.stderr
     status = json.loads(shown.stdout)
@@ -183,33 +185,6 @@ def test_estop_stop_and_status_on_the_command_line(settings: Settings, serdes: S
     assert details["command_id"] == stop["command_id"]
     assert (details["reason"], details["requested_by"]) == ("wrong link", "tester")
     assert details["channels"] == sorted(CHANNELS)
-
-
-class StuckGate:
-    """A member of the email gate group that never applies a command: a hung worker."""
-
-    client_id = "stuck-gate@test"
-
-    def __init__(self, settings: Settings) -> None:
-        self.consumer = consumer(settings, **{
-            "group.id": settings.topics.gate_group("email"),
-            "client.id": self.client_id,
-            "partition.assignment.strategy": "cooperative-sticky",
-        })
-        self.consumer.subscribe([settings.topics.send_requests("email")])
-        self.running = threading.Event()
-        self.running.set()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-
-    def _poll(self) -> None:
-        while self.running.is_set():
-            self.consumer.poll(0.1)  # stays in the group, never reads the control topic
-
-    def close(self) -> None:
-        self.running.clear()
-        self.thread.join(10)
-        self.consumer.close()
 
 
 def test_a_live_process_that_did_not_apply_the_stop_keeps_it_unconfirmed(

@@ -371,7 +371,7 @@
       for (let i = 0; i <= 4; i += 1) {
         const t = t0 + ((t1 - t0) * i) / 4;
         plot.append(svg("text", { class: "label", x: x(t), y: height - 12, "text-anchor": "middle" },
-          `+${((t - t0) / 1000).toFixed(1)} s`));
+          `+${((t - t0) / 1000).toFixed(t1 - t0 < 10000 ? 2 : 1)} s`));
       }
       plot.append(svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: height - bottom }),
         svg("line", { class: "axis", x1: left, x2: width - right, y1: height - bottom, y2: height - bottom }));
@@ -382,7 +382,9 @@
       for (const stop of stops) {
         plot.append(svg("line", { class: "stop-line", x1: x(stop.at), x2: x(stop.at), y1: top, y2: height - bottom,
           "data-command": stop.command_id }),
-          svg("text", { class: "stop-label", x: x(stop.at) - 5, y: top + 12, "text-anchor": "end" }, "stop"));
+          // The label sits on the side of the line with room for it.
+          svg("text", { class: "stop-label", y: top + 12, ...(x(stop.at) > width * 0.8
+            ? { x: x(stop.at) - 5, "text-anchor": "end" } : { x: x(stop.at) + 5 }) }, "stop"));
       }
       const last = points[points.length - 1];
       chart.replaceChildren(heading, plot, el("div", { class: "legend" },
