@@ -149,7 +149,7 @@ def campaign_detail(campaign_id: str, status: Mapping[str, Any] | None, view: Co
         "counts": counts,
         "stop": stop_detail(view.stops(campaign_id), acks, confirmations, live, now, timeout_ms),
         # From the analytics store: the stop's request to the last halted message stored.
-        "stop_to_last_halted_accounted_s": report["stop_to_last_halted_accounted_s"] if report else None,
+        "stop_to_last_halted_accounted_s": report.get("stop_to_last_halted_accounted_s") if report else None,
     }
 
 

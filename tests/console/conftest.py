@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from streams.kafka.source import BrokerHandle
-from streams.settings import load_settings
-from tests.console.support import Stack, start_stack
+from tests.console.support import Stack, stack_settings, start_stack
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -51,7 +48,4 @@ def alerts(page: Page) -> list[str]:
 def stack(broker: BrokerHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A worker (every gate, dispatcher and the sink; slow providers) and the control service
     for this module's topics."""
-    settings = load_settings(bootstrap_servers=broker.bootstrap_servers,
-                             topic_prefix=f"t{uuid4().hex[:8]}-",
-                             data_dir=Path(tmp_path_factory.mktemp("console")) / "data", partitions=3)
-    yield from start_stack(settings)
+    yield from start_stack(stack_settings(broker, tmp_path_factory))

@@ -7,11 +7,15 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
+
+import pytest
 
 from streams.control.stop import live_processes
 from streams.demo import WorkerProcess
+from streams.kafka.source import BrokerHandle
 from streams.kafka.topics import create_topics
-from streams.settings import PROJECT_ROOT, Settings
+from streams.settings import PROJECT_ROOT, Settings, load_settings
 from tests.controlplane.support import Api, ControlProcess, Processes, wait_for
 from tests.sink.support import delete_topics
 from tests.support import run_estop
@@ -44,6 +48,12 @@ class Stack:
         assert result.returncode == 0, result.stderr
         report: dict[str, Any] = json.loads(result.stdout)
         return report
+
+
+def stack_settings(broker: BrokerHandle, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings of one test module's stack: its own topic prefix and data folder."""
+    return load_settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"t{uuid4().hex[:8]}-",
+                         data_dir=tmp_path_factory.mktemp("console") / "data", partitions=3)
 
 
 def start_stack(settings: Settings, control_env: dict[str, str] | None = None) -> Iterator[Stack]:

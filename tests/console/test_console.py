@@ -27,7 +27,8 @@ from streams.kafka.reader import read_topic
 from streams.models import HEADER_CAMPAIGN, STATE_FINISHED, STATE_SENDING, STATE_STOPPED
 from streams.serde import Serdes
 from tests.console.support import ARTIFACTS, Stack
-from tests.controlplane.support import announce, control_commands, wait_for
+from tests.controlplane.support import control_commands, wait_for
+from tests.pipeline.support import announce
 from tests.support import free_port
 
 pytestmark = pytest.mark.broker
@@ -74,7 +75,7 @@ def test_the_list_shows_a_launched_campaign_live_and_filters_it(stack: Stack, pa
     assert page.evaluate("window.notReloaded") is True
 
     # An id and a requester name that are markup show as text, in the list and on the page.
-    announce(stack.settings, SERDES, XSS_ID, STATE_SENDING, ["email"], 5)
+    announce(stack.settings, SERDES, XSS_ID, ["email"], 5, STATE_SENDING)
     stopped = stack.api.stop(XSS_ID, {"reason": XSS_REASON, "by": XSS_NAME})
     assert stopped.status == 202, stopped.body
     escaped = page.get_by_role("link", name=XSS_ID, exact=True)
@@ -201,7 +202,7 @@ def queued_recipients(stack: Stack, campaign_id: str) -> set[tuple[str, str]]:
 
 def test_validation_errors_show_in_the_dialog_and_write_nothing(stack: Stack, page: Page) -> None:
     campaign = "console-invalid"
-    announce(stack.settings, SERDES, campaign, STATE_SENDING, ["email", "sms"], 10)
+    announce(stack.settings, SERDES, campaign, ["email", "sms"], 10, STATE_SENDING)
     page.goto(campaign_url(stack, campaign))
     page.get_by_role("button", name="Emergency stop").click()
     dialog = page.get_by_role("dialog")
@@ -222,7 +223,7 @@ def test_validation_errors_show_in_the_dialog_and_write_nothing(stack: Stack, pa
     expect(error).to_contain_text("unknown channel 'fax'")
 
     # The campaign leaves Sending while the dialog is open: refused, not stopped.
-    announce(stack.settings, SERDES, campaign, STATE_STOPPED, ["email", "sms"], 10)
+    announce(stack.settings, SERDES, campaign, ["email", "sms"], 10, STATE_STOPPED)
     dialog.get_by_role("checkbox", name="sms").check()
     confirm.click()
     expect(error).to_contain_text("not Sending or Finished")
@@ -257,7 +258,7 @@ fetch("{self.target}", {{method: "POST", mode: "no-cors",
 @pytest.fixture
 def cross_site(stack: Stack) -> Iterator[tuple[str, str]]:
     campaign = "console-csrf"
-    announce(stack.settings, SERDES, campaign, STATE_SENDING, ["email"], 10)
+    announce(stack.settings, SERDES, campaign, ["email"], 10, STATE_SENDING)
     handler = type("Handler", (CrossSitePage,),
                    {"target": f"{stack.base}/campaigns/{campaign}/stop"})
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)

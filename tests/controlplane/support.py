@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from confluent_kafka import Message
 
-from streams.campaigns.lifecycle import publish_status
 from streams.demo import WorkerProcess
 from streams.kafka.clients import producer
 from streams.kafka.reader import read_topic
@@ -74,14 +73,6 @@ def control_commands(settings: Settings, serdes: Serdes) -> list[dict[str, Any]]
 
     read_topic(settings, settings.topics.control, handle)
     return found
-
-
-def announce(settings: Settings, serdes: Serdes, campaign_id: str, state: str,
-             channels: list[str], planned: int) -> None:
-    out = producer(settings)
-    publish_status(out, settings, serdes, campaign_id, state, channels,
-                   dict.fromkeys(channels, planned))
-    assert out.flush(30) == 0
 
 
 # -- HTTP -------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from streams.serde import Serdes
 from streams.settings import Settings
 from streams.sink.report import campaign_report
 from streams.sink.store import open_store
-from tests.controlplane.support import Api, ControlProcess, Processes, announce, control_commands, wait_for
+from tests.controlplane.support import Api, ControlProcess, Processes, control_commands, wait_for
+from tests.pipeline.support import announce
 
 pytestmark = pytest.mark.broker
 
@@ -131,9 +132,9 @@ BAD_REQUESTS: list[tuple[str, bytes | dict[str, Any], int, str]] = [
 
 def test_bad_requests_answer_4xx_naming_the_problem_and_write_nothing(
         settings: Settings, serdes: Serdes, processes: Processes) -> None:
-    announce(settings, serdes, "api-sending", STATE_SENDING, ["email"], 10)
+    announce(settings, serdes, "api-sending", ["email"], 10, STATE_SENDING)
     # Lifecycle says Stopped but no stop command exists: not a campaign a stop applies to.
-    announce(settings, serdes, "api-stopped-status", STATE_STOPPED, ["email"], 10)
+    announce(settings, serdes, "api-stopped-status", ["email"], 10, STATE_STOPPED)
     api = start_control(processes, settings, ("worker", "--role", "control"))
 
     health = api.get("/health")

@@ -10,11 +10,21 @@ import pytest
 
 from streams.campaigns.launcher import launch
 from streams.control.exceptions import InvalidStopError
+from streams.control.feed import now_ms
 from streams.control.stop import issue_stop
 from streams.dispatch.provider import LedgerStats
-from streams.models import CHANNELS, STAGE_PROVIDER, STAGE_SENDING, STATE_FINISHED, STATE_STOPPED
+from streams.models import (
+    CHANNELS,
+    HEADER_CAMPAIGN,
+    HEADER_CHANNEL,
+    STAGE_PROVIDER,
+    STAGE_SENDING,
+    STATE_FINISHED,
+    STATE_STOPPED,
+)
 from streams.serde import Serdes
 from streams.settings import Settings
+from streams.sink.store import FAILED, NOT_SENT, SENT, Batch, OutcomeRow, open_store
 from tests.pipeline.support import (
     StuckGate,
     Workers,
@@ -22,6 +32,7 @@ from tests.pipeline.support import (
     cli_env,
     control_records,
     end_offsets,
+    produce_values,
     read_events,
     stored_outcomes,
     wait_for,
@@ -221,3 +232,30 @@ def test_estop_status_of_an_unknown_campaign_exits_2(settings: Settings) -> None
     result = run_estop("status", "no-such-campaign", env=cli_env(settings))
 
     assert_one_line_usage_error(result, "no-such-campaign")
+
+
+def test_estop_status_counts_outcomes_from_the_analytics_store(settings: Settings, serdes: Serdes) -> None:
+    """`estop status` reads outcomes from the analytics store, never the history of the event
+    topics: outcomes only the store holds are counted, an event only on `sent` is not."""
+    campaign = "status-store"
+    announce(settings, serdes, campaign, ["email"], 10)
+    rows = [OutcomeRow(f"{campaign}:email:{i}", campaign, "email", f"r{i}", outcome, "e", stage, None,
+                       None, None, now_ms())
+            for i, (outcome, stage) in enumerate([(SENT, None), (SENT, None), (NOT_SENT, STAGE_PROVIDER),
+                                                  (FAILED, None)])]
+    store = open_store(settings)
+    try:
+        store.write(Batch(rows, [], [], []))
+    finally:
+        store.close()
+    sent = {"event": "message.sent", "message_id": f"{campaign}:email:9", "campaign_id": campaign,
+            "channel": "email", "recipient_id": "r9", "handed_at": now_ms(), "occurred_at": now_ms()}
+    produce_values(settings, settings.topics.sent, [serdes.sent.encode(sent)],  # never stored
+                   headers=[(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, b"email")])
+
+    shown = run_estop("status", campaign, "--json", env=cli_env(settings))
+
+    assert shown.returncode == 0, shown.stderr
+    email = json.loads(shown.stdout)["channels"]["email"]
+    assert (email["sent"], email["not_sent"], email["failed"]) == (2, {"sending": 0, "provider": 1}, 1)
+    assert email["pending"] == 6
