@@ -232,14 +232,16 @@ def test_validation_errors_show_in_the_dialog_and_write_nothing(stack: Stack, pa
 
 
 class CrossSitePage(BaseHTTPRequestHandler):
-    """Another site that tries to make the operator's browser stop a campaign."""
+    """Another site that tries to make the operator's browser stop a campaign: a script posting
+    JSON, then a plain-text form whose body is a well-formed stop request
+    (``{"reason": "forged", "by": "="}``)."""
 
     target = ""
 
     def do_GET(self) -> None:
         body = f"""<!doctype html><html><body>
 <form id="f" method="POST" action="{self.target}" enctype="text/plain">
-<input name='{{"reason": "forged", "x": "' value='"}}'></form>
+<input name='{{"reason": "forged", "by": "' value='"}}'></form>
 <script>
 fetch("{self.target}", {{method: "POST", mode: "no-cors",
        headers: {{"Content-Type": "application/json"}}, body: JSON.stringify({{reason: "by fetch"}})}})
