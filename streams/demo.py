@@ -195,6 +195,8 @@ class RemainingOrStateColumn(ProgressColumn):
         state = task.fields.get("state")
         if state:
             return Text(str(state), style="bold")
+        if task.finished:
+            return Text("done")
         return self._remaining.render(task)
 
 
