@@ -65,7 +65,7 @@ def _server_bin_dir() -> Path:
         return Path(on_path).parent
     pytest.fail(
         "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/postgres or pg_ctl on "
-        "PATH): install Debian's `postgresql` package (`make test` does, through deploy/system-packages.sh) or set "
+        "PATH): install Debian's `postgresql` package (`make test` does) or set "
         f"{POSTGRES_DSN_ENV} to a server where this role may create databases"
     )
 
