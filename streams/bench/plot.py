@@ -37,7 +37,7 @@ def print_table(results: dict[str, Any], console: Console) -> None:
          "", ""),
         ("leak after confirmation / between ack and confirmation",
          f"{results['leak']['after_confirm']} / {results['leak']['between_ack_and_confirm']}", "", ""),
-        (f"analytics complete after the stop ({results['seed']['halted']:,} halted)",
+        (f"analytics complete after the stop ({results['reference']['halted']:,} halted)",
          f"{results['analytics_complete_s']:.1f} s", "", ""),
         (f"control view bootstrap ({view['commands']:,} commands)",
          f"{view['bootstrap_s']:.2f} s, {view['bytes_per_command']:.0f} B/campaign", "", ""),
@@ -49,7 +49,7 @@ def print_table(results: dict[str, Any], console: Console) -> None:
         ("same forward job as a Faust agent", f"{evidence['faust_agent_msgs_per_s']:,.0f} msg/s",
          f"{evidence['faust_ratio']:.2f}", _cpu(evidence["faust"])),
     ]
-    memory = results["seed"]["worker_memory"]
+    memory = results["reference"]["worker_memory"]
     growth = memory["growth_bytes_per_100k_in_flight"]
     rows.append(("pipeline worker peak RSS (reference scenario) / growth per 100,000 in flight",
                  f"{memory['peak_rss_bytes'] / 2**20:,.0f} MiB / "

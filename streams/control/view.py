@@ -82,6 +82,10 @@ class ControlView:
             return dict.fromkeys(found.channels, found)
         return found
 
+    def campaigns(self) -> set[str]:
+        """Every campaign with a stop in force."""
+        return set(self._stops)
+
     def channels_stopped(self, campaign_id: str) -> frozenset[str]:
         found = self._stops.get(campaign_id)
         if isinstance(found, Stop):
