@@ -137,16 +137,25 @@ class Dispatcher:
         pending: list[Handoff] = []
         offsets: dict[int, int] = {}
         dead: list[tuple[Message, str]] = []
+        held: list[tuple[Handoff, Stop]] = []
+        failed: list[tuple[Handoff, int, str]] = []
+        stopped, channel = self.view.stopped, self.channel
         for message in messages:
             if message.error():
                 continue
             offsets[message.partition()] = message.offset() + 1  # type: ignore[index,operator]
             try:
-                pending.append(self._handoff(message))
+                handoff = self._handoff(message)
             except SerdeError as exc:
                 dead.append((message, exc.reason))
-        held: list[tuple[Handoff, Stop]] = []
-        failed: list[tuple[Handoff, int, str]] = []
+                continue
+            # Already stopped: held back here (a stop is final; the handoff slice would hold it
+            # too), so a stopped backlog skips the handoff queue.
+            stop = stopped(handoff.campaign_id, channel)
+            if stop is None:
+                pending.append(handoff)
+            else:
+                held.append((handoff, stop))
         if not self._hand_over(pending, held, failed, running):
             # Shutting down: nothing was committed; the ledger makes the redo of the handoffs
             # idempotent.
