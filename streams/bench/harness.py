@@ -532,6 +532,9 @@ class Bench:
         sizes = self.sizes
         results: dict[str, Any] = {}
         say = self.say
+        # Prepared first: a peer that cannot be installed or built fails the run before it starts.
+        quix = peers.quixstreams_python(self.base.cache_dir, say)
+        kstreams = peers.kstreams_java(self.base.cache_dir, self.base.kafka_version, say)
         say("baseline: raw confluent-kafka consume-and-forward")
         base = self.forward_rate("confluent", sizes.passthrough)
         base_rate = base.msgs_per_s
@@ -576,7 +579,7 @@ class Bench:
             "faust_ratio": faust_rate.msgs_per_s / base_rate,
             "aiokafka": aio.figures(base), "faust": faust_rate.figures(base)}
         say("peers: the gate job on quixstreams and on Kafka Streams")
-        results["peers"] = self.peer_rates(base)
+        results["peers"] = self.peer_rates(base, quix, kstreams)
         results["stop_propagation_ms"]["raw_latency_samples_ms"] = latency
         results["stop_propagation_ms"]["samples_ms"] = samples
         results["env"] = self.env()
@@ -592,12 +595,9 @@ class Bench:
                                        settings.topics.dispatch("email"), count,
                                        started[0].check, [started[0].process.pid])
 
-    def peer_rates(self, base: Measured) -> dict[str, dict[str, float]]:
-        """Throughput and CPU cost of estop's gate and of the same job on each peer, each next to
-        the baseline's."""
-        cache = self.base.cache_dir
-        quix = peers.quixstreams_python(cache, self.say)
-        kstreams = peers.kstreams_java(cache, self.base.kafka_version, self.say)
+    def peer_rates(self, base: Measured, quix: list[str], kstreams: list[str]) -> dict[str, dict[str, float]]:
+        """Throughput and CPU cost of estop's gate and of the same job on each peer (the commands
+        that run them), each next to the baseline's."""
         rates = {"estop gate": self.gate_from_join(self.sizes.peers)}
         for guarantee in peers.GUARANTEES:
             rates[f"quixstreams {guarantee}"] = self.peer_rate(
