@@ -77,7 +77,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(15, 5.5))
     peers = results["peers"]
-    labels = ["gate", "drain", "2 gates", "aiokafka forward", "Faust forward", *peers]
+    labels = ["gate", "drain", "2 gates", "aiokafka forward", "Faust forward",
+              *(f"{name} (from join)" for name in peers)]
     ratios = [results["gate"]["ratio"], results["drain"]["ratio"],
               results["scaling"]["two_gates_msgs_per_s"] / results["baseline"]["passthrough_msgs_per_s"],
               results["design_evidence"]["aiokafka_ratio"], results["design_evidence"]["faust_ratio"],
@@ -85,6 +86,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     colors = ["tab:blue", "tab:orange", "tab:blue", "tab:gray", "tab:gray",
               *("tab:blue" if name == "estop gate" else "tab:green" for name in peers)]
     left.bar(labels, ratios, color=colors)
+    left.axvline(4.5, color="gray", linewidth=0.5)  # the same gate job on each framework follows
     left.tick_params(axis="x", labelsize=8, labelrotation=35)
     plt.setp(left.get_xticklabels(), ha="right", rotation_mode="anchor")
     left.axhline(1.0, color="black", linewidth=1, label="raw confluent-kafka baseline")

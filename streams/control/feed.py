@@ -10,6 +10,7 @@ latest record of a stopped campaign is always a stop."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -66,7 +67,16 @@ class ControlFeed:
                                   **{"fetch.wait.max.ms": 10})
         self._consumer = reader
         applied: list[Applied] = []
-        read_until(reader, self.settings.topics.control, ends, lambda m: self._apply(m, applied))
+        # A start-up creates a few objects per stopped campaign, all long-lived: with the cyclic
+        # garbage collector running, each full collection walks everything read so far again.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            read_until(reader, self.settings.topics.control, ends, lambda m: self._apply(m, applied))
+        finally:
+            if collecting:
+                gc.enable()
+        gc.freeze()  # and no later collection in this process walks the view again
         recent = now_ms() - int(self.settings.ack_recent_s * 1000)
         self._after_apply([a for a in applied if a.requested_at >= recent], applied)
         self._republish()
