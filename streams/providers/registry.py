@@ -25,3 +25,10 @@ def open_simulated(settings: Settings, channel: str, _url: SplitResult) -> Provi
     from streams.providers.simulated import SimulatedAdapter
 
     return SimulatedAdapter.from_settings(settings, channel)
+
+
+def open_smtp(settings: Settings, channel: str, url: SplitResult) -> ProviderAdapter:
+    from streams.providers.smtp import SmtpAdapter
+
+    host, port = host_port(url, f"ESTOP_{channel.upper()}_PROVIDER")
+    return SmtpAdapter.connect(settings, channel, host, port)
