@@ -360,24 +360,40 @@ def _when(ms: int) -> str:
               help="Channels of the campaign (default: email).")
 @click.option("--provider-rate", type=click.FloatRange(min=1), default=5000.0, show_default=True,
               help="Messages per second each simulated provider accepts.")
+@click.option("--provider", type=click.Choice(["simulated", "smtp"]), default="simulated",
+              show_default=True,
+              help="smtp: email goes through the private Postfix (started if needed, see "
+                   "`estop mta`), whose receiver goes down before the stop so mail waits there.")
+@click.option("--outage-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="With --provider smtp: how long the receiver is down before the stop.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handles_errors
 def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[str, ...],
-         provider_rate: float, as_json: bool) -> None:
-    """The seed's scenario: a 500,000-recipient email campaign stopped after about 50,000 sent."""
+         provider_rate: float, provider: str, outage_s: float, as_json: bool) -> None:
+    """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000 sent."""
     from rich.progress import Progress
 
     from streams.demo import run_demo
+    from streams.mta.local import LocalMta
 
     channel_list = list(dict.fromkeys(channels)) or ["email"]
     if stop_after >= recipients * len(channel_list):
         raise UsageError("--stop-after must be smaller than the number of planned messages")
+    if provider == "smtp" and channel_list != ["email"]:
+        raise UsageError("--provider smtp carries email only: leave out --channels or use "
+                         "--channels email")
     settings = settings.model_copy(update={"provider_rate": provider_rate,
                                            "provider_delay_s": 1.0})
+    mta = None
+    if provider == "smtp":
+        mta = LocalMta(settings)
+        mta.start()
+        settings = settings.model_copy(update={"email_provider": mta.provider_url})
     with Progress(transient=as_json) as progress:
         result = run_demo(settings, recipients, stop_after, channel_list,
-                          say=progress.console.print if not as_json else _say, progress=progress)
+                          say=progress.console.print if not as_json else _say, progress=progress,
+                          mta=mta, outage_s=outage_s)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
         return
@@ -399,7 +415,12 @@ def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[s
     if result.analytics:
         click.echo(f"  analytics store accounts for {result.analytics['accounted']:>10,}   "
                    f"(estop report {result.campaign_id})")
-    if result.total != result.planned or result.handoffs_after_confirmation:
+    if result.received is not None and result.analytics:
+        click.echo(f"  waiting in Postfix at stop   {result.queued_at_stop or 0:>10,}")
+        click.echo(f"  cancelled at the provider    {result.analytics['cancelled_at_provider']:>10,}")
+        click.echo(f"  arrived at the receiver      {result.received:>10,}   (must equal sent)")
+    if (result.total != result.planned or result.handoffs_after_confirmation
+            or (result.received is not None and result.received != result.sent)):
         raise EstopError("the demo's accounting does not add up (see above)")
 
 
