@@ -371,10 +371,9 @@ def _when(ms: int) -> str:
 @handles_errors
 def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[str, ...],
          provider_rate: float, provider: str, outage_s: float, as_json: bool) -> None:
-    """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000 sent."""
-    from rich.progress import Progress
-
-    from streams.demo import run_demo
+    """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000
+    sent."""
+    from streams.demo import demo_progress, run_demo
     from streams.mta.local import LocalMta
 
     channel_list = list(dict.fromkeys(channels)) or ["email"]
@@ -390,7 +389,7 @@ def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[s
         mta = LocalMta(settings)
         mta.start()
         settings = settings.model_copy(update={"email_provider": mta.provider_url})
-    with Progress(transient=as_json) as progress:
+    with demo_progress(transient=as_json) as progress:
         result = run_demo(settings, recipients, stop_after, channel_list,
                           say=progress.console.print if not as_json else _say, progress=progress,
                           mta=mta, outage_s=outage_s)
