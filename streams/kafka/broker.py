@@ -147,8 +147,8 @@ class LocalBroker:
         # Every node first, then the waits: a node of a cluster answers only once a majority of
         # the controller quorum is up.
         processes = [(node, self._spawn(java, node)) for node in down]
-        for node, process in processes:
-            self._wait_ready(node, process, started)
+        for node, _ in processes:
+            self._wait_ready(node, processes, started)
         self._wait_registered(started)
         self.say(f"broker ready at {self.address} in {time.monotonic() - started:.1f}s")
         return self.status()
@@ -177,16 +177,21 @@ class LocalBroker:
         self.say(f"starting Kafka {self.version} at {node.address} (pid {process.pid})")
         return process
 
-    def _wait_ready(self, node: BrokerNode, process: subprocess.Popen[bytes], started: float) -> None:
+    def _wait_ready(self, node: BrokerNode,
+                    processes: list[tuple[BrokerNode, subprocess.Popen[bytes]]], started: float) -> None:
+        """Until ``node`` answers; fails at once when any node being started exited."""
         deadline = started + self.settings.broker_start_timeout_s
         probe = self.settings.model_copy(update={"bootstrap_servers": node.address})
         while True:
-            if process.poll() is not None:
-                node.pid_file.unlink(missing_ok=True)
-                raise LocalBrokerError(
-                    f"the broker exited with code {process.returncode} while starting; "
-                    f"see {node.logs / 'server.out'}:\n{_tail(node.logs / 'server.out')}"
-                )
+            for exited, process in processes:
+                if process.poll() is not None:
+                    exited.pid_file.unlink(missing_ok=True)
+                    self.stop()
+                    raise LocalBrokerError(
+                        f"the broker at {exited.address} exited with code {process.returncode} "
+                        f"while starting; see {exited.logs / 'server.out'}:\n"
+                        f"{_tail(exited.logs / 'server.out')}"
+                    )
             try:
                 wait_for_broker(probe, timeout_s=2.0)
                 return
