@@ -230,11 +230,13 @@ class LocalBroker:
         while any(_alive(pid) for _, pid in running) and time.monotonic() < deadline:
             time.sleep(0.2)
         for node, pid in running:
+            # A node of a cluster is named by its folder: the pid file is what was stopped.
+            name = f"broker at {node.address}" if len(self.nodes) == 1 else f"broker {node.home}"
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
-                self.say(f"broker at {node.address} did not stop within {timeout_s:.0f}s; killed it")
+                self.say(f"{name} did not stop within {timeout_s:.0f}s; killed it")
             node.pid_file.unlink(missing_ok=True)
-            self.say(f"broker at {node.address} stopped")
+            self.say(f"{name} stopped (pid {pid})")
         return True
 
     # -- steps ------------------------------------------------------------------------------
