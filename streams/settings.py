@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # Control plane (`estop control`): HTTP API and its /metrics; port 0 picks a free port.
     control_port: int = Field(default=6066, ge=0, le=65535)
     control_host: str = "localhost"
+    # How long a stop may wait for every live gate and dispatcher to confirm it before `estop
+    # stop` exits 3 and the console warns (the stop stays in force either way).
+    stop_timeout_s: float = Field(default=30.0, ge=0)
 
     # Local broker recipe.
     kafka_version: str = "4.1.1"
