@@ -3,9 +3,10 @@
 # `.ci/run` (through the Makefile). Idempotent: a package whose program is already there is not
 # touched, so a second run prints one line and costs nothing.
 #
-#   bash deploy/system-packages.sh demo   # what the demo needs: Java, Maven
+#   bash deploy/system-packages.sh demo   # what the demo needs: Java, Maven, Postfix
 #   bash deploy/system-packages.sh test   # and the servers the tests run privately: Prometheus,
-#                                         # PostgreSQL, Postfix, Chromium
+#                                         # PostgreSQL, Postfix, Chromium; the compose client
+#                                         # that checks deploy/compose (no engine needed)
 #
 # It installs with apt-get when it can (root on Debian/Ubuntu). No package may start a system
 # service: estop starts its own private instances on their own ports and data folders, so a
@@ -20,15 +21,16 @@ purpose="${1:-test}"
 needs_demo=(
     "java openjdk-17-jre-headless"
     "mvn maven"
+    "/usr/sbin/postfix postfix"
+    "/usr/sbin/smtp-sink postfix"
 )
 needs_test=(
     "${needs_demo[@]}"
     "promtool prometheus"
     "prometheus prometheus"
     "/usr/lib/postgresql/*/bin/postgres postgresql"
-    "/usr/sbin/postfix postfix"
-    "/usr/sbin/smtp-sink postfix"
     "chromium chromium"
+    "docker-compose docker-compose"
 )
 
 case "$purpose" in

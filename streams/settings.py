@@ -30,9 +30,12 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     partitions: int = Field(default=6, ge=1)
     control_partitions: int = Field(default=1, ge=1)
-    replication_factor: int = Field(default=1, ge=1)
+    # Unset: from the size of the cluster (3 and min.insync.replicas 2 on 3 brokers or more, else
+    # as many replicas as brokers); see streams/kafka/topics.py `replication`.
+    replication_factor: int | None = Field(default=None, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
 
-    # Local files: broker data and logs, provider ledgers, analytics store.
+    # Local files: broker data and logs, outboxes, simulated providers, the MTA, analytics store.
     data_dir: Path = PROJECT_ROOT / ".data"
     cache_dir: Path = PROJECT_ROOT / ".cache"
 
@@ -53,6 +56,9 @@ class Settings(BaseSettings):
     kafka_version: str = "4.1.1"
     broker_port: int = 9092
     controller_port: int = 9093
+    # Nodes of the local broker (`estop broker start --brokers N`); node n uses the ports above
+    # plus 2(n-1).
+    brokers: int = Field(default=1, ge=1, le=9)
     broker_heap: str = "1g"
     broker_start_timeout_s: float = Field(default=90.0, gt=0)
 
@@ -65,6 +71,26 @@ class Settings(BaseSettings):
     # Commands older than this when a process first reads them are applied but not acknowledged:
     # a fresh process would otherwise flood the ack topic with the whole control history.
     ack_recent_s: float = Field(default=600.0, ge=0)
+
+    # Which provider each channel's dispatcher hands its messages to, as a URL: "simulated" (the
+    # default: a provider of our own in the data folder), "smtp://host:port" (an MTA, e.g. the
+    # private Postfix of `estop mta start`). See docs/providers.md.
+    email_provider: str = "simulated"
+    sms_provider: str = "simulated"
+    push_provider: str = "simulated"
+    webpush_provider: str = "simulated"
+    # Email addressing: a recipient id without "@" is mailed at recipient_id@email_domain.
+    email_domain: str = "example.test"
+    email_from: str = "campaigns@estop.test"
+    # How long a provider may take to answer one call (connect, submit, cancel).
+    provider_timeout_s: float = Field(default=30.0, gt=0)
+
+    # The private MTA of `estop mta` (Postfix from Debian, run from the data folder): its SMTP
+    # port, and the port of the receiving server that stands for the internet.
+    mta_port: int = Field(default=2525, ge=1, le=65535)
+    mta_receiver_port: int = Field(default=2526, ge=1, le=65535)
+    # Its folder (config, queue, log, the receiver's mailbox); default <data_dir>/mta.
+    mta_dir: Path | None = None
 
     # Simulated providers (one per channel): messages per second and time spent "processing".
     provider_rate: float = Field(default=20000.0, gt=0)
@@ -81,6 +107,14 @@ class Settings(BaseSettings):
     # Fault injection for the reliability tests: the process SIGKILLs itself the first time it
     # reaches this point (see streams/faults.py). Never set in production.
     crash_at: str | None = None
+
+    @property
+    def mta_home(self) -> Path:
+        return self.mta_dir or self.data_dir / "mta"
+
+    def provider_url(self, channel: str) -> str:
+        """The provider setting of a channel (ESTOP_<CHANNEL>_PROVIDER)."""
+        return str(getattr(self, f"{channel}_provider"))
 
     @cached_property
     def topics(self) -> Topics:
