@@ -56,12 +56,17 @@ def broker() -> None:
 
 
 @broker.command("start")
+@click.option("--secure", is_flag=True,
+              help="SASL/SCRAM-SHA-512 listener, ACLs (StandardAuthorizer, deny when no ACL "
+                   "matches), an admin super user; ESTOP_BROKER_SECURE=true does the same.")
 @click.pass_obj
 @handles_errors
-def broker_start(settings: Settings) -> None:
+def broker_start(settings: Settings, secure: bool) -> None:
     """Start the local broker (resolves jars once); says so if it already runs."""
     from streams.kafka.broker import LocalBroker
 
+    if secure:
+        settings = settings.model_copy(update={"broker_secure": True})
     LocalBroker(settings, click.echo).start()
 
 
@@ -82,11 +87,34 @@ def broker_status(settings: Settings) -> None:
     """Say whether the local broker runs, its address and its Kafka version."""
     from streams.kafka.broker import LocalBroker
 
-    status = LocalBroker(settings).status()
+    local = LocalBroker(settings)
+    status = local.status()
     state = f"running (pid {status.pid})" if status.running else "not running"
-    click.echo(f"broker {state} at {status.address}, Apache Kafka {status.version}")
+    secured = ", secured (SASL/SCRAM-SHA-512, ACLs)" if local.secured_marker.exists() else ""
+    click.echo(f"broker {state} at {status.address}, Apache Kafka {status.version}{secured}")
     if not status.running:
         sys.exit(1)
+
+
+# -- security ---------------------------------------------------------------------------------
+
+
+@main.group()
+def security() -> None:
+    """Principals, ACLs and HTTP tokens of a secured deployment."""
+
+
+@security.command("init")
+@click.pass_obj
+@handles_errors
+def security_init(settings: Settings) -> None:
+    """Create the SCRAM user of every role (operator, control, worker, analytics, engine) with
+    least-privilege ACLs, one credentials file each, and the HTTP API tokens; idempotent."""
+    from streams.security.setup import init_security
+
+    result = init_security(settings, click.echo)
+    click.echo(f"{len(result.users)} users, {result.acls} ACLs; use a role with "
+               f"`set -a; . {next(iter(result.users.values()))}; set +a`")
 
 
 # -- topics -----------------------------------------------------------------------------------

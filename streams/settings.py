@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # Control plane (`estop control`): HTTP API and its /metrics; port 0 picks a free port.
     control_port: int = Field(default=6066, ge=0, le=65535)
     control_host: str = "localhost"
+    # Who may use the HTTP API: comma-separated ``name:role:token`` entries, role viewer (reads),
+    # operator (also stops) or admin (also the kill switch); a request carries
+    # ``Authorization: Bearer <token>``. Unset: the API asks nobody (the embedded default).
+    http_tokens: SecretStr | None = None
 
     # Local broker recipe.
     kafka_version: str = "4.1.1"
@@ -52,6 +56,12 @@ class Settings(BaseSettings):
     controller_port: int = 9093
     broker_heap: str = "1g"
     broker_start_timeout_s: float = Field(default=90.0, gt=0)
+    # The local broker with SASL/SCRAM-SHA-512 and ACLs (`estop broker start --secure`). Its admin
+    # principal is the one super user; without a password set, one is generated at the first
+    # secured start and kept with the admin's credentials in <data_dir>/security/ (mode 0600).
+    broker_secure: bool = False
+    broker_admin_user: str = "admin"
+    broker_admin_password: SecretStr | None = None
 
     # How long an admin call may wait for an unreachable broker.
     admin_timeout_s: float = Field(default=15.0, gt=0)
@@ -108,6 +118,7 @@ class Topics:
         self.sent = f"{prefix}sent"
         self.notsent = f"{prefix}notsent"
         self.failed = f"{prefix}failed"
+        self.audit = f"{prefix}audit"
         self.sink_group = f"{prefix}estop-sink"
 
     def send_requests(self, channel: str) -> str:
@@ -141,6 +152,7 @@ class Topics:
             self.sent,
             self.notsent,
             self.failed,
+            self.audit,
         ]
 
 

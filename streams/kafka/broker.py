@@ -20,6 +20,7 @@ from pathlib import Path
 
 from streams.kafka.clients import wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError, LocalBrokerError
+from streams.security import credentials
 from streams.settings import PROJECT_ROOT, Settings
 
 RECIPE = PROJECT_ROOT / "deploy" / "broker"
@@ -45,6 +46,9 @@ class LocalBroker:
         self.pid_file = self.home / "broker.pid"
         self.logs = self.home / "logs"
         self.address = f"localhost:{settings.broker_port}"
+        self.secure = settings.broker_secure
+        # Present once the data folder was formatted with the admin's SCRAM credentials.
+        self.secured_marker = self.home / "secured"
 
     # -- public ----------------------------------------------------------------------------
 
@@ -88,7 +92,7 @@ class LocalBroker:
         self.pid_file.write_text(str(process.pid))
         self.say(f"starting Kafka {self.version} at {self.address} (pid {process.pid})")
         deadline = started + self.settings.broker_start_timeout_s
-        probe = self.settings.model_copy(update={"bootstrap_servers": self.address})
+        probe = self.client_settings()
         while True:
             if process.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
@@ -107,7 +111,21 @@ class LocalBroker:
                         f"see {self.logs / 'server.log'}"
                     ) from None
         self.say(f"broker ready at {self.address} in {time.monotonic() - started:.1f}s")
+        if self.secure:
+            self.say(f"secured: SASL_PLAINTEXT, SCRAM-SHA-512, ACLs; admin credentials in "
+                     f"{self.admin_env()} (then `estop security init`)")
         return self.status()
+
+    def client_settings(self) -> Settings:
+        """Settings of a client of this broker: as its admin when its data is secured."""
+        settings = self.settings.model_copy(update={"bootstrap_servers": self.address})
+        if not self.secured_marker.exists():
+            return settings
+        return credentials.as_principal(settings, self.settings.broker_admin_user,
+                                        self._admin_password())
+
+    def admin_env(self) -> Path:
+        return credentials.security_dir(self.settings) / f"{self.settings.broker_admin_user}.env"
 
     def stop(self, timeout_s: float = 60.0) -> bool:
         """Stop the broker; False when none was running."""
@@ -154,15 +172,48 @@ class LocalBroker:
         kraft = self.home / "kraft"
         self.home.mkdir(parents=True, exist_ok=True)
         template = (RECIPE / "server.properties.template").read_text()
-        (self.home / "server.properties").write_text(template.format(
-            broker_port=self.settings.broker_port,
-            controller_port=self.settings.controller_port,
-            log_dirs=kraft,
-        ))
+        values: dict[str, object] = {"broker_port": self.settings.broker_port,
+                                     "controller_port": self.settings.controller_port,
+                                     "log_dirs": kraft}
+        scram: list[str] = []
+        if self.secure:
+            user, password = self.settings.broker_admin_user, self._admin_password()
+            template += (RECIPE / "security.properties.template").read_text()
+            values.update(admin_user=user, admin_password=password)
+            scram = ["--add-scram", f'{credentials.MECHANISM}=[name={user},password="{password}"]']
+        config = self.home / "server.properties"
+        config.touch(mode=0o600)  # holds the admin's password when secured
+        config.write_text(template.format(**values))
         if (kraft / "meta.properties").exists():
+            if self.secure != self.secured_marker.exists():
+                raise LocalBrokerError(
+                    f"the broker data in {kraft} was formatted "
+                    f"{'without' if self.secure else 'with'} security; start it "
+                    f"{'without' if self.secure else 'with'} --secure (ESTOP_BROKER_SECURE), "
+                    "or stop it and remove that folder to start afresh")
             return
         cluster_id = self._storage_tool(java, ["random-uuid"]).strip().splitlines()[-1]
-        self._storage_tool(java, ["format", "-t", cluster_id, "-c", str(self.home / "server.properties")])
+        self._storage_tool(java, ["format", "-t", cluster_id, "-c", str(config), *scram])
+        if self.secure:
+            self.secured_marker.touch()
+
+    def _admin_password(self) -> str:
+        """The setting, else the password kept in the admin's credentials file, else a new one
+        written there (the file then also serves `estop security init`)."""
+        if self.settings.broker_admin_password is not None:
+            password = self.settings.broker_admin_password.get_secret_value()
+            if not password or any(c in password for c in '"\\,]'):
+                raise LocalBrokerError("ESTOP_BROKER_ADMIN_PASSWORD must be non-empty, without "
+                                       "quotes, backslashes, commas or ']'")
+            return password
+        kept = credentials.password_from(credentials.read_env(self.admin_env()))
+        if kept:
+            return kept
+        password = credentials.new_password()
+        credentials.write_env(self.admin_env(), credentials.principal_env(
+            self.settings.model_copy(update={"bootstrap_servers": self.address, "topic_prefix": ""}),
+            self.settings.broker_admin_user, password))
+        return password
 
     def _storage_tool(self, java: str, args: list[str]) -> str:
         result = subprocess.run(

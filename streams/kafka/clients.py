@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.exceptions import KafkaUnavailableError
+from streams.security.exceptions import AuthenticationFailedError
 from streams.settings import Settings
 
 # What confluent-kafka accepts as record headers.
@@ -18,6 +20,8 @@ Headers = list[tuple[str, str | bytes | None]]
 
 # librdkafka reports every refused connection; route it through logging so callers decide.
 RDKAFKA_LOG = logging.getLogger("estop.librdkafka")
+# Shown only where a process configures logging (workers do); a command says one line instead.
+RDKAFKA_LOG.addHandler(logging.NullHandler())
 
 
 def process_id(role: str) -> str:
@@ -70,15 +74,33 @@ def consumer(settings: Settings, **extra: Any) -> Consumer:
 def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> int:
     """Return the number of brokers once one answers a metadata request, or raise."""
     timeout = settings.admin_timeout_s if timeout_s is None else timeout_s
-    try:
-        metadata = admin(settings).list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise KafkaUnavailableError(
-            f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s "
-            f"({exc.args[0].str() if exc.args else exc}); start one with `estop broker start` "
-            "or point ESTOP_BOOTSTRAP_SERVERS at your cluster"
-        ) from exc
-    return len(metadata.brokers)
+    # Refused credentials look like an absent broker to a metadata request (it just times out);
+    # the client reports the SASL failure on its error callback, served between short requests.
+    refusals: list[str] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() == KafkaError._AUTHENTICATION:
+            refusals.append(error.str())
+
+    client = AdminClient(_base(settings, {"error_cb": on_error}))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            metadata = client.list_topics(timeout=max(min(1.0, deadline - time.monotonic()), 0.1))
+            return len(metadata.brokers)
+        except KafkaException as exc:
+            client.poll(0)
+            if refusals:
+                raise AuthenticationFailedError(
+                    f"the broker at {settings.bootstrap_servers} refused the credentials of "
+                    f"user {settings.sasl_username!r} ({settings.sasl_mechanism} authentication "
+                    "failed); check ESTOP_SASL_USERNAME and ESTOP_SASL_PASSWORD") from exc
+            if time.monotonic() >= deadline:
+                raise KafkaUnavailableError(
+                    f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s "
+                    f"({exc.args[0].str() if exc.args else exc}); start one with `estop broker start` "
+                    "or point ESTOP_BOOTSTRAP_SERVERS at your cluster"
+                ) from exc
 
 
 def headers_of(message: Message) -> Headers:

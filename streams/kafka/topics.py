@@ -54,6 +54,8 @@ def plan(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.sent, data),
         TopicSpec(t.notsent, data),
         TopicSpec(t.failed, data),
+        # Who stopped what, and who was refused: kept long, the store holds the trail too.
+        TopicSpec(t.audit, 1, {"retention.ms": str(365 * DAY_MS)}),
     ]
     dead_letters = [
         TopicSpec(t.dead_letter(s.name), 1, {"retention.ms": str(14 * DAY_MS)}) for s in specs

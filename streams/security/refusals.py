@@ -1,0 +1,45 @@
+"""Kafka's refusals as one line naming the principal and the missing right.
+
+Kafka answers an operation a principal has no ACL for with an authorization error, which the
+clients surface in different shapes: a fatal CLUSTER_AUTHORIZATION_FAILED when an idempotent
+producer may write no topic at all (no producer id), TOPIC_AUTHORIZATION_FAILED in a delivery
+report or from a watermark query, GROUP_AUTHORIZATION_FAILED from a group description. The call
+site knows what it tried (``right``, e.g. "write campaign-control"); this module words it."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError, KafkaException
+
+from streams.security.exceptions import AccessDeniedError
+from streams.settings import Settings
+
+AUTHORIZATION_ERRORS = frozenset({
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+})
+
+
+def who(settings: Settings) -> str:
+    if settings.sasl_username:
+        return f"user {settings.sasl_username!r}"
+    return "this client (no SASL user: ESTOP_SASL_USERNAME is unset)"
+
+
+def error_code(error: KafkaError | KafkaException | None) -> int | None:
+    if isinstance(error, KafkaException):
+        error = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
+    return error.code() if isinstance(error, KafkaError) else None
+
+
+def refused(settings: Settings, error: KafkaError | KafkaException | None,
+            right: str) -> AccessDeniedError | None:
+    """The one-line error when ``error`` is an authorization refusal, else None."""
+    code = error_code(error)
+    if code not in AUTHORIZATION_ERRORS:
+        return None
+    detail = ""
+    if code == KafkaError.CLUSTER_AUTHORIZATION_FAILED and right.startswith("write "):
+        detail = " (Kafka refused it a producer id: it may write no topic at all)"
+    return AccessDeniedError(f"{who(settings)} may not {right}{detail}")
