@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +19,19 @@ from streams.campaigns.lifecycle import publish_status, read_campaigns, read_con
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
 from streams.control.feed import now_ms
 from streams.control.view import Stop
+from streams.exceptions import EstopError, UsageError
 from streams.kafka.clients import admin, consumer, producer, take, wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.kafka.reader import high_watermark
 from streams.models import ACTION_STOP, CHANNELS, STATE_STOPPED, STOPPABLE_STATES, check_channels
+from streams.security import audit
+from streams.security.exceptions import AccessDeniedError
+from streams.security.refusals import refused
 from streams.serde import Serdes
 from streams.settings import Settings
+
+# Called once the broker acknowledged the stop command: (command id, channels).
+OnWritten = Callable[[str, list[str]], None]
 
 
 @dataclass
@@ -46,6 +54,7 @@ class StopResult:
     confirm_s: float | None = None
     live: list[str] = field(default_factory=list)
     acks: list[ProcessAck] = field(default_factory=list)
+    audit_problem: str | None = None  # why the audit event could not be written, if it could not
 
     @property
     def halted(self) -> int:
@@ -88,7 +97,10 @@ def live_processes(settings: Settings, client: AdminClient | None = None,
     for future in futures.values():
         try:
             description = future.result(timeout=settings.admin_timeout_s + 5)
-        except (KafkaException, TimeoutError):
+        except (KafkaException, TimeoutError) as exc:
+            denied = refused(settings, exc, "describe the gate and dispatcher consumer groups")
+            if denied is not None:
+                raise denied from exc  # unknown members are not "no members": never confirm on it
             if strict:
                 raise
             continue  # a group that never existed has no live member
@@ -96,8 +108,43 @@ def live_processes(settings: Settings, client: AdminClient | None = None,
     return members
 
 
+def audited_stop(settings: Settings, serdes: Serdes, actor: audit.Actor, campaign_id: str,
+                 reason: str, channels: list[str], timeout_s: float,
+                 force: bool = False) -> StopResult:
+    """``issue_stop`` as ``actor``, the stop's ``requested_by``, with its outcome in the audit
+    trail: accepted (written as soon as the broker acknowledged the command), already stopped,
+    rejected (bad input), refused (an ACL) or failed."""
+    problems: list[str | None] = []
+
+    def note(outcome: str, detail: str = "", command_id: str | None = None,
+             stopped: list[str] | None = None) -> None:
+        entry = audit.event(settings, actor, audit.STOP, outcome, campaign_id.strip(),
+                            command_id=command_id, reason=reason, channels=stopped or channels,
+                            detail=detail)
+        problems.append(audit.record(settings, serdes, entry))
+
+    try:
+        result = issue_stop(settings, serdes, campaign_id, reason, channels, actor.name, timeout_s,
+                            force, on_written=lambda cid, stopped: note(audit.ACCEPTED, "", cid, stopped))
+    except AccessDeniedError as exc:
+        note(audit.REFUSED, str(exc))
+        raise
+    except UsageError as exc:
+        note(audit.REJECTED, str(exc))
+        raise
+    except EstopError as exc:
+        if not problems:  # not written at all (a failure after the write was audited already)
+            note(audit.FAILED, str(exc))
+        raise
+    if result.already_stopped:
+        note(audit.ALREADY_STOPPED, "", result.command_id, result.channels)
+    result.audit_problem = next((p for p in problems if p), None)
+    return result
+
+
 def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str,
-               channels: list[str], by: str, timeout_s: float, force: bool = False) -> StopResult:
+               channels: list[str], by: str, timeout_s: float, force: bool = False,
+               on_written: OnWritten | None = None) -> StopResult:
     reason, wanted = validate(reason, channels)
     campaign_id = campaign_id.strip()
     if not campaign_id:
@@ -140,13 +187,23 @@ def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str
         delivered["error"] = err
         delivered["at"] = now_ms()  # the broker acknowledged the stop: propagation starts here
 
-    send.produce(settings.topics.control, key=campaign_id.encode(),
-                 value=serdes.control_command.encode(command), on_delivery=on_delivery)
-    if send.flush(settings.admin_timeout_s) or delivered.get("error"):
-        raise KafkaUnavailableError(
+    right = f"write {settings.topics.control}"
+    try:
+        send.produce(settings.topics.control, key=campaign_id.encode(),
+                     value=serdes.control_command.encode(command), on_delivery=on_delivery)
+        unsent = send.flush(settings.admin_timeout_s)
+    except (KafkaException, SystemError) as exc:
+        # A producer Kafka refused a producer id fails fatally; a callback running meanwhile
+        # surfaces it as SystemError, its cause the KafkaException.
+        raise (refused(settings, exc, right) or KafkaUnavailableError(
+            f"the stop command was not acknowledged by Kafka: {exc.__cause__ or exc}")) from exc
+    if unsent or delivered.get("error"):
+        raise refused(settings, delivered.get("error"), right) or KafkaUnavailableError(
             f"the stop command was not acknowledged by Kafka: {delivered.get('error')}"
         )
     broker_ack = delivered["at"]
+    if on_written is not None:
+        on_written(command_id, sorted(already | requested))
     stop = Stop(command_id, campaign_id, requested - already, int(command["requested_at"]), by, reason)
     planned = status["planned"] if status else {}
     publish_status(send, settings, serdes, campaign_id, STATE_STOPPED,

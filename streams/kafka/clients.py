@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.exceptions import KafkaUnavailableError
-from streams.security.exceptions import AuthenticationFailedError
+from streams.security.exceptions import AccessDeniedError, AuthenticationFailedError
 from streams.settings import Settings
 
 # What confluent-kafka accepts as record headers.
@@ -110,8 +110,19 @@ def headers_of(message: Message) -> Headers:
 
 def take(source: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
     """Up to ``max_messages`` without waiting once something is there: ``consume`` alone waits
-    out its whole timeout for a full batch, which would add that timeout to a stop's latency."""
+    out its whole timeout for a full batch, which would add that timeout to a stop's latency.
+
+    A topic the principal may not read is raised, not skipped: Kafka would answer every fetch
+    with the same refusal, and a stage skipping it would idle silently forever."""
     first = source.poll(timeout_s)
     if first is None:
         return []
-    return [first, *source.consume(max_messages - 1, timeout=0)] if max_messages > 1 else [first]
+    batch = [first, *source.consume(max_messages - 1, timeout=0)] if max_messages > 1 else [first]
+    for message in batch:
+        error = message.error()
+        if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise AccessDeniedError(f"read {message.topic()}")
+        if error is not None and error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            raise AccessDeniedError("read with its consumer group (no READ ACL on the group)")
+    return batch
+

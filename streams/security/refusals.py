@@ -27,13 +27,18 @@ def who(settings: Settings) -> str:
     return "this client (no SASL user: ESTOP_SASL_USERNAME is unset)"
 
 
-def error_code(error: KafkaError | KafkaException | None) -> int | None:
-    if isinstance(error, KafkaException):
-        error = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
+def error_code(error: KafkaError | BaseException | None) -> int | None:
+    """The Kafka error code in ``error`` or its causes: a delivery callback that runs while the
+    client holds a fatal error raises SystemError, whose cause is the KafkaException."""
+    while isinstance(error, BaseException):
+        if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
+            error = error.args[0]
+            break
+        error = error.__cause__
     return error.code() if isinstance(error, KafkaError) else None
 
 
-def refused(settings: Settings, error: KafkaError | KafkaException | None,
+def refused(settings: Settings, error: KafkaError | BaseException | None,
             right: str) -> AccessDeniedError | None:
     """The one-line error when ``error`` is an authorization refusal, else None."""
     code = error_code(error)
@@ -42,4 +47,4 @@ def refused(settings: Settings, error: KafkaError | KafkaException | None,
     detail = ""
     if code == KafkaError.CLUSTER_AUTHORIZATION_FAILED and right.startswith("write "):
         detail = " (Kafka refused it a producer id: it may write no topic at all)"
-    return AccessDeniedError(f"{who(settings)} may not {right}{detail}")
+    return AccessDeniedError(right, who(settings), detail)

@@ -1,13 +1,16 @@
 """The principals of a secured deployment and the ACLs each one gets: least privilege, derived
 from the topic prefix, so deployments (and test runs) under different prefixes stay apart.
 
-| principal | may |
-|---|---|
-| operator  | write campaign-control, campaign-status and audit; read them and the acks and outcomes (`estop stop`, `estop status`); see the worker groups' members (stop confirmation) |
-| control   | the operator's rights, plus the control plane's own group and internal topics |
-| worker    | gates and dispatchers: read send-requests.*, dispatch.* and campaign-control; write dispatch.*, sent, notsent, failed, the acks and their dead letters; their groups and transactional ids by prefix |
-| analytics | the analytics sink: read the outcome topics, the lifecycle, the stops, their acks and the audit; its group; its dead letters |
-| engine    | the campaign engine (`estop launch`): write send-requests.*, its campaign's lifecycle and notSent for requests it never queued; read campaign-control |
+* operator: writes campaign-control, campaign-status and audit; reads them, the acks and the
+  outcomes (`estop stop`, `estop status`); sees the worker groups' members (confirmation).
+* control: the operator's rights, plus the control plane's own group and internal topics.
+* worker (gates, dispatchers): reads send-requests.*, dispatch.* and campaign-control; writes
+  dispatch.*, sent, notsent, failed, the acks and its dead letters; its groups and
+  transactional ids by prefix.
+* analytics (the sink): reads the outcomes, the lifecycle, the stops, their acks and the audit;
+  its group; its dead letters.
+* engine (the campaign engine, `estop launch`): writes send-requests.*, its campaign's lifecycle
+  and notSent for requests it never queued; reads campaign-control and campaign-status.
 
 Only operator and control may write campaign-control: nobody else can stop a campaign."""
 
@@ -88,7 +91,8 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
     ]
     engine = [
         *topics(send_requests, "WRITE"),
-        *topics([t.status, t.notsent], "WRITE"),
+        *topics([t.notsent], "WRITE"),
+        *topics([t.status], "READ", "WRITE"),
         *topics([t.control], "READ"),
         readers,
     ]

@@ -5,9 +5,11 @@ exists keeps its password, ACLs already present are left as they are."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
@@ -18,6 +20,7 @@ from confluent_kafka.admin import (
     ResourceType,
     ScramCredentialInfo,
     ScramMechanism,
+    UserScramCredentialAlteration,
     UserScramCredentialUpsertion,
 )
 
@@ -76,7 +79,7 @@ def init_security(settings: Settings, say: Callable[[str], None] = lambda _: Non
         passwords[name] = credentials.password_from(credentials.read_env(path)) or credentials.new_password()
         credentials.write_env(path, credentials.principal_env(settings, name, passwords[name]))
         result.users[name] = path
-    upserts = [UserScramCredentialUpsertion(
+    upserts: list[UserScramCredentialAlteration] = [UserScramCredentialUpsertion(
         name, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS), password.encode())
         for name, password in passwords.items()]
     _settle(client.alter_user_scram_credentials(upserts, request_timeout=su.admin_timeout_s),
@@ -93,10 +96,10 @@ def init_security(settings: Settings, say: Callable[[str], None] = lambda _: Non
     return result
 
 
-def _settle(futures: dict[object, object], settings: Settings, what: str) -> None:
+def _settle(futures: Mapping[Any, Future[Any]], settings: Settings, what: str) -> None:
     for future in futures.values():
         try:
-            future.result(timeout=settings.admin_timeout_s)  # type: ignore[attr-defined]
+            future.result(timeout=settings.admin_timeout_s)
         except KafkaException as exc:
             denied = refused(settings, exc, f"{what} (it must be a super user)")
             raise denied or exc from exc
