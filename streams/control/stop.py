@@ -26,7 +26,7 @@ from streams.kafka.reader import high_watermark
 from streams.models import ACTION_STOP, CHANNELS, STATE_STOPPED, STOPPABLE_STATES, check_channels
 from streams.security import audit
 from streams.security.exceptions import AccessDeniedError
-from streams.security.refusals import refused
+from streams.security.refusals import fatal_cause, refused
 from streams.serde import Serdes
 from streams.settings import Settings
 
@@ -195,8 +195,9 @@ def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str
     except (KafkaException, SystemError) as exc:
         # A producer Kafka refused a producer id fails fatally; a callback running meanwhile
         # surfaces it as SystemError, its cause the KafkaException.
-        raise (refused(settings, exc, right) or KafkaUnavailableError(
-            f"the stop command was not acknowledged by Kafka: {exc.__cause__ or exc}")) from exc
+        cause = fatal_cause(send, exc)
+        raise (refused(settings, cause, right) or KafkaUnavailableError(
+            f"the stop command was not acknowledged by Kafka: {cause.__cause__ or cause}")) from exc
     if unsent or delivered.get("error"):
         raise refused(settings, delivered.get("error"), right) or KafkaUnavailableError(
             f"the stop command was not acknowledged by Kafka: {delivered.get('error')}"

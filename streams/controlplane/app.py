@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import faust
+from aiohttp import web
 from confluent_kafka import KafkaException
 from faust.types import EventT, StreamT, TopicT
 from faust.web import Request, Response, View
@@ -41,9 +42,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from streams.campaigns.lifecycle import effective_state
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
 from streams.control.feed import now_ms
-from streams.control.stop import issue_stop, live_processes, validate
+from streams.control.stop import audited_stop, live_processes, validate
 from streams.control.view import ControlView
-from streams.controlplane import state
+from streams.controlplane import auth, state
 from streams.controlplane.offsets import (
     TP,
     committed_offsets,
@@ -61,6 +62,7 @@ from streams.metrics import (
     STOPS_UNCONFIRMED,
 )
 from streams.models import CHANNELS, STATE_FINISHED, STATE_SENDING, STATE_STOPPED
+from streams.security import audit
 from streams.serde import SerdeError, Serdes, serdes_for
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
@@ -73,7 +75,7 @@ T = TypeVar("T")
 
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                        "key_serializer": "raw", "value_serializer": "raw"}
-STOP_FIELDS = ("reason", "by", "channels", "force")
+STOP_FIELDS = ("reason", "channels", "force")
 LIVE_MAX_AGE_S = 1.0  # answers use a live set at most this old
 TICK_S = 1.0  # confirmation tracking and gauges
 
@@ -112,6 +114,8 @@ class ControlPlane:
             web_port=settings.control_port,
             web_bind=settings.control_host,
             web_host=settings.control_host,
+            # Tokens and roles for every route, before any handler runs (streams.controlplane.auth).
+            web_application_options={"middlewares": [auth.middleware(settings, self._on_refused)]},
             # Only this module's views: no table dumps or router pages on the API port.
             web_router_enabled=False,
             web_tables_enabled=False,
@@ -310,6 +314,16 @@ class ControlPlane:
                 reports[campaign_id] = None
         return reports
 
+    def _audit_trail(self, campaign_id: str | None, limit: int) -> list[dict[str, Any]]:
+        if self._store is None:
+            self._store = open_store(self.settings)
+        return self._store.audit(campaign_id, max(1, min(limit, 10000)))
+
+    async def audit_trail(self, campaign_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Audit events from the analytics store (the sink stores them from the audit topic)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._store_pool, self._audit_trail, campaign_id, limit)
+
     async def reports(self, campaign_ids: list[str]) -> dict[str, dict[str, Any] | None]:
         try:
             return await asyncio.get_running_loop().run_in_executor(
@@ -343,23 +357,43 @@ class ControlPlane:
             campaign_id, statuses.get(campaign_id), view, acks, confirmed, live, reports[campaign_id]))
             for campaign_id in ids]
 
-    async def stop(self, campaign_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    async def _audit(self, entry: dict[str, Any]) -> None:
+        problem = await self._kafka(audit.record, self.settings, self.serdes, entry)
+        if problem:
+            log.warning("%s", problem)
+
+    async def _on_refused(self, action: str, who: auth.Identity | None, request: web.Request,
+                          status: int, why: str) -> None:
+        """A request the middleware refused (401/403) on an audited route."""
+        actor = audit.Actor(who.name if who else "unauthenticated", "http", auth.source_of(request),
+                            who.role if who else None)
+        campaign_id = request.match_info.get("campaign_id", "")
+        await self._audit(audit.event(self.settings, actor, action, audit.REFUSED, campaign_id,
+                                      detail=f"{status}: {why}"))
+
+    async def stop(self, campaign_id: str, body: bytes,
+                   who: auth.Identity) -> tuple[int, dict[str, Any]]:
         """``POST /campaigns/{id}/stop``: (HTTP status, JSON body). Checks the request, then
-        issues the stop exactly as `estop stop` does, without waiting for confirmation."""
+        issues the stop exactly as `estop stop` does, as the authenticated ``who``, without
+        waiting for confirmation; audited whatever the outcome."""
+        actor = audit.Actor(who.name, "http", who.source, who.role if who.authenticated else None)
         try:
             payload = json.loads(body.decode("utf-8")) if body.strip() else None
         except (UnicodeDecodeError, ValueError) as exc:
-            return 400, {"error": f"the request body is not valid JSON: {exc}"}
-        problem = _check_stop_request(payload)
+            problem: str | None = f"the request body is not valid JSON: {exc}"
+        else:
+            problem = _check_stop_request(payload)
         if problem:
+            await self._audit(audit.event(self.settings, actor, audit.STOP, audit.REJECTED,
+                                          campaign_id, detail=f"400: {problem}"))
             return 400, {"error": problem}
         assert isinstance(payload, dict)
-        reason, by = payload["reason"], payload.get("by") or "http-api"
+        reason = payload["reason"]
         channels, force = list(payload.get("channels") or []), bool(payload.get("force", False))
         try:
             validate(reason, channels)  # the CLI's own checks: empty reason, unknown channel
-            result = await self._kafka(issue_stop, self.settings, self.serdes, campaign_id, reason,
-                                       channels, by, 0.0, force)
+            result = await self._kafka(audited_stop, self.settings, self.serdes, actor, campaign_id,
+                                       reason, channels, 0.0, force)
         except CampaignNotStoppableError as exc:
             if exc.state is None:
                 return 404, {"error": f"unknown campaign {campaign_id!r}: it has not been seen on "
@@ -371,6 +405,8 @@ class ControlPlane:
             return 400, {"error": str(exc)}
         except EstopError as exc:  # Kafka unreachable: nothing confirmed written
             return 503, {"error": str(exc)}
+        if result.audit_problem:
+            log.warning("%s", result.audit_problem)
         body_out = {
             "campaign_id": campaign_id,
             "command_id": result.command_id,
@@ -493,21 +529,42 @@ class ControlPlane:
 
         class StopCampaign(View):
             async def post(self, request: Request, campaign_id: str) -> Response:
-                status, body = await plane.stop(campaign_id, await self.read_request_content(request))
+                status, body = await plane.stop(campaign_id, await self.read_request_content(request),
+                                                auth.identity(request))
                 return self.json(body, status=status)
+
+        class Audit(View):
+            async def get(self, request: Request) -> Response:
+                campaign_id = request.query.get("campaign")
+                try:
+                    limit = int(request.query.get("limit", "1000"))
+                except ValueError:
+                    return self.error(400, "limit must be a whole number")
+                return self.json({"audit": await plane.audit_trail(campaign_id, limit)})
+
+        class WhoAmI(View):
+            async def get(self, request: Request) -> Response:
+                who = auth.identity(request)
+                return self.json({"name": who.name, "role": who.role, "source": who.source,
+                                  "authenticated": who.authenticated})
 
         self.app.page("/health")(Health)
         self.app.page("/metrics")(Metrics)
         self.app.page("/campaigns")(Campaigns)
         self.app.page("/campaigns/{campaign_id}")(Campaign)
         self.app.page("/campaigns/{campaign_id}/stop")(StopCampaign)
+        self.app.page("/audit")(Audit)
+        self.app.page("/whoami")(WhoAmI)
 
 
 def _check_stop_request(payload: Any) -> str | None:
     """The shape of a stop request; the values are then checked by ``streams.control.stop``."""
     if not isinstance(payload, dict):
-        return ('the request body must be a JSON object: {"reason": "...", "by": "...", '
+        return ('the request body must be a JSON object: {"reason": "...", '
                 '"channels": ["email", ...]}')
+    if "by" in payload:
+        return ('"by" is not accepted: a stop is recorded as requested by the authenticated '
+                "identity (the bearer token's user)")
     unknown = sorted(set(payload) - set(STOP_FIELDS))
     if unknown:
         return f"unknown field(s) {', '.join(unknown)} (expected {', '.join(STOP_FIELDS)})"
@@ -518,8 +575,6 @@ def _check_stop_request(payload: Any) -> str | None:
         return '"reason" must be a string'
     if not reason.strip():
         return '"reason" is empty: a stop needs a reason'
-    if payload.get("by") is not None and not isinstance(payload["by"], str):
-        return '"by" must be a string'
     channels = payload.get("channels")
     if channels is not None and (not isinstance(channels, list)
                                  or not all(isinstance(c, str) for c in channels)):

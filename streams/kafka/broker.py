@@ -198,21 +198,20 @@ class LocalBroker:
             self.secured_marker.touch()
 
     def _admin_password(self) -> str:
-        """The setting, else the password kept in the admin's credentials file, else a new one
-        written there (the file then also serves `estop security init`)."""
+        """The setting, else the password kept in the admin's credentials file, else a new one;
+        the file is (re)written when it does not hold it, and then serves `estop security init`."""
+        kept = credentials.password_from(credentials.read_env(self.admin_env()))
         if self.settings.broker_admin_password is not None:
             password = self.settings.broker_admin_password.get_secret_value()
             if not password or any(c in password for c in '"\\,]'):
                 raise LocalBrokerError("ESTOP_BROKER_ADMIN_PASSWORD must be non-empty, without "
                                        "quotes, backslashes, commas or ']'")
-            return password
-        kept = credentials.password_from(credentials.read_env(self.admin_env()))
-        if kept:
-            return kept
-        password = credentials.new_password()
-        credentials.write_env(self.admin_env(), credentials.principal_env(
-            self.settings.model_copy(update={"bootstrap_servers": self.address, "topic_prefix": ""}),
-            self.settings.broker_admin_user, password))
+        else:
+            password = kept or credentials.new_password()
+        if password != kept:
+            credentials.write_env(self.admin_env(), credentials.principal_env(
+                self.settings.model_copy(update={"bootstrap_servers": self.address, "topic_prefix": ""}),
+                self.settings.broker_admin_user, password))
         return password
 
     def _storage_tool(self, java: str, args: list[str]) -> str:

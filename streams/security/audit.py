@@ -12,7 +12,6 @@ broker's authorizer log records it (see docs/security.md)."""
 from __future__ import annotations
 
 import getpass
-import logging
 import socket
 import uuid
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from streams.exceptions import EstopError
 from streams.kafka.clients import producer
 from streams.serde import Serdes
 from streams.settings import Settings
-
-log = logging.getLogger(__name__)
 
 STOP, KILL_SWITCH = "stop", "kill_switch"
 ACCEPTED, ALREADY_STOPPED, REFUSED, REJECTED, FAILED = (
@@ -73,8 +70,9 @@ def event(settings: Settings, actor: Actor, action: str, outcome: str, campaign_
 
 def record(settings: Settings, serdes: Serdes, entry: dict[str, Any],
            out: Producer | None = None) -> str | None:
-    """Write one audit event and wait for the broker; returns None when written, else why not
-    (the caller says so: an action is never undone because its audit could not be written)."""
+    """Write one audit event and wait for the broker; returns None when written, else why not,
+    for the caller to report (an action is never undone because its audit could not be written;
+    a principal Kafka refused the action is usually refused the audit topic too)."""
     out = out or producer(settings, **{"linger.ms": 0})
     failure: list[str] = []
 
@@ -90,8 +88,6 @@ def record(settings: Settings, serdes: Serdes, entry: dict[str, Any],
     except (KafkaException, SystemError, BufferError, EstopError) as exc:
         failure.append(str(exc.__cause__ or exc))
     if failure:
-        why = (f"the audit event ({entry['action']} {entry['outcome']} by {entry['actor']}) was "
-               f"not written to {settings.topics.audit}: {failure[0]}")
-        log.warning("%s", why)
-        return why
+        return (f"the audit event ({entry['action']} {entry['outcome']} by {entry['actor']}) was "
+                f"not written to {settings.topics.audit}: {failure[0]}")
     return None

@@ -8,7 +8,7 @@ site knows what it tried (``right``, e.g. "write campaign-control"); this module
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streams.security.exceptions import AccessDeniedError
 from streams.settings import Settings
@@ -48,3 +48,15 @@ def refused(settings: Settings, error: KafkaError | BaseException | None,
     if code == KafkaError.CLUSTER_AUTHORIZATION_FAILED and right.startswith("write "):
         detail = " (Kafka refused it a producer id: it may write no topic at all)"
     return AccessDeniedError(right, who(settings), detail)
+
+
+def fatal_cause(producer: Producer, error: BaseException) -> BaseException:
+    """The error that made a producer fatal. Once it is, ``produce`` only says "fatal error";
+    the next ``poll`` raises the original (CLUSTER_AUTHORIZATION_FAILED, say)."""
+    if error_code(error) != KafkaError._FATAL:
+        return error
+    try:
+        producer.poll(0)
+    except KafkaException as original:
+        return original
+    return error

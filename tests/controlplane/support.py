@@ -74,8 +74,11 @@ class Reply:
         return json.loads(self.body)
 
 
-def http(method: str, url: str, body: bytes | None = None, timeout_s: float = 60.0) -> Reply:
+def http(method: str, url: str, body: bytes | None = None, timeout_s: float = 60.0,
+         token: str | None = None) -> Reply:
     headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -119,7 +122,8 @@ class ControlProcess(WorkerProcess):
     """``estop control`` (or ``estop worker --role control``) on a free port, for this test's
     topics and data folder; ready once it has read its topics."""
 
-    def __init__(self, settings: Settings, command: tuple[str, ...] = ("control",)) -> None:
+    def __init__(self, settings: Settings, command: tuple[str, ...] = ("control",),
+                 extra_env: dict[str, str] | None = None) -> None:
         env = dict(os.environ)
         env.update({
             "ESTOP_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
@@ -127,6 +131,7 @@ class ControlProcess(WorkerProcess):
             "ESTOP_DATA_DIR": str(settings.data_dir),
             "ESTOP_CONTROL_PORT": "0",
         })
+        env.update(extra_env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams", *command],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
