@@ -23,8 +23,9 @@ from tests.support import run_estop
 
 def acls_of(settings: Settings, principal: str) -> set[tuple[str, str, str, str]]:
     """(resource type, name, pattern, operation) of every ACL naming ``principal``."""
-    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
-                                  AclOperation.ANY, AclPermissionType.ANY)
+    # None matches any name, principal and host (the type stubs do not say so).
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY,  # type: ignore[arg-type]
+                                  None, None, AclOperation.ANY, AclPermissionType.ANY)
     client = admin(settings)  # held until the answer is in: a collected client cancels it
     found = client.describe_acls(everything, request_timeout=30).result(timeout=35)
     return {(b.restype.name, b.name, b.resource_pattern_type.name, b.operation.name)
