@@ -4,6 +4,7 @@ broker: refused credentials and missing rights reach the user as one line."""
 from __future__ import annotations
 
 import stat
+from typing import Any
 
 from confluent_kafka.admin import (
     AclBindingFilter,
@@ -24,8 +25,9 @@ from tests.support import run_estop
 def acls_of(settings: Settings, principal: str) -> set[tuple[str, str, str, str]]:
     """(resource type, name, pattern, operation) of every ACL naming ``principal``."""
     # None matches any name, principal and host (the type stubs do not say so).
-    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY,  # type: ignore[arg-type]
-                                  None, None, AclOperation.ANY, AclPermissionType.ANY)
+    anything: Any = None
+    everything = AclBindingFilter(ResourceType.ANY, anything, ResourcePatternType.ANY, anything,
+                                  anything, AclOperation.ANY, AclPermissionType.ANY)
     client = admin(settings)  # held until the answer is in: a collected client cancels it
     found = client.describe_acls(everything, request_timeout=30).result(timeout=35)
     return {(b.restype.name, b.name, b.resource_pattern_type.name, b.operation.name)
