@@ -22,6 +22,13 @@ from tests.support import free_port
 ADMIN_PASSWORD = uuid4().hex
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the secured broker is a broker test: `-m "not broker"` leaves it out too."""
+    for item in items:
+        if "secure_broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)
+
+
 @pytest.fixture(scope="session")
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     """A secured local broker for this session; Java or the jars missing is a failure."""

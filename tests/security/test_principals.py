@@ -18,8 +18,8 @@ from streams.kafka.clients import admin
 from streams.security.roles import READER_GROUP_PREFIX, Grant, grants, username
 from streams.settings import Settings
 from tests.pipeline.support import records
-from tests.security.support import Principals, env_of
-from tests.support import run_estop
+from tests.security.support import Principals, SecureBroker, env_of
+from tests.support import run_estop, wait_for
 
 
 def acls_of(settings: Settings, principal: str) -> set[tuple[str, str, str, str]]:
@@ -95,9 +95,11 @@ def test_a_principal_that_may_write_nothing_cannot_stop(secured: Principals) -> 
     assert records(secured.admin, topics.control) == []
 
 
-def test_the_campaign_engine_cannot_stop(secured: Principals) -> None:
+def test_the_campaign_engine_cannot_stop(secure_broker: SecureBroker, secured: Principals) -> None:
     """The engine writes send requests but not campaign-control: `estop stop` as the engine
-    says so in one line and writes nothing, neither a command nor a lifecycle record."""
+    says so in one line and writes nothing, neither a command nor a lifecycle record; the
+    broker's authorizer log records the refused attempt (the refused principal cannot write
+    the audit topic)."""
     topics = secured.admin.topics
     engine = secured.roles["engine"]
 
@@ -109,3 +111,7 @@ def test_the_campaign_engine_cannot_stop(secured: Principals) -> None:
         f"estop: user '{engine.sasl_username}' may not write {topics.control}"]
     assert records(secured.admin, topics.control) == []
     assert records(secured.admin, topics.status) == []
+    denial = (f"Principal = User:{engine.sasl_username} is Denied operation = WRITE from host = "
+              f"127.0.0.1 on resource = Topic:LITERAL:{topics.control}")
+    log = secure_broker.local.logs / "kafka-authorizer.log"
+    wait_for(lambda: denial in log.read_text(), f"{denial!r} in {log}", timeout_s=60)
