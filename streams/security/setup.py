@@ -1,5 +1,5 @@
-"""``estop security init``: the SCRAM users of every role (one credentials file each) and their
-ACLs, created with the Admin API as a super user. Idempotent: a role whose credentials file
+"""``estop security init``: the topics, the SCRAM users of every role (one credentials file each)
+and their ACLs, created with the Admin API as a super user. Idempotent: a role whose credentials file
 exists keeps its password, ACLs already present are left as they are."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from confluent_kafka.admin import (
 )
 
 from streams.kafka.clients import admin, wait_for_broker
+from streams.kafka.topics import create_topics
 from streams.security import credentials
 from streams.security.exceptions import AuthenticationFailedError, CredentialsError
 from streams.security.refusals import refused
@@ -68,7 +69,7 @@ def bindings(principal: str, grant: Grant) -> list[AclBinding]:
 
 def init_security(settings: Settings, say: Callable[[str], None] = lambda _: None) -> InitResult:
     su = admin_settings(settings)
-    wait_for_broker(su)
+    create_topics(su, say=lambda _: None)  # ACLs name them; creating topics is the admin's job
     client = admin(su)
     folder = credentials.security_dir(settings)
     result = InitResult()

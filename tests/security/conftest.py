@@ -11,7 +11,6 @@ from uuid import uuid4
 import pytest
 
 from streams.kafka.broker import LocalBroker
-from streams.kafka.topics import create_topics
 from streams.serde import Serdes
 from streams.settings import load_settings
 from tests.conftest import _delete_topics
@@ -48,12 +47,11 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
 
 @pytest.fixture
 def secured(secure_broker: SecureBroker, tmp_path: Path) -> Iterator[Principals]:
-    """A topic prefix of this test: its topics (created by the admin), its principals and ACLs
-    (`estop security init`), and the settings of each role."""
+    """A topic prefix of this test: its topics, principals and ACLs (`estop security init`, as
+    the admin), and the settings of each role."""
     admin_settings = secure_broker.admin.model_copy(update={
         "topic_prefix": f"t{uuid4().hex[:8]}-", "data_dir": tmp_path / "data", "partitions": 3,
         "broker_secure": False})
-    create_topics(admin_settings, say=lambda _: None)
     principals = Principals.initialise(admin_settings)
     yield principals
     _delete_topics(admin_settings)
