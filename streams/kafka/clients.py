@@ -123,6 +123,6 @@ def take(source: Consumer, max_messages: int, timeout_s: float) -> list[Message]
         if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
             raise AccessDeniedError(f"read {message.topic()}")
         if error is not None and error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
-            raise AccessDeniedError("read with its consumer group (no READ ACL on the group)")
+            raise AccessDeniedError(f"read with its consumer group ({error.str()})")
     return batch
 

@@ -60,3 +60,23 @@ def fatal_cause(producer: Producer, error: BaseException) -> BaseException:
     except KafkaException as original:
         return original
     return error
+
+
+# What a refusal means when the code that met it cannot say more (a stage's own clients).
+GENERIC_RIGHTS = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "read or write the topics of",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "use the consumer group of",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "write anything (no producer id) for",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "use the transactional ids of",
+}
+
+
+def stage_refusal(settings: Settings, error: BaseException, stage: str) -> AccessDeniedError | None:
+    """A refusal met by a worker stage (``gate.email``, ``sink``), named as precisely as the
+    stage's clients allow; None when ``error`` is no refusal."""
+    if isinstance(error, AccessDeniedError):
+        return error.naming(who(settings))
+    code = error_code(error)
+    if code not in GENERIC_RIGHTS:
+        return None
+    return AccessDeniedError(f"{GENERIC_RIGHTS[code]} {stage}", who(settings))

@@ -115,3 +115,17 @@ def test_the_campaign_engine_cannot_stop(secure_broker: SecureBroker, secured: P
               f"127.0.0.1 on resource = Topic:LITERAL:{topics.control}")
     log = secure_broker.local.logs / "kafka-authorizer.log"
     wait_for(lambda: denial in log.read_text(), f"{denial!r} in {log}", timeout_s=60)
+
+
+def test_a_worker_started_as_the_wrong_user_stops_with_one_line(secured: Principals) -> None:
+    """A gate run with the analytics user's credentials may not use the gates' transactional
+    ids: the worker stops (exit 1, a supervisor sees it) with one line naming user and right."""
+    analytics = secured.roles["analytics"].sasl_username
+
+    result = run_estop("worker", "--role", "gate", "--channel", "email",
+                       env={**secured.env("analytics"), "ESTOP_METRICS_PORT": "0"})
+
+    assert result.returncode == 1, result.stderr
+    assert (f"ERROR streams.worker: gate.email failed: user '{analytics}' may not use the "
+            "transactional ids of gate.email; stopping the worker") in result.stderr
+    assert "Traceback" not in result.stderr
