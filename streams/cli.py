@@ -332,17 +332,16 @@ def _when(ms: int) -> str:
 @handles_errors
 def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[str, ...],
          provider_rate: float, as_json: bool) -> None:
-    """The seed's scenario: a 500,000-recipient email campaign stopped after about 50,000 sent."""
-    from rich.progress import Progress
-
-    from streams.demo import run_demo
+    """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000
+    sent."""
+    from streams.demo import demo_progress, run_demo
 
     channel_list = list(dict.fromkeys(channels)) or ["email"]
     if stop_after >= recipients * len(channel_list):
         raise UsageError("--stop-after must be smaller than the number of planned messages")
     settings = settings.model_copy(update={"provider_rate": provider_rate,
                                            "provider_delay_s": 1.0})
-    with Progress(transient=as_json) as progress:
+    with demo_progress(transient=as_json) as progress:
         result = run_demo(settings, recipients, stop_after, channel_list,
                           say=progress.console.print if not as_json else _say, progress=progress)
     if as_json:

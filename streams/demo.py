@@ -1,4 +1,4 @@
-"""``estop demo``: the seed's scenario on the embedded defaults. A 500,000-recipient email
+"""``estop demo``: the reference scenario on the embedded defaults. A 500,000-recipient email
 campaign is queued, the providers work through it, an operator stops it once about 50,000 are
 sent, and every message ends as exactly one outcome."""
 
@@ -13,6 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from streams.campaigns.launcher import LaunchResult, launch
 from streams.campaigns.status import OutcomeCounter
@@ -171,6 +182,30 @@ class OutcomeWatch:
         self._consumer.close()
 
 
+class RemainingOrStateColumn(ProgressColumn):
+    """Time remaining while a bar moves; once its count can no longer grow (the campaign was
+    stopped, everything is accounted) the reason instead, so no bar promises an ETA that will
+    never come."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._remaining = TimeRemainingColumn()
+
+    def render(self, task: Task) -> Text:
+        state = task.fields.get("state")
+        if state:
+            return Text(str(state), style="bold")
+        if task.finished:
+            return Text("done")
+        return self._remaining.render(task)
+
+
+def demo_progress(transient: bool) -> Progress:
+    """The demo's bars: what, how far (N of M and %), and time remaining or why it ended."""
+    return Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                    TaskProgressColumn(), RemainingOrStateColumn(), transient=transient)
+
+
 def run_demo(settings: Settings, recipients: int, stop_after: int, channels: list[str],
              say: Any, progress: Any) -> DemoResult:
     handle: BrokerHandle = acquire_broker(settings, say)
@@ -201,6 +236,9 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
             if not launcher.is_alive() and not launched:
                 raise EstopError("the launcher failed")
         result.state_at_stop = "Finished" if not launcher.is_alive() else "Sending"
+        progress.update(sent_task, state="campaign stopped")
+        if launcher.is_alive():
+            progress.update(queue_task, state="campaign stopped")
         say(f"stopping after {watch.sent():,} sent (campaign {result.state_at_stop})")
         stop = issue_stop(settings, serdes, campaign_id, "incorrect discount code in the email",
                           [], by="demo operator", timeout_s=60)
@@ -210,7 +248,7 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
             f"in {stop.confirm_s:.3f}s by {len(stop.acks)} process(es)")
         launcher.join()
         result.launch = launched.get("r")
-        all_task = progress.add_task("outcomes", total=result.planned)
+        all_task = progress.add_task("accounted", total=result.planned)
         deadline = time.monotonic() + 600
         while watch.counter.total < result.planned and time.monotonic() < deadline:
             worker.check()
@@ -218,6 +256,8 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
             progress.update(all_task, completed=watch.counter.total)
             progress.update(sent_task, completed=watch.sent())
         result.outcomes_complete_s = time.monotonic() - stopped_at
+        progress.update(all_task, state="all accounted" if watch.counter.total >= result.planned
+                        else "not all accounted")
         result.sent = watch.sent()
         result.failed = sum(c.failed for c in watch.counter.counts.values())
         result.not_sent = {stage: sum(c.not_sent.get(stage, 0) for c in watch.counter.counts.values())
