@@ -11,10 +11,9 @@ from uuid import uuid4
 import pytest
 
 from streams.kafka.broker import LocalBroker
-from streams.serde import Serdes
 from streams.settings import load_settings
 from tests.conftest import _delete_topics
-from tests.controlplane.support import Processes
+from tests.controlplane.conftest import processes, serdes
 from tests.security.support import Principals, SecureBroker
 from tests.support import free_port
 
@@ -57,16 +56,6 @@ def secured(secure_broker: SecureBroker, tmp_path: Path) -> Iterator[Principals]
     _delete_topics(admin_settings)
 
 
-@pytest.fixture
-def serdes() -> Serdes:
-    return Serdes()
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    started = Processes()
-    try:
-        yield started
-    finally:
-        started.stop_all()
+# The control-plane suite's fixtures: the record serdes, subprocesses stopped at teardown.
+__all__ = ["processes", "serdes"]
 
