@@ -96,10 +96,13 @@ def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> int:
                     f"user {settings.sasl_username!r} ({settings.sasl_mechanism} authentication "
                     "failed); check ESTOP_SASL_USERNAME and ESTOP_SASL_PASSWORD") from exc
             if time.monotonic() >= deadline:
+                secured = "" if settings.sasl_username else (
+                    " (a broker that requires SASL closes the connection: set ESTOP_SECURITY_PROTOCOL, "
+                    "ESTOP_SASL_MECHANISM, ESTOP_SASL_USERNAME and ESTOP_SASL_PASSWORD)")
                 raise KafkaUnavailableError(
                     f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s "
                     f"({exc.args[0].str() if exc.args else exc}); start one with `estop broker start` "
-                    "or point ESTOP_BOOTSTRAP_SERVERS at your cluster"
+                    f"or point ESTOP_BOOTSTRAP_SERVERS at your cluster{secured}"
                 ) from exc
 
 
