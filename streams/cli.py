@@ -235,52 +235,116 @@ def launch(settings: Settings, campaign_id: str, channels: tuple[str, ...], reci
 
 
 @main.command()
-@click.argument("campaign_id")
+@click.argument("campaign_id", required=False)
+@click.option("--all", "stop_everything", is_flag=True,
+              help="The kill switch: stop every campaign that is Sending or Finished, every channel.")
 @click.option("--reason", required=True, help="Why the campaign is stopped (shown everywhere).")
 @click.option("--channel", "channels", multiple=True,
               help="Stop only these channels (default: every channel).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds to wait for every live worker to confirm.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None,
+              help="Seconds to wait for every live worker to confirm (default ESTOP_STOP_TIMEOUT_S, 30).")
 @click.option("--force", is_flag=True, help="Stop a campaign not (yet) seen Sending or Finished.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.pass_obj
 @handles_errors
-def stop(settings: Settings, campaign_id: str, reason: str, channels: tuple[str, ...],
-         timeout_s: float, force: bool, as_json: bool) -> None:
-    """Stop a campaign on every channel (or some) and wait until it is confirmed. The stop is
-    recorded as requested by your Kafka user (ESTOP_SASL_USERNAME), or your OS user on a
-    cluster without authentication, and audited."""
+def stop(settings: Settings, campaign_id: str | None, stop_everything: bool, reason: str,
+         channels: tuple[str, ...], timeout_s: float | None, force: bool, as_json: bool) -> None:
+    """Stop a campaign on every channel (or some), or every campaign with --all, and wait until
+    it is confirmed. The stop is recorded as requested by your Kafka user (ESTOP_SASL_USERNAME),
+    or your OS user on a cluster without authentication, and audited."""
     from streams.control.exceptions import StopNotConfirmedError
-    from streams.control.stop import audited_stop
+    from streams.control.stop import audited_stop, audited_stop_all
     from streams.security.audit import cli_actor
     from streams.serde import serdes_for
 
-    result = audited_stop(settings, serdes_for(settings.schema_registry_url), cli_actor(settings),
-                          campaign_id, reason, list(channels), timeout_s, force)
-    if result.audit_problem:
-        _say(f"estop: warning: {result.audit_problem}")
+    serdes = serdes_for(settings.schema_registry_url)
+    actor = cli_actor(settings)
+    timeout = settings.stop_timeout_s if timeout_s is None else timeout_s
+    if stop_everything:
+        if campaign_id or channels or force:
+            raise UsageError("--all stops every Sending or Finished campaign on every channel: "
+                             "give no CAMPAIGN, --channel or --force with it")
+        results = audited_stop_all(settings, serdes, actor, reason, timeout)
+        _warn_unaudited(results)
+        if as_json:
+            click.echo(json.dumps({"stopped": [r.as_dict() for r in results]}))
+        elif not results:
+            click.echo("no campaign is Sending or Finished; nothing written")
+        for result in [] if as_json else results:
+            _print_stop(result)
+        unconfirmed = [r.campaign_id for r in results if not r.confirmed]
+        if unconfirmed:
+            raise StopNotConfirmedError(f"stop of {', '.join(unconfirmed)} not confirmed within "
+                                        f"{timeout:g}s; it stays in force")
+        return
+    if not campaign_id:
+        raise UsageError("name the CAMPAIGN to stop (or --all for every Sending or Finished campaign)")
+    result = audited_stop(settings, serdes, actor, campaign_id, reason, list(channels), timeout, force)
+    _warn_unaudited([result])
     if as_json:
         click.echo(json.dumps(result.as_dict()))
-    elif result.already_stopped:
-        click.echo(f"{campaign_id} is already stopped on {', '.join(result.channels)} "
-                   f"(command {result.command_id}); nothing written")
     else:
-        state = "confirmed" if result.confirmed else "NOT confirmed"
-        click.echo(f"stop {result.command_id} for {campaign_id} ({', '.join(result.channels)}): "
-                   f"{state} after {result.confirm_s:.3f}s")
-        for ack in result.acks:
-            click.echo(f"  {ack.process_id:<40} applied after {ack.propagation_ms:>5} ms, "
-                       f"halted {ack.halted:,} at its provider")
-        for missing in sorted(set(result.live) - {a.process_id for a in result.acks}):
-            click.echo(f"  {missing:<40} has not acknowledged")
-        if not result.live:
-            click.echo("  no gate or dispatcher is running; every worker that starts will "
-                       "read the stop before its first request")
-        click.echo(f"  halted at providers so far: {result.halted:,}")
+        _print_stop(result)
     if not result.confirmed:
         raise StopNotConfirmedError(
-            f"stop of {campaign_id} not confirmed within {timeout_s:g}s; it stays in force"
+            f"stop of {campaign_id} not confirmed within {timeout:g}s; it stays in force"
         )
+
+
+def _warn_unaudited(results: list[Any]) -> None:
+    """The stop stands; say once that its audit event could not be written."""
+    problem = next((r.audit_problem for r in results if r.audit_problem), None)
+    if problem:
+        _say(f"estop: warning: {problem}")
+
+
+def _print_stop(result: Any) -> None:
+    if result.already_stopped:
+        click.echo(f"{result.campaign_id} is already stopped on {', '.join(result.channels)} "
+                   f"(command {result.command_id}); nothing written")
+        return
+    state = "confirmed" if result.confirmed else "NOT confirmed"
+    click.echo(f"stop {result.command_id} for {result.campaign_id} ({', '.join(result.channels)}): "
+               f"{state} after {result.confirm_s:.3f}s")
+    for ack in result.acks:
+        click.echo(f"  {ack.process_id:<40} applied after {ack.propagation_ms:>5} ms, "
+                   f"halted {ack.halted:,} at its provider")
+    for missing in sorted(set(result.live) - {a.process_id for a in result.acks}):
+        click.echo(f"  {missing:<40} has not acknowledged")
+    if not result.live:
+        click.echo("  no gate or dispatcher is running; every worker that starts will "
+                   "read the stop before its first request")
+    click.echo(f"  halted at providers so far: {result.halted:,}")
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option("--as", "new_id", required=True, help="Id of the new campaign.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Recipients queued per second (default: as fast as Kafka takes them).")
+@click.pass_obj
+@handles_errors
+def relaunch(settings: Settings, campaign_id: str, new_id: str, rate: float | None) -> None:
+    """Queue exactly the notSent recipients of a stopped campaign as a new campaign."""
+    from streams.campaigns.lifecycle import read_campaigns, read_control
+    from streams.campaigns.relaunch import plan_relaunch
+    from streams.campaigns.relaunch import relaunch as run_relaunch
+    from streams.kafka.clients import wait_for_broker
+    from streams.serde import serdes_for
+    from streams.sink.store import open_store
+
+    serdes = serdes_for(settings.schema_registry_url)
+    wait_for_broker(settings)
+    store = open_store(settings)
+    try:
+        known = (set(read_campaigns(settings, serdes)) | read_control(settings, serdes).campaigns()
+                 | set(store.campaigns()))
+        plan = plan_relaunch(store, campaign_id, new_id, known)
+    finally:
+        store.close()
+    result = run_relaunch(settings, serdes, plan, rate)
+    click.echo(f"{plan.campaign_id}: {result.state}; relaunched the notSent recipients of "
+               f"{campaign_id}: " + ", ".join(f"{c} {n:,}" for c, n in result.queued.items()))
 
 
 @main.command()

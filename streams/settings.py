@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # operator (also stops) or admin (also the kill switch); a request carries
     # ``Authorization: Bearer <token>``. Unset: the API asks nobody (the embedded default).
     http_tokens: SecretStr | None = None
+    # How long a stop may wait for every live gate and dispatcher to confirm it before `estop
+    # stop` exits 3 and the console warns (the stop stays in force either way).
+    stop_timeout_s: float = Field(default=30.0, ge=0)
 
     # Local broker recipe.
     kafka_version: str = "4.1.1"

@@ -22,10 +22,13 @@ run on worker threads, never on the event loop."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import functools
+import io
 import json
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,14 +38,13 @@ import faust
 from aiohttp import web
 from confluent_kafka import KafkaException
 from faust.types import EventT, StreamT, TopicT
-from faust.web import Request, Response, View
-from prometheus_client import generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from streams.campaigns.exceptions import RelaunchError
 from streams.campaigns.lifecycle import effective_state
+from streams.campaigns.relaunch import plan_relaunch, relaunch
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
 from streams.control.feed import now_ms
-from streams.control.stop import audited_stop, live_processes, validate
+from streams.control.stop import audited_stop, audited_stop_all, live_processes, validate
 from streams.control.view import ControlView
 from streams.controlplane import auth, state
 from streams.controlplane.offsets import (
@@ -52,6 +54,7 @@ from streams.controlplane.offsets import (
     partition_counts,
 )
 from streams.controlplane.topics import ensure_topics, faust_topic_spec
+from streams.controlplane.web import register_routes, route_access
 from streams.exceptions import EstopError
 from streams.kafka.clients import admin, process_id
 from streams.kafka.topics import TopicSpec
@@ -61,12 +64,12 @@ from streams.metrics import (
     STOP_UNCONFIRMED_SECONDS,
     STOPS_UNCONFIRMED,
 )
-from streams.models import CHANNELS, STATE_FINISHED, STATE_SENDING, STATE_STOPPED
+from streams.models import STATE_FINISHED, STATE_SENDING, STATE_STOPPED
 from streams.security import audit
 from streams.serde import SerdeError, Serdes, serdes_for
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
-from streams.sink.report import campaign_report
+from streams.sink.report import campaign_report, campaign_timeline, export_rows
 from streams.sink.store import OutcomeStore, open_store
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,6 @@ T = TypeVar("T")
 
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                        "key_serializer": "raw", "value_serializer": "raw"}
-STOP_FIELDS = ("reason", "channels", "force")
 LIVE_MAX_AGE_S = 1.0  # answers use a live set at most this old
 TICK_S = 1.0  # confirmation tracking and gauges
 
@@ -115,7 +117,8 @@ class ControlPlane:
             web_bind=settings.control_host,
             web_host=settings.control_host,
             # Tokens and roles for every route, before any handler runs (streams.controlplane.auth).
-            web_application_options={"middlewares": [auth.middleware(settings, self._on_refused)]},
+            web_application_options={"middlewares": [
+                auth.middleware(settings, route_access(), self._on_refused)]},
             # Only this module's views: no table dumps or router pages on the API port.
             web_router_enabled=False,
             web_tables_enabled=False,
@@ -149,6 +152,8 @@ class ControlPlane:
         self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-store")
         self._admin = admin(settings)
         self._store: OutcomeStore | None = None
+        self._timeout_ms = int(settings.stop_timeout_s * 1000)
+        self._relaunching: set[str] = set()  # new ids being launched right now
 
         self._register_agents()
         self._register_views()
@@ -302,32 +307,29 @@ class ControlPlane:
                         "the live set of %.1fs ago", exc, time.monotonic() - self._live_at)
             return self._live
 
-    def _reports(self, campaign_ids: list[str]) -> dict[str, dict[str, Any] | None]:
-        """Analytics reports (store thread only); None for a campaign the store has not seen."""
-        if self._store is None:
-            self._store = open_store(self.settings)
+    async def _in_store(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(store, *args)`` on the store's one thread (the connection is not shared)."""
+        def call() -> T:
+            if self._store is None:
+                self._store = open_store(self.settings)
+            return func(self._store, *args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._store_pool, call)
+
+    @staticmethod
+    def _reports(store: OutcomeStore, campaign_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Analytics reports; None for a campaign the store has not seen."""
         reports: dict[str, dict[str, Any] | None] = {}
         for campaign_id in campaign_ids:
             try:
-                reports[campaign_id] = campaign_report(self._store, campaign_id)
+                reports[campaign_id] = campaign_report(store, campaign_id)
             except UnknownCampaignError:
                 reports[campaign_id] = None
         return reports
 
-    def _audit_trail(self, campaign_id: str | None, limit: int) -> list[dict[str, Any]]:
-        if self._store is None:
-            self._store = open_store(self.settings)
-        return self._store.audit(campaign_id, max(1, min(limit, 10000)))
-
-    async def audit_trail(self, campaign_id: str | None, limit: int) -> list[dict[str, Any]]:
-        """Audit events from the analytics store (the sink stores them from the audit topic)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._store_pool, self._audit_trail, campaign_id, limit)
-
     async def reports(self, campaign_ids: list[str]) -> dict[str, dict[str, Any] | None]:
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._store_pool, self._reports, campaign_ids)
+            return await self._in_store(self._reports, campaign_ids)
         except EstopError as exc:  # the store is unreachable: state without counts
             log.warning("analytics store unavailable: %s", exc)
             return dict.fromkeys(campaign_ids)
@@ -345,7 +347,7 @@ class ControlPlane:
         live = await self.live_or_last()
         report = (await self.reports([campaign_id]))[campaign_id]
         return state.campaign_detail(campaign_id, status, view, self.acks_by_command(),
-                                     self.confirmed(), live, report)
+                                     self.confirmed(), live, report, now_ms(), self._timeout_ms)
 
     async def campaign_list(self) -> list[dict[str, Any]]:
         ids = self.campaign_ids()
@@ -353,8 +355,10 @@ class ControlPlane:
         reports = await self.reports(ids)
         statuses, (view, _), acks, confirmed = (self.statuses(), self.view(), self.acks_by_command(),
                                                 self.confirmed())
+        now = now_ms()
         return [state.campaign_summary(state.campaign_detail(
-            campaign_id, statuses.get(campaign_id), view, acks, confirmed, live, reports[campaign_id]))
+            campaign_id, statuses.get(campaign_id), view, acks, confirmed, live, reports[campaign_id],
+            now, self._timeout_ms))
             for campaign_id in ids]
 
     async def _audit(self, entry: dict[str, Any]) -> None:
@@ -364,36 +368,31 @@ class ControlPlane:
 
     async def _on_refused(self, action: str, who: auth.Identity | None, request: web.Request,
                           status: int, why: str) -> None:
-        """A request the middleware refused (401/403) on an audited route."""
+        """A request the auth middleware refused (401/403) on an audited route."""
         actor = audit.Actor(who.name if who else "unauthenticated", "http", auth.source_of(request),
                             who.role if who else None)
         campaign_id = request.match_info.get("campaign_id", "")
         await self._audit(audit.event(self.settings, actor, action, audit.REFUSED, campaign_id,
                                       detail=f"{status}: {why}"))
 
-    async def stop(self, campaign_id: str, body: bytes,
+    async def rejected(self, action: str, who: auth.Identity, campaign_id: str, problem: str) -> None:
+        """A stop or kill switch request refused for its shape (400): audited too."""
+        await self._audit(audit.event(self.settings, _actor(who), action, audit.REJECTED,
+                                      campaign_id, detail=f"400: {problem}"))
+
+    async def audit_trail(self, campaign_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Audit events from the analytics store (the sink stores them from the audit topic)."""
+        return await self._in_store(lambda store: store.audit(campaign_id, max(1, min(limit, 10000))))
+
+    async def stop(self, campaign_id: str, reason: str, channels: list[str], force: bool,
                    who: auth.Identity) -> tuple[int, dict[str, Any]]:
-        """``POST /campaigns/{id}/stop``: (HTTP status, JSON body). Checks the request, then
-        issues the stop exactly as `estop stop` does, as the authenticated ``who``, without
-        waiting for confirmation; audited whatever the outcome."""
-        actor = audit.Actor(who.name, "http", who.source, who.role if who.authenticated else None)
-        try:
-            payload = json.loads(body.decode("utf-8")) if body.strip() else None
-        except (UnicodeDecodeError, ValueError) as exc:
-            problem: str | None = f"the request body is not valid JSON: {exc}"
-        else:
-            problem = _check_stop_request(payload)
-        if problem:
-            await self._audit(audit.event(self.settings, actor, audit.STOP, audit.REJECTED,
-                                          campaign_id, detail=f"400: {problem}"))
-            return 400, {"error": problem}
-        assert isinstance(payload, dict)
-        reason = payload["reason"]
-        channels, force = list(payload.get("channels") or []), bool(payload.get("force", False))
+        """``POST /campaigns/{id}/stop`` once its shape is checked: (HTTP status, JSON body).
+        Issues the stop exactly as `estop stop` does, as ``who``, without waiting for
+        confirmation; audited whatever the outcome."""
         try:
             validate(reason, channels)  # the CLI's own checks: empty reason, unknown channel
-            result = await self._kafka(audited_stop, self.settings, self.serdes, actor, campaign_id,
-                                       reason, channels, 0.0, force)
+            result = await self._kafka(audited_stop, self.settings, self.serdes, _actor(who),
+                                       campaign_id, reason, channels, 0.0, force)
         except CampaignNotStoppableError as exc:
             if exc.state is None:
                 return 404, {"error": f"unknown campaign {campaign_id!r}: it has not been seen on "
@@ -415,6 +414,69 @@ class ControlPlane:
             "status_url": f"/campaigns/{campaign_id}",
         }
         return (200 if result.already_stopped else 202), body_out
+
+    async def stop_all(self, reason: str, who: auth.Identity) -> tuple[int, dict[str, Any]]:
+        """The kill switch (``POST /stop-all``): every campaign Sending or Finished, as
+        `estop stop --all` does, as ``who``, without waiting for confirmation; audited."""
+        try:
+            results = await self._kafka(audited_stop_all, self.settings, self.serdes, _actor(who),
+                                        reason, 0.0)
+        except InvalidStopError as exc:
+            return 400, {"error": str(exc)}
+        except EstopError as exc:
+            return 503, {"error": str(exc)}
+        return (202 if results else 200), {
+            "stopped": [{"campaign_id": r.campaign_id, "command_id": r.command_id}
+                        for r in results if not r.already_stopped],
+            "already_stopped": [r.campaign_id for r in results if r.already_stopped],
+        }
+
+    async def timeline(self, campaign_id: str) -> dict[str, Any] | None:
+        """Outcomes over time (the console's chart) with the campaign's stops marked."""
+        if campaign_id not in self.campaign_ids():
+            return None
+        try:
+            series = await self._in_store(campaign_timeline, campaign_id)
+        except UnknownCampaignError:
+            series = {"campaign_id": campaign_id, "start": None, "slice_ms": 0, "points": []}
+        view, _ = self.view()
+        series["stops"] = [{"command_id": s.command_id, "at": s.requested_at}
+                           for s in view.stops(campaign_id)]
+        return series
+
+    async def export_csv(self, campaign_id: str, outcome: str, channel: str | None) -> str:
+        """The CSV `estop export` writes, as text; raises UnknownCampaignError."""
+        def build(store: OutcomeStore) -> str:
+            text = io.StringIO()
+            csv.writer(text).writerows(export_rows(store, campaign_id, outcome, channel))
+            return text.getvalue()
+
+        return await self._in_store(build)
+
+    async def relaunch(self, source: str, new_id: str) -> tuple[int, dict[str, Any]]:
+        """Queue the unsent audience of ``source`` as campaign ``new_id`` (as `estop relaunch`):
+        checked first (nothing written on error), then launched in the background."""
+        known = set(self.campaign_ids()) | self._relaunching
+        try:
+            plan = await self._in_store(plan_relaunch, source, new_id, known)
+        except UnknownCampaignError as exc:
+            return 404, {"error": str(exc)}
+        except RelaunchError as exc:
+            return 409, {"error": str(exc)}
+        self._relaunching.add(plan.campaign_id)
+
+        def run() -> None:
+            try:
+                relaunch(self.settings, self.serdes, plan)
+            except Exception:
+                log.exception("relaunch of %s as %s failed", plan.source, plan.campaign_id)
+            finally:
+                self._relaunching.discard(plan.campaign_id)
+
+        threading.Thread(target=run, name=f"relaunch-{plan.campaign_id}", daemon=True).start()
+        return 202, {"campaign_id": plan.campaign_id, "source": plan.source,
+                     "recipients": plan.recipients,
+                     "channels": {c: len(r) for c, r in plan.audience.items()}}
 
     # -- start-up and the periodic confirmation check ------------------------------------------
 
@@ -503,85 +565,12 @@ class ControlPlane:
     # -- HTTP --------------------------------------------------------------------------------
 
     def _register_views(self) -> None:
-        plane = self
-
-        class Health(View):
-            async def get(self, request: Request) -> Response:
-                return self.json({"status": "ok" if plane.ready else "starting", "ready": plane.ready,
-                                  "process_id": plane.process_id, "app_id": plane.app_id},
-                                 status=200 if plane.ready else 503)
-
-        class Metrics(View):
-            async def get(self, request: Request) -> Response:
-                return self.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
-
-        class Campaigns(View):
-            async def get(self, request: Request) -> Response:
-                return self.json({"campaigns": await plane.campaign_list()})
-
-        class Campaign(View):
-            async def get(self, request: Request, campaign_id: str) -> Response:
-                detail = await plane.campaign(campaign_id)
-                if detail is None:
-                    return self.error(404, f"unknown campaign {campaign_id!r}: not seen on "
-                                           "campaign-status or campaign-control")
-                return self.json(detail)
-
-        class StopCampaign(View):
-            async def post(self, request: Request, campaign_id: str) -> Response:
-                status, body = await plane.stop(campaign_id, await self.read_request_content(request),
-                                                auth.identity(request))
-                return self.json(body, status=status)
-
-        class Audit(View):
-            async def get(self, request: Request) -> Response:
-                campaign_id = request.query.get("campaign")
-                try:
-                    limit = int(request.query.get("limit", "1000"))
-                except ValueError:
-                    return self.error(400, "limit must be a whole number")
-                return self.json({"audit": await plane.audit_trail(campaign_id, limit)})
-
-        class WhoAmI(View):
-            async def get(self, request: Request) -> Response:
-                who = auth.identity(request)
-                return self.json({"name": who.name, "role": who.role, "source": who.source,
-                                  "authenticated": who.authenticated})
-
-        self.app.page("/health")(Health)
-        self.app.page("/metrics")(Metrics)
-        self.app.page("/campaigns")(Campaigns)
-        self.app.page("/campaigns/{campaign_id}")(Campaign)
-        self.app.page("/campaigns/{campaign_id}/stop")(StopCampaign)
-        self.app.page("/audit")(Audit)
-        self.app.page("/whoami")(WhoAmI)
+        register_routes(self)
 
 
-def _check_stop_request(payload: Any) -> str | None:
-    """The shape of a stop request; the values are then checked by ``streams.control.stop``."""
-    if not isinstance(payload, dict):
-        return ('the request body must be a JSON object: {"reason": "...", '
-                '"channels": ["email", ...]}')
-    if "by" in payload:
-        return ('"by" is not accepted: a stop is recorded as requested by the authenticated '
-                "identity (the bearer token's user)")
-    unknown = sorted(set(payload) - set(STOP_FIELDS))
-    if unknown:
-        return f"unknown field(s) {', '.join(unknown)} (expected {', '.join(STOP_FIELDS)})"
-    reason = payload.get("reason")
-    if reason is None:
-        return 'missing "reason": a stop needs a reason'
-    if not isinstance(reason, str):
-        return '"reason" must be a string'
-    if not reason.strip():
-        return '"reason" is empty: a stop needs a reason'
-    channels = payload.get("channels")
-    if channels is not None and (not isinstance(channels, list)
-                                 or not all(isinstance(c, str) for c in channels)):
-        return f'"channels" must be a list of channel names ({", ".join(CHANNELS)}); empty means all'
-    if not isinstance(payload.get("force", False), bool):
-        return '"force" must be true or false'
-    return None
+def _actor(who: auth.Identity) -> audit.Actor:
+    """An HTTP caller as the audit records it (no role when the API asks nobody)."""
+    return audit.Actor(who.name, "http", who.source, who.role if who.authenticated else None)
 
 
 def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:

@@ -1,5 +1,5 @@
-"""Who may use the HTTP API: bearer tokens with roles, checked by one aiohttp middleware against
-one per-route role table, before any handler runs.
+"""Who may use the HTTP API: bearer tokens with roles, checked by one aiohttp middleware before
+any handler runs, against the access each route declares (``streams.controlplane.web.ROUTES``).
 
 Roles are ordered, each including the ones before it: ``viewer`` reads, ``operator`` also stops
 campaigns, ``admin`` also uses the kill switch. Tokens come from ``ESTOP_HTTP_TOKENS``
@@ -11,9 +11,9 @@ Unauthenticated: 401 (with ``WWW-Authenticate: Bearer``); authenticated without 
 role: 403. Either way the handler never runs, so nothing is written, and an attempt on an audited
 route (a stop, the kill switch) is recorded in the audit trail by ``on_refused``.
 
-A new route gets its role with one line in ``ROUTE_ROLES`` (and, if audited, ``AUDITED``); a
-route missing from the table needs ``viewer`` to read (GET, HEAD) and ``admin`` for anything
-else, so a forgotten entry fails closed."""
+A route's ``access`` maps to a role in ``ACCESS_ROLES`` (refused attempts on the accesses in
+``AUDITED`` are audited); a route missing from the table needs ``viewer`` to read (GET, HEAD) and
+``admin`` for anything else, so a forgotten entry fails closed."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from streams.security import audit
 from streams.security.exceptions import CredentialsError
 from streams.settings import Settings
 
@@ -36,20 +37,17 @@ VIEWER, OPERATOR, ADMIN = "viewer", "operator", "admin"
 ROLES = (VIEWER, OPERATOR, ADMIN)  # each includes the ones before it
 PUBLIC = None  # no authentication at all (health checks, Prometheus scrapes)
 
-# (method, route pattern as registered) -> the least role it needs.
-ROUTE_ROLES: dict[tuple[str, str], str | None] = {
-    ("GET", "/health"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,
-    ("GET", "/campaigns"): VIEWER,
-    ("GET", "/campaigns/{campaign_id}"): VIEWER,
-    ("POST", "/campaigns/{campaign_id}/stop"): OPERATOR,
-    ("GET", "/audit"): OPERATOR,
-    ("GET", "/whoami"): VIEWER,
+# A route's access -> the least role it needs.
+ACCESS_ROLES: dict[str, str | None] = {
+    "public": PUBLIC,
+    "read": VIEWER,
+    "audit": OPERATOR,
+    "stop": OPERATOR,
+    "relaunch": OPERATOR,
+    "stop-all": ADMIN,
 }
-# Routes whose refused attempts are audited: (method, pattern) -> audit action.
-AUDITED: dict[tuple[str, str], str] = {
-    ("POST", "/campaigns/{campaign_id}/stop"): "stop",
-}
+# Accesses whose refused attempts are audited -> the audit action.
+AUDITED: dict[str, str] = {"stop": audit.STOP, "stop-all": audit.KILL_SWITCH}
 
 IDENTITY_KEY = "estop.identity"
 
@@ -92,9 +90,19 @@ def parse_tokens(settings: Settings) -> dict[bytes, tuple[str, str]]:
     return tokens
 
 
-def route_role(method: str, pattern: str | None) -> str | None:
-    if pattern is not None and (method, pattern) in ROUTE_ROLES:
-        return ROUTE_ROLES[(method, pattern)]
+# (method, route path as registered) -> the route's access.
+Routes = dict[tuple[str, str], str]
+
+
+def route_access(routes: Routes, method: str, pattern: str | None) -> str | None:
+    """The access a request needs; None for a route nobody listed."""
+    return routes.get((method, pattern)) if pattern is not None else None
+
+
+def route_role(routes: Routes, method: str, pattern: str | None) -> str | None:
+    access = route_access(routes, method, pattern)
+    if access is not None:
+        return ACCESS_ROLES[access]
     return VIEWER if method in ("GET", "HEAD") else ADMIN
 
 
@@ -111,8 +119,11 @@ def source_of(request: Any) -> str:
     return str(request.remote or "unknown")
 
 
-def middleware(settings: Settings, on_refused: OnRefused) -> Callable[..., Any]:
+def middleware(settings: Settings, routes: Routes, on_refused: OnRefused) -> Callable[..., Any]:
     tokens = parse_tokens(settings)
+    unknown = sorted(set(routes.values()) - set(ACCESS_ROLES))
+    if unknown:
+        raise ValueError(f"routes declare accesses without a role: {', '.join(unknown)}")
     if not tokens:
         log.warning("the HTTP API asks nobody: set ESTOP_HTTP_TOKENS to require tokens and roles")
 
@@ -123,8 +134,8 @@ def middleware(settings: Settings, on_refused: OnRefused) -> Callable[..., Any]:
         resource = request.match_info.route.resource
         pattern = resource.canonical if resource is not None else None
         method = "GET" if request.method == "HEAD" else request.method
-        needed = route_role(method, pattern)
-        action = AUDITED.get((method, pattern or ""))
+        needed = route_role(routes, method, pattern)
+        action = AUDITED.get(route_access(routes, method, pattern) or "")
         if not tokens:
             request[IDENTITY_KEY] = Identity("anonymous", ADMIN, source_of(request), authenticated=False)
             return await handler(request)

@@ -23,7 +23,7 @@ REASON = "wrong discount code"
 
 def start_control(secured: Principals, processes: Processes) -> Api:
     tokens = credentials.read_env(secured.env_files["control"].parent / "http-tokens.env")
-    control = ControlProcess(secured.admin, extra_env={**secured.env("control"), **tokens})
+    control = ControlProcess(secured.admin, env={**secured.env("control"), **tokens})
     processes.add(control)
     return control.start(WAIT_S)
 

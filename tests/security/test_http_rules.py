@@ -7,6 +7,7 @@ import pytest
 from pydantic import SecretStr
 
 from streams.controlplane.auth import ADMIN, OPERATOR, VIEWER, Identity, parse_tokens, route_role
+from streams.controlplane.web import route_access
 from streams.security.exceptions import CredentialsError
 from streams.settings import load_settings
 
@@ -21,11 +22,13 @@ STOP = "/campaigns/{campaign_id}/stop"
 def test_each_role_includes_the_ones_before_it(role: str, may_read: bool, may_stop: bool,
                                                 may_use_unlisted_write: bool) -> None:
     who = Identity("someone", role, "127.0.0.1")
-    assert who.may(route_role("GET", "/campaigns")) is may_read
-    assert who.may(route_role("POST", STOP)) is may_stop
-    # A route added without a line in the table (the kill switch, say) needs admin to write.
-    assert who.may(route_role("POST", "/kill-switch")) is may_use_unlisted_write
-    assert who.may(route_role("GET", "/metrics")) and who.may(route_role("GET", "/health"))
+    routes = route_access()
+    assert who.may(route_role(routes, "GET", "/campaigns")) is may_read
+    assert who.may(route_role(routes, "POST", STOP)) is may_stop
+    assert who.may(route_role(routes, "POST", "/stop-all")) is (role == ADMIN)  # the kill switch
+    # A route added without a line in the table needs admin to write.
+    assert who.may(route_role(routes, "POST", "/unlisted")) is may_use_unlisted_write
+    assert who.may(route_role(routes, "GET", "/metrics")) and who.may(route_role(routes, "GET", "/health"))
 
 
 def test_tokens_are_kept_as_digests_with_their_user_and_role() -> None:

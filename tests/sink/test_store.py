@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from streams.sink.exceptions import UnknownCampaignError
-from streams.sink.report import EXPORT_COLUMNS, campaign_report, export_recipients
+from streams.sink.report import EXPORT_COLUMNS, campaign_report, campaign_timeline, export_recipients
 from streams.sink.store import NOT_SENT, SENT, Batch, OutcomeRow, OutcomeStore
 from tests.sink.conftest import StoreLocation
 
@@ -376,3 +376,19 @@ def test_report_of_an_unknown_campaign(store: OutcomeStore) -> None:
 
     with pytest.raises(UnknownCampaignError, match="unknown campaign 'c9'"):
         campaign_report(store, "c9")
+
+
+def test_timeline_slices_outcomes_cumulatively_over_time(store: OutcomeStore) -> None:
+    # sent at T0+10..T0+50 (handed_at + 10), notSent at T0+1000..T0+1003: 4 slices of 249 ms
+    store.write(batch([sent(f"s{i}", handed_at=T0 + i * 10) for i in range(5)]
+                      + [not_sent(f"n{i}", occurred_at=T0 + 1000 + i) for i in range(4)]
+                      + [sent("other", campaign="c2")]))
+
+    series = campaign_timeline(store, "c1", buckets=4)
+
+    assert (series["start"], series["slice_ms"]) == (T0 + 10, 249)
+    assert series["points"] == [
+        {"at": T0 + 10 + 249, "sent": 5, "not_sent": 0, "failed": 0},
+        {"at": T0 + 10 + 4 * 249, "sent": 5, "not_sent": 4, "failed": 0},
+    ]
+    assert campaign_timeline(store, "none")["points"] == []
