@@ -92,3 +92,17 @@ def test_http_roles_refuse_without_writing_and_audit_every_attempt(
         ("accepted", "operator", "operator", "http", "127.0.0.1", control_user, ""),
     ]
     assert trail()[-1]["command_id"] == accepted["command_id"]
+
+    # The kill switch needs admin: the operator is refused (and audited), the admin is not.
+    kill = json.dumps({"reason": REASON, "confirm": "STOP ALL"}).encode()
+    assert http("POST", f"{api.base}/stop-all", kill, token=tokens["operator"]).status == 403
+    assert http("POST", f"{api.base}/stop-all", kill, token=tokens["admin"]).status == 200
+
+    def kill_switch() -> list[tuple[str, str, str]]:
+        reply = http("GET", f"{api.base}/audit", token=tokens["operator"])
+        return [(e["outcome"], e["actor"], e["detail"].split(":")[0]) for e in reply.json()["audit"]
+                if e["action"] == "kill_switch"]
+
+    wait_for(lambda: len(kill_switch()) == 2, "two kill switch audit events", timeout_s=WAIT_S)
+    assert kill_switch() == [("refused", "operator", "403"),
+                             ("accepted", "admin", "nothing was Sending or Finished")]
