@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     partitions: int = Field(default=6, ge=1)
     control_partitions: int = Field(default=1, ge=1)
-    replication_factor: int = Field(default=1, ge=1)
+    # Unset: from the size of the cluster (3 and min.insync.replicas 2 on 3 brokers or more, else
+    # as many replicas as brokers); see streams/kafka/topics.py `replication`.
+    replication_factor: int | None = Field(default=None, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
 
     # Local files: broker data and logs, provider ledgers, analytics store.
     data_dir: Path = PROJECT_ROOT / ".data"
@@ -57,6 +60,9 @@ class Settings(BaseSettings):
     kafka_version: str = "4.1.1"
     broker_port: int = 9092
     controller_port: int = 9093
+    # Nodes of the local broker (`estop broker start --brokers N`); node n uses the ports above
+    # plus 2(n-1).
+    brokers: int = Field(default=1, ge=1, le=9)
     broker_heap: str = "1g"
     broker_start_timeout_s: float = Field(default=90.0, gt=0)
     # The local broker with SASL/SCRAM-SHA-512 and ACLs (`estop broker start --secure`). Its admin

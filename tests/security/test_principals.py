@@ -113,7 +113,7 @@ def test_the_campaign_engine_cannot_stop(secure_broker: SecureBroker, secured: P
     assert records(secured.admin, topics.status) == []
     denial = (f"Principal = User:{engine.sasl_username} is Denied operation = WRITE from host = "
               f"127.0.0.1 on resource = Topic:LITERAL:{topics.control}")
-    log = secure_broker.local.logs / "kafka-authorizer.log"
+    log = secure_broker.local.nodes[0].logs / "kafka-authorizer.log"
     wait_for(lambda: denial in log.read_text(), f"{denial!r} in {log}", timeout_s=60)
 
 
