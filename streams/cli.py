@@ -142,6 +142,76 @@ def security_init(settings: Settings) -> None:
                f"`set -a; . {next(iter(result.users.values()))}; set +a`")
 
 
+# -- mta ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def mta() -> None:
+    """The private MTA for email: Postfix run from the data folder, and a receiver for it."""
+
+
+@mta.command("start")
+@click.option("--without-receiver", is_flag=True,
+              help="Leave the receiver down: accepted mail waits in Postfix's deferred queue.")
+@click.pass_obj
+@handles_errors
+def mta_start(settings: Settings, without_receiver: bool) -> None:
+    """Start Postfix (and its receiver); says how to send email through it."""
+    from streams.mta.local import LocalMta
+
+    local = LocalMta(settings)
+    local.start(receiver=not without_receiver)
+    status = local.status()
+    click.echo(f"Postfix running at {status.smtp} (folder {status.home}); receiver "
+               f"{'at ' + status.receiver if status.receiver_running else 'down'}")
+    click.echo(f"send email through it: ESTOP_EMAIL_PROVIDER={local.provider_url}")
+
+
+@mta.command("stop")
+@click.pass_obj
+@handles_errors
+def mta_stop(settings: Settings) -> None:
+    """Stop Postfix and its receiver; exits 0 when neither runs."""
+    from streams.mta.local import LocalMta
+
+    LocalMta(settings).stop()
+    click.echo("Postfix and its receiver stopped")
+
+
+@mta.command("status")
+@click.pass_obj
+@handles_errors
+def mta_status(settings: Settings) -> None:
+    """Say whether Postfix and the receiver run, what waits in the queue, what arrived."""
+    from streams.mta.local import LocalMta
+
+    status = LocalMta(settings).status()
+    queued = ", ".join(f"{n} {q}" for q, n in sorted(status.queue.by_queue.items())) or "empty"
+    click.echo(f"Postfix {'running at ' + status.smtp if status.running else 'not running'}; "
+               f"queue: {queued}")
+    click.echo(f"receiver {'running at ' + status.receiver if status.receiver_running else 'down'}; "
+               f"{status.received:,} messages received")
+    if not status.running:
+        sys.exit(1)
+
+
+@mta.command("receiver")
+@click.argument("action", type=click.Choice(["start", "stop"]))
+@click.pass_obj
+@handles_errors
+def mta_receiver(settings: Settings, action: str) -> None:
+    """Start the receiver (and retry deferred mail now) or hold it down (mail waits in Postfix)."""
+    from streams.mta.local import LocalMta
+
+    local = LocalMta(settings)
+    if action == "start":
+        local.receiver_up()
+        click.echo(f"receiver running at {local.status().receiver}; deferred mail retried")
+    else:
+        local.receiver_down()
+        click.echo("receiver down: accepted mail waits in Postfix's deferred queue")
+
+
 # -- topics -----------------------------------------------------------------------------------
 
 
@@ -410,23 +480,39 @@ def _when(ms: int) -> str:
               help="Channels of the campaign (default: email).")
 @click.option("--provider-rate", type=click.FloatRange(min=1), default=5000.0, show_default=True,
               help="Messages per second each simulated provider accepts.")
+@click.option("--provider", type=click.Choice(["simulated", "smtp"]), default="simulated",
+              show_default=True,
+              help="smtp: email goes through the private Postfix (started if needed, see "
+                   "`estop mta`), whose receiver goes down before the stop so mail waits there.")
+@click.option("--outage-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="With --provider smtp: how long the receiver is down before the stop.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handles_errors
 def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[str, ...],
-         provider_rate: float, as_json: bool) -> None:
+         provider_rate: float, provider: str, outage_s: float, as_json: bool) -> None:
     """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000
     sent."""
     from streams.demo import demo_progress, run_demo
+    from streams.mta.local import LocalMta
 
     channel_list = list(dict.fromkeys(channels)) or ["email"]
     if stop_after >= recipients * len(channel_list):
         raise UsageError("--stop-after must be smaller than the number of planned messages")
+    if provider == "smtp" and channel_list != ["email"]:
+        raise UsageError("--provider smtp carries email only: leave out --channels or use "
+                         "--channels email")
     settings = settings.model_copy(update={"provider_rate": provider_rate,
                                            "provider_delay_s": 1.0})
+    mta = None
+    if provider == "smtp":
+        mta = LocalMta(settings)
+        mta.start()
+        settings = settings.model_copy(update={"email_provider": mta.provider_url})
     with demo_progress(transient=as_json) as progress:
         result = run_demo(settings, recipients, stop_after, channel_list,
-                          say=progress.console.print if not as_json else _say, progress=progress)
+                          say=progress.console.print if not as_json else _say, progress=progress,
+                          mta=mta, outage_s=outage_s)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
         return
@@ -448,7 +534,12 @@ def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[s
     if result.analytics:
         click.echo(f"  analytics store accounts for {result.analytics['accounted']:>10,}   "
                    f"(estop report {result.campaign_id})")
-    if result.total != result.planned or result.handoffs_after_confirmation:
+    if result.received is not None and result.analytics:
+        click.echo(f"  waiting in Postfix at stop   {result.queued_at_stop or 0:>10,}")
+        click.echo(f"  cancelled at the provider    {result.analytics['cancelled_at_provider']:>10,}")
+        click.echo(f"  arrived at the receiver      {result.received:>10,}   (must equal sent)")
+    if (result.total != result.planned or result.handoffs_after_confirmation
+            or (result.received is not None and result.received != result.sent)):
         raise EstopError("the demo's accounting does not add up (see above)")
 
 
@@ -514,6 +605,9 @@ def _report_table(data: dict[str, Any]) -> Any:
         channels = ", ".join(stop["channels"]) or "all channels"
         lines.append(f"stopped {channels} at {_when(stop['requested_at'])} by {stop['requested_by']}: "
                      f"{stop['reason']} ({stop['acks']} acknowledgements)")
+    if data["cancelled_at_provider"]:
+        lines.append(f"{data['cancelled_at_provider']:,} cancelled at the provider (accepted by it, "
+                     "removed from its queue by the stop)")
     if data["stop_to_last_halted_accounted_s"] is not None:
         lines.append(f"last halted message accounted {data['stop_to_last_halted_accounted_s']:.1f}s "
                      "after the stop")

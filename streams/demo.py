@@ -28,12 +28,13 @@ from rich.text import Text
 from streams.campaigns.launcher import LaunchResult, launch
 from streams.campaigns.status import OutcomeCounter
 from streams.control.stop import StopResult, issue_stop
-from streams.dispatch.provider import LedgerStats
+from streams.dispatch.outbox import OutboxStats
 from streams.exceptions import EstopError
 from streams.kafka.clients import consumer, take
 from streams.kafka.source import BrokerHandle, acquire_broker
 from streams.kafka.topics import create_topics
-from streams.models import STAGES
+from streams.models import CHANNELS, STAGES
+from streams.mta.local import LocalMta
 from streams.serde import serdes_for
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
@@ -55,6 +56,10 @@ class DemoResult:
     broker: str = ""
     state_at_stop: str | None = None
     analytics: dict[str, Any] | None = None  # `estop report` of the campaign at the end
+    # Through the private MTA (--provider smtp): messages of the campaign its receiver got, and
+    # how many waited in Postfix's queue when the stop came.
+    received: int | None = None
+    queued_at_stop: int | None = None
 
     @property
     def total(self) -> int:
@@ -77,6 +82,8 @@ class DemoResult:
             "outcomes_complete_s": self.outcomes_complete_s,
             "broker": self.broker,
             "report": self.analytics,
+            "received": self.received,
+            "queued_at_stop": self.queued_at_stop,
         }
 
 
@@ -111,6 +118,10 @@ class WorkerProcess:
             "ESTOP_PROVIDER_RATE": str(settings.provider_rate),
             "ESTOP_PROVIDER_DELAY_S": str(settings.provider_delay_s),
             "ESTOP_METRICS_PORT": str(settings.metrics_port),
+            **{f"ESTOP_{c.upper()}_PROVIDER": settings.provider_url(c) for c in CHANNELS},
+            "ESTOP_MTA_DIR": str(settings.mta_home),
+            "ESTOP_MTA_PORT": str(settings.mta_port),
+            "ESTOP_MTA_RECEIVER_PORT": str(settings.mta_receiver_port),
         })
         full_env.update(env or {})
         self.process = subprocess.Popen(
@@ -207,7 +218,10 @@ def demo_progress(transient: bool) -> Progress:
 
 
 def run_demo(settings: Settings, recipients: int, stop_after: int, channels: list[str],
-             say: Any, progress: Any) -> DemoResult:
+             say: Any, progress: Any, mta: LocalMta | None = None, outage_s: float = 0.0) -> DemoResult:
+    """With ``mta`` (email through the private Postfix), the receiver goes down once
+    ``stop_after`` messages were sent, so mail waits in Postfix's deferred queue for ``outage_s``
+    seconds before the stop; it comes back once the stop is confirmed."""
     handle: BrokerHandle = acquire_broker(settings, say)
     settings = settings.model_copy(update={"bootstrap_servers": handle.bootstrap_servers})
     say(f"broker: {handle.origin} at {handle.bootstrap_servers}")
@@ -235,17 +249,29 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
             progress.update(sent_task, completed=watch.sent())
             if not launcher.is_alive() and not launched:
                 raise EstopError("the launcher failed")
+        if mta is not None:
+            mta.receiver_down()
+            say(f"the receiver (the internet) is down for {outage_s:.0f}s: mail waits in Postfix")
+            outage_ends = time.monotonic() + outage_s
+            while time.monotonic() < outage_ends:
+                worker.check()
+                watch.poll()
+            result.queued_at_stop = mta.postfix.counts().total
         result.state_at_stop = "Finished" if not launcher.is_alive() else "Sending"
         progress.update(sent_task, state="campaign stopped")
         if launcher.is_alive():
             progress.update(queue_task, state="campaign stopped")
-        say(f"stopping after {watch.sent():,} sent (campaign {result.state_at_stop})")
+        say(f"stopping after {watch.sent():,} sent (campaign {result.state_at_stop})"
+            + (f"; {result.queued_at_stop:,} messages wait in Postfix's queue" if mta else ""))
         stop = issue_stop(settings, serdes, campaign_id, "incorrect discount code in the email",
                           [], by="demo operator", timeout_s=60)
         result.stop = stop
         stopped_at = time.monotonic()
         say(f"stop {stop.command_id} {'confirmed' if stop.confirmed else 'NOT confirmed'} "
             f"in {stop.confirm_s:.3f}s by {len(stop.acks)} process(es)")
+        if mta is not None:
+            mta.receiver_up()
+            say("the receiver is back: Postfix delivers whatever it still holds")
         launcher.join()
         result.launch = launched.get("r")
         all_task = progress.add_task("accounted", total=result.planned)
@@ -264,9 +290,13 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
                            for stage in STAGES}
         if stop.confirmed_at_ms is not None:
             result.handoffs_after_confirmation = sum(
-                LedgerStats(settings.data_dir, c).handed_after(campaign_id, stop.confirmed_at_ms)
+                OutboxStats(settings.data_dir, c).handed_after(campaign_id, stop.confirmed_at_ms)
                 for c in channels)
         result.analytics = _await_analytics(settings, campaign_id, result.planned, deadline)
+        if mta is not None:
+            while mta.postfix.counts().total and time.monotonic() < deadline:
+                time.sleep(0.2)
+            result.received = mta.receiver.arrivals().count(campaign_id)
     finally:
         if watch is not None:
             watch.close()

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     replication_factor: int | None = Field(default=None, ge=1)
     min_insync_replicas: int | None = Field(default=None, ge=1)
 
-    # Local files: broker data and logs, provider ledgers, analytics store.
+    # Local files: broker data and logs, outboxes, simulated providers, the MTA, analytics store.
     data_dir: Path = PROJECT_ROOT / ".data"
     cache_dir: Path = PROJECT_ROOT / ".cache"
 
@@ -82,6 +82,26 @@ class Settings(BaseSettings):
     # a fresh process would otherwise flood the ack topic with the whole control history.
     ack_recent_s: float = Field(default=600.0, ge=0)
 
+    # Which provider each channel's dispatcher hands its messages to, as a URL: "simulated" (the
+    # default: a provider of our own in the data folder), "smtp://host:port" (an MTA, e.g. the
+    # private Postfix of `estop mta start`). See docs/providers.md.
+    email_provider: str = "simulated"
+    sms_provider: str = "simulated"
+    push_provider: str = "simulated"
+    webpush_provider: str = "simulated"
+    # Email addressing: a recipient id without "@" is mailed at recipient_id@email_domain.
+    email_domain: str = "example.test"
+    email_from: str = "campaigns@estop.test"
+    # How long a provider may take to answer one call (connect, submit, cancel).
+    provider_timeout_s: float = Field(default=30.0, gt=0)
+
+    # The private MTA of `estop mta` (Postfix from Debian, run from the data folder): its SMTP
+    # port, and the port of the receiving server that stands for the internet.
+    mta_port: int = Field(default=2525, ge=1, le=65535)
+    mta_receiver_port: int = Field(default=2526, ge=1, le=65535)
+    # Its folder (config, queue, log, the receiver's mailbox); default <data_dir>/mta.
+    mta_dir: Path | None = None
+
     # Simulated providers (one per channel): messages per second and time spent "processing".
     provider_rate: float = Field(default=20000.0, gt=0)
     provider_delay_s: float = Field(default=2.0, ge=0)
@@ -97,6 +117,14 @@ class Settings(BaseSettings):
     # Fault injection for the reliability tests: the process SIGKILLs itself the first time it
     # reaches this point (see streams/faults.py). Never set in production.
     crash_at: str | None = None
+
+    @property
+    def mta_home(self) -> Path:
+        return self.mta_dir or self.data_dir / "mta"
+
+    def provider_url(self, channel: str) -> str:
+        """The provider setting of a channel (ESTOP_<CHANNEL>_PROVIDER)."""
+        return str(getattr(self, f"{channel}_provider"))
 
     @cached_property
     def topics(self) -> Topics:

@@ -9,12 +9,10 @@ is also the one controller quorum of three voters: it survives the loss of any o
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 
 from streams.kafka.clients import wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError, LocalBrokerError
+from streams.processes import alive, port_open
 from streams.security import credentials
 from streams.settings import PROJECT_ROOT, Settings
 
@@ -139,7 +138,7 @@ class LocalBroker:
             return self.status()
         for node in down:
             for port in (node.broker_port, node.controller_port):
-                if _port_open(port):
+                if port_open(port):
                     raise LocalBrokerError(
                         f"port {port} is already taken by another process; stop it, or use it as "
                         f"your broker with ESTOP_BOOTSTRAP_SERVERS=localhost:{port}"
@@ -245,12 +244,12 @@ class LocalBroker:
         for _, pid in running:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while any(_alive(pid) for _, pid in running) and time.monotonic() < deadline:
+        while any(alive(pid) for _, pid in running) and time.monotonic() < deadline:
             time.sleep(0.2)
         for node, pid in running:
             # A node of a cluster is named by its folder: the pid file is what was stopped.
             name = f"broker at {node.address}" if len(self.nodes) == 1 else f"broker {node.home}"
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
                 self.say(f"{name} did not stop within {timeout_s:.0f}s; killed it")
             node.pid_file.unlink(missing_ok=True)
@@ -363,7 +362,7 @@ class LocalBroker:
             pid = int(node.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        if not _alive(pid) or not _is_broker(pid):
+        if not alive(pid) or not _is_broker(pid):
             node.pid_file.unlink(missing_ok=True)
             return None
         return pid
@@ -386,32 +385,12 @@ def _require(tool: str, hint: str) -> str:
     return path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(FileNotFoundError):
-        # A zombie left by a parent that never reaped it is not a running broker.
-        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return False
-    return True
-
-
 def _is_broker(pid: int) -> bool:
     """The pid file may outlive the broker and its pid be reused by something else."""
     try:
         return b"kafka.Kafka" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc: trust the pid file
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _tail(path: Path, lines: int = 5) -> str:

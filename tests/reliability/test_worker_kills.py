@@ -55,7 +55,7 @@ def stored(settings: Settings, campaign_id: str) -> int:
 # window of that role (streams/faults.py).
 CRASH_POINTS = {
     "gate": "gate-produced",  # a transaction with outputs, not committed
-    "dispatcher": "receipts-committed",  # receipts on Kafka, not marked reported in the ledger
+    "dispatcher": "receipts-committed",  # receipts on Kafka, not marked reported in the outbox
     "sink": "sink-stored",  # outcomes stored, offsets not committed
 }
 
@@ -110,7 +110,7 @@ def test_sigkill_in_the_middle_of_a_stopped_campaigns_drain(settings: Settings, 
         assert found["not_sent_by_stage"][STAGE_PROVIDER] > 0
         assert not events.failed
         if role == "dispatcher":
-            # The crash hit the window between Kafka's commit and the ledger's mark, and the
+            # The crash hit the window between Kafka's commit and the outbox's mark, and the
             # restarted dispatcher settled that batch from its marker instead of publishing again.
             assert "was committed before a crash; not publishing it again" in fleet.procs[role].output()
     finally:

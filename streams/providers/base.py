@@ -1,0 +1,93 @@
+"""The provider adapter contract: what a dispatcher needs from an email server, SMS gateway or
+push service, and nothing more. The dispatcher owns estop's durable state (its outbox in
+``streams.dispatch.outbox``: idempotency by message id, numbered receipt batches, crash
+settlement); an adapter only speaks the provider's protocol and never persists estop's state.
+
+The dispatcher calls one adapter from more than one thread (handoffs on its own thread, a stop's
+cancel on the control feed's), one call at a time: an adapter needs no locking of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class CancelCapability(StrEnum):
+    """What a stop can do at this provider about messages it already accepted."""
+
+    NONE = "none"  # FCM, APNs, SES: estop keeps messages in its own hands until just before delivery
+    BY_MESSAGE_ID = "by_message_id"  # Postfix postsuper -d, SMPP cancel_sm, Web Push DELETE
+    BY_CAMPAIGN = "by_campaign"  # e.g. KumoMTA bounce by campaign
+
+
+class SubmitStatus(StrEnum):
+    ACCEPTED = "accepted"  # the provider holds it now (provider_id set)
+    REFUSED = "refused"  # the provider does not hold it: safe to submit again
+    UNKNOWN = "unknown"  # the answer was lost: the provider may or may not hold it
+
+
+class CancelStatus(StrEnum):
+    CANCELLED = "cancelled"  # the provider dropped it: it will never be delivered
+    TOO_LATE = "too_late"  # already on its way or delivered: a Delivery will tell its fate
+    UNKNOWN = "unknown"  # the provider could not say (or cannot cancel at all)
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """What the adapter needs to build the provider's request."""
+
+    message_id: str
+    campaign_id: str
+    channel: str
+    recipient_id: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    message_id: str
+    status: SubmitStatus
+    # The provider's own id when accepted: Postfix queue id, SMSC message_id, push Location...
+    provider_id: str | None = None
+    error: str | None = None  # the provider's answer when refused / unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Something the provider told us about a message it accepted."""
+
+    message_id: str
+    provider_id: str
+    delivered: bool  # True: reached the recipient side; False: bounced / expired / dropped
+    at_ms: int
+    detail: str = ""
+
+
+class ProviderAdapter(Protocol):
+    channel: str
+    cancel_capability: CancelCapability
+    receipt_source: str  # one line for docs and status: where deliveries are learned
+
+    def submit(self, handoffs: Sequence[Handoff]) -> list[Submitted]:
+        """Hand messages over; one answer per handoff, in the same order."""
+
+    def find(self, handoffs: Sequence[Handoff]) -> dict[str, str]:
+        """Which of these messages the provider already accepted: message_id -> provider_id.
+        Asked only for messages in doubt (an UNKNOWN answer, or a crash between submission and
+        the outbox's record of it) before they are submitted again. An adapter whose provider
+        cannot be asked returns ``{}``: the message is submitted again (at least once)."""
+
+    def cancel(self, campaign_id: str, provider_ids: Mapping[str, str]) -> dict[str, CancelStatus]:
+        """Cancel what the provider still holds of a stopped campaign. ``provider_ids``: message_id
+        -> provider_id of the messages the outbox says are accepted and not known delivered;
+        returns message_id -> status for each."""
+
+    def deliveries(self) -> list[Delivery]:
+        """Deliveries learned since the last call; must not block long. After the adapter is
+        opened, the first calls report every delivery the provider still remembers (so one
+        learned but not recorded before a crash is learned again); the outbox applies each
+        once."""
+
+    def close(self) -> None: ...
