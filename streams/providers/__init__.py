@@ -21,6 +21,10 @@ Factory = Callable[[Settings, str, SplitResult], ProviderAdapter]
 # a channel is configured for it) and the channels it serves.
 REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
     "simulated": ("streams.providers.registry:open_simulated", ("email", "sms", "push", "webpush")),
+    "smpp": ("streams.providers.registry:open_smpp", ("sms",)),
+    "webpush": ("streams.providers.registry:open_webpush", ("webpush",)),
+    "fcm": ("streams.providers.registry:open_fcm", ("push",)),
+    "fcm+http": ("streams.providers.registry:open_fcm", ("push",)),
 }
 
 

@@ -25,3 +25,21 @@ def open_simulated(settings: Settings, channel: str, _url: SplitResult) -> Provi
     from streams.providers.simulated import SimulatedAdapter
 
     return SimulatedAdapter.from_settings(settings, channel)
+
+
+def open_smpp(settings: Settings, _channel: str, url: SplitResult) -> ProviderAdapter:
+    from streams.providers.smpp import SmppAdapter
+
+    return SmppAdapter.from_url(settings, url)
+
+
+def open_webpush(settings: Settings, _channel: str, url: SplitResult) -> ProviderAdapter:
+    from streams.providers.webpush import WebPushAdapter
+
+    return WebPushAdapter.from_url(settings, url)
+
+
+def open_fcm(settings: Settings, _channel: str, url: SplitResult) -> ProviderAdapter:
+    from streams.providers.fcm import FcmAdapter
+
+    return FcmAdapter.from_url(settings, url)

@@ -25,7 +25,7 @@ from streams.providers.testservers import Arrival, Arrivals, LoopThread, T, now_
 log = logging.getLogger(__name__)
 
 HELD, DELIVERED, CANCELLED, EXPIRED = "held", "delivered", "cancelled", "expired"
-TICK_S = 0.02
+TICK_S = 0.1
 RECEIPT_WINDOW = 1000  # receipts unacknowledged per bind
 CAN_SUBMIT = {"transmitter", "transceiver"}
 CAN_RECEIVE = {"receiver", "transceiver"}
