@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from streams.campaigns.launcher import LaunchResult, launch
 from streams.campaigns.status import OutcomeCounter
 from streams.control.stop import StopResult, issue_stop
-from streams.dispatch.provider import LedgerStats
+from streams.dispatch.outbox import OutboxStats
 from streams.exceptions import EstopError
 from streams.kafka.clients import consumer, take
 from streams.kafka.source import BrokerHandle, acquire_broker
@@ -224,7 +224,7 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
                            for stage in STAGES}
         if stop.confirmed_at_ms is not None:
             result.handoffs_after_confirmation = sum(
-                LedgerStats(settings.data_dir, c).handed_after(campaign_id, stop.confirmed_at_ms)
+                OutboxStats(settings.data_dir, c).handed_after(campaign_id, stop.confirmed_at_ms)
                 for c in channels)
         result.analytics = _await_analytics(settings, campaign_id, result.planned, deadline)
     finally:

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     # port, and the port of the receiving server that stands for the internet.
     mta_port: int = Field(default=2525, ge=1, le=65535)
     mta_receiver_port: int = Field(default=2526, ge=1, le=65535)
+    # Its folder (config, queue, log, the receiver's mailbox); default <data_dir>/mta.
+    mta_dir: Path | None = None
 
     # Web push (webpush://): the subscription directory (a JSON file: recipient_id -> {endpoint,
     # keys: {p256dh, auth}}, as browsers hand them out), the VAPID private key the subscriptions
@@ -106,6 +108,10 @@ class Settings(BaseSettings):
     # Fault injection for the reliability tests: the process SIGKILLs itself the first time it
     # reaches this point (see streams/faults.py). Never set in production.
     crash_at: str | None = None
+
+    @property
+    def mta_home(self) -> Path:
+        return self.mta_dir or self.data_dir / "mta"
 
     def provider_url(self, channel: str) -> str:
         """The provider setting of a channel (ESTOP_<CHANNEL>_PROVIDER)."""

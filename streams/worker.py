@@ -14,10 +14,10 @@ from types import FrameType
 from streams.control.feed import ControlFeed
 from streams.control.view import ControlView
 from streams.dispatch.dispatcher import Dispatcher
-from streams.dispatch.provider import SimulatedProvider
 from streams.gate.gate import Gate
 from streams.kafka.clients import process_id, wait_for_broker
 from streams.metrics import UP, init_labels, serve_metrics
+from streams.providers import open_provider
 from streams.serde import serdes_for
 from streams.settings import Settings
 from streams.sink.sink import Sink
@@ -52,9 +52,8 @@ class Worker:
         self.dispatchers: list[Dispatcher] = []
         if "dispatcher" in roles:
             for channel in channels:
-                provider = SimulatedProvider.for_channel(
-                    settings.data_dir, channel, settings.provider_delay_s,
-                    settings.provider_error_rate, settings.provider_timeout_rate)
+                # An unknown or unreachable provider stops the worker here, before it starts.
+                provider = open_provider(settings, channel)
                 dispatcher = Dispatcher(settings, channel, self.view, self.serdes,
                                         self.process_id, provider, settings.provider_rate)
                 self.feed.add_hook(dispatcher.on_stop)

@@ -33,7 +33,7 @@ from streams.control.feed import ControlFeed, now_ms
 from streams.control.stop import issue_stop
 from streams.control.view import ControlView
 from streams.demo import WorkerProcess
-from streams.dispatch.provider import LedgerStats
+from streams.dispatch.outbox import OutboxStats
 from streams.exceptions import EstopError
 from streams.kafka.clients import admin, consumer, producer, take
 from streams.kafka.source import acquire_broker
@@ -300,7 +300,7 @@ class Bench:
                                 30, force=True)
             load.join(300)
             time.sleep(1)
-            ledger = LedgerStats(settings.data_dir, "email")
+            ledger = OutboxStats(settings.data_dir, "email")
             if result.confirmed_at_ms is not None and result.broker_ack_ms is not None:
                 leak_after = ledger.handed_after("load", result.confirmed_at_ms)
                 leak_between = ledger.handed_after("load", result.broker_ack_ms) - leak_after
@@ -337,7 +337,7 @@ class Bench:
             finally:
                 store.close()
             complete_s = time.monotonic() - stopped
-            ledger = LedgerStats(settings.data_dir, "email")
+            ledger = OutboxStats(settings.data_dir, "email")
             after = ledger.handed_after(campaign, result.confirmed_at_ms or 0)
             between = ledger.handed_after(campaign, result.broker_ack_ms or 0) - after
         return {"analytics_complete_s": complete_s, "halted": report["not_sent"],

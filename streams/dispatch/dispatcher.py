@@ -1,17 +1,22 @@
-"""Dispatcher, stage ``provider``: drains ``dispatch.<channel>`` into the channel's provider at
-the provider's rate, re-checking the control view right before every handoff, and turns each
-message's fate (delivered, cancelled at the provider, held back, failed) into one event.
+"""Dispatcher, stage ``provider``: drains ``dispatch.<channel>`` into the channel's provider (an
+adapter chosen by settings, ``streams.providers``) at the provider's rate, re-checking the control
+view right before every handoff, and turns each message's fate (delivered, undelivered or
+cancelled at the provider, held back, failed) into one event.
 
 Every path is exactly once:
 * held back (the campaign is stopped) and failed (the provider refused every attempt): the
-  events, the dead letters and the batch's input offsets are committed in one Kafka transaction;
-  a message the provider ledger already holds (handed over before a crash, or accepted on an
-  attempt whose answer was lost) is left to the ledger, so it never gets a second outcome;
-* handed over: the check and the handoff happen under the view's lock in one ledger
-  transaction; delivery receipts and cancellations are published from the ledger in numbered
-  batches, exactly once across crashes (``streams.dispatch.receipts``).
+  events, the dead letters and the batch's input offsets are committed in one Kafka transaction
+  (``streams.kafka.stage``); a message the outbox says the provider holds (handed over before a
+  crash, or accepted on an attempt whose answer was lost) is left to the outbox, so it never
+  gets a second outcome;
+* handed over: the check, the reservation in the outbox, the submission and its record happen
+  under the view's lock, so a stop applied after them finds every accepted message in the
+  outbox and cancels it at the provider; a message in doubt (its answer lost, or a crash between
+  submission and record) is looked up at the provider before it is submitted again
+  (``streams.dispatch.outbox``); deliveries and cancellations are published from the outbox in
+  numbered batches, exactly once across crashes (``streams.dispatch.receipts``).
 
-A handoff the provider answers with an error or a timeout is retried with exponential backoff,
+A handoff the provider refuses or does not answer is retried with exponential backoff,
 re-checking the control view each time, at most ``ESTOP_PROVIDER_MAX_RETRIES`` times."""
 
 from __future__ import annotations
@@ -24,18 +29,17 @@ import time
 from collections import deque
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message
 
 from streams import metrics
 from streams.control.feed import now_ms
 from streams.control.view import Applied, ControlView, Stop
-from streams.dispatch.provider import DELIVERED, Handoff, Outcome, SimulatedProvider
+from streams.dispatch.outbox import DELIVERED, UNDELIVERED, Outbox, Outcome
 from streams.dispatch.receipts import ReceiptPublisher
 from streams.faults import crash_point
-from streams.kafka import transactions
-from streams.kafka.clients import Headers, consumer, take
+from streams.kafka.clients import Headers
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
-from streams.kafka.lag import LagGauge
+from streams.kafka.stage import TransactionalStage
 from streams.models import (
     CHANNELS,
     FAILED_EVENT,
@@ -48,6 +52,7 @@ from streams.models import (
     SENT_EVENT,
     STAGE_PROVIDER,
 )
+from streams.providers.base import CancelCapability, CancelStatus, Handoff, ProviderAdapter, SubmitStatus
 from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
 
@@ -56,37 +61,33 @@ log = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.1
 PACE_SLICE_S = 0.01  # handoffs are paced in slices of 10 ms worth of the provider's rate
 MAX_BACKOFF_S = 5.0
+# The label a retry is counted under (estop_provider_retries_total{error=...}).
+RETRY_LABEL = {SubmitStatus.REFUSED: "error", SubmitStatus.UNKNOWN: "timeout"}
 
 
-class Dispatcher:
+class Dispatcher(TransactionalStage):
     def __init__(self, settings: Settings, channel: str, view: ControlView, serdes: Serdes,
-                 process_id: str, provider: SimulatedProvider, rate: float) -> None:
-        self.settings = settings
+                 process_id: str, provider: ProviderAdapter, rate: float) -> None:
+        topics = settings.topics
+        super().__init__(settings, topics.dispatch(channel), topics.dispatcher_group(channel),
+                         process_id, f"dispatcher {channel}", f"dispatcher.{channel}",
+                         # A slow provider may keep one batch in hand for a while.
+                         **{"max.poll.interval.ms": 600000})
         self.channel = channel
         self.view = view
         self.serdes = serdes
         self.provider = provider
         self.rate = rate
-        topics = settings.topics
-        self.source = topics.dispatch(channel)
-        self.consumer = consumer(settings, **{
-            "group.id": topics.dispatcher_group(channel),
-            "client.id": process_id,
-            "partition.assignment.strategy": "cooperative-sticky",
-            # A slow provider may keep one batch in hand for a while.
-            "max.poll.interval.ms": 600000,
-        })
-        self.transactions = transactions.TransactionalProducer(  # held/failed events + offsets
-            settings, f"{topics.dispatcher_group(channel)}-{process_id}", f"dispatcher {channel}")
-        self.receipts = ReceiptPublisher(settings, channel, provider, self._render, self._published)
-        self.lag = LagGauge(self.consumer, f"dispatcher.{channel}", self.source, settings)
+        self.outbox = Outbox.for_channel(settings.data_dir, channel)
+        # One call at a time into the adapter: handoffs run here, a stop's cancel on the feed's thread.
+        self._provider_lock = threading.Lock()
+        self.receipts = ReceiptPublisher(settings, channel, self.outbox, self._render, self._published)
         self._slice = max(1, int(rate * PACE_SLICE_S))
         self._not_sent_event = NOT_SENT_EVENT[channel]
         self._channel_bytes = channel.encode()
         self._stage_bytes = STAGE_PROVIDER.encode()
         self._next_slot = time.monotonic()
         self._last_report = 0.0
-        self._revoked: set[int] = set()
         self._random = random.Random()
         self.handed = 0
         self.halted = 0
@@ -101,36 +102,38 @@ class Dispatcher:
         stop = self.view.stopped(applied.campaign_id, self.channel)
         if stop is None:
             return 0
-        cancelled = self.provider.cancel(applied.campaign_id, stop.command_id, stop.requested_at,
-                                         stop.reason)
+        return self._cancel_at_provider(applied.campaign_id, stop)
+
+    def _cancel_at_provider(self, campaign_id: str, stop: Stop) -> int:
+        """Cancel what the provider still holds of a stopped campaign; returns how many."""
+        if self.provider.cancel_capability == CancelCapability.NONE:
+            return 0
+        held = self.outbox.to_cancel(campaign_id)
+        if not held:
+            return 0
+        with self._provider_lock:
+            answers = self.provider.cancel(campaign_id, held)
+        dropped = [m for m, status in answers.items() if status == CancelStatus.CANCELLED]
+        cancelled = self.outbox.cancelled(dropped, stop.command_id, stop.requested_at, stop.reason)
         metrics.CANCELLED.labels(self.channel).inc(cancelled)
+        log.info("dispatcher %s: stop of %r cancelled %d of %d messages at the provider",
+                 self.channel, campaign_id, cancelled, len(held))
         return cancelled
 
     # -- main loop -----------------------------------------------------------------------------
 
-    def run(self, running: threading.Event) -> None:
-        self.transactions.init()
-        self.consumer.subscribe([self.source], on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        try:
-            while running.is_set():
-                messages = take(self.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
-                if self._revoked:
-                    messages = transactions.without_revoked(self.consumer, messages, self._revoked)
-                    self._revoked.clear()
-                if messages:
-                    self._process(messages, running)
-                self._report()
-                self.lag.maybe_update()
-        finally:
-            self.consumer.close()
-            if self.receipts.active:
-                self._report()
-            self.receipts.close()
+    def idle(self) -> None:
+        self._report()
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._revoked.update(tp.partition for tp in partitions)
+    def closing(self) -> None:
+        if self.receipts.active:
+            self._report()
+        self.receipts.close()
+        with self._provider_lock:
+            self.provider.close()
+        self.outbox.close()
 
-    def _process(self, messages: list[Message], running: threading.Event) -> None:
+    def process(self, messages: list[Message], running: threading.Event) -> None:
         pending: list[Handoff] = []
         offsets: dict[int, int] = {}
         dead: list[tuple[Message, str]] = []
@@ -145,13 +148,15 @@ class Dispatcher:
         held: list[tuple[Handoff, Stop]] = []
         failed: list[tuple[Handoff, int, str]] = []
         if not self._hand_over(pending, held, failed, running):
-            # Shutting down: nothing was committed; the ledger makes the redo of the handoffs
+            # Shutting down: nothing was committed; the outbox makes the redo of the handoffs
             # idempotent.
             return
-        already = self.provider.known([h.message_id for h, _ in held]
-                                      + [h.message_id for h, _, _ in failed])
-        held = [(h, stop) for h, stop in held if h.message_id not in already]
-        failed = [f for f in failed if f[0].message_id not in already]
+        owned = self._settle([h for h, _ in held] + [h for h, _, _ in failed])
+        for campaign_id, stop in {h.campaign_id: stop for h, stop in held
+                                  if h.message_id in owned}.items():
+            self._cancel_at_provider(campaign_id, stop)  # accepted on an answer that was lost
+        held = [(h, stop) for h, stop in held if h.message_id not in owned]
+        failed = [f for f in failed if f[0].message_id not in owned]
         self.transactions.begin()
         try:
             for message, reason in dead:
@@ -162,14 +167,9 @@ class Dispatcher:
             for handoff, attempts, error in failed:
                 self._publish_failed(handoff, attempts, error, occurred_at)
         except KafkaException as exc:
-            self.transactions.abort(exc)
-            self._rewind()
+            self.abort(exc)
             return
-        committed = self.transactions.commit(
-            [TopicPartition(self.source, p, o) for p, o in offsets.items()],
-            self.consumer.consumer_group_metadata())
-        if not committed:
-            self._rewind()
+        if not self.commit(offsets):
             return
         self.halted += len(held)
         self.failed += len(failed)
@@ -178,6 +178,19 @@ class Dispatcher:
         if dead:
             self.dead_lettered += len(dead)
             metrics.DEAD_LETTERED.labels(self.source).inc(len(dead))
+
+    def _settle(self, handoffs: list[Handoff]) -> set[str]:
+        """Of messages about to end without a handoff (held back, failed), those the provider
+        holds after all (their outcome belongs to the outbox); the others leave the outbox."""
+        states = self.outbox.states([h.message_id for h in handoffs])
+        in_doubt = [h for h in handoffs if states.get(h.message_id) == "submitting"]
+        found: dict[str, str] = {}
+        if in_doubt:
+            with self._provider_lock:
+                found = self.provider.find(in_doubt)
+            self.outbox.accepted(found, now_ms())
+            self.outbox.not_held(h.message_id for h in in_doubt if h.message_id not in found)
+        return {m for m, state in states.items() if state != "submitting"} | set(found)
 
     def _handoff(self, message: Message) -> Handoff:
         """The handoff a record asks for; SerdeError when it is not a valid request here."""
@@ -192,10 +205,8 @@ class Dispatcher:
         for name in ("message_id", "campaign_id", "recipient_id"):
             if not request[name]:
                 raise SerdeError(f"invalid SendRequest: empty {name}")
-        return Handoff(request["message_id"], request["campaign_id"], request["recipient_id"])
-
-    def _rewind(self) -> None:
-        transactions.rewind(self.consumer, self.settings.admin_timeout_s)
+        return Handoff(request["message_id"], request["campaign_id"], self.channel,
+                       request["recipient_id"], request["payload"])
 
     # -- handoffs ------------------------------------------------------------------------------
 
@@ -213,11 +224,11 @@ class Dispatcher:
                 _, _, handoff, attempt = heapq.heappop(waiting)
                 queue.append((handoff, attempt))
             if queue:
-                for handoff, attempt, answer in self._handoff_slice(queue, held):
+                for handoff, attempt, status, answer in self._handoff_slice(queue, held):
                     if attempt > retries:
                         failed.append((handoff, attempt, answer))
                         continue
-                    metrics.PROVIDER_RETRIES.labels(self.channel, answer).inc()
+                    metrics.PROVIDER_RETRIES.labels(self.channel, RETRY_LABEL[status]).inc()
                     tiebreak += 1
                     heapq.heappush(waiting, (now + self._backoff(attempt), tiebreak, handoff,
                                              attempt + 1))
@@ -234,15 +245,16 @@ class Dispatcher:
         base = self.settings.provider_retry_backoff_s * 2 ** (attempt - 1)
         return min(base * (0.5 + self._random.random()), MAX_BACKOFF_S)
 
-    def _handoff_slice(self, queue: deque[tuple[Handoff, int]],
-                       held: list[tuple[Handoff, Stop]]) -> list[tuple[Handoff, int, str]]:
+    def _handoff_slice(self, queue: deque[tuple[Handoff, int]], held: list[tuple[Handoff, Stop]]
+                       ) -> list[tuple[Handoff, int, SubmitStatus, str]]:
         """Check and hand over up to one slice of messages atomically with respect to stops;
         held-back messages cost no provider capacity, so they do not count against the slice.
-        Returns the handoffs the provider did not confirm, with their attempt and its answer."""
+        Returns the handoffs the provider did not confirm, with their attempt, status and answer."""
         handoffs: list[Handoff] = []
         attempts: dict[str, int] = {}
         stopped = self.view.stopped
         channel = self.channel
+        unconfirmed: list[tuple[Handoff, int, SubmitStatus, str]] = []
         with self.view.lock:
             while queue and len(handoffs) < self._slice:
                 item, attempt = queue.popleft()
@@ -252,15 +264,29 @@ class Dispatcher:
                     attempts[item.message_id] = attempt
                 else:
                     held.append((item, stop))
-            refused = self.provider.submit(handoffs) if handoffs else []
-        if handoffs:
+            if not handoffs:
+                return unconfirmed
+            reserved = self.outbox.reserve(handoffs)
+            with self._provider_lock:
+                found = self.provider.find(reserved.in_doubt) if reserved.in_doubt else {}
+                submit = [*reserved.fresh, *(h for h in reserved.in_doubt if h.message_id not in found)]
+                answers = self.provider.submit(submit) if submit else []
             crash_point(self.settings, "handoff-submitted")
-        accepted = len(handoffs) - len(refused)
-        self.handed += accepted
-        metrics.HANDOFFS.labels(self.channel).inc(accepted)
-        if handoffs:
-            self._pace(len(handoffs))
-        return [(h, attempts[h.message_id], answer) for h, answer in refused]
+            at = now_ms()
+            accepted = {**found, **{a.message_id: a.provider_id for a in answers
+                                    if a.status == SubmitStatus.ACCEPTED and a.provider_id}}
+            self.outbox.accepted(accepted, at)
+            self.outbox.not_held(a.message_id for a in answers if a.status == SubmitStatus.REFUSED)
+        by_id = {h.message_id: h for h in submit}
+        for answer in answers:
+            if answer.status != SubmitStatus.ACCEPTED:
+                handoff = by_id[answer.message_id]
+                unconfirmed.append((handoff, attempts[handoff.message_id], answer.status,
+                                    answer.error or answer.status.value))
+        self.handed += len(accepted)
+        metrics.HANDOFFS.labels(self.channel).inc(len(accepted))
+        self._pace(len(handoffs))
+        return unconfirmed
 
     def _pace(self, count: int) -> None:
         now = time.monotonic()
@@ -271,13 +297,19 @@ class Dispatcher:
     # -- events --------------------------------------------------------------------------------
 
     def _report(self) -> None:
+        """Record what the provider delivered, then publish the outbox's outcomes."""
         self._last_report = time.monotonic()
+        with self._provider_lock:
+            deliveries = self.provider.deliveries()
+        self.outbox.delivered(deliveries)
         self.receipts.publish(self.settings.batch_size * 5)
 
     def _published(self, outcomes: list[Outcome]) -> None:
         sent = sum(1 for o in outcomes if o.state == DELIVERED)
+        undelivered = sum(1 for o in outcomes if o.state == UNDELIVERED)
         metrics.SENT.labels(self.channel).inc(sent)
-        metrics.NOT_SENT.labels(self.channel, STAGE_PROVIDER).inc(len(outcomes) - sent)
+        metrics.FAILED.labels(self.channel).inc(undelivered)
+        metrics.NOT_SENT.labels(self.channel, STAGE_PROVIDER).inc(len(outcomes) - sent - undelivered)
 
     def _headers(self, campaign_id: str) -> Headers:
         return [(HEADER_CAMPAIGN, campaign_id.encode()), (HEADER_CHANNEL, self._channel_bytes)]
@@ -300,20 +332,25 @@ class Dispatcher:
                              headers=[*self._headers(handoff.campaign_id), (HEADER_STAGE, self._stage_bytes)])
 
     def _publish_failed(self, handoff: Handoff, attempts: int, error: str, occurred_at: int) -> None:
+        topic, key, value, headers = self._failed_record(
+            handoff.message_id, handoff.campaign_id, handoff.recipient_id, attempts,
+            f"provider {error} on every attempt ({attempts})", occurred_at)
+        self.transactions.produce(topic, value=value, key=key, headers=headers)
+
+    def _failed_record(self, message_id: str, campaign_id: str, recipient_id: str, attempts: int,
+                       error: str, occurred_at: int) -> tuple[str, bytes, bytes, Headers]:
         value = self.serdes.failed.encode({
             "event": FAILED_EVENT[self.channel],
-            "message_id": handoff.message_id,
-            "campaign_id": handoff.campaign_id,
+            "message_id": message_id,
+            "campaign_id": campaign_id,
             "channel": self.channel,
-            "recipient_id": handoff.recipient_id,
+            "recipient_id": recipient_id,
             "attempts": attempts,
-            "error": f"provider {error} on every attempt ({attempts})",
+            "error": error,
             "occurred_at": occurred_at,
         })
-        self.transactions.produce(self.settings.topics.failed, value=value,
-                             key=handoff.message_id.encode(),
-                             headers=[*self._headers(handoff.campaign_id),
-                                      (HEADER_OUTCOME, OUTCOME_FAILED.encode())])
+        return (self.settings.topics.failed, message_id.encode(), value,
+                [*self._headers(campaign_id), (HEADER_OUTCOME, OUTCOME_FAILED.encode())])
 
     def _render(self, outcome: Outcome) -> tuple[str, bytes, bytes, Any]:
         """The event of a provider outcome, as the receipt publisher produces it."""
@@ -330,6 +367,11 @@ class Dispatcher:
                 "occurred_at": outcome.occurred_at,
             })
             return topics.sent, outcome.message_id.encode(), value, headers
+        if outcome.state == UNDELIVERED:
+            return self._failed_record(outcome.message_id, outcome.campaign_id, outcome.recipient_id,
+                                       outcome.attempts,
+                                       f"accepted but not delivered by the provider: {outcome.reason}",
+                                       outcome.occurred_at)
         value = self.serdes.not_sent.encode({
             "event": NOT_SENT_EVENT[self.channel],
             "message_id": outcome.message_id,

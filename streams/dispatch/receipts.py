@@ -1,15 +1,15 @@
-"""Publishing the provider's outcomes (delivery receipts, cancellations) from its ledger to Kafka
-exactly once, across crashes.
+"""Publishing the provider stage's outcomes (deliveries, cancellations) from the dispatcher's
+outbox to Kafka exactly once, across crashes.
 
-The ledger and Kafka cannot commit together, so each report batch is made decidable:
+The outbox and Kafka cannot commit together, so each report batch is made decidable:
 
-* one process at a time publishes a ledger (an exclusive lock on a file next to it; the kernel
+* one process at a time publishes an outbox (an exclusive lock on a file next to it; the kernel
   releases it when the process dies, and another dispatcher of the channel, or the restarted
   one, takes over);
-* it publishes with a transactional producer whose ``transactional.id`` belongs to the ledger,
+* it publishes with a transactional producer whose ``transactional.id`` belongs to the outbox,
   so a new publisher fences the old one and Kafka ends whatever transaction the old one left
   open before ``init_transactions`` returns;
-* every batch is numbered in the ledger when claimed, and its transaction also commits that
+* every batch is numbered in the outbox when claimed, and its transaction also commits that
   number as the offset of a marker consumer group (no member ever joins it);
 * after a crash the new publisher compares the batch left claimed with the marker: committed
   means its events are on Kafka (marked reported, never published again), otherwise it is
@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from streams.dispatch.provider import Outcome, SimulatedProvider
+from streams.dispatch.outbox import Outbox, Outcome
 from streams.faults import crash_point
 from streams.kafka import transactions
 from streams.kafka.clients import consumer, producer
@@ -37,39 +37,39 @@ Render = Callable[[Outcome], tuple[str, bytes, bytes, Any]]
 
 
 class ReceiptPublisher:
-    def __init__(self, settings: Settings, channel: str, provider: SimulatedProvider,
+    def __init__(self, settings: Settings, channel: str, outbox: Outbox,
                  render: Render, published: Callable[[list[Outcome]], None]) -> None:
         self.settings = settings
         self.channel = channel
-        self.provider = provider
+        self.outbox = outbox
         self.render = render
         self.published = published  # called with each batch once Kafka committed it
         self.transactional_id = (f"{settings.topics.dispatcher_group(channel)}-receipts-"
-                                 f"{provider.ledger_id}")
+                                 f"{outbox.outbox_id}")
         self.marker = TopicPartition(settings.topics.dispatch(channel), 0)
-        self._lock_path = provider.path.with_name(f"{provider.path.name}.publisher.lock")
+        self._lock_path = outbox.path.with_name(f"{outbox.path.name}.publisher.lock")
         self._lock: IO[str] | None = None
         self._producer: Producer | None = None
         self._group: Consumer | None = None
 
     @property
     def active(self) -> bool:
-        """This process publishes the ledger now."""
+        """This process publishes the outbox now."""
         return self._producer is not None
 
     def publish(self, limit: int) -> int:
-        """Publish every outcome waiting in the ledger; 0 when another process publishes it."""
+        """Publish every outcome waiting in the outbox; 0 when another process publishes it."""
         if not self._acquire():
             return 0
         count = 0
         while True:
-            batch, outcomes = self.provider.claim(limit)
+            batch, outcomes = self.outbox.claim(limit)
             if not outcomes:
                 return count
             if not self._publish_batch(batch, outcomes):
                 return count
             crash_point(self.settings, "receipts-committed")
-            self.provider.reported(batch)
+            self.outbox.reported(batch)
             self.published(outcomes)
             count += len(outcomes)
 
@@ -98,7 +98,7 @@ class ReceiptPublisher:
         timeout = self.settings.admin_timeout_s
         out = producer(self.settings, **{"transactional.id": self.transactional_id})
         try:
-            # Fences an earlier publisher of this ledger; Kafka ends its open transaction first.
+            # Fences an earlier publisher of this outbox; Kafka ends its open transaction first.
             transactions.retrying(lambda: out.init_transactions(timeout), "receipts: init")
         except KafkaException as exc:
             log.warning("dispatcher %s cannot publish receipts yet: %s", self.channel, exc)
@@ -112,12 +112,12 @@ class ReceiptPublisher:
             log.warning("dispatcher %s cannot settle its report batches yet: %s", self.channel, exc)
             self._producer = None
             return False
-        log.info("dispatcher %s publishes the %s provider's outcomes", self.channel, self.channel)
+        log.info("dispatcher %s publishes the outcomes of its outbox", self.channel)
         return True
 
     def _settle(self) -> None:
         """Decide the batches a crashed publisher left claimed."""
-        batches = self.provider.unsettled()
+        batches = self.outbox.unsettled()
         if not batches:
             return
         assert self._group is not None
@@ -125,11 +125,11 @@ class ReceiptPublisher:
                                           timeout=self.settings.admin_timeout_s)[0].offset
         for batch in batches:
             if committed >= batch:
-                self.provider.reported(batch)
+                self.outbox.reported(batch)
                 log.warning("dispatcher %s: report batch %d was committed before a crash; "
                             "not publishing it again", self.channel, batch)
             else:
-                self.provider.release(batch)
+                self.outbox.release(batch)
                 log.warning("dispatcher %s: report batch %d was not committed before a crash; "
                             "publishing it again", self.channel, batch)
 
@@ -157,13 +157,13 @@ class ReceiptPublisher:
             log.warning("%s: %s; starting over", what, exc)
             self._producer = None
             return False
-        self.provider.release(batch)  # aborted: nothing of it is visible; claimed again later
+        self.outbox.release(batch)  # aborted: nothing of it is visible; claimed again later
         return False
 
     def _failed(self, batch: int, exc: KafkaException, what: str) -> bool:
         try:
             transactions.abort(self._producer, exc, self.settings.admin_timeout_s, what)  # type: ignore[arg-type]
-            self.provider.release(batch)
+            self.outbox.release(batch)
         except (KafkaException, transactions.WedgedProducerError):
             # Unknown whether the batch committed: a new producer with the same transactional.id
             # fences this one, and the marker settles the batch.

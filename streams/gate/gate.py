@@ -2,7 +2,8 @@
 Not stopped: forwarded as is to ``dispatch.<channel>``. Stopped: becomes a notSent event.
 
 One Kafka transaction per consumed batch carries the outputs, the dead letters and the input
-offsets together, so a record is never lost or doubled between input and output."""
+offsets together (``streams.kafka.stage``), so a record is never lost or doubled between input
+and output."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ import logging
 import threading
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message
 
 from streams.control.feed import now_ms
 from streams.control.view import ControlView
 from streams.faults import crash_point
-from streams.kafka import transactions
-from streams.kafka.clients import Headers, consumer, headers_of, take
+from streams.kafka.clients import Headers, headers_of
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
-from streams.kafka.lag import LagGauge
+from streams.kafka.stage import TransactionalStage
 from streams.metrics import DEAD_LETTERED, GATE_REQUESTS, NOT_SENT
 from streams.models import (
     CHANNELS,
@@ -34,50 +34,23 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class Gate:
+class Gate(TransactionalStage):
     def __init__(self, settings: Settings, channel: str, view: ControlView, serdes: Serdes,
                  process_id: str) -> None:
-        self.settings = settings
+        topics = settings.topics
+        super().__init__(settings, topics.send_requests(channel), topics.gate_group(channel),
+                         process_id, f"gate {channel}", f"gate.{channel}")
         self.channel = channel
         self.view = view
         self.serdes = serdes
-        topics = settings.topics
-        self.source = topics.send_requests(channel)
         self.target = topics.dispatch(channel)
         self.notsent = topics.notsent
         self.event = NOT_SENT_EVENT[channel]
-        self.consumer = consumer(settings, **{
-            "group.id": topics.gate_group(channel),
-            "client.id": process_id,
-            "partition.assignment.strategy": "cooperative-sticky",
-        })
-        self.transactions = transactions.TransactionalProducer(
-            settings, f"{topics.gate_group(channel)}-{process_id}", f"gate {channel}")
-        self.lag = LagGauge(self.consumer, f"gate.{channel}", self.source, settings)
         self.passed = 0
         self.halted = 0
         self.dead_lettered = 0
-        self._revoked: set[int] = set()
 
-    def run(self, running: threading.Event) -> None:
-        self.transactions.init()
-        self.consumer.subscribe([self.source], on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        try:
-            while running.is_set():
-                messages = take(self.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
-                if self._revoked:
-                    messages = transactions.without_revoked(self.consumer, messages, self._revoked)
-                    self._revoked.clear()
-                if messages:
-                    self._process(messages)
-                self.lag.maybe_update()
-        finally:
-            self.consumer.close()
-
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._revoked.update(tp.partition for tp in partitions)
-
-    def _process(self, messages: list[Message]) -> None:
+    def process(self, messages: list[Message], _running: threading.Event) -> None:
         view_stopped = self.view.stopped
         channel = self.channel
         channel_bytes = channel.encode()
@@ -145,12 +118,10 @@ class Gate:
                         headers=[*headers, (HEADER_STAGE, STAGE_SENDING.encode())])
                 halted += 1
         except KafkaException as exc:
-            # E.g. a record expired while the broker was away: redo the batch from its start.
-            self.transactions.abort(exc)
-            self._rewind()
+            self.abort(exc)
             return
         crash_point(self.settings, "gate-produced")
-        if not self._commit([TopicPartition(self.source, p, o) for p, o in offsets.items()]):
+        if not self.commit(offsets):
             return
         self.passed += passed
         self.halted += halted
@@ -169,17 +140,6 @@ class Gate:
         except SerdeError as exc:
             dead_letter(out, message, exc.reason)
             return None
-
-    def _commit(self, offsets: list[TopicPartition]) -> bool:
-        """Commit the batch's transaction; False when it was aborted and will be redone (from
-        the last committed offsets, in a new transaction)."""
-        if self.transactions.commit(offsets, self.consumer.consumer_group_metadata()):
-            return True
-        self._rewind()
-        return False
-
-    def _rewind(self) -> None:
-        transactions.rewind(self.consumer, self.settings.admin_timeout_s)
 
 
 def _routing(message: Message) -> tuple[str | None, str | None]:

@@ -21,6 +21,7 @@ Factory = Callable[[Settings, str, SplitResult], ProviderAdapter]
 # a channel is configured for it) and the channels it serves.
 REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
     "simulated": ("streams.providers.registry:open_simulated", ("email", "sms", "push", "webpush")),
+    "smtp": ("streams.providers.registry:open_smtp", ("email",)),
     "smpp": ("streams.providers.registry:open_smpp", ("sms",)),
     "webpush": ("streams.providers.registry:open_webpush", ("webpush",)),
     "fcm": ("streams.providers.registry:open_fcm", ("push",)),

@@ -20,7 +20,7 @@ from streams.campaigns.lifecycle import publish_status
 from streams.campaigns.status import OutcomeCounter
 from streams.control.feed import now_ms
 from streams.demo import OutcomeWatch, WorkerProcess
-from streams.dispatch.provider import LedgerStats
+from streams.dispatch.outbox import OutboxStats
 from streams.kafka.clients import Headers, admin, consumer, headers_of, producer
 from streams.kafka.reader import high_watermark, read_topic
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, STATE_SENDING
@@ -235,4 +235,4 @@ def header(message: Message, name: str) -> str | None:
 
 def handed(settings: Settings, campaign_id: str, channels: Iterable[str]) -> dict[str, int]:
     """Messages of the campaign each channel's provider ever accepted."""
-    return {c: LedgerStats(settings.data_dir, c).handed(campaign_id) for c in channels}
+    return {c: OutboxStats(settings.data_dir, c).handed(campaign_id) for c in channels}

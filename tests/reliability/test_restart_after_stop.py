@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from streams.campaigns.launcher import launch
-from streams.dispatch.provider import LedgerStats
+from streams.dispatch.outbox import OutboxStats
 from streams.models import STAGE_PROVIDER, STAGE_SENDING
 from streams.serde import Serdes
 from streams.settings import Settings
@@ -43,7 +43,7 @@ def test_workers_started_after_a_stop_and_a_crash_hand_nothing_over(settings: Se
             wait_joined(settings, fleet.procs["dispatcher"].process_id,
                         settings.topics.dispatcher_group(channel))
         launch(settings, serdes, campaign, CHANNELS, RECIPIENTS)
-        ledgers = {c: LedgerStats(settings.data_dir, c) for c in CHANNELS}
+        ledgers = {c: OutboxStats(settings.data_dir, c) for c in CHANNELS}
         wait_for(lambda: all(ledgers[c].handed(campaign) > 100 for c in CHANNELS),
                  "a backlog at every provider", every_s=0.05)
 

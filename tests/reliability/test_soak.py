@@ -18,14 +18,14 @@ import pytest
 
 from streams.campaigns.launcher import LaunchResult, launch, message_id
 from streams.demo import OutcomeWatch
-from streams.dispatch.provider import LedgerStats
+from streams.dispatch.outbox import OutboxStats
 from streams.models import CHANNELS
 from streams.serde import Serdes
 from streams.settings import PROJECT_ROOT, Settings
 from tests.reliability.support import (
     Fleet,
     campaign_events,
-    ledger_rows,
+    held_twice,
     stop,
     wait_for,
     wait_outcomes,
@@ -124,9 +124,8 @@ def test_soak_random_sigkills_during_a_stopped_four_channel_campaign(settings: S
         expected = {message_id(campaign, c, i) for c, n in planned.items() for i in range(n)}
         ids = events.ids()
         assert result.confirmed_at_ms is not None
-        handed_after = {c: LedgerStats(settings.data_dir, c).handed_after(campaign, result.confirmed_at_ms)
+        handed_after = {c: OutboxStats(settings.data_dir, c).handed_after(campaign, result.confirmed_at_ms)
                         for c in CHANNELS}
-        rows = {c: ledger_rows(settings, c, campaign) for c in CHANNELS}
         sent_ids = Counter(e["message_id"] for e in events.sent)
         stages = Counter(e["stage"] for e in events.not_sent)
         tally = {
@@ -149,8 +148,8 @@ def test_soak_random_sigkills_during_a_stopped_four_channel_campaign(settings: S
             "delivered_twice": sum(1 for n in sent_ids.values() if n > 1),
             "lost": len(expected - set(ids)),
             "handoffs_after_confirmation": sum(handed_after.values()),
-            "provider_rows_minus_distinct": sum(r - d for r, d in rows.values()),
-            "duplicate_submits": sum(LedgerStats(settings.data_dir, c).duplicate_submits(campaign)
+            "held_twice_by_provider": sum(held_twice(settings, c, campaign) for c in CHANNELS),
+            "resubmitted": sum(OutboxStats(settings.data_dir, c).resubmitted(campaign)
                                      for c in CHANNELS),
             "report": {k: found[k] for k in ("accounted", "sent", "not_sent", "failed", "pending")},
             "stop_confirm_s": round(result.confirm_s or 0, 3),
@@ -167,7 +166,7 @@ def test_soak_random_sigkills_during_a_stopped_four_channel_campaign(settings: S
         assert tally["lost"] == 0
         assert set(ids) == expected
         assert tally["handoffs_after_confirmation"] == 0
-        assert tally["provider_rows_minus_distinct"] == 0
+        assert tally["held_twice_by_provider"] == 0
         assert found["accounted"] == total and found["pending"] == 0
         assert found["sent"] == len(events.sent) and found["not_sent"] == len(events.not_sent)
     finally:

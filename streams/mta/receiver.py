@@ -1,0 +1,130 @@
+"""The receiving SMTP server that stands for the internet: Postfix's ``smtp-sink`` (from Debian's
+postfix package), listening on its own port, writing every message it accepts to a file in
+``<data>/mta/receiver`` so tests and the demo can count what arrived, per campaign. Stopping it
+holds the internet down: Postfix keeps the mail in its deferred queue until it is back."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.mta.exceptions import MtaError
+from streams.mta.postfix import HOST, _answers, pid_alive
+
+SMTP_SINK = "/usr/sbin/smtp-sink"
+BACKLOG = "256"
+START_TIMEOUT_S = 10.0
+HEADER_MESSAGE = b"x-estop-message-id:"
+HEADER_CAMPAIGN = b"x-estop-campaign-id:"
+
+
+@dataclass
+class Arrivals:
+    """What reached the receiver: message ids per campaign, and how often each arrived."""
+
+    by_campaign: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def count(self, campaign_id: str) -> int:
+        return sum(self.by_campaign.get(campaign_id, Counter()).values())
+
+    def twice(self, campaign_id: str) -> int:
+        return sum(1 for n in self.by_campaign.get(campaign_id, Counter()).values() if n > 1)
+
+    def ids(self, campaign_id: str) -> set[str]:
+        return set(self.by_campaign.get(campaign_id, Counter()))
+
+
+class Receiver:
+    def __init__(self, home: Path, port: int) -> None:
+        self.folder = home.resolve() / "receiver"
+        self.mail = self.folder / "mail"
+        self.pid_path = self.folder / "smtp-sink.pid"
+        self.port = port
+        self._seen: dict[str, tuple[str, str]] = {}  # file name -> (campaign, message) once read
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> None:
+        if self.running():
+            return
+        if not Path(SMTP_SINK).exists():
+            raise MtaError(f"{SMTP_SINK} is missing: install Debian's postfix package (make system-test)")
+        if _answers(HOST, self.port):
+            raise MtaError(f"port {self.port} is taken by another process: set ESTOP_MTA_RECEIVER_PORT")
+        self.mail.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.mail, "postfix")
+        # -u: drop to the postfix user after binding; -d: one file per message, named by the
+        # second it arrived plus a random suffix.
+        process = subprocess.Popen(
+            [SMTP_SINK, "-u", "postfix", "-d", f"{self.mail}/%Y%m%d%H%M%S.", f"{HOST}:{self.port}",
+             BACKLOG],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=(self.folder / "smtp-sink.log").open("ab"), start_new_session=True)
+        self.pid_path.write_text(str(process.pid))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers(HOST, self.port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise MtaError(f"smtp-sink did not start on {HOST}:{self.port} "
+                               f"(see {self.folder / 'smtp-sink.log'})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while pid_alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+        self.pid_path.unlink(missing_ok=True)
+
+    def arrivals(self) -> Arrivals:
+        """Every message the receiver wrote, read from its files (each read once)."""
+        found = Arrivals()
+        if self.mail.exists():
+            for path in self.mail.iterdir():
+                if path.name not in self._seen:
+                    identity = _identity(path)
+                    if identity is not None:  # else still being written: read it next time
+                        self._seen[path.name] = identity
+        for campaign, message in self._seen.values():
+            found.by_campaign.setdefault(campaign, Counter())[message] += 1
+        return found
+
+
+def _identity(path: Path) -> tuple[str, str] | None:
+    """(campaign id, message id) from a received message's headers ('' when absent); None while
+    its headers are not all written yet."""
+    campaign = message = ""
+    with path.open("rb") as handle:
+        for line in handle:
+            lower = line.lower()
+            if lower.startswith(HEADER_MESSAGE):
+                message = line[len(HEADER_MESSAGE):].strip().decode(errors="replace")
+            elif lower.startswith(HEADER_CAMPAIGN):
+                campaign = line[len(HEADER_CAMPAIGN):].strip().decode(errors="replace")
+            elif line in (b"\r\n", b"\n"):
+                return campaign, message
+    return None
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child's exit status, if it is ours (a started receiver in this process)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
