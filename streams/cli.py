@@ -378,22 +378,17 @@ def _report_table(data: dict[str, Any]) -> Any:
     from rich.text import Text
 
     table = Table(title=f"{data['campaign_id']}: {data['state'] or 'unknown state'}")
-    for column in ("channel", "planned", "sent", "notSent", "@sending", "@provider", "cancelled",
-                   "held back", "failed", "pending"):
+    for column in ("channel", "planned", "sent", "notSent", "@sending", "@provider", "failed",
+                   "pending"):
         table.add_column(column, justify="left" if column == "channel" else "right")
     for channel, c in data["by_channel"].items():
         stages = c["not_sent_by_stage"]
-        split = c["provider_split"]
         table.add_row(channel, f"{c['planned']:,}", f"{c['sent']:,}", f"{c['not_sent']:,}",
                       f"{stages.get('sending', 0):,}", f"{stages.get('provider', 0):,}",
-                      f"{split['cancelled_at_provider']:,}", f"{split['held_before_handoff']:,}",
                       f"{c.get('failed', 0):,}", f"{c['pending']:,}")
     stages = data["not_sent_by_stage"]
-    splits = [c["provider_split"] for c in data["by_channel"].values()]
     table.add_row("total", f"{data['total']:,}", f"{data['sent']:,}", f"{data['not_sent']:,}",
                   f"{stages.get('sending', 0):,}", f"{stages.get('provider', 0):,}",
-                  f"{sum(s['cancelled_at_provider'] for s in splits):,}",
-                  f"{sum(s['held_before_handoff'] for s in splits):,}",
                   f"{data.get('failed', 0):,}", f"{data['pending']:,}", style="bold")
     lines = []
     for stop in data["stops"]:

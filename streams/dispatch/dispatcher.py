@@ -41,14 +41,12 @@ from streams.kafka.clients import Headers
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
 from streams.kafka.stage import TransactionalStage
 from streams.models import (
-    CANCELLED_AT_PROVIDER,
     CHANNELS,
     FAILED_EVENT,
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
     HEADER_OUTCOME,
     HEADER_STAGE,
-    HELD_BEFORE_HANDOFF,
     NOT_SENT_EVENT,
     OUTCOME_FAILED,
     SENT_EVENT,
@@ -324,7 +322,7 @@ class Dispatcher(TransactionalStage):
             "channel": self.channel,
             "recipient_id": handoff.recipient_id,
             "stage": STAGE_PROVIDER,
-            "reason": f"{HELD_BEFORE_HANDOFF}: campaign stopped: {stop.reason}",
+            "reason": f"held before handoff: campaign stopped: {stop.reason}",
             "stop_command_id": stop.command_id,
             "stop_requested_at": stop.requested_at,
             "occurred_at": occurred_at,
@@ -381,7 +379,7 @@ class Dispatcher(TransactionalStage):
             "channel": self.channel,
             "recipient_id": outcome.recipient_id,
             "stage": STAGE_PROVIDER,
-            "reason": f"{CANCELLED_AT_PROVIDER}: campaign stopped: {outcome.reason}",
+            "reason": f"cancelled at the provider: campaign stopped: {outcome.reason}",
             "stop_command_id": outcome.stop_command_id,
             "stop_requested_at": outcome.stop_requested_at,
             "occurred_at": outcome.occurred_at,

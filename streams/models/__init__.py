@@ -31,9 +31,6 @@ FAILED_EVENT: Final = {
 STAGE_SENDING: Final = "sending"
 STAGE_PROVIDER: Final = "provider"
 STAGES: Final = (STAGE_SENDING, STAGE_PROVIDER)
-# How a message halted at stage provider was halted: the start of its notSent reason.
-CANCELLED_AT_PROVIDER: Final = "cancelled at the provider"  # the provider dropped it on the stop
-HELD_BEFORE_HANDOFF: Final = "held before handoff"  # the dispatcher never handed it over
 
 ACTION_STOP: Final = "stop"
 

@@ -40,11 +40,7 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
             entry["not_sent"] += count
             key = stage or "unknown"
             entry["not_sent_by_stage"][key] = entry["not_sent_by_stage"].get(key, 0) + count
-    for channel, cancelled, held in store.provider_halts(campaign_id):
-        by_channel[channel]["provider_split"] = {"cancelled_at_provider": cancelled,
-                                                 "held_before_handoff": held}
     for entry in by_channel.values():
-        entry.setdefault("provider_split", {"cancelled_at_provider": 0, "held_before_handoff": 0})
         entry["accounted"] = entry["sent"] + entry["not_sent"] + entry["failed"]
         entry["pending"] = max(entry["planned"] - entry["accounted"], 0)
     total = sum(planned.values())

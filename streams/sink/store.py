@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.models import CANCELLED_AT_PROVIDER, HELD_BEFORE_HANDOFF, STAGE_PROVIDER
 from streams.settings import Settings
 from streams.sink.exceptions import StoreError
 
@@ -222,16 +221,6 @@ class OutcomeStore:
         return [(r[0], r[1], r[2], int(r[3])) for r in self._query(
             "SELECT channel, outcome, stage, COUNT(*) FROM outcomes WHERE campaign_id = ?"
             " GROUP BY channel, outcome, stage", (campaign_id,))]
-
-    def provider_halts(self, campaign_id: str) -> list[tuple[str, int, int]]:
-        """(channel, cancelled at the provider, held before handoff) of a campaign's messages
-        halted at stage provider, told apart by the reason the dispatcher wrote."""
-        return [(r[0], int(r[1] or 0), int(r[2] or 0)) for r in self._query(
-            "SELECT channel, SUM(CASE WHEN reason LIKE ? THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN reason LIKE ? THEN 1 ELSE 0 END) FROM outcomes"
-            " WHERE campaign_id = ? AND outcome = ? AND stage = ? GROUP BY channel",
-            (f"{CANCELLED_AT_PROVIDER}%", f"{HELD_BEFORE_HANDOFF}%", campaign_id, NOT_SENT,
-             STAGE_PROVIDER))]
 
     def campaign(self, campaign_id: str) -> dict[str, Any] | None:
         rows = self._query("SELECT state, channels, planned, updated_at FROM campaigns"
