@@ -89,6 +89,76 @@ def broker_status(settings: Settings) -> None:
         sys.exit(1)
 
 
+# -- mta ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def mta() -> None:
+    """The private MTA for email: Postfix run from the data folder, and a receiver for it."""
+
+
+@mta.command("start")
+@click.option("--without-receiver", is_flag=True,
+              help="Leave the receiver down: accepted mail waits in Postfix's deferred queue.")
+@click.pass_obj
+@handles_errors
+def mta_start(settings: Settings, without_receiver: bool) -> None:
+    """Start Postfix (and its receiver); says how to send email through it."""
+    from streams.mta.local import LocalMta
+
+    local = LocalMta(settings)
+    local.start(receiver=not without_receiver)
+    status = local.status()
+    click.echo(f"Postfix running at {status.smtp} (folder {status.home}); receiver "
+               f"{'at ' + status.receiver if status.receiver_running else 'down'}")
+    click.echo(f"send email through it: ESTOP_EMAIL_PROVIDER={local.provider_url}")
+
+
+@mta.command("stop")
+@click.pass_obj
+@handles_errors
+def mta_stop(settings: Settings) -> None:
+    """Stop Postfix and its receiver; exits 0 when neither runs."""
+    from streams.mta.local import LocalMta
+
+    LocalMta(settings).stop()
+    click.echo("Postfix and its receiver stopped")
+
+
+@mta.command("status")
+@click.pass_obj
+@handles_errors
+def mta_status(settings: Settings) -> None:
+    """Say whether Postfix and the receiver run, what waits in the queue, what arrived."""
+    from streams.mta.local import LocalMta
+
+    status = LocalMta(settings).status()
+    queued = ", ".join(f"{n} {q}" for q, n in sorted(status.queue.by_queue.items())) or "empty"
+    click.echo(f"Postfix {'running at ' + status.smtp if status.running else 'not running'}; "
+               f"queue: {queued}")
+    click.echo(f"receiver {'running at ' + status.receiver if status.receiver_running else 'down'}; "
+               f"{status.received:,} messages received")
+    if not status.running:
+        sys.exit(1)
+
+
+@mta.command("receiver")
+@click.argument("action", type=click.Choice(["start", "stop"]))
+@click.pass_obj
+@handles_errors
+def mta_receiver(settings: Settings, action: str) -> None:
+    """Start the receiver (and retry deferred mail now) or hold it down (mail waits in Postfix)."""
+    from streams.mta.local import LocalMta
+
+    local = LocalMta(settings)
+    if action == "start":
+        local.receiver_up()
+        click.echo(f"receiver running at {local.status().receiver}; deferred mail retried")
+    else:
+        local.receiver_down()
+        click.echo("receiver down: accepted mail waits in Postfix's deferred queue")
+
+
 # -- topics -----------------------------------------------------------------------------------
 
 

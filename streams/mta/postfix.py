@@ -12,7 +12,8 @@ What makes a second Postfix run beside (or without) the system one on Debian, fo
   adapter still checks each message's own ``X-Estop-Message-Id`` header before deleting it);
 * a ``header_checks`` INFO rule logs each message's ``X-Estop-Message-Id`` with its queue id, so
   the log alone tells which message a queue id carries;
-* ``relayhost`` is the receiver; retries are fast (1 s) so held mail moves as soon as it is back."""
+* ``relayhost`` is the receiver; deferred mail is retried every 10 to 20 s (cheap while the
+  receiver is down), and `estop mta receiver start` flushes the queue (``postqueue -f``)."""
 
 from __future__ import annotations
 
@@ -87,9 +88,9 @@ relayhost = [{host}]:{receiver_port}
 smtp_dns_support_level = disabled
 enable_long_queue_ids = yes
 header_checks = regexp:{etc}/header_checks
-queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
+queue_run_delay = 10s
+minimal_backoff_time = 10s
+maximal_backoff_time = 20s
 smtp_connect_timeout = 2s
 default_destination_concurrency_limit = 20
 default_process_limit = 50

@@ -344,10 +344,10 @@ class SmtpAdapter:
             others = [q for q in held if q not in own]
             if others:  # a reused queue id: someone else's message; leave it as it was
                 self._postsuper("-H", others, None)
-            for queue_id in self._postsuper("-d", own, REMOVED):
-                answers[message_of[queue_id]] = CancelStatus.CANCELLED
-            for queue_id in set(own) - set(answers):
-                answers[message_of[queue_id]] = CancelStatus.UNKNOWN
+            removed = set(self._postsuper("-d", own, REMOVED))
+            for queue_id in own:  # held, so still queued: a delete that failed is unknown
+                answers[message_of[queue_id]] = (CancelStatus.CANCELLED if queue_id in removed
+                                                 else CancelStatus.UNKNOWN)
         return answers
 
     def _postsuper(self, flag: str, queue_ids: list[str], done: re.Pattern[str] | None) -> list[str]:
