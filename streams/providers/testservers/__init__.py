@@ -17,7 +17,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from aiohttp import web
+
 T = TypeVar("T")
+S = TypeVar("S", bound="StandIn")
 
 
 def now_ms() -> int:
@@ -57,6 +60,68 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+class StandIn:
+    """A stand-in server on its own loop thread: ``start()`` runs ``_start`` there and ``stop()``
+    runs ``_stop``; ``query`` reads its state on that loop (a consistent view)."""
+
+    name = "stand-in"
+    port: int
+
+    def __init__(self) -> None:
+        self._loop: LoopThread | None = None
+
+    def start(self: S) -> S:
+        self._loop = LoopThread(f"{self.name}:{self.port}")
+        self._loop.run(self._start())
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        self._loop.run(self._stop())
+        self._loop.close()
+        self._loop = None
+
+    def query(self: S, question: Callable[[S], T]) -> T:
+        assert self._loop is not None, f"the {self.name} is not running"
+        return self._loop.call(lambda: question(self))
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+
+class HttpStandIn(StandIn):
+    """A stand-in that is an aiohttp application."""
+
+    host: str
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def _start(self) -> None:
+        app = web.Application()
+        self.routes(app)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 class Arrivals:

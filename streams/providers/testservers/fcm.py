@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from streams.providers.testservers import Arrival, Arrivals, LoopThread, now_ms
+from streams.providers.testservers import Arrival, Arrivals, HttpStandIn, now_ms
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -42,9 +42,12 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return web.json_response(body, status=status, headers=headers)
 
 
-class StandInFcm:
+class StandInFcm(HttpStandIn):
+    name = "FCM"
+
     def __init__(self, port: int = 0, project: str = "estop-demo", max_rate: float | None = None,
                  host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.project = project
@@ -58,34 +61,10 @@ class StandInFcm:
         self._ids = 0
         self._window_start = 0.0
         self._window_count = 0
-        self._loop: LoopThread | None = None
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def origin(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> StandInFcm:
-        self._loop = LoopThread(f"fcm:{self.port}")
-        self._loop.run(self._start())
-        return self
-
-    async def _start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/token", self._token)
         app.router.add_post("/v1/projects/{project}/messages:send", self._send)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = self._runner.addresses[0][1]
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        assert self._runner is not None
-        self._loop.run(self._runner.cleanup())
-        self._loop.close()
-        self._loop = None
 
     def service_account(self, path: Path) -> Path:
         """Write the service account file a sender authenticates with (as the console gives it)."""

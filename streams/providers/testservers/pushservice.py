@@ -23,10 +23,9 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import http_ece
 from aiohttp import web
@@ -35,12 +34,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from streams.providers.testservers import Arrival, Arrivals, LoopThread, now_ms
+from streams.providers.testservers import Arrival, Arrivals, HttpStandIn, now_ms
 
 STORED, DELIVERED, REPLACED, DELETED, EXPIRED = "stored", "delivered", "replaced", "deleted", "expired"
 TOPIC = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 TICK_S = 0.25  # the user agents connect on a scale of seconds
-T = TypeVar("T")
+
 
 
 def b64url(data: bytes) -> str:
@@ -78,9 +77,12 @@ class PushMessage:
     state: str = STORED
 
 
-class StandInPushService:
+class StandInPushService(HttpStandIn):
+    name = "push service"
+
     def __init__(self, port: int = 0, connect_every_s: float = 2.0, allow_delete: bool = True,
                  host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.connect_every_s = connect_every_s
@@ -94,44 +96,21 @@ class StandInPushService:
         self._stored: dict[str, PushMessage] = {}  # what still waits for its user agent
         self._ticker: asyncio.Task[None] | None = None
         self._random = random.Random()
-        self._loop: LoopThread | None = None
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def origin(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     # -- life ----------------------------------------------------------------------------------
 
-    def start(self) -> StandInPushService:
-        self._loop = LoopThread(f"webpush:{self.port}")
-        self._loop.run(self._start())
-        return self
-
-    async def _start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/wpush/{sub}", self._push)
         app.router.add_delete("/wmsg/{message}", self._delete)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+
+    async def _start(self) -> None:
+        await super()._start()
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        assert self._runner is not None and self._ticker is not None
-        self._loop.call(self._ticker.cancel)
-        self._loop.run(self._runner.cleanup())
-        self._loop.close()
-        self._loop = None
-
-    def query(self, question: Callable[[StandInPushService], T]) -> T:
-        """Ask about the service's state on its own loop (a consistent view)."""
-        assert self._loop is not None
-        return self._loop.call(lambda: question(self))
+    async def _stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await super()._stop()
 
     def subscribe(self, recipient_ids: list[str], server_key: str, directory: Path) -> None:
         """Make a subscription per recipient (as each browser would for the application server

@@ -14,13 +14,12 @@ import heapq
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from streams.providers import smpp_pdus as pdus
 from streams.providers.smpp_pdus import CommandId, CommandStatus, operations
-from streams.providers.testservers import Arrival, Arrivals, LoopThread, T, now_ms
+from streams.providers.testservers import Arrival, Arrivals, StandIn, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +66,12 @@ class SmscCounts:
     receipts_acked: int = 0
 
 
-class StandInSmsc:
+class StandInSmsc(StandIn):
+    name = "smsc"
+
     def __init__(self, port: int, system_id: str, password: str, hold_s: float,
                  max_rate: float | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.system_id = system_id
@@ -85,28 +87,15 @@ class StandInSmsc:
         self._ids = itertools.count(1)
         self._window_start = 0.0
         self._window_count = 0
-        self._loop: LoopThread | None = None
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     # -- life ----------------------------------------------------------------------------------
 
-    def start(self) -> StandInSmsc:
-        self._loop = LoopThread(f"smsc:{self.port}")
-        self._loop.run(self._start())
-        return self
-
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        self._loop.run(self._stop())
-        self._loop.close()
-        self._loop = None
 
     async def _stop(self) -> None:
         assert self._server is not None and self._ticker is not None
@@ -115,11 +104,6 @@ class StandInSmsc:
         for session in list(self._sessions):
             session.writer.close()
         await self._server.wait_closed()
-
-    def query(self, question: Callable[[StandInSmsc], T]) -> T:
-        """Ask about the SMSC's state on its own loop (a consistent view)."""
-        assert self._loop is not None
-        return self._loop.call(lambda: question(self))
 
     def states(self, contains: str) -> dict[str, int]:
         """How many messages whose text contains ``contains`` are in each state."""
