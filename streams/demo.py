@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from streams.campaigns.launcher import LaunchResult, launch
+from streams.campaigns.launcher import LaunchResult, launch, recipient_id
 from streams.campaigns.status import OutcomeCounter
 from streams.control.stop import StopResult, issue_stop
 from streams.dispatch.outbox import OutboxStats
@@ -22,12 +22,29 @@ from streams.exceptions import EstopError
 from streams.kafka.clients import consumer, take
 from streams.kafka.source import BrokerHandle, acquire_broker
 from streams.kafka.topics import create_topics
-from streams.models import STAGES
+from streams.models import STAGE_PROVIDER, STAGE_SENDING, STAGES
+from streams.mta.local import LocalMta
+from streams.providers.testservers.local import LocalStandIns, Pace
 from streams.serde import serdes_for
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
 from streams.sink.report import campaign_report
 from streams.sink.store import open_store
+
+
+@dataclass
+class ChannelFigures:
+    """One channel of a demo through real protocols: its outcomes and what its receiving server
+    counted (arrivals after the stop's confirmation must be 0)."""
+
+    channel: str
+    provider: str
+    sent: int
+    at_sending: int
+    cancelled: int  # accepted by the provider, cancelled there by the stop
+    held_back: int  # still in the dispatcher's hands at the stop
+    arrived: int
+    arrived_after_confirmation: int | None  # None where the receiver keeps no arrival times
 
 
 @dataclass
@@ -44,6 +61,7 @@ class DemoResult:
     broker: str = ""
     state_at_stop: str | None = None
     analytics: dict[str, Any] | None = None  # `estop report` of the campaign at the end
+    channels: list[ChannelFigures] = field(default_factory=list)  # with --provider real
 
     @property
     def total(self) -> int:
@@ -66,6 +84,7 @@ class DemoResult:
             "outcomes_complete_s": self.outcomes_complete_s,
             "broker": self.broker,
             "report": self.analytics,
+            "channels": [vars(c) for c in self.channels],
         }
 
 
@@ -171,21 +190,97 @@ class OutcomeWatch:
         self._consumer.close()
 
 
+class RealProviders:
+    """The providers of ``--provider real``: email through the private Postfix (``estop mta``),
+    SMS, web push and mobile push through the local stand-ins of their services."""
+
+    def __init__(self, settings: Settings, channels: list[str], recipients: int) -> None:
+        self.settings = settings
+        self.channels = channels
+        self.mta: LocalMta | None = LocalMta(settings) if "email" in channels else None
+        self.stand_ins = LocalStandIns(settings.data_dir / "stand-ins", channels,
+                                       [recipient_id(i) for i in range(recipients)], Pace())
+
+    def start(self, say: Any) -> dict[str, str]:
+        """Start them; the worker settings that send every channel through them."""
+        env: dict[str, str] = {}
+        if self.mta is not None:
+            self.mta.start()
+            env.update({"ESTOP_EMAIL_PROVIDER": self.mta.provider_url,
+                        "ESTOP_MTA_DIR": str(self.settings.mta_home),
+                        "ESTOP_MTA_PORT": str(self.settings.mta_port),
+                        "ESTOP_MTA_RECEIVER_PORT": str(self.settings.mta_receiver_port)})
+            say(f"email: Postfix at {self.mta.provider_url}, receiving server on port "
+                f"{self.settings.mta_receiver_port}")
+        self.stand_ins.start()
+        env.update(self.stand_ins.env())
+        for channel in self.channels:
+            if channel != "email":
+                say(f"{channel}: {self.describe(channel)} (local stand-in)")
+        return env
+
+    def describe(self, channel: str) -> str:
+        stand_ins = self.stand_ins
+        if channel == "email":
+            return "SMTP, Postfix"
+        if channel == "sms":
+            return f"SMPP 3.4, SMSC :{stand_ins.smsc.port if stand_ins.smsc else 0}"
+        if channel == "webpush":
+            return (f"Web Push, service :{stand_ins.push_service.port if stand_ins.push_service else 0}")
+        return f"FCM HTTP v1 :{stand_ins.fcm.port if stand_ins.fcm else 0}"
+
+    def figures(self, campaign_id: str, counter: OutcomeCounter, confirmed_at_ms: int | None
+                ) -> list[ChannelFigures]:
+        rows = []
+        for channel in self.channels:
+            counts = counter.channel(channel)
+            cancelled = OutboxStats(self.settings.data_dir, channel).cancelled(campaign_id)
+            if channel == "email":
+                assert self.mta is not None
+                arrived, after = self.mta.receiver.arrivals().count(campaign_id), None
+            else:
+                arrivals = self.stand_ins.arrivals(channel)
+                arrived = arrivals.count(campaign_id)
+                after = None if confirmed_at_ms is None else arrivals.count(campaign_id, confirmed_at_ms)
+            rows.append(ChannelFigures(
+                channel, self.describe(channel), counts.sent, counts.not_sent.get(STAGE_SENDING, 0),
+                cancelled, counts.not_sent.get(STAGE_PROVIDER, 0) - cancelled, arrived, after))
+        return rows
+
+    def stop(self) -> None:
+        self.stand_ins.stop()
+        if self.mta is not None:
+            self.mta.stop()
+
+
 def run_demo(settings: Settings, recipients: int, stop_after: int, channels: list[str],
-             say: Any, progress: Any) -> DemoResult:
+             say: Any, progress: Any, provider: str = "simulated") -> DemoResult:
     handle: BrokerHandle = acquire_broker(settings, say)
     settings = settings.model_copy(update={"bootstrap_servers": handle.bootstrap_servers})
     say(f"broker: {handle.origin} at {handle.bootstrap_servers}")
     create_topics(settings, say=lambda _: None)
     serdes = serdes_for(settings.schema_registry_url)
-    worker = WorkerProcess(settings)
+    real = RealProviders(settings, channels, recipients) if provider == "real" else None
+    try:
+        return _run(settings, serdes, recipients, stop_after, channels, say, progress, handle,
+                    real, real.start(say) if real else {})
+    finally:
+        if real is not None:
+            real.stop()
+
+
+def _run(settings: Settings, serdes: Any, recipients: int, stop_after: int, channels: list[str],
+         say: Any, progress: Any, handle: BrokerHandle, real: RealProviders | None,
+         env: dict[str, str]) -> DemoResult:
+    worker = WorkerProcess(settings, env=env)
     campaign_id = f"promo-{time.strftime('%Y%m%d-%H%M%S')}"
     result = DemoResult(campaign_id, recipients * len(channels), broker=handle.bootstrap_servers)
     watch: OutcomeWatch | None = None
     try:
         say(f"worker {worker.wait_ready()} ready (gates and dispatchers for every channel)")
+        pace = ("handed to each channel's provider at" if real else "providers deliver")
         say(f"launching {campaign_id}: {recipients:,} recipients on {', '.join(channels)}; "
-            f"providers deliver {settings.provider_rate:,.0f} msg/s per channel")
+            f"{pace} {settings.provider_rate:,.0f} msg/s per channel")
         launched: dict[str, LaunchResult] = {}
         queue_task = progress.add_task("queued", total=result.planned)
         sent_task = progress.add_task("sent", total=result.planned)
@@ -194,7 +289,10 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
             progress=lambda n: progress.advance(queue_task, n))), daemon=True)
         launcher.start()
         watch = OutcomeWatch(settings, campaign_id)
-        while watch.sent() < stop_after:
+        # Through real protocols each channel delivers at its own pace: stop once every channel
+        # delivered something, so the stop meets each one part-way.
+        while watch.sent() < stop_after or (
+                real is not None and any(watch.counter.channel(c).sent == 0 for c in channels)):
             worker.check()
             watch.poll()
             progress.update(sent_task, completed=watch.sent())
@@ -227,6 +325,8 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
                 OutboxStats(settings.data_dir, c).handed_after(campaign_id, stop.confirmed_at_ms)
                 for c in channels)
         result.analytics = _await_analytics(settings, campaign_id, result.planned, deadline)
+        if real is not None:
+            result.channels = real.figures(campaign_id, watch.counter, stop.confirmed_at_ms)
     finally:
         if watch is not None:
             watch.close()

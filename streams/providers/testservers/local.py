@@ -5,7 +5,6 @@ subscription directory in one folder, and the worker settings that point estop a
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ class Pace:
     sms_hold_s: float = 5.0  # the SMSC keeps each message this long before the handset gets it
     sms_validity_s: int = 3600  # validity_period estop asks for
     webpush_connect_every_s: float = 3.0  # each browser connects to its push service this often
-    webpush_ttl_s: int = 30  # TTL of every web push message
+    webpush_ttl_s: int = 8  # TTL of every web push message
     push_rate: float = 500.0  # FCM messages per second (the project's quota)
     push_ttl_s: int = 60  # android.ttl / apns-expiration of every mobile push message
 
@@ -47,7 +46,7 @@ class LocalStandIns:
         self._env: dict[str, str] = {}
 
     def start(self) -> LocalStandIns:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # it holds credentials
         pace = self.pace
         if "sms" in self.channels:
             password = secrets.token_urlsafe(6)  # SMPP passwords are at most 8 characters
@@ -90,10 +89,3 @@ class LocalStandIns:
         for server in (self.smsc, self.push_service, self.fcm):
             if server is not None:
                 server.stop()
-
-
-def private_folder(base: Path) -> Path:
-    """A folder only this user reads: it holds credentials."""
-    base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(base, 0o700)
-    return base
