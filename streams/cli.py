@@ -492,6 +492,9 @@ def _report_table(data: dict[str, Any]) -> Any:
         channels = ", ".join(stop["channels"]) or "all channels"
         lines.append(f"stopped {channels} at {_when(stop['requested_at'])} by {stop['requested_by']}: "
                      f"{stop['reason']} ({stop['acks']} acknowledgements)")
+    if data["cancelled_at_provider"]:
+        lines.append(f"{data['cancelled_at_provider']:,} cancelled at the provider (accepted by it, "
+                     "removed from its queue by the stop)")
     if data["stop_to_last_halted_accounted_s"] is not None:
         lines.append(f"last halted message accounted {data['stop_to_last_halted_accounted_s']:.1f}s "
                      "after the stop")

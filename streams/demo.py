@@ -22,7 +22,7 @@ from streams.exceptions import EstopError
 from streams.kafka.clients import consumer, take
 from streams.kafka.source import BrokerHandle, acquire_broker
 from streams.kafka.topics import create_topics
-from streams.models import STAGE_PROVIDER, STAGE_SENDING, STAGES
+from streams.models import CHANNELS, STAGE_PROVIDER, STAGE_SENDING, STAGES
 from streams.mta.local import LocalMta
 from streams.providers.testservers.local import LocalStandIns, Pace
 from streams.serde import serdes_for
@@ -119,6 +119,10 @@ class WorkerProcess:
             "ESTOP_PROVIDER_RATE": str(settings.provider_rate),
             "ESTOP_PROVIDER_DELAY_S": str(settings.provider_delay_s),
             "ESTOP_METRICS_PORT": str(settings.metrics_port),
+            **{f"ESTOP_{c.upper()}_PROVIDER": settings.provider_url(c) for c in CHANNELS},
+            "ESTOP_MTA_DIR": str(settings.mta_home),
+            "ESTOP_MTA_PORT": str(settings.mta_port),
+            "ESTOP_MTA_RECEIVER_PORT": str(settings.mta_receiver_port),
         })
         full_env.update(env or {})
         self.process = subprocess.Popen(

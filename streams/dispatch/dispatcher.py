@@ -49,10 +49,19 @@ from streams.models import (
     HEADER_STAGE,
     NOT_SENT_EVENT,
     OUTCOME_FAILED,
+    REASON_CANCELLED,
+    REASON_HELD,
     SENT_EVENT,
     STAGE_PROVIDER,
 )
-from streams.providers.base import CancelCapability, CancelStatus, Handoff, ProviderAdapter, SubmitStatus
+from streams.providers.base import (
+    CancelCapability,
+    CancelStatus,
+    Delivery,
+    Handoff,
+    ProviderAdapter,
+    SubmitStatus,
+)
 from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
 
@@ -81,6 +90,7 @@ class Dispatcher(TransactionalStage):
         self.outbox = Outbox.for_channel(settings.data_dir, channel)
         # One call at a time into the adapter: handoffs run here, a stop's cancel on the feed's thread.
         self._provider_lock = threading.Lock()
+        self._early: list[Delivery] = []  # deliveries of messages whose acceptance is not recorded yet
         self.receipts = ReceiptPublisher(settings, channel, self.outbox, self._render, self._published)
         self._slice = max(1, int(rate * PACE_SLICE_S))
         self._not_sent_event = NOT_SENT_EVENT[channel]
@@ -271,6 +281,9 @@ class Dispatcher(TransactionalStage):
                 found = self.provider.find(reserved.in_doubt) if reserved.in_doubt else {}
                 submit = [*reserved.fresh, *(h for h in reserved.in_doubt if h.message_id not in found)]
                 answers = self.provider.submit(submit) if submit else []
+            if reserved.in_doubt:
+                log.info("dispatcher %s: %d of %d messages in doubt were found at the provider "
+                         "(not submitted again)", channel, len(found), len(reserved.in_doubt))
             crash_point(self.settings, "handoff-submitted")
             at = now_ms()
             accepted = {**found, **{a.message_id: a.provider_id for a in answers
@@ -301,7 +314,7 @@ class Dispatcher(TransactionalStage):
         self._last_report = time.monotonic()
         with self._provider_lock:
             deliveries = self.provider.deliveries()
-        self.outbox.delivered(deliveries)
+        self._early = self.outbox.delivered([*self._early, *deliveries])
         self.receipts.publish(self.settings.batch_size * 5)
 
     def _published(self, outcomes: list[Outcome]) -> None:
@@ -322,7 +335,7 @@ class Dispatcher(TransactionalStage):
             "channel": self.channel,
             "recipient_id": handoff.recipient_id,
             "stage": STAGE_PROVIDER,
-            "reason": f"held before handoff: campaign stopped: {stop.reason}",
+            "reason": f"{REASON_HELD}: campaign stopped: {stop.reason}",
             "stop_command_id": stop.command_id,
             "stop_requested_at": stop.requested_at,
             "occurred_at": occurred_at,
@@ -379,7 +392,7 @@ class Dispatcher(TransactionalStage):
             "channel": self.channel,
             "recipient_id": outcome.recipient_id,
             "stage": STAGE_PROVIDER,
-            "reason": f"cancelled at the provider: campaign stopped: {outcome.reason}",
+            "reason": f"{REASON_CANCELLED}: campaign stopped: {outcome.reason}",
             "stop_command_id": outcome.stop_command_id,
             "stop_requested_at": outcome.stop_requested_at,
             "occurred_at": outcome.occurred_at,

@@ -166,23 +166,29 @@ class Outbox:
                     [now_ms(), command_id, requested_at, reason, *chunk]).rowcount
         return count
 
-    def delivered(self, deliveries: Sequence[Delivery]) -> int:
-        """What the provider said became of accepted messages; each applies once."""
+    def delivered(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """What the provider said became of accepted messages; each applies once. Returns the
+        deliveries of messages still reserved here (submitted, their acceptance not recorded
+        yet: the provider can be faster than the outbox): apply them again later."""
+        early: list[Delivery] = []
         if not deliveries:
-            return 0
-        count = 0
+            return early
         with localdb.write(self._db) as db:
             for d in deliveries:
                 # A receipt the provider sent again after a restart names only its own id
                 # (e.g. an SMSC's deliver_sm for a message submitted by the previous process).
                 match = ("message_id = ? AND provider_id = ?", (d.message_id, d.provider_id)) \
                     if d.message_id else ("provider_id = ?", (d.provider_id,))
-                count += db.execute(
+                applied = db.execute(
                     f"UPDATE outbox SET state = ?, occurred_at = ?, reason = ? WHERE {match[0]}"
                     " AND state = 'accepted'",
                     (DELIVERED if d.delivered else UNDELIVERED, d.at_ms, d.detail or None,
                      *match[1])).rowcount
-        return count
+                if not applied and d.message_id and db.execute(
+                        "SELECT 1 FROM outbox WHERE message_id = ? AND state = 'submitting'",
+                        (d.message_id,)).fetchone():
+                    early.append(d)
+        return early
 
     # -- report batches ------------------------------------------------------------------------
 

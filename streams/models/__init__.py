@@ -31,6 +31,10 @@ FAILED_EVENT: Final = {
 STAGE_SENDING: Final = "sending"
 STAGE_PROVIDER: Final = "provider"
 STAGES: Final = (STAGE_SENDING, STAGE_PROVIDER)
+# How a notSent event of stage provider begins its reason: the message was still in estop's
+# hands (held before handoff), or a provider held it and cancelled it on the stop.
+REASON_HELD: Final = "held before handoff"
+REASON_CANCELLED: Final = "cancelled at the provider"
 
 ACTION_STOP: Final = "stop"
 

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -158,6 +159,10 @@ class PostfixInstance:
                            f"({len(str(longest))} > {SOCKET_PATH_MAX} characters); set ESTOP_MTA_DIR")
         for folder in (self.etc, self.spool, self.data, self.log_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
+        for folder in [self.home, *self.home.parents]:
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                raise MtaError(f"Postfix's own user cannot reach {self.home}: {folder} is not "
+                               "searchable by others (chmod o+x it, or set ESTOP_MTA_DIR)")
         shutil.chown(self.data, "postfix")
         values = {"spool": self.spool, "data": self.data, "daemons": DAEMONS, "log": self.log_path,
                   "home": self.home, "host": HOST, "port": self.port,

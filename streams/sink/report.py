@@ -40,6 +40,9 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
             entry["not_sent"] += count
             key = stage or "unknown"
             entry["not_sent_by_stage"][key] = entry["not_sent_by_stage"].get(key, 0) + count
+    cancelled = store.cancelled_at_provider(campaign_id)
+    for channel, entry in by_channel.items():
+        entry["cancelled_at_provider"] = cancelled.get(channel, 0)
     for entry in by_channel.values():
         entry["accounted"] = entry["sent"] + entry["not_sent"] + entry["failed"]
         entry["pending"] = max(entry["planned"] - entry["accounted"], 0)
@@ -66,6 +69,8 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
         "accounted": sent + not_sent + failed,
         "pending": max(total - sent - not_sent - failed, 0),
         "not_sent_by_stage": by_stage,
+        # Of the notSent at stage provider: accepted by a provider, cancelled there on the stop.
+        "cancelled_at_provider": sum(cancelled.values()),
         "by_channel": by_channel,
         "stops": stops,
         "stop_to_last_halted_accounted_s": stop_to_last,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streams.models import REASON_CANCELLED, STAGE_PROVIDER
 from streams.settings import Settings
 from streams.sink.exceptions import StoreError
 
@@ -221,6 +222,13 @@ class OutcomeStore:
         return [(r[0], r[1], r[2], int(r[3])) for r in self._query(
             "SELECT channel, outcome, stage, COUNT(*) FROM outcomes WHERE campaign_id = ?"
             " GROUP BY channel, outcome, stage", (campaign_id,))]
+
+    def cancelled_at_provider(self, campaign_id: str) -> dict[str, int]:
+        """Per channel, the notSent messages a provider held and cancelled on a stop."""
+        return {r[0]: int(r[1]) for r in self._query(
+            "SELECT channel, COUNT(*) FROM outcomes WHERE campaign_id = ? AND outcome = 'not_sent'"
+            " AND stage = ? AND reason LIKE ? GROUP BY channel",
+            (campaign_id, STAGE_PROVIDER, f"{REASON_CANCELLED}%"))}
 
     def campaign(self, campaign_id: str) -> dict[str, Any] | None:
         rows = self._query("SELECT state, channels, planned, updated_at FROM campaigns"
