@@ -168,8 +168,11 @@ class StandInPushService(HttpStandIn):
         body = await request.read()
         if body and request.headers.get("Content-Encoding", "").lower() != "aes128gcm":
             return self._refuse(415, "payloads must be encrypted with Content-Encoding: aes128gcm")
-        message = PushMessage(b64url(os.urandom(12)), sub.sub_id, topic, body,
-                              time.monotonic() + int(ttl_header))
+        now = time.monotonic()
+        message = PushMessage(b64url(os.urandom(12)), sub.sub_id, topic, body, now + int(ttl_header))
+        if sub.next_connect <= now:  # offline since its last connection: the next one is ahead
+            periods = (now - sub.next_connect) // self.connect_every_s + 1
+            sub.next_connect += periods * self.connect_every_s
         if topic is not None:
             replaced = self._stored_by_topic.get((sub.sub_id, topic))
             if replaced is not None and self.messages[replaced].state == STORED:
