@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# e.g. make demo DEMO_ARGS="--provider smtp" (email through the private Postfix)
+DEMO_ARGS ?=
 PROMETHEUS_PORT ?= 9090
 
 .PHONY: install system-demo system-test broker demo test bench soak lint clean monitor
@@ -31,7 +33,7 @@ broker: system-demo install
 	$(BIN)/estop broker start
 
 demo: system-demo install
-	$(BIN)/estop demo
+	$(BIN)/estop demo $(DEMO_ARGS)
 
 # The broker fixture brings up a broker itself (user's cluster, Docker or the local one).
 test: system-test install

@@ -3,7 +3,7 @@
 # `.ci/run` (through the Makefile). Idempotent: a package whose program is already there is not
 # touched, so a second run prints one line and costs nothing.
 #
-#   bash deploy/system-packages.sh demo   # what the demo needs: Java, Maven
+#   bash deploy/system-packages.sh demo   # what the demo needs: Java, Maven, Postfix
 #   bash deploy/system-packages.sh test   # and the servers the tests run privately: Prometheus,
 #                                         # PostgreSQL, Postfix, Chromium
 #
@@ -20,14 +20,14 @@ purpose="${1:-test}"
 needs_demo=(
     "java openjdk-17-jre-headless"
     "mvn maven"
+    "/usr/sbin/postfix postfix"
+    "/usr/sbin/smtp-sink postfix"
 )
 needs_test=(
     "${needs_demo[@]}"
     "promtool prometheus"
     "prometheus prometheus"
     "/usr/lib/postgresql/*/bin/postgres postgresql"
-    "/usr/sbin/postfix postfix"
-    "/usr/sbin/smtp-sink postfix"
     "chromium chromium"
 )
 

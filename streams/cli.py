@@ -352,7 +352,7 @@ def _when(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-REAL_RECIPIENTS, REAL_STOP_AFTER = 3_000, 600  # the demo's scale through real protocols
+REAL_RECIPIENTS, REAL_STOP_AFTER, REAL_RATE = 3_000, 600, 100.0  # the demo through real protocols
 
 
 @main.command(context_settings={"allow_extra_args": True})
@@ -362,23 +362,28 @@ REAL_RECIPIENTS, REAL_STOP_AFTER = 3_000, 600  # the demo's scale through real p
               help="Stop once this many messages were sent [default: 50,000; 600 with --provider real].")
 @click.option("--channels", "channels", multiple=True, type=CHANNEL_OPTION,
               help="Channels of the campaign, e.g. --channels email sms push webpush (default: email).")
-@click.option("--provider", type=click.Choice(["simulated", "real"]), default="simulated",
-              show_default=True,
-              help="simulated: estop's own simulated providers; real: each channel through its real "
-                   "protocol on this machine (email through a private Postfix, SMS over SMPP to a "
-                   "local SMSC, web push and mobile push over HTTP to local push services).")
 @click.option("--provider-rate", type=click.FloatRange(min=1), default=None,
               help="Messages per second handed to each channel's provider [default: 5,000; 100 with "
                    "--provider real].")
+@click.option("--provider", type=click.Choice(["simulated", "smtp", "real"]), default="simulated",
+              show_default=True,
+              help="smtp: email goes through the private Postfix (started if needed, see "
+                   "`estop mta`), whose receiver goes down before the stop so mail waits there. "
+                   "real: every channel over its real protocol on this machine: email through that "
+                   "Postfix, SMS over SMPP to a local SMSC, web push and mobile push over HTTP to "
+                   "local stand-ins of a push service and of FCM.")
+@click.option("--outage-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="With --provider smtp or real: how long the email receiver is down before the stop.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handles_errors
 def demo(settings: Settings, recipients: int | None, stop_after: int | None, channels: tuple[str, ...],
-         provider: str, provider_rate: float | None, as_json: bool) -> None:
+         provider_rate: float | None, provider: str, outage_s: float, as_json: bool) -> None:
     """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000 sent."""
     from rich.progress import Progress
 
     from streams.demo import run_demo
+    from streams.mta.local import LocalMta
 
     real = provider == "real"
     extra = click.get_current_context().args  # --channels email sms push: the values after the first
@@ -390,12 +395,20 @@ def demo(settings: Settings, recipients: int | None, stop_after: int | None, cha
     stop_after = stop_after if stop_after is not None else (REAL_STOP_AFTER if real else 50_000)
     if stop_after >= recipients * len(channel_list):
         raise UsageError("--stop-after must be smaller than the number of planned messages")
-    settings = settings.model_copy(update={"provider_rate": provider_rate or (100.0 if real else 5000.0),
-                                           "provider_delay_s": 1.0})
+    if provider == "smtp" and channel_list != ["email"]:
+        raise UsageError("--provider smtp carries email only: leave out --channels or use "
+                         "--channels email (--provider real carries every channel)")
+    settings = settings.model_copy(update={
+        "provider_rate": provider_rate or (REAL_RATE if real else 5000.0), "provider_delay_s": 1.0})
+    mta = None
+    if provider == "smtp" or (real and "email" in channel_list):
+        mta = LocalMta(settings)
+        mta.start()
+        settings = settings.model_copy(update={"email_provider": mta.provider_url})
     with Progress(transient=as_json) as progress:
         result = run_demo(settings, recipients, stop_after, channel_list,
                           say=progress.console.print if not as_json else _say, progress=progress,
-                          provider=provider)
+                          mta=mta, outage_s=outage_s, real=real)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
         return
@@ -417,6 +430,10 @@ def demo(settings: Settings, recipients: int | None, stop_after: int | None, cha
     if result.analytics:
         click.echo(f"  analytics store accounts for {result.analytics['accounted']:>10,}   "
                    f"(estop report {result.campaign_id})")
+    if result.received is not None and result.analytics:
+        click.echo(f"  waiting in Postfix at stop   {result.queued_at_stop or 0:>10,}")
+        click.echo(f"  cancelled at the provider    {result.analytics['cancelled_at_provider']:>10,}")
+        click.echo(f"  arrived at the receiver      {result.received:>10,}   (must equal sent)")
     if result.channels:
         click.echo("")
         click.echo(f"  {'channel':<8} {'provider':<26} {'sent':>7} {'@sending':>9} {'cancelled':>10} "
@@ -426,7 +443,8 @@ def demo(settings: Settings, recipients: int | None, stop_after: int | None, cha
             click.echo(f"  {row.channel:<8} {row.provider:<26} {row.sent:>7,} {row.at_sending:>9,} "
                        f"{row.cancelled:>10,} {row.held_back:>10,} {row.arrived:>8,} {after:>10}")
     if (result.total != result.planned or result.handoffs_after_confirmation
-            or any(row.arrived_after_confirmation for row in result.channels)):
+            or (result.received is not None and result.received != result.sent)
+            or any(row.arrived_after_confirmation or row.arrived != row.sent for row in result.channels)):
         raise EstopError("the demo's accounting does not add up (see above)")
 
 

@@ -1,4 +1,4 @@
-"""``estop demo``: the seed's scenario on the embedded defaults. A 500,000-recipient email
+"""``estop demo``: the reference scenario on the embedded defaults. A 500,000-recipient email
 campaign is queued, the providers work through it, an operator stops it once about 50,000 are
 sent, and every message ends as exactly one outcome."""
 
@@ -34,8 +34,8 @@ from streams.sink.store import open_store
 
 @dataclass
 class ChannelFigures:
-    """One channel of a demo through real protocols: its outcomes and what its receiving server
-    counted (arrivals after the stop's confirmation must be 0)."""
+    """One channel of a demo through real protocols (``--provider real``): its outcomes and what
+    its receiving server counted (arrivals after the stop's confirmation must be 0)."""
 
     channel: str
     provider: str
@@ -61,6 +61,10 @@ class DemoResult:
     broker: str = ""
     state_at_stop: str | None = None
     analytics: dict[str, Any] | None = None  # `estop report` of the campaign at the end
+    # Through the private MTA (--provider smtp): messages of the campaign its receiver got, and
+    # how many waited in Postfix's queue when the stop came.
+    received: int | None = None
+    queued_at_stop: int | None = None
     channels: list[ChannelFigures] = field(default_factory=list)  # with --provider real
 
     @property
@@ -84,6 +88,8 @@ class DemoResult:
             "outcomes_complete_s": self.outcomes_complete_s,
             "broker": self.broker,
             "report": self.analytics,
+            "received": self.received,
+            "queued_at_stop": self.queued_at_stop,
             "channels": [vars(c) for c in self.channels],
         }
 
@@ -194,95 +200,80 @@ class OutcomeWatch:
         self._consumer.close()
 
 
-class RealProviders:
-    """The providers of ``--provider real``: email through the private Postfix (``estop mta``),
-    SMS, web push and mobile push through the local stand-ins of their services."""
+def start_stand_ins(settings: Settings, channels: list[str], recipients: int, say: Any) -> LocalStandIns:
+    """The local stand-ins of the SMSC, the web push service and FCM for ``--provider real``."""
+    stand_ins = LocalStandIns(settings.data_dir / "stand-ins", [c for c in channels if c != "email"],
+                              [recipient_id(i) for i in range(recipients)], Pace()).start()
+    for channel in channels:
+        if channel != "email":
+            say(f"{channel}: {describe(channel, stand_ins)} (local stand-in)")
+    return stand_ins
 
-    def __init__(self, settings: Settings, channels: list[str], recipients: int) -> None:
-        self.settings = settings
-        self.channels = channels
-        self.mta: LocalMta | None = LocalMta(settings) if "email" in channels else None
-        self.stand_ins = LocalStandIns(settings.data_dir / "stand-ins", channels,
-                                       [recipient_id(i) for i in range(recipients)], Pace())
 
-    def start(self, say: Any) -> dict[str, str]:
-        """Start them; the worker settings that send every channel through them."""
-        env: dict[str, str] = {}
-        if self.mta is not None:
-            self.mta.start()
-            env.update({"ESTOP_EMAIL_PROVIDER": self.mta.provider_url,
-                        "ESTOP_MTA_DIR": str(self.settings.mta_home),
-                        "ESTOP_MTA_PORT": str(self.settings.mta_port),
-                        "ESTOP_MTA_RECEIVER_PORT": str(self.settings.mta_receiver_port)})
-            say(f"email: Postfix at {self.mta.provider_url}, receiving server on port "
-                f"{self.settings.mta_receiver_port}")
-        self.stand_ins.start()
-        env.update(self.stand_ins.env())
-        for channel in self.channels:
-            if channel != "email":
-                say(f"{channel}: {self.describe(channel)} (local stand-in)")
-        return env
+def describe(channel: str, stand_ins: LocalStandIns | None) -> str:
+    """One line naming the protocol and server a channel goes through."""
+    def port(server: Any) -> int:
+        return int(server.port) if server is not None else 0
 
-    def describe(self, channel: str) -> str:
-        stand_ins = self.stand_ins
+    if channel == "email" or stand_ins is None:
+        return "SMTP, Postfix"
+    if channel == "sms":
+        return f"SMPP 3.4, SMSC :{port(stand_ins.smsc)}"
+    if channel == "webpush":
+        return f"Web Push, service :{port(stand_ins.push_service)}"
+    return f"FCM HTTP v1 :{port(stand_ins.fcm)}"
+
+
+def channel_figures(settings: Settings, campaign_id: str, channels: list[str], counter: OutcomeCounter,
+                    confirmed_at_ms: int | None, received: int | None,
+                    stand_ins: LocalStandIns) -> list[ChannelFigures]:
+    rows = []
+    for channel in channels:
+        counts = counter.channel(channel)
+        cancelled = OutboxStats(settings.data_dir, channel).cancelled(campaign_id)
         if channel == "email":
-            return "SMTP, Postfix"
-        if channel == "sms":
-            return f"SMPP 3.4, SMSC :{stand_ins.smsc.port if stand_ins.smsc else 0}"
-        if channel == "webpush":
-            return (f"Web Push, service :{stand_ins.push_service.port if stand_ins.push_service else 0}")
-        return f"FCM HTTP v1 :{stand_ins.fcm.port if stand_ins.fcm else 0}"
-
-    def figures(self, campaign_id: str, counter: OutcomeCounter, confirmed_at_ms: int | None
-                ) -> list[ChannelFigures]:
-        rows = []
-        for channel in self.channels:
-            counts = counter.channel(channel)
-            cancelled = OutboxStats(self.settings.data_dir, channel).cancelled(campaign_id)
-            if channel == "email":
-                assert self.mta is not None
-                arrived, after = self.mta.receiver.arrivals().count(campaign_id), None
-            else:
-                arrivals = self.stand_ins.arrivals(channel)
-                arrived = arrivals.count(campaign_id)
-                after = None if confirmed_at_ms is None else arrivals.count(campaign_id, confirmed_at_ms)
-            rows.append(ChannelFigures(
-                channel, self.describe(channel), counts.sent, counts.not_sent.get(STAGE_SENDING, 0),
-                cancelled, counts.not_sent.get(STAGE_PROVIDER, 0) - cancelled, arrived, after))
-        return rows
-
-    def stop(self) -> None:
-        self.stand_ins.stop()
-        if self.mta is not None:
-            self.mta.stop()
+            arrived, after = received or 0, None  # the receiver keeps no arrival times
+        else:
+            arrivals = stand_ins.arrivals(channel)
+            arrived = arrivals.count(campaign_id)
+            after = None if confirmed_at_ms is None else arrivals.count(campaign_id, confirmed_at_ms)
+        rows.append(ChannelFigures(
+            channel, describe(channel, stand_ins), counts.sent, counts.not_sent.get(STAGE_SENDING, 0),
+            cancelled, counts.not_sent.get(STAGE_PROVIDER, 0) - cancelled, arrived, after))
+    return rows
 
 
 def run_demo(settings: Settings, recipients: int, stop_after: int, channels: list[str],
-             say: Any, progress: Any, provider: str = "simulated") -> DemoResult:
+             say: Any, progress: Any, mta: LocalMta | None = None, outage_s: float = 0.0,
+             real: bool = False) -> DemoResult:
+    """With ``mta`` (email through the private Postfix), the receiver goes down once
+    ``stop_after`` messages were sent, so mail waits in Postfix's deferred queue for ``outage_s``
+    seconds before the stop; it comes back once the stop is confirmed. With ``real``, SMS, web
+    push and mobile push go over their protocols to local stand-ins of their services."""
     handle: BrokerHandle = acquire_broker(settings, say)
     settings = settings.model_copy(update={"bootstrap_servers": handle.bootstrap_servers})
     say(f"broker: {handle.origin} at {handle.bootstrap_servers}")
     create_topics(settings, say=lambda _: None)
-    serdes = serdes_for(settings.schema_registry_url)
-    real = RealProviders(settings, channels, recipients) if provider == "real" else None
+    stand_ins = start_stand_ins(settings, channels, recipients, say) if real else None
     try:
-        return _run(settings, serdes, recipients, stop_after, channels, say, progress, handle,
-                    real, real.start(say) if real else {})
+        return _run(settings, recipients, stop_after, channels, say, progress, handle, mta, outage_s,
+                    stand_ins)
     finally:
-        if real is not None:
-            real.stop()
+        if stand_ins is not None:
+            stand_ins.stop()
 
 
-def _run(settings: Settings, serdes: Any, recipients: int, stop_after: int, channels: list[str],
-         say: Any, progress: Any, handle: BrokerHandle, real: RealProviders | None,
-         env: dict[str, str]) -> DemoResult:
-    worker = WorkerProcess(settings, env=env)
+def _run(settings: Settings, recipients: int, stop_after: int, channels: list[str], say: Any,
+         progress: Any, handle: BrokerHandle, mta: LocalMta | None, outage_s: float,
+         stand_ins: LocalStandIns | None) -> DemoResult:
+    serdes = serdes_for(settings.schema_registry_url)
+    worker = WorkerProcess(settings, env=stand_ins.env() if stand_ins else None)
     campaign_id = f"promo-{time.strftime('%Y%m%d-%H%M%S')}"
     result = DemoResult(campaign_id, recipients * len(channels), broker=handle.bootstrap_servers)
     watch: OutcomeWatch | None = None
     try:
         say(f"worker {worker.wait_ready()} ready (gates and dispatchers for every channel)")
-        pace = ("handed to each channel's provider at" if real else "providers deliver")
+        pace = "handed to each channel's provider at" if stand_ins else "providers deliver"
         say(f"launching {campaign_id}: {recipients:,} recipients on {', '.join(channels)}; "
             f"{pace} {settings.provider_rate:,.0f} msg/s per channel")
         launched: dict[str, LaunchResult] = {}
@@ -294,22 +285,34 @@ def _run(settings: Settings, serdes: Any, recipients: int, stop_after: int, chan
         launcher.start()
         watch = OutcomeWatch(settings, campaign_id)
         # Through real protocols each channel delivers at its own pace: stop once every channel
-        # delivered something, so the stop meets each one part-way.
+        # delivered something too, so the stop meets each one part-way.
         while watch.sent() < stop_after or (
-                real is not None and any(watch.counter.channel(c).sent == 0 for c in channels)):
+                stand_ins is not None and any(watch.counter.channel(c).sent == 0 for c in channels)):
             worker.check()
             watch.poll()
             progress.update(sent_task, completed=watch.sent())
             if not launcher.is_alive() and not launched:
                 raise EstopError("the launcher failed")
+        if mta is not None:
+            mta.receiver_down()
+            say(f"the receiver (the internet) is down for {outage_s:.0f}s: mail waits in Postfix")
+            outage_ends = time.monotonic() + outage_s
+            while time.monotonic() < outage_ends:
+                worker.check()
+                watch.poll()
+            result.queued_at_stop = mta.postfix.counts().total
         result.state_at_stop = "Finished" if not launcher.is_alive() else "Sending"
-        say(f"stopping after {watch.sent():,} sent (campaign {result.state_at_stop})")
+        say(f"stopping after {watch.sent():,} sent (campaign {result.state_at_stop})"
+            + (f"; {result.queued_at_stop:,} messages wait in Postfix's queue" if mta else ""))
         stop = issue_stop(settings, serdes, campaign_id, "incorrect discount code in the email",
                           [], by="demo operator", timeout_s=60)
         result.stop = stop
         stopped_at = time.monotonic()
         say(f"stop {stop.command_id} {'confirmed' if stop.confirmed else 'NOT confirmed'} "
             f"in {stop.confirm_s:.3f}s by {len(stop.acks)} process(es)")
+        if mta is not None:
+            mta.receiver_up()
+            say("the receiver is back: Postfix delivers whatever it still holds")
         launcher.join()
         result.launch = launched.get("r")
         all_task = progress.add_task("outcomes", total=result.planned)
@@ -329,8 +332,13 @@ def _run(settings: Settings, serdes: Any, recipients: int, stop_after: int, chan
                 OutboxStats(settings.data_dir, c).handed_after(campaign_id, stop.confirmed_at_ms)
                 for c in channels)
         result.analytics = _await_analytics(settings, campaign_id, result.planned, deadline)
-        if real is not None:
-            result.channels = real.figures(campaign_id, watch.counter, stop.confirmed_at_ms)
+        if mta is not None:
+            while mta.postfix.counts().total and time.monotonic() < deadline:
+                time.sleep(0.2)
+            result.received = mta.receiver.arrivals().count(campaign_id)
+        if stand_ins is not None:
+            result.channels = channel_figures(settings, campaign_id, channels, watch.counter,
+                                              stop.confirmed_at_ms, result.received, stand_ins)
     finally:
         if watch is not None:
             watch.close()

@@ -2,9 +2,9 @@
 itself the first time it reaches that point, the narrowest window a crash can hit. Points:
 
 * ``receipts-committed``: a dispatcher committed a batch of provider outcomes to Kafka and has
-  not marked it reported in the provider ledger yet;
-* ``handoff-submitted``: a dispatcher handed messages to its provider and has not committed the
-  input offsets yet;
+  not marked it reported in its outbox yet;
+* ``handoff-submitted``: a dispatcher's provider accepted messages and the dispatcher has not
+  recorded them in its outbox yet (nor committed the input offsets);
 * ``gate-produced``: a gate produced a batch's outputs in its transaction, not committed yet;
 * ``sink-stored``: the sink stored a batch and has not committed its offsets yet.
 """

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     control_partitions: int = Field(default=1, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
-    # Local files: broker data and logs, provider ledgers, analytics store.
+    # Local files: broker data and logs, outboxes, simulated providers, the MTA, analytics store.
     data_dir: Path = PROJECT_ROOT / ".data"
     cache_dir: Path = PROJECT_ROOT / ".cache"
 

@@ -300,10 +300,10 @@ class Bench:
                                 30, force=True)
             load.join(300)
             time.sleep(1)
-            ledger = OutboxStats(settings.data_dir, "email")
+            outbox = OutboxStats(settings.data_dir, "email")
             if result.confirmed_at_ms is not None and result.broker_ack_ms is not None:
-                leak_after = ledger.handed_after("load", result.confirmed_at_ms)
-                leak_between = ledger.handed_after("load", result.broker_ack_ms) - leak_after
+                leak_after = outbox.handed_after("load", result.confirmed_at_ms)
+                leak_between = outbox.handed_after("load", result.broker_ack_ms) - leak_after
         return {"samples": samples, "leak_after": leak_after, "leak_between": leak_between}
 
     def seed_scenario(self) -> dict[str, Any]:
@@ -337,9 +337,9 @@ class Bench:
             finally:
                 store.close()
             complete_s = time.monotonic() - stopped
-            ledger = OutboxStats(settings.data_dir, "email")
-            after = ledger.handed_after(campaign, result.confirmed_at_ms or 0)
-            between = ledger.handed_after(campaign, result.broker_ack_ms or 0) - after
+            outbox = OutboxStats(settings.data_dir, "email")
+            after = outbox.handed_after(campaign, result.confirmed_at_ms or 0)
+            between = outbox.handed_after(campaign, result.broker_ack_ms or 0) - after
         return {"analytics_complete_s": complete_s, "halted": report["not_sent"],
                 "sent": report["sent"], "leak_after": after, "leak_between": between,
                 "confirm_s": result.confirm_s}

@@ -1,5 +1,5 @@
-"""``estop status``: where a campaign stands, per channel, read from Kafka and the provider
-ledgers. Outcomes are counted from ``sent`` and ``notsent`` once per message id."""
+"""``estop status``: where a campaign stands, per channel, read from Kafka and the dispatchers'
+outboxes. Outcomes are counted from ``sent`` and ``notsent`` once per message id."""
 
 from __future__ import annotations
 

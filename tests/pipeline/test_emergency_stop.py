@@ -2,7 +2,7 @@
 
 Each test launches a small campaign (or produces requests itself), stops it with the same call
 `estop stop` makes, waits until every planned message has an outcome, and then checks the
-accounting from the event topics and the provider ledgers: exactly one outcome per message,
+accounting from the event topics and the dispatchers' outboxes: exactly one outcome per message,
 the right event names, and no handoff to a provider after the stop was confirmed.
 """
 
