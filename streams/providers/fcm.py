@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, parse_qs
+from urllib.parse import SplitResult
 
 import requests
 from cryptography.hazmat.primitives import hashes, serialization
@@ -38,6 +38,8 @@ from streams.providers.base import (
     Submitted,
 )
 from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
+from streams.providers.http import SessionPerThread
+from streams.providers.registry import query_number
 from streams.settings import Settings
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -117,7 +119,7 @@ class FcmAdapter:
         self.timeout_s = timeout_s
         self._accepted: list[Delivery] = []
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._sessions = SessionPerThread()
         self._next_slot = time.monotonic()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="fcm")
         self.account.token(self._session)  # fails at start for a wrong file or an unreachable FCM
@@ -127,14 +129,8 @@ class FcmAdapter:
         if not url.hostname or url.port is None:
             raise ProviderConfigError(f"{SETTING}: {url.geturl()!r} needs a host and a port, e.g. "
                                       "fcm://fcm.googleapis.com:443")
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        try:
-            ttl_s = int(query.get("ttl_s", DEFAULT_TTL_S))
-            rate = float(query.get("rate", DEFAULT_RATE))
-        except ValueError as exc:
-            raise ProviderConfigError(f"{SETTING}: ttl_s and rate must be numbers") from exc
-        if ttl_s < 0 or rate <= 0:
-            raise ProviderConfigError(f"{SETTING}: ttl_s must be 0 or more and rate above 0")
+        ttl_s = int(query_number(url, SETTING, "ttl_s", DEFAULT_TTL_S, 0))
+        rate = query_number(url, SETTING, "rate", DEFAULT_RATE, 0.001)
         scheme = "http" if url.scheme == "fcm+http" else "https"
         account = ServiceAccount.from_file(settings.push_service_account, settings.provider_timeout_s)
         return cls(f"{scheme}://{url.hostname}:{url.port}", account, ttl_s, rate,
@@ -174,10 +170,7 @@ class FcmAdapter:
 
     @property
     def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
+        return self._sessions.session
 
     def _send(self, handoff: Handoff) -> Submitted:
         body = {"message": {

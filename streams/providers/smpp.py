@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import SplitResult, parse_qs, unquote
+from urllib.parse import SplitResult, unquote
 
 from streams.providers import smpp_pdus as pdus
 from streams.providers.base import (
@@ -32,6 +32,7 @@ from streams.providers.base import (
     Submitted,
 )
 from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
+from streams.providers.registry import query_number, query_text
 from streams.providers.smpp_pdus import CommandId, CommandStatus, operations
 from streams.settings import Settings
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 DEFAULT_VALIDITY_S = 3600
 DEFAULT_WINDOW = 64
 ENQUIRE_EVERY_S = 30.0
+SETTING = "ESTOP_SMS_PROVIDER"
 MAX_SHORT_MESSAGE = 254  # bytes in short_message (longer text would need message_payload/SAR)
 
 
@@ -62,20 +64,13 @@ class SmppConfig:
 
     @classmethod
     def from_url(cls, url: SplitResult, timeout_s: float) -> SmppConfig:
-        setting = "ESTOP_SMS_PROVIDER"
         if not url.hostname or url.port is None or not url.username:
-            raise ProviderConfigError(f"{setting}: {url.scheme}://... needs a system id, password, "
+            raise ProviderConfigError(f"{SETTING}: {url.scheme}://... needs a system id, password, "
                                       "host and port, e.g. smpp://estop:secret@localhost:2775")
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        try:
-            validity = int(query.get("validity_s", DEFAULT_VALIDITY_S))
-            window = int(query.get("window", DEFAULT_WINDOW))
-        except ValueError as exc:
-            raise ProviderConfigError(f"{setting}: validity_s and window must be whole numbers") from exc
-        if validity < 1 or window < 1:
-            raise ProviderConfigError(f"{setting}: validity_s and window must be at least 1")
         return cls(url.hostname, url.port, unquote(url.username), unquote(url.password or ""),
-                   query.get("source", "estop"), validity, window, timeout_s)
+                   query_text(url, "source", "estop"),
+                   int(query_number(url, SETTING, "validity_s", DEFAULT_VALIDITY_S, 1)),
+                   int(query_number(url, SETTING, "window", DEFAULT_WINDOW, 1)), timeout_s)
 
 
 class SmppAdapter:

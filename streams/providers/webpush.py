@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, parse_qs, urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -45,6 +45,8 @@ from streams.providers.base import (
     Submitted,
 )
 from streams.providers.exceptions import ProviderConfigError
+from streams.providers.http import SessionPerThread
+from streams.providers.registry import query_number, query_text
 from streams.settings import Settings
 
 DEFAULT_TTL_S = 60
@@ -100,21 +102,15 @@ class WebPushAdapter:
         self._held: dict[str, _Held] = {}  # Location -> message
         self._gone: list[Delivery] = []
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._sessions = SessionPerThread()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="webpush")
 
     @classmethod
     def from_url(cls, settings: Settings, url: SplitResult) -> WebPushAdapter:
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        cancel = query.get("cancel", "delete")
+        cancel = query_text(url, "cancel", "delete")
         if cancel not in ("delete", "topic"):
             raise ProviderConfigError(f"{SETTING}: cancel must be delete or topic, not {cancel!r}")
-        try:
-            ttl_s = int(query.get("ttl_s", DEFAULT_TTL_S))
-        except ValueError as exc:
-            raise ProviderConfigError(f"{SETTING}: ttl_s must be a whole number of seconds") from exc
-        if ttl_s < 1:
-            raise ProviderConfigError(f"{SETTING}: ttl_s must be at least 1")
+        ttl_s = int(query_number(url, SETTING, "ttl_s", DEFAULT_TTL_S, 1))
         if settings.webpush_vapid_private_key is None:
             raise ProviderConfigError("web push needs ESTOP_WEBPUSH_VAPID_PRIVATE_KEY (the VAPID key "
                                       "the subscriptions were made for)")
@@ -153,10 +149,7 @@ class WebPushAdapter:
 
     @property
     def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
+        return self._sessions.session
 
     def _send(self, handoff: Handoff) -> Submitted:
         subscription = self.subscriptions.get(handoff.recipient_id)

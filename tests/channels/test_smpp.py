@@ -9,10 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from streams.providers import open_provider
 from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
 from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
 from streams.providers.smpp import SmppAdapter, SmppConfig
 from streams.providers.testservers.smsc import CANCELLED, DELIVERED, EXPIRED, HELD, StandInSmsc
+from streams.settings import Settings
 from tests.support import free_port, wait_for
 
 PASSWORD = "secret"
@@ -142,3 +144,14 @@ def test_a_wrong_password_and_an_unreachable_smsc(smsc: StandInSmsc) -> None:
         SmppAdapter(SmppConfig("127.0.0.1", smsc.port, "estop", "wrong"))
     with pytest.raises(ProviderUnavailableError, match="does not answer"):
         SmppAdapter(SmppConfig("127.0.0.1", free_port(), "estop", PASSWORD))
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("smpp://localhost:2775", "needs a system id, password, host and port"),
+    ("smpp://estop:secret@localhost:2775?window=many", "window must be a number, not 'many'"),
+    ("smpp://estop:secret@localhost:2775?validity_s=0", "validity_s must be at least 1"),
+])
+def test_a_bad_smpp_url_is_one_clear_error(url: str, problem: str) -> None:
+    with pytest.raises(ProviderConfigError, match=problem) as raised:
+        open_provider(Settings(sms_provider=url), "sms")
+    assert str(raised.value).startswith("ESTOP_SMS_PROVIDER: ")
