@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DEFAULT_VALIDITY_S = 3600
 DEFAULT_WINDOW = 64
 ENQUIRE_EVERY_S = 30.0
+RECONNECT_EVERY_S = 5.0  # a dropped bind is bound again at most this often by deliveries()
 SETTING = "ESTOP_SMS_PROVIDER"
 MAX_SHORT_MESSAGE = 254  # bytes in short_message (longer text would need message_payload/SAR)
 
@@ -89,6 +90,7 @@ class SmppAdapter:
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._last_sent = time.monotonic()
+        self._last_attempt = 0.0  # the last time a dropped bind was bound again
         self._connect()
 
     @classmethod
@@ -144,7 +146,10 @@ class SmppAdapter:
 
     def deliveries(self) -> list[Delivery]:
         """Receipts since the last call. Those of the previous call are acknowledged now: the
-        dispatcher recorded them before asking again."""
+        dispatcher recorded them before asking again. A bind that dropped is bound again, so
+        receipts keep coming when nothing is left to submit."""
+        if not self._alive() and time.monotonic() - self._last_attempt > RECONNECT_EVERY_S:
+            self._reconnect()
         with self._lock:
             acks, self._to_ack = self._to_ack, []
             receipts, self._receipts = self._receipts, []
@@ -198,6 +203,7 @@ class SmppAdapter:
         return self._sock is not None and self._reader is not None and self._reader.is_alive()
 
     def _reconnect(self) -> bool:
+        self._last_attempt = time.monotonic()
         try:
             self._connect()
         except (ProviderUnavailableError, ProviderConfigError) as exc:

@@ -155,3 +155,16 @@ def test_a_bad_smpp_url_is_one_clear_error(url: str, problem: str) -> None:
     with pytest.raises(ProviderConfigError, match=problem) as raised:
         open_provider(Settings(sms_provider=url), "sms")
     assert str(raised.value).startswith("ESTOP_SMS_PROVIDER: ")
+
+
+def test_receipts_keep_coming_after_the_bind_dropped(smsc: StandInSmsc) -> None:
+    """Nothing left to submit: deliveries() binds again by itself and receives what is owed."""
+    adapter = open_adapter(smsc)
+    try:
+        [answer] = adapter.submit(handoffs("c5", 1))
+        adapter._sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]  # the network drops it
+        release(smsc)
+        [receipt] = collect(adapter, 1)
+        assert (receipt.provider_id, receipt.delivered) == (answer.provider_id, True)
+    finally:
+        adapter.close()
