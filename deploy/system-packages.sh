@@ -61,7 +61,7 @@ if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+if [ "$EUID" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "missing system packages for '$purpose': ${missing[*]}. Install them, without starting" \
          "their services, with: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 1

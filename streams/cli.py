@@ -379,10 +379,9 @@ REAL_RECIPIENTS, REAL_STOP_AFTER, REAL_RATE = 3_000, 600, 100.0  # the demo thro
 @handles_errors
 def demo(settings: Settings, recipients: int | None, stop_after: int | None, channels: tuple[str, ...],
          provider_rate: float | None, provider: str, outage_s: float, as_json: bool) -> None:
-    """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000 sent."""
-    from rich.progress import Progress
-
-    from streams.demo import run_demo
+    """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000
+    sent."""
+    from streams.demo import demo_progress, run_demo
     from streams.mta.local import LocalMta
 
     real = provider == "real"
@@ -405,7 +404,7 @@ def demo(settings: Settings, recipients: int | None, stop_after: int | None, cha
         mta = LocalMta(settings)
         mta.start()
         settings = settings.model_copy(update={"email_provider": mta.provider_url})
-    with Progress(transient=as_json) as progress:
+    with demo_progress(transient=as_json) as progress:
         result = run_demo(settings, recipients, stop_after, channel_list,
                           say=progress.console.print if not as_json else _say, progress=progress,
                           mta=mta, outage_s=outage_s, real=real)

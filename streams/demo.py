@@ -13,6 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from streams.campaigns.launcher import LaunchResult, launch, recipient_id
 from streams.campaigns.status import OutcomeCounter
@@ -243,6 +254,30 @@ def channel_figures(settings: Settings, campaign_id: str, channels: list[str], c
     return rows
 
 
+class RemainingOrStateColumn(ProgressColumn):
+    """Time remaining while a bar moves; once its count can no longer grow (the campaign was
+    stopped, everything is accounted) the reason instead, so no bar promises an ETA that will
+    never come."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._remaining = TimeRemainingColumn()
+
+    def render(self, task: Task) -> Text:
+        state = task.fields.get("state")
+        if state:
+            return Text(str(state), style="bold")
+        if task.finished:
+            return Text("done")
+        return self._remaining.render(task)
+
+
+def demo_progress(transient: bool) -> Progress:
+    """The demo's bars: what, how far (N of M and %), and time remaining or why it ended."""
+    return Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                    TaskProgressColumn(), RemainingOrStateColumn(), transient=transient)
+
+
 def run_demo(settings: Settings, recipients: int, stop_after: int, channels: list[str],
              say: Any, progress: Any, mta: LocalMta | None = None, outage_s: float = 0.0,
              real: bool = False) -> DemoResult:
@@ -302,6 +337,9 @@ def _run(settings: Settings, recipients: int, stop_after: int, channels: list[st
                 watch.poll()
             result.queued_at_stop = mta.postfix.counts().total
         result.state_at_stop = "Finished" if not launcher.is_alive() else "Sending"
+        progress.update(sent_task, state="campaign stopped")
+        if launcher.is_alive():
+            progress.update(queue_task, state="campaign stopped")
         say(f"stopping after {watch.sent():,} sent (campaign {result.state_at_stop})"
             + (f"; {result.queued_at_stop:,} messages wait in Postfix's queue" if mta else ""))
         stop = issue_stop(settings, serdes, campaign_id, "incorrect discount code in the email",
@@ -315,7 +353,7 @@ def _run(settings: Settings, recipients: int, stop_after: int, channels: list[st
             say("the receiver is back: Postfix delivers whatever it still holds")
         launcher.join()
         result.launch = launched.get("r")
-        all_task = progress.add_task("outcomes", total=result.planned)
+        all_task = progress.add_task("accounted", total=result.planned)
         deadline = time.monotonic() + 600
         while watch.counter.total < result.planned and time.monotonic() < deadline:
             worker.check()
@@ -323,6 +361,8 @@ def _run(settings: Settings, recipients: int, stop_after: int, channels: list[st
             progress.update(all_task, completed=watch.counter.total)
             progress.update(sent_task, completed=watch.sent())
         result.outcomes_complete_s = time.monotonic() - stopped_at
+        progress.update(all_task, state="all accounted" if watch.counter.total >= result.planned
+                        else "not all accounted")
         result.sent = watch.sent()
         result.failed = sum(c.failed for c in watch.counter.counts.values())
         result.not_sent = {stage: sum(c.not_sent.get(stage, 0) for c in watch.counter.counts.values())

@@ -52,7 +52,7 @@ Say = Callable[[str], None]
 class Sizes:
     passthrough: int
     drain: int
-    seed_recipients: int
+    reference_recipients: int
     stops: int
     control_commands: int
     evidence: int
@@ -61,9 +61,9 @@ class Sizes:
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(passthrough=60_000, drain=60_000, seed_recipients=50_000, stops=30,
+            return cls(passthrough=60_000, drain=60_000, reference_recipients=50_000, stops=30,
                        control_commands=50_000, evidence=15_000, latency_samples=200)
-        return cls(passthrough=300_000, drain=500_000, seed_recipients=500_000, stops=40,
+        return cls(passthrough=300_000, drain=500_000, reference_recipients=500_000, stops=40,
                    control_commands=1_000_000, evidence=50_000, latency_samples=500)
 
 
@@ -306,12 +306,12 @@ class Bench:
                 leak_between = outbox.handed_after("load", result.broker_ack_ms) - leak_after
         return {"samples": samples, "leak_after": leak_after, "leak_between": leak_between}
 
-    def seed_scenario(self) -> dict[str, Any]:
-        """The seed's case: a campaign stopped after about a tenth was sent, a full worker with
+    def reference_scenario(self) -> dict[str, Any]:
+        """The reference scenario: a campaign stopped after about a tenth was sent, a full worker with
         the sink; how long until analytics show every halted message, and leaks."""
-        recipients = self.sizes.seed_recipients
-        settings = self.scenario_settings("seed", provider_rate=10000.0, provider_delay_s=1.0)
-        campaign = "seed"
+        recipients = self.sizes.reference_recipients
+        settings = self.scenario_settings("reference", provider_rate=10000.0, provider_delay_s=1.0)
+        campaign = "reference"
         with self.workers(settings, []) as started:
             launch(settings, self.serdes, campaign, ["email"], recipients)
             topic = settings.topics.sent
@@ -319,7 +319,8 @@ class Bench:
             while self.end_offsets(settings, topic) < stop_after:
                 started[0].check()
                 time.sleep(0.05)
-            result = issue_stop(settings, self.serdes, campaign, "benchmark seed", [], "bench", 30)
+            result = issue_stop(settings, self.serdes, campaign, "benchmark: reference scenario",
+                                [], "bench", 30)
             stopped = time.monotonic()
             store = open_store(settings)
             try:
@@ -411,13 +412,13 @@ class Bench:
         results["stop_propagation_ms"] = {"p50": percentile(samples, 50),
                                           "p99": percentile(samples, 99), "samples": len(samples),
                                           "mean": statistics.fmean(samples) if samples else None}
-        say(f"seed scenario: {sizes.seed_recipients:,} recipients stopped after a tenth")
-        seed = self.seed_scenario()
-        results["leak"] = {"after_confirm": propagation["leak_after"] + seed["leak_after"],
+        say(f"reference scenario: {sizes.reference_recipients:,} recipients stopped after a tenth")
+        reference = self.reference_scenario()
+        results["leak"] = {"after_confirm": propagation["leak_after"] + reference["leak_after"],
                            "between_ack_and_confirm":
-                               propagation["leak_between"] + seed["leak_between"]}
-        results["analytics_complete_s"] = seed["analytics_complete_s"]
-        results["seed"] = seed
+                               propagation["leak_between"] + reference["leak_between"]}
+        results["analytics_complete_s"] = reference["analytics_complete_s"]
+        results["reference"] = reference
         say(f"control view: {sizes.control_commands:,} commands")
         results["control_view"] = self.control_view()
         say("scaling: two gate processes")
@@ -463,9 +464,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """Each target with the figure measured and whether it is met."""
     base = results["baseline"]
     p99_limit = 2 * base["latency_p99_ms"] + 20
-    seed = results["seed"]
+    reference = results["reference"]
     # The issue's analytics target is for 450,000 halted messages; scale it to the run's size.
-    analytics_limit = 10.0 * max(seed["halted"], 1) / 450_000
+    analytics_limit = 10.0 * max(reference["halted"], 1) / 450_000
     rows = [
         ("gate pass-through >= 0.5 x baseline", f"{results['gate']['ratio']:.2f}",
          results["gate"]["ratio"] >= 0.5),
@@ -476,7 +477,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
          results["stop_propagation_ms"]["p99"] <= p99_limit),
         ("leak after confirmation == 0", str(results["leak"]["after_confirm"]),
          results["leak"]["after_confirm"] == 0),
-        (f"analytics complete <= {analytics_limit:.1f} s for {seed['halted']:,} halted",
+        (f"analytics complete <= {analytics_limit:.1f} s for {reference['halted']:,} halted",
          f"{results['analytics_complete_s']:.1f} s", results["analytics_complete_s"] <= analytics_limit),
     ]
     return rows

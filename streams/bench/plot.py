@@ -28,7 +28,7 @@ def print_table(results: dict[str, Any], console: Console) -> None:
          f"{results['stop_propagation_ms']['p50']:.1f} / {results['stop_propagation_ms']['p99']:.1f} ms", ""),
         ("leak after confirmation / between ack and confirmation",
          f"{results['leak']['after_confirm']} / {results['leak']['between_ack_and_confirm']}", ""),
-        (f"analytics complete after the stop ({results['seed']['halted']:,} halted)",
+        (f"analytics complete after the stop ({results['reference']['halted']:,} halted)",
          f"{results['analytics_complete_s']:.1f} s", ""),
         (f"control view bootstrap ({results['control_view']['commands']:,} commands)",
          f"{results['control_view']['bootstrap_s']:.2f} s, "

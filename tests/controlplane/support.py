@@ -41,7 +41,7 @@ def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.fail(f"{name} is not installed: install Debian's `prometheus` package "
-                    "(apt-get install prometheus; `bash .ci/run` does it)", pytrace=False)
+                    "(apt-get install prometheus; `make test` does it)", pytrace=False)
     return path
 
 

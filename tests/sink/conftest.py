@@ -2,7 +2,7 @@
 database per test, and the store under test for both engines.
 
 PostgreSQL comes from ``ESTOP_TEST_POSTGRES_DSN`` when set (a role allowed to create databases),
-otherwise from the server binaries of Debian's ``postgresql`` package (``.ci/run`` installs
+otherwise from the server binaries of Debian's ``postgresql`` package (``make test`` installs
 them): a throwaway cluster in a temporary folder on a free localhost port, trust auth, stopped
 at the end of the session. Missing binaries fail the tests; the PostgreSQL path is never skipped.
 """
@@ -65,7 +65,7 @@ def _server_bin_dir() -> Path:
         return Path(on_path).parent
     pytest.fail(
         "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/postgres or pg_ctl on "
-        "PATH): install Debian's `postgresql` package (`.ci/run` does) or set "
+        "PATH): install Debian's `postgresql` package (`make test` does) or set "
         f"{POSTGRES_DSN_ENV} to a server where this role may create databases"
     )
 
