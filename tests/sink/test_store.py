@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from streams.models import REASON_CANCELLED
 from streams.sink.exceptions import UnknownCampaignError
 from streams.sink.report import EXPORT_COLUMNS, campaign_report, export_recipients
 from streams.sink.store import NOT_SENT, SENT, Batch, OutcomeRow, OutcomeStore
@@ -29,10 +30,10 @@ def sent(message_id: str, campaign: str = "c1", channel: str = "email", handed_a
 
 def not_sent(message_id: str, campaign: str = "c1", channel: str = "email",
              stage: str = "provider", occurred_at: int = T0, command: str = "cmd-1",
-             recipient: str | None = None) -> OutcomeRow:
+             recipient: str | None = None, reason: str | None = None) -> OutcomeRow:
     return OutcomeRow(message_id, campaign, channel, recipient or f"r-{message_id}", NOT_SENT,
-                      f"{channel}.notSent", stage, f"campaign stopped ({stage})", command, None,
-                      occurred_at)
+                      f"{channel}.notSent", stage, reason or f"campaign stopped ({stage})", command,
+                      None, occurred_at)
 
 
 def status(campaign: str, state: str, updated_at: int, planned: dict[str, int]) -> dict[str, Any]:
@@ -328,7 +329,8 @@ def test_campaign_report(store: OutcomeStore) -> None:
     store.write(batch(
         outcomes=[
             sent("e1"), sent("e2"),
-            not_sent("e3", stage="sending"), not_sent("e4", stage="sending"), not_sent("e5"),
+            not_sent("e3", stage="sending"), not_sent("e4", stage="sending"),
+            not_sent("e5", reason=f"{REASON_CANCELLED}: campaign stopped: wrong code"),
             sent("s1", channel="sms"), not_sent("s2", channel="sms"),
             not_sent("p1", channel="push", stage="sending"),  # a channel the status did not list
             sent("x1", campaign="c2"),
@@ -345,13 +347,17 @@ def test_campaign_report(store: OutcomeStore) -> None:
     assert (report["total"], report["sent"], report["not_sent"]) == (8, 3, 5)
     assert (report["accounted"], report["pending"]) == (8, 0)
     assert report["not_sent_by_stage"] == {"sending": 3, "provider": 2}
+    assert report["cancelled_at_provider"] == 1
     assert report["by_channel"] == {
         "email": {"planned": 5, "sent": 2, "not_sent": 3, "accounted": 5, "pending": 0,
-                  "not_sent_by_stage": {"sending": 2, "provider": 1}, "failed": 0},
+                  "not_sent_by_stage": {"sending": 2, "provider": 1}, "failed": 0,
+                  "cancelled_at_provider": 1},
         "sms": {"planned": 3, "sent": 1, "not_sent": 1, "accounted": 2, "pending": 1,
-                "not_sent_by_stage": {"sending": 0, "provider": 1}, "failed": 0},
+                "not_sent_by_stage": {"sending": 0, "provider": 1}, "failed": 0,
+                "cancelled_at_provider": 0},  # its provider-stage message was held, not cancelled
         "push": {"planned": 0, "sent": 0, "not_sent": 1, "accounted": 1, "pending": 0,
-                 "not_sent_by_stage": {"sending": 1, "provider": 0}, "failed": 0},
+                 "not_sent_by_stage": {"sending": 1, "provider": 0}, "failed": 0,
+                 "cancelled_at_provider": 0},
     }
     assert report["stops"] == [{"command_id": "cmd-1", "channels": [],
                                 "reason": "wrong discount code", "requested_by": "alice",
