@@ -6,11 +6,9 @@ by ``mvn`` into the cache folder; data, logs and the pid file live under the dat
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +18,7 @@ from pathlib import Path
 
 from streams.kafka.clients import wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError, LocalBrokerError
+from streams.processes import alive, port_open
 from streams.settings import PROJECT_ROOT, Settings
 
 RECIPE = PROJECT_ROOT / "deploy" / "broker"
@@ -57,7 +56,7 @@ class LocalBroker:
             self.say(f"broker already running at {self.address} (pid {self._pid()})")
             return self.status()
         for port in (self.settings.broker_port, self.settings.controller_port):
-            if _port_open(port):
+            if port_open(port):
                 raise LocalBrokerError(
                     f"port {port} is already taken by another process; stop it, or use it as "
                     f"your broker with ESTOP_BOOTSTRAP_SERVERS=localhost:{port}"
@@ -117,9 +116,9 @@ class LocalBroker:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
             self.say(f"broker did not stop within {timeout_s:.0f}s; killed it")
         self.pid_file.unlink(missing_ok=True)
@@ -180,7 +179,7 @@ class LocalBroker:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        if not _alive(pid) or not _is_broker(pid):
+        if not alive(pid) or not _is_broker(pid):
             self.pid_file.unlink(missing_ok=True)
             return None
         return pid
@@ -193,32 +192,12 @@ def _require(tool: str, hint: str) -> str:
     return path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(FileNotFoundError):
-        # A zombie left by a parent that never reaped it is not a running broker.
-        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return False
-    return True
-
-
 def _is_broker(pid: int) -> bool:
     """The pid file may outlive the broker and its pid be reused by something else."""
     try:
         return b"kafka.Kafka" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc: trust the pid file
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _tail(path: Path, lines: int = 5) -> str:

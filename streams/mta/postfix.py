@@ -18,9 +18,7 @@ What makes a second Postfix run beside (or without) the system one on Debian, fo
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import stat
 import subprocess
 import time
@@ -28,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.mta.exceptions import MtaError
+from streams.processes import port_open
 from streams.settings import Settings
 
 POSTFIX = "/usr/sbin/postfix"
@@ -180,7 +179,7 @@ class PostfixInstance:
         self.configure()
         self.command(POSTFIX, "start")
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(HOST, self.port):
+        while not port_open(self.port, HOST):
             if time.monotonic() > deadline:
                 raise MtaError(f"Postfix started but does not answer on {HOST}:{self.port} "
                                f"(see {self.log_path})")
@@ -205,21 +204,3 @@ class PostfixInstance:
             name = str(entry["queue_name"])
             by_queue[name] = by_queue.get(name, 0) + 1
         return QueueCounts(by_queue)
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streams.mta.exceptions import MtaError
-from streams.mta.postfix import HOST, _answers, pid_alive
+from streams.mta.postfix import HOST
+from streams.processes import alive, port_open
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 BACKLOG = "256"
@@ -54,7 +55,7 @@ class Receiver:
             pid = int(self.pid_path.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if pid_alive(pid) else None
+        return pid if alive(pid) else None
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -64,7 +65,7 @@ class Receiver:
             return
         if not Path(SMTP_SINK).exists():
             raise MtaError(f"{SMTP_SINK} is missing: install Debian's postfix package (make system-test)")
-        if _answers(HOST, self.port):
+        if port_open(self.port, HOST):
             raise MtaError(f"port {self.port} is taken by another process: set ESTOP_MTA_RECEIVER_PORT")
         self.mail.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.mail, "postfix")
@@ -77,7 +78,7 @@ class Receiver:
             stderr=(self.folder / "smtp-sink.log").open("ab"), start_new_session=True)
         self.pid_path.write_text(str(process.pid))
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(HOST, self.port):
+        while not port_open(self.port, HOST):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise MtaError(f"smtp-sink did not start on {HOST}:{self.port} "
                                f"(see {self.folder / 'smtp-sink.log'})")
@@ -89,7 +90,7 @@ class Receiver:
             return
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.05)
         self.pid_path.unlink(missing_ok=True)

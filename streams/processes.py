@@ -1,0 +1,29 @@
+"""Processes and ports of servers estop runs itself (the local broker, the private MTA)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie left by a parent that never reaped it does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(FileNotFoundError):
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return False
+    return True
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Something accepts TCP connections there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
