@@ -5,7 +5,8 @@
 #
 #   bash deploy/system-packages.sh demo   # what the demo needs: Java, Maven, Postfix
 #   bash deploy/system-packages.sh test   # and the servers the tests run privately: Prometheus,
-#                                         # PostgreSQL, Postfix, Chromium
+#                                         # PostgreSQL, Postfix, Chromium; the compose client
+#                                         # that checks deploy/compose (no engine needed)
 #
 # It installs with apt-get when it can (root on Debian/Ubuntu). No package may start a system
 # service: estop starts its own private instances on their own ports and data folders, so a
@@ -29,6 +30,7 @@ needs_test=(
     "prometheus prometheus"
     "/usr/lib/postgresql/*/bin/postgres postgresql"
     "chromium chromium"
+    "docker-compose docker-compose"
 )
 
 case "$purpose" in

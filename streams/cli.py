@@ -52,39 +52,58 @@ def main(ctx: click.Context) -> None:
 
 @main.group()
 def broker() -> None:
-    """The local single-node KRaft broker (Apache Kafka jars from Maven Central)."""
+    """The local KRaft broker (Apache Kafka jars from Maven Central): one node, or a cluster."""
+
+
+BROKERS_OPTION = click.option(
+    "--brokers", type=click.IntRange(1, 9), default=None,
+    help="Nodes of the local broker (default ESTOP_BROKERS, 1): 3 is a cluster on localhost, "
+         "node n on ports ESTOP_BROKER_PORT+2(n-1) and ESTOP_CONTROLLER_PORT+2(n-1).")
 
 
 @broker.command("start")
+@BROKERS_OPTION
 @click.pass_obj
 @handles_errors
-def broker_start(settings: Settings) -> None:
+def broker_start(settings: Settings, brokers: int | None) -> None:
     """Start the local broker (resolves jars once); says so if it already runs."""
     from streams.kafka.broker import LocalBroker
 
-    LocalBroker(settings, click.echo).start()
+    LocalBroker(settings, click.echo, brokers).start()
 
 
 @broker.command("stop")
+@BROKERS_OPTION
 @click.pass_obj
 @handles_errors
-def broker_stop(settings: Settings) -> None:
-    """Stop the local broker cleanly; exits 0 when none runs."""
+def broker_stop(settings: Settings, brokers: int | None) -> None:
+    """Stop every node of the local broker cleanly; exits 0 when none runs."""
     from streams.kafka.broker import LocalBroker
 
-    LocalBroker(settings, click.echo).stop()
+    LocalBroker(settings, click.echo, brokers).stop()
 
 
 @broker.command("status")
+@BROKERS_OPTION
 @click.pass_obj
 @handles_errors
-def broker_status(settings: Settings) -> None:
-    """Say whether the local broker runs, its address and its Kafka version."""
+def broker_status(settings: Settings, brokers: int | None) -> None:
+    """Say whether the local broker runs (each node of a cluster), its address and version;
+    exits 1 when any node is down."""
     from streams.kafka.broker import LocalBroker
 
-    status = LocalBroker(settings).status()
+    status = LocalBroker(settings, brokers=brokers).status()
     state = f"running (pid {status.pid})" if status.running else "not running"
-    click.echo(f"broker {state} at {status.address}, Apache Kafka {status.version}")
+    if len(status.nodes) == 1:
+        click.echo(f"broker {state} at {status.address}, Apache Kafka {status.version}")
+    else:
+        up = sum(n.running for n in status.nodes)
+        click.echo(f"cluster of {len(status.nodes)} brokers at {status.address}, Apache Kafka "
+                   f"{status.version}: {up} running")
+        for n in status.nodes:
+            node_state = f"running (pid {n.pid})" if n.running else "not running"
+            click.echo(f"  node {n.node.node_id} {node_state} at {n.node.address}, controller "
+                       f"localhost:{n.node.controller_port}, data {n.node.home}")
     if not status.running:
         sys.exit(1)
 
@@ -271,49 +290,106 @@ def launch(settings: Settings, campaign_id: str, channels: tuple[str, ...], reci
 
 
 @main.command()
-@click.argument("campaign_id")
+@click.argument("campaign_id", required=False)
+@click.option("--all", "stop_everything", is_flag=True,
+              help="The kill switch: stop every campaign that is Sending or Finished, every channel.")
 @click.option("--reason", required=True, help="Why the campaign is stopped (shown everywhere).")
 @click.option("--channel", "channels", multiple=True,
               help="Stop only these channels (default: every channel).")
 @click.option("--by", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
               help="Who stops it.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds to wait for every live worker to confirm.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None,
+              help="Seconds to wait for every live worker to confirm (default ESTOP_STOP_TIMEOUT_S, 30).")
 @click.option("--force", is_flag=True, help="Stop a campaign not (yet) seen Sending or Finished.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.pass_obj
 @handles_errors
-def stop(settings: Settings, campaign_id: str, reason: str, channels: tuple[str, ...], by: str,
-         timeout_s: float, force: bool, as_json: bool) -> None:
-    """Stop a campaign on every channel (or some) and wait until it is confirmed."""
+def stop(settings: Settings, campaign_id: str | None, stop_everything: bool, reason: str,
+         channels: tuple[str, ...], by: str, timeout_s: float | None, force: bool, as_json: bool) -> None:
+    """Stop a campaign on every channel (or some), or every campaign with --all, and wait until
+    it is confirmed."""
     from streams.control.exceptions import StopNotConfirmedError
-    from streams.control.stop import issue_stop
+    from streams.control.stop import issue_stop, stop_all
     from streams.serde import serdes_for
 
-    result = issue_stop(settings, serdes_for(settings.schema_registry_url), campaign_id, reason,
-                        list(channels), by, timeout_s, force)
+    serdes = serdes_for(settings.schema_registry_url)
+    timeout = settings.stop_timeout_s if timeout_s is None else timeout_s
+    if stop_everything:
+        if campaign_id or channels or force:
+            raise UsageError("--all stops every Sending or Finished campaign on every channel: "
+                             "give no CAMPAIGN, --channel or --force with it")
+        results = stop_all(settings, serdes, reason, by, timeout)
+        if as_json:
+            click.echo(json.dumps({"stopped": [r.as_dict() for r in results]}))
+        elif not results:
+            click.echo("no campaign is Sending or Finished; nothing written")
+        for result in [] if as_json else results:
+            _print_stop(result)
+        unconfirmed = [r.campaign_id for r in results if not r.confirmed]
+        if unconfirmed:
+            raise StopNotConfirmedError(f"stop of {', '.join(unconfirmed)} not confirmed within "
+                                        f"{timeout:g}s; it stays in force")
+        return
+    if not campaign_id:
+        raise UsageError("name the CAMPAIGN to stop (or --all for every Sending or Finished campaign)")
+    result = issue_stop(settings, serdes, campaign_id, reason, list(channels), by, timeout, force)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
-    elif result.already_stopped:
-        click.echo(f"{campaign_id} is already stopped on {', '.join(result.channels)} "
-                   f"(command {result.command_id}); nothing written")
     else:
-        state = "confirmed" if result.confirmed else "NOT confirmed"
-        click.echo(f"stop {result.command_id} for {campaign_id} ({', '.join(result.channels)}): "
-                   f"{state} after {result.confirm_s:.3f}s")
-        for ack in result.acks:
-            click.echo(f"  {ack.process_id:<40} applied after {ack.propagation_ms:>5} ms, "
-                       f"halted {ack.halted:,} at its provider")
-        for missing in sorted(set(result.live) - {a.process_id for a in result.acks}):
-            click.echo(f"  {missing:<40} has not acknowledged")
-        if not result.live:
-            click.echo("  no gate or dispatcher is running; every worker that starts will "
-                       "read the stop before its first request")
-        click.echo(f"  halted at providers so far: {result.halted:,}")
+        _print_stop(result)
     if not result.confirmed:
         raise StopNotConfirmedError(
-            f"stop of {campaign_id} not confirmed within {timeout_s:g}s; it stays in force"
+            f"stop of {campaign_id} not confirmed within {timeout:g}s; it stays in force"
         )
+
+
+def _print_stop(result: Any) -> None:
+    if result.already_stopped:
+        click.echo(f"{result.campaign_id} is already stopped on {', '.join(result.channels)} "
+                   f"(command {result.command_id}); nothing written")
+        return
+    state = "confirmed" if result.confirmed else "NOT confirmed"
+    click.echo(f"stop {result.command_id} for {result.campaign_id} ({', '.join(result.channels)}): "
+               f"{state} after {result.confirm_s:.3f}s")
+    for ack in result.acks:
+        click.echo(f"  {ack.process_id:<40} applied after {ack.propagation_ms:>5} ms, "
+                   f"halted {ack.halted:,} at its provider")
+    for missing in sorted(set(result.live) - {a.process_id for a in result.acks}):
+        click.echo(f"  {missing:<40} has not acknowledged")
+    if not result.live:
+        click.echo("  no gate or dispatcher is running; every worker that starts will "
+                   "read the stop before its first request")
+    click.echo(f"  halted at providers so far: {result.halted:,}")
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option("--as", "new_id", required=True, help="Id of the new campaign.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Recipients queued per second (default: as fast as Kafka takes them).")
+@click.pass_obj
+@handles_errors
+def relaunch(settings: Settings, campaign_id: str, new_id: str, rate: float | None) -> None:
+    """Queue exactly the notSent recipients of a stopped campaign as a new campaign."""
+    from streams.campaigns.lifecycle import read_campaigns, read_control
+    from streams.campaigns.relaunch import plan_relaunch
+    from streams.campaigns.relaunch import relaunch as run_relaunch
+    from streams.kafka.clients import wait_for_broker
+    from streams.serde import serdes_for
+    from streams.sink.store import open_store
+
+    serdes = serdes_for(settings.schema_registry_url)
+    wait_for_broker(settings)
+    store = open_store(settings)
+    try:
+        known = (set(read_campaigns(settings, serdes)) | read_control(settings, serdes).campaigns()
+                 | set(store.campaigns()))
+        plan = plan_relaunch(store, campaign_id, new_id, known)
+    finally:
+        store.close()
+    result = run_relaunch(settings, serdes, plan, rate)
+    click.echo(f"{plan.campaign_id}: {result.state}; relaunched the notSent recipients of "
+               f"{campaign_id}: " + ", ".join(f"{c} {n:,}" for c, n in result.queued.items()))
 
 
 @main.command()

@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     partitions: int = Field(default=6, ge=1)
     control_partitions: int = Field(default=1, ge=1)
-    replication_factor: int = Field(default=1, ge=1)
+    # Unset: from the size of the cluster (3 and min.insync.replicas 2 on 3 brokers or more, else
+    # as many replicas as brokers); see streams/kafka/topics.py `replication`.
+    replication_factor: int | None = Field(default=None, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
 
     # Local files: broker data and logs, outboxes, simulated providers, the MTA, analytics store.
     data_dir: Path = PROJECT_ROOT / ".data"
@@ -45,11 +48,17 @@ class Settings(BaseSettings):
     # Control plane (`estop control`): HTTP API and its /metrics; port 0 picks a free port.
     control_port: int = Field(default=6066, ge=0, le=65535)
     control_host: str = "localhost"
+    # How long a stop may wait for every live gate and dispatcher to confirm it before `estop
+    # stop` exits 3 and the console warns (the stop stays in force either way).
+    stop_timeout_s: float = Field(default=30.0, ge=0)
 
     # Local broker recipe.
     kafka_version: str = "4.1.1"
     broker_port: int = 9092
     controller_port: int = 9093
+    # Nodes of the local broker (`estop broker start --brokers N`); node n uses the ports above
+    # plus 2(n-1).
+    brokers: int = Field(default=1, ge=1, le=9)
     broker_heap: str = "1g"
     broker_start_timeout_s: float = Field(default=90.0, gt=0)
 

@@ -37,7 +37,7 @@ from streams.dispatch.outbox import OutboxStats
 from streams.exceptions import EstopError
 from streams.kafka.clients import admin, consumer, producer, take
 from streams.kafka.source import acquire_broker
-from streams.kafka.topics import create_topics
+from streams.kafka.topics import create_topics, replication
 from streams.models import ACTION_STOP, HEADER_CAMPAIGN, HEADER_CHANNEL
 from streams.serde import Serdes
 from streams.settings import Settings
@@ -198,7 +198,7 @@ class Bench:
         source, target = f"{settings.topic_prefix}src", f"{settings.topic_prefix}dst"
         client = admin(settings)
         for future in client.create_topics(
-                [NewTopic(t, settings.partitions, settings.replication_factor)
+                [NewTopic(t, settings.partitions, replication(settings).factor)
                  for t in (source, target)]).values():
             future.result()
         self.preload(settings, source, count, f"fwd-{impl}")

@@ -8,8 +8,9 @@ message still has exactly one outcome."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from confluent_kafka import Producer
 
@@ -31,6 +32,7 @@ from streams.serde import Serdes
 from streams.settings import Settings
 
 Progress = Callable[[int], None]
+Audience = Mapping[str, Sequence[str]]  # channel -> recipient ids, in the order they are queued
 
 
 @dataclass
@@ -50,26 +52,53 @@ def recipient_id(index: int) -> str:
     return f"r{index:08d}"
 
 
+class Numbered(Sequence[str]):
+    """Recipients ``r00000000`` to ``r<count - 1>``, made on demand (a large campaign holds no list)."""
+
+    def __init__(self, count: int) -> None:
+        self.size = count
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [recipient_id(i) for i in range(self.size)[index]]
+        if not -self.size <= index < self.size:
+            raise IndexError(index)
+        return recipient_id(index % self.size)
+
+
 def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[str],
-           recipients: int, rate: float | None = None,
+           recipients: int | Audience, rate: float | None = None,
            progress: Progress = lambda _: None) -> LaunchResult:
+    """Queue ``recipients`` (a count: the same numbered recipients on every channel; or an
+    audience per channel, as a relaunch of the unsent recipients has) as campaign ``campaign_id``."""
+    audience: Audience = (dict.fromkeys(channels, Numbered(recipients)) if isinstance(recipients, int)
+                          else recipients)
     view = ControlView()
     feed = ControlFeed(settings, view, serdes, process_id=f"launcher:{campaign_id}", roles=[],
                        acknowledge=False)
     feed.start()
     out = producer(settings)
-    planned = dict.fromkeys(channels, recipients)
+    planned = {c: len(audience[c]) for c in channels}
     result = LaunchResult(campaign_id, planned, dict.fromkeys(channels, 0))
     try:
         publish_status(out, settings, serdes, campaign_id, STATE_SENDING, channels, planned)
         out.flush(settings.admin_timeout_s)
-        _queue(out, settings, serdes, view, result, channels, recipients, rate, progress)
+        _queue(out, settings, serdes, view, result, channels, audience, rate, progress)
         stops = {c: view.stopped(campaign_id, c) for c in channels}
         for channel, stop in stops.items():
             if stop is not None:
                 result.never_queued[channel] = _report_never_queued(
                     out, settings, serdes, campaign_id, channel, result.queued[channel],
-                    recipients, stop)
+                    audience[channel], stop)
         any_stop = next((s for s in stops.values() if s is not None), None)
         result.state = STATE_STOPPED if any_stop else STATE_FINISHED
         publish_status(out, settings, serdes, campaign_id, result.state, channels, planned,
@@ -81,7 +110,7 @@ def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[
 
 
 def _queue(out: Producer, settings: Settings, serdes: Serdes, view: ControlView,
-           result: LaunchResult, channels: list[str], recipients: int, rate: float | None,
+           result: LaunchResult, channels: list[str], audience: Audience, rate: float | None,
            progress: Progress) -> None:
     campaign_id = result.campaign_id
     encode = serdes.send_request.encode
@@ -91,23 +120,24 @@ def _queue(out: Producer, settings: Settings, serdes: Serdes, view: ControlView,
     active = list(channels)
     started = time.monotonic()
     payload = f"Campaign {campaign_id}: your offer inside"
-    for index in range(recipients):
+    for index in range(max((len(audience[c]) for c in channels), default=0)):
         active = [c for c in active if view.stopped(campaign_id, c) is None]
         if not active:
             return
-        for channel in active:
+        queued = [c for c in active if index < len(audience[c])]
+        for channel in queued:
             mid = message_id(campaign_id, channel, index)
             value = encode({
                 "message_id": mid,
                 "campaign_id": campaign_id,
                 "channel": channel,
-                "recipient_id": recipient_id(index),
+                "recipient_id": audience[channel][index],
                 "payload": payload,
                 "requested_at": now_ms(),
             })
             _produce(out, topics[channel], mid.encode(), value, headers[channel])
             result.queued[channel] += 1
-        progress(len(active))
+        progress(len(queued))
         if rate and (index + 1) % 100 == 0:
             ahead = (index + 1) / rate - (time.monotonic() - started)
             if ahead > 0:
@@ -125,19 +155,19 @@ def _produce(out: Producer, topic: str, key: bytes, value: bytes,
 
 
 def _report_never_queued(out: Producer, settings: Settings, serdes: Serdes, campaign_id: str,
-                         channel: str, queued: int, recipients: int, stop: Stop) -> int:
+                         channel: str, queued: int, recipients: Sequence[str], stop: Stop) -> int:
     event = NOT_SENT_EVENT[channel]
     headers: Headers = [(HEADER_CAMPAIGN, campaign_id.encode()), (HEADER_CHANNEL, channel.encode()),
                         (HEADER_STAGE, STAGE_SENDING.encode())]
     reason = f"never queued: campaign stopped: {stop.reason}"
-    for index in range(queued, recipients):
+    for index in range(queued, len(recipients)):
         mid = message_id(campaign_id, channel, index)
         value = serdes.not_sent.encode({
             "event": event,
             "message_id": mid,
             "campaign_id": campaign_id,
             "channel": channel,
-            "recipient_id": recipient_id(index),
+            "recipient_id": recipients[index],
             "stage": STAGE_SENDING,
             "reason": reason,
             "stop_command_id": stop.command_id,
@@ -145,4 +175,4 @@ def _report_never_queued(out: Producer, settings: Settings, serdes: Serdes, camp
             "occurred_at": now_ms(),
         })
         _produce(out, settings.topics.notsent, mid.encode(), value, headers)
-    return recipients - queued
+    return len(recipients) - queued

@@ -1,5 +1,7 @@
-"""``estop status``: where a campaign stands, per channel, read from Kafka and the dispatchers'
-outboxes. Outcomes are counted from ``sent`` and ``notsent`` once per message id."""
+"""``estop status``: where a campaign stands, per channel. The lifecycle and the stop come from
+the compacted ``campaign-status`` and ``campaign-control`` topics (what the control plane's tables
+hold), outcomes from the analytics store (one per message id), handoffs from the dispatchers'
+outboxes: nothing re-reads the ``sent`` and ``notsent`` history."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from streams.campaigns.lifecycle import effective_state, read_campaigns, read_co
 from streams.dispatch.outbox import OutboxStats
 from streams.exceptions import UsageError
 from streams.kafka.clients import headers_of
-from streams.kafka.reader import read_topic
 from streams.models import (
     CHANNELS,
     HEADER_CAMPAIGN,
@@ -25,6 +26,9 @@ from streams.models import (
 )
 from streams.serde import Serdes
 from streams.settings import Settings
+from streams.sink.exceptions import UnknownCampaignError
+from streams.sink.report import campaign_report
+from streams.sink.store import open_store
 
 
 @dataclass
@@ -89,14 +93,6 @@ class OutcomeCounter:
         return len(self.seen)
 
 
-def count_outcomes(settings: Settings, campaign_id: str) -> OutcomeCounter:
-    counter = OutcomeCounter(campaign_id)
-    read_topic(settings, settings.topics.sent, counter.add)
-    read_topic(settings, settings.topics.notsent, counter.add)
-    read_topic(settings, settings.topics.failed, counter.add)
-    return counter
-
-
 def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dict[str, Any]:
     campaigns = read_campaigns(settings, serdes)
     view = read_control(settings, serdes)
@@ -104,11 +100,11 @@ def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dic
     state = effective_state(status, view, campaign_id)
     if state is None:
         raise UsageError(f"unknown campaign {campaign_id!r}: not on campaign-status or campaign-control")
-    counter = count_outcomes(settings, campaign_id)
     channels = status["channels"] if status else sorted(view.channels_stopped(campaign_id))
+    stored = _stored_counts(settings, campaign_id)
     per_channel: dict[str, dict[str, Any]] = {}
     for channel in channels:
-        counts = counter.channel(channel)
+        counts = stored.get(channel, ChannelCounts())
         counts.planned = (status or {}).get("planned", {}).get(channel, 0)
         queued = (status or {}).get("queued", {})
         counts.queued = queued.get(channel, counts.planned) if queued else counts.planned
@@ -136,3 +132,18 @@ def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dic
         },
         "known_channels": list(CHANNELS),
     }
+
+
+def _stored_counts(settings: Settings, campaign_id: str) -> dict[str, ChannelCounts]:
+    """Sent, notSent by stage and failed per channel from the analytics store (none yet: zeros)."""
+    store = open_store(settings)
+    try:
+        report = campaign_report(store, campaign_id)
+    except UnknownCampaignError:
+        return {}
+    finally:
+        store.close()
+    return {channel: ChannelCounts(sent=c["sent"], failed=c["failed"],
+                                   not_sent={stage: c["not_sent_by_stage"].get(stage, 0)
+                                             for stage in STAGES})
+            for channel, c in report["by_channel"].items()}

@@ -11,13 +11,19 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.campaigns.lifecycle import publish_status, read_campaigns, read_control
+from streams.campaigns.lifecycle import (
+    Status,
+    effective_state,
+    publish_status,
+    read_campaigns,
+    read_control,
+)
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
 from streams.control.feed import now_ms
-from streams.control.view import Stop
+from streams.control.view import ControlView, Stop
 from streams.kafka.clients import admin, consumer, producer, take, wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.kafka.reader import high_watermark
@@ -98,31 +104,77 @@ def live_processes(settings: Settings, client: AdminClient | None = None,
 
 def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str,
                channels: list[str], by: str, timeout_s: float, force: bool = False) -> StopResult:
+    return issue_stops(settings, serdes, [campaign_id], reason, channels, by, timeout_s, force)[0]
+
+
+def stoppable(statuses: dict[str, Status], view: ControlView) -> list[str]:
+    """Campaigns a stop applies to right now: Sending or Finished, and not stopped."""
+    return sorted(c for c, status in statuses.items()
+                  if effective_state(status, view, c) in STOPPABLE_STATES)
+
+
+def stop_all(settings: Settings, serdes: Serdes, reason: str, by: str,
+             timeout_s: float) -> list[StopResult]:
+    """The kill switch: one stop record per campaign that is Sending or Finished now, every
+    channel, all written before waiting for their confirmations together."""
+    validate(reason, [])
+    wait_for_broker(settings)
+    targets = stoppable(read_campaigns(settings, serdes), read_control(settings, serdes))
+    return issue_stops(settings, serdes, targets, reason, [], by, timeout_s) if targets else []
+
+
+def issue_stops(settings: Settings, serdes: Serdes, campaign_ids: list[str], reason: str,
+                channels: list[str], by: str, timeout_s: float,
+                force: bool = False) -> list[StopResult]:
+    """Validate every stop before writing any (nothing is written when one is invalid), write
+    them, then wait until every live process confirmed each of them or ``timeout_s`` passed."""
     reason, wanted = validate(reason, channels)
-    campaign_id = campaign_id.strip()
-    if not campaign_id:
+    campaign_ids = list(dict.fromkeys(c.strip() for c in campaign_ids))
+    if not campaign_ids or not all(campaign_ids):
         raise InvalidStopError("a stop needs a campaign id")
     wait_for_broker(settings)
     # Created first: an idempotent producer spends its first few hundred ms getting a producer
     # id, which the validation reads below hide from the stop's latency.
     send = producer(settings, **{"linger.ms": 0})
     view = read_control(settings, serdes)
-    already = view.channels_stopped(campaign_id)
-    requested = frozenset(wanted) or frozenset(CHANNELS)
-    if already and requested <= already:
-        return StopResult(campaign_id, view.stopped(campaign_id, next(iter(requested))).command_id,  # type: ignore[union-attr]
-                          sorted(already), already_stopped=True, confirmed=True)
     campaigns = read_campaigns(settings, serdes)
-    status = campaigns.get(campaign_id)
-    if not already and not force and (status is None or status["state"] not in STOPPABLE_STATES):
-        seen = f"it is {status['state']}" if status else "it has not been seen on campaign-status"
-        raise CampaignNotStoppableError(
-            f"campaign {campaign_id!r} is not Sending or Finished ({seen}); "
-            "use --force to stop it anyway",
-            status["state"] if status else None,
-        )
+    requested = frozenset(wanted) or frozenset(CHANNELS)
+    results: dict[str, StopResult] = {}
+    to_write: list[tuple[str, frozenset[str], Status | None]] = []
+    for campaign_id in campaign_ids:
+        already = view.channels_stopped(campaign_id)
+        if already and requested <= already:
+            results[campaign_id] = StopResult(
+                campaign_id, view.stopped(campaign_id, next(iter(requested))).command_id,  # type: ignore[union-attr]
+                sorted(already), already_stopped=True, confirmed=True)
+            continue
+        status = campaigns.get(campaign_id)
+        if not already and not force and (status is None or status["state"] not in STOPPABLE_STATES):
+            seen = f"it is {status['state']}" if status else "it has not been seen on campaign-status"
+            raise CampaignNotStoppableError(
+                f"campaign {campaign_id!r} is not Sending or Finished ({seen}); "
+                "use --force to stop it anyway",
+                status["state"] if status else None,
+            )
+        to_write.append((campaign_id, already, status))
 
     acks_from = _acks_end(settings)
+    started = time.monotonic()
+    written = [_write_stop(send, settings, serdes, campaign_id, reason, wanted, already, status, by)
+               for campaign_id, already, status in to_write]
+    send.flush(settings.admin_timeout_s)
+    results.update((r.campaign_id, r) for r in written)
+    if written:
+        _await_confirmation(settings, serdes, written, acks_from, started, timeout_s)
+    return [results[c] for c in campaign_ids]
+
+
+def _write_stop(send: Producer, settings: Settings, serdes: Serdes, campaign_id: str, reason: str,
+                wanted: tuple[str, ...], already: frozenset[str], status: Status | None,
+                by: str) -> StopResult:
+    """Produce the ControlCommand (acks=all) and, once the broker acknowledged it, the
+    campaign's Stopped status."""
+    requested = frozenset(wanted) or frozenset(CHANNELS)
     command_id = uuid.uuid4().hex
     command: dict[str, Any] = {
         "command_id": command_id,
@@ -133,7 +185,6 @@ def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str
         "requested_by": by,
         "requested_at": now_ms(),
     }
-    started = time.monotonic()
     delivered: dict[str, Any] = {}
 
     def on_delivery(err: Any, message: Any) -> None:
@@ -146,18 +197,13 @@ def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str
         raise KafkaUnavailableError(
             f"the stop command was not acknowledged by Kafka: {delivered.get('error')}"
         )
-    broker_ack = delivered["at"]
     stop = Stop(command_id, campaign_id, requested - already, int(command["requested_at"]), by, reason)
     planned = status["planned"] if status else {}
     publish_status(send, settings, serdes, campaign_id, STATE_STOPPED,
                    status["channels"] if status else sorted(requested), planned,
                    status["queued"] if status else {}, stop)
-    send.flush(settings.admin_timeout_s)
-
-    result = StopResult(campaign_id, command_id, sorted(already | requested),
-                        already_stopped=False, confirmed=False, broker_ack_ms=broker_ack)
-    _await_confirmation(settings, serdes, result, acks_from, broker_ack, started, timeout_s)
-    return result
+    return StopResult(campaign_id, command_id, sorted(already | requested),
+                      already_stopped=False, confirmed=False, broker_ack_ms=delivered["at"])
 
 
 def _acks_end(settings: Settings) -> dict[int, int]:
@@ -173,18 +219,19 @@ def _acks_end(settings: Settings) -> dict[int, int]:
         reader.close()
 
 
-def _await_confirmation(settings: Settings, serdes: Serdes, result: StopResult,
-                        acks_from: dict[int, int], broker_ack_ms: int, started: float,
-                        timeout_s: float) -> None:
+def _await_confirmation(settings: Settings, serdes: Serdes, results: list[StopResult],
+                        acks_from: dict[int, int], started: float, timeout_s: float) -> None:
     deadline = started + timeout_s
+    by_command = {r.command_id: r for r in results}
+    waiting = set(by_command)
+    acked: dict[str | None, dict[str, ProcessAck]] = {c: {} for c in by_command}
     reader = consumer(settings)
     reader.assign([TopicPartition(settings.topics.acks, p, o) for p, o in acks_from.items()])
-    acked: dict[str, ProcessAck] = {}
     client = admin(settings)
     next_live_check = 0.0
     live: set[str] = set()
     try:
-        while True:
+        while waiting:
             for message in take(reader, 500, 0.05):
                 if message.error() or message.value() is None:
                     continue
@@ -192,23 +239,28 @@ def _await_confirmation(settings: Settings, serdes: Serdes, result: StopResult,
                     ack = serdes.control_ack.decode(message.value())
                 except Exception:
                     continue
-                if ack["command_id"] == result.command_id:
-                    acked[ack["process_id"]] = ProcessAck(
-                        ack["process_id"], ack["roles"], ack["applied_at"] - broker_ack_ms, ack["halted"]
-                    )
+                result = by_command.get(ack["command_id"])
+                if result is not None:
+                    acked[result.command_id][ack["process_id"]] = ProcessAck(
+                        ack["process_id"], ack["roles"],
+                        ack["applied_at"] - (result.broker_ack_ms or 0), ack["halted"])
             now = time.monotonic()
             try:
                 if now >= next_live_check:
                     live = live_processes(settings, client, strict=True)
                     next_live_check = now + 0.5
-                if set(acked) >= live:
+                done = [c for c in waiting if set(acked[c]) >= live]
+                if done:
                     # Everyone Kafka counts as live has applied the stop (asked again, so a
                     # process that joined meanwhile is not missed).
                     live = live_processes(settings, client, strict=True)
-                    if set(acked) >= live:
-                        result.confirmed = True
-                        result.confirmed_at_ms = now_ms()
-                        break
+                    for command_id in done:
+                        if set(acked[command_id]) >= live:
+                            result = by_command[command_id]
+                            result.confirmed = True
+                            result.confirmed_at_ms = now_ms()
+                            result.confirm_s = time.monotonic() - started
+                            waiting.discard(command_id)
             except (KafkaException, TimeoutError):
                 # A group Kafka could not describe is unknown, not empty: never confirm on it.
                 next_live_check = 0.0
@@ -216,6 +268,8 @@ def _await_confirmation(settings: Settings, serdes: Serdes, result: StopResult,
                 break
     finally:
         reader.close()
-    result.live = sorted(live)
-    result.acks = sorted(acked.values(), key=lambda a: a.process_id)
-    result.confirm_s = time.monotonic() - started
+    for result in results:
+        result.live = sorted(live)
+        result.acks = sorted(acked[result.command_id].values(), key=lambda a: a.process_id)
+        if result.confirm_s is None:
+            result.confirm_s = time.monotonic() - started

@@ -56,6 +56,10 @@ class ControlView:
     def stopped(self, campaign_id: str, channel: str) -> Stop | None:
         return self._stops.get(campaign_id, _NONE).get(channel)
 
+    def campaigns(self) -> set[str]:
+        """Every campaign with a stop in force."""
+        return set(self._stops)
+
     def channels_stopped(self, campaign_id: str) -> frozenset[str]:
         return frozenset(self._stops.get(campaign_id, _NONE))
 

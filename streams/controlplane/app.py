@@ -22,10 +22,13 @@ run on worker threads, never on the event loop."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import functools
+import io
 import json
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,14 +37,13 @@ from typing import Any, TypeVar
 import faust
 from confluent_kafka import KafkaException
 from faust.types import EventT, StreamT, TopicT
-from faust.web import Request, Response, View
-from prometheus_client import generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from streams.campaigns.exceptions import RelaunchError
 from streams.campaigns.lifecycle import effective_state
+from streams.campaigns.relaunch import plan_relaunch, relaunch
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
 from streams.control.feed import now_ms
-from streams.control.stop import issue_stop, live_processes, validate
+from streams.control.stop import issue_stop, live_processes, stop_all, validate
 from streams.control.view import ControlView
 from streams.controlplane import state
 from streams.controlplane.offsets import (
@@ -51,6 +53,7 @@ from streams.controlplane.offsets import (
     partition_counts,
 )
 from streams.controlplane.topics import ensure_topics, faust_topic_spec
+from streams.controlplane.web import register_routes
 from streams.exceptions import EstopError
 from streams.kafka.clients import admin, process_id
 from streams.kafka.topics import TopicSpec
@@ -60,11 +63,11 @@ from streams.metrics import (
     STOP_UNCONFIRMED_SECONDS,
     STOPS_UNCONFIRMED,
 )
-from streams.models import CHANNELS, STATE_FINISHED, STATE_SENDING, STATE_STOPPED
+from streams.models import STATE_FINISHED, STATE_SENDING, STATE_STOPPED
 from streams.serde import SerdeError, Serdes, serdes_for
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
-from streams.sink.report import campaign_report
+from streams.sink.report import campaign_report, campaign_timeline, export_rows
 from streams.sink.store import OutcomeStore, open_store
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,6 @@ T = TypeVar("T")
 
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                        "key_serializer": "raw", "value_serializer": "raw"}
-STOP_FIELDS = ("reason", "by", "channels", "force")
 LIVE_MAX_AGE_S = 1.0  # answers use a live set at most this old
 TICK_S = 1.0  # confirmation tracking and gauges
 
@@ -145,6 +147,8 @@ class ControlPlane:
         self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-store")
         self._admin = admin(settings)
         self._store: OutcomeStore | None = None
+        self._timeout_ms = int(settings.stop_timeout_s * 1000)
+        self._relaunching: set[str] = set()  # new ids being launched right now
 
         self._register_agents()
         self._register_views()
@@ -298,22 +302,29 @@ class ControlPlane:
                         "the live set of %.1fs ago", exc, time.monotonic() - self._live_at)
             return self._live
 
-    def _reports(self, campaign_ids: list[str]) -> dict[str, dict[str, Any] | None]:
-        """Analytics reports (store thread only); None for a campaign the store has not seen."""
-        if self._store is None:
-            self._store = open_store(self.settings)
+    async def _in_store(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(store, *args)`` on the store's one thread (the connection is not shared)."""
+        def call() -> T:
+            if self._store is None:
+                self._store = open_store(self.settings)
+            return func(self._store, *args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._store_pool, call)
+
+    @staticmethod
+    def _reports(store: OutcomeStore, campaign_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Analytics reports; None for a campaign the store has not seen."""
         reports: dict[str, dict[str, Any] | None] = {}
         for campaign_id in campaign_ids:
             try:
-                reports[campaign_id] = campaign_report(self._store, campaign_id)
+                reports[campaign_id] = campaign_report(store, campaign_id)
             except UnknownCampaignError:
                 reports[campaign_id] = None
         return reports
 
     async def reports(self, campaign_ids: list[str]) -> dict[str, dict[str, Any] | None]:
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._store_pool, self._reports, campaign_ids)
+            return await self._in_store(self._reports, campaign_ids)
         except EstopError as exc:  # the store is unreachable: state without counts
             log.warning("analytics store unavailable: %s", exc)
             return dict.fromkeys(campaign_ids)
@@ -331,7 +342,7 @@ class ControlPlane:
         live = await self.live_or_last()
         report = (await self.reports([campaign_id]))[campaign_id]
         return state.campaign_detail(campaign_id, status, view, self.acks_by_command(),
-                                     self.confirmed(), live, report)
+                                     self.confirmed(), live, report, now_ms(), self._timeout_ms)
 
     async def campaign_list(self) -> list[dict[str, Any]]:
         ids = self.campaign_ids()
@@ -339,23 +350,16 @@ class ControlPlane:
         reports = await self.reports(ids)
         statuses, (view, _), acks, confirmed = (self.statuses(), self.view(), self.acks_by_command(),
                                                 self.confirmed())
+        now = now_ms()
         return [state.campaign_summary(state.campaign_detail(
-            campaign_id, statuses.get(campaign_id), view, acks, confirmed, live, reports[campaign_id]))
+            campaign_id, statuses.get(campaign_id), view, acks, confirmed, live, reports[campaign_id],
+            now, self._timeout_ms))
             for campaign_id in ids]
 
-    async def stop(self, campaign_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
-        """``POST /campaigns/{id}/stop``: (HTTP status, JSON body). Checks the request, then
-        issues the stop exactly as `estop stop` does, without waiting for confirmation."""
-        try:
-            payload = json.loads(body.decode("utf-8")) if body.strip() else None
-        except (UnicodeDecodeError, ValueError) as exc:
-            return 400, {"error": f"the request body is not valid JSON: {exc}"}
-        problem = _check_stop_request(payload)
-        if problem:
-            return 400, {"error": problem}
-        assert isinstance(payload, dict)
-        reason, by = payload["reason"], payload.get("by") or "http-api"
-        channels, force = list(payload.get("channels") or []), bool(payload.get("force", False))
+    async def stop(self, campaign_id: str, reason: str, channels: list[str], force: bool,
+                   by: str) -> tuple[int, dict[str, Any]]:
+        """``POST /campaigns/{id}/stop`` once its shape is checked: (HTTP status, JSON body).
+        Issues the stop exactly as `estop stop` does, without waiting for confirmation."""
         try:
             validate(reason, channels)  # the CLI's own checks: empty reason, unknown channel
             result = await self._kafka(issue_stop, self.settings, self.serdes, campaign_id, reason,
@@ -379,6 +383,68 @@ class ControlPlane:
             "status_url": f"/campaigns/{campaign_id}",
         }
         return (200 if result.already_stopped else 202), body_out
+
+    async def stop_all(self, reason: str, by: str) -> tuple[int, dict[str, Any]]:
+        """The kill switch (``POST /stop-all``): every campaign Sending or Finished, as
+        `estop stop --all` does, without waiting for confirmation."""
+        try:
+            results = await self._kafka(stop_all, self.settings, self.serdes, reason, by, 0.0)
+        except InvalidStopError as exc:
+            return 400, {"error": str(exc)}
+        except EstopError as exc:
+            return 503, {"error": str(exc)}
+        return (202 if results else 200), {
+            "stopped": [{"campaign_id": r.campaign_id, "command_id": r.command_id}
+                        for r in results if not r.already_stopped],
+            "already_stopped": [r.campaign_id for r in results if r.already_stopped],
+        }
+
+    async def timeline(self, campaign_id: str) -> dict[str, Any] | None:
+        """Outcomes over time (the console's chart) with the campaign's stops marked."""
+        if campaign_id not in self.campaign_ids():
+            return None
+        try:
+            series = await self._in_store(campaign_timeline, campaign_id)
+        except UnknownCampaignError:
+            series = {"campaign_id": campaign_id, "start": None, "slice_ms": 0, "points": []}
+        view, _ = self.view()
+        series["stops"] = [{"command_id": s.command_id, "at": s.requested_at}
+                           for s in view.stops(campaign_id)]
+        return series
+
+    async def export_csv(self, campaign_id: str, outcome: str, channel: str | None) -> str:
+        """The CSV `estop export` writes, as text; raises UnknownCampaignError."""
+        def build(store: OutcomeStore) -> str:
+            text = io.StringIO()
+            csv.writer(text).writerows(export_rows(store, campaign_id, outcome, channel))
+            return text.getvalue()
+
+        return await self._in_store(build)
+
+    async def relaunch(self, source: str, new_id: str) -> tuple[int, dict[str, Any]]:
+        """Queue the unsent audience of ``source`` as campaign ``new_id`` (as `estop relaunch`):
+        checked first (nothing written on error), then launched in the background."""
+        known = set(self.campaign_ids()) | self._relaunching
+        try:
+            plan = await self._in_store(plan_relaunch, source, new_id, known)
+        except UnknownCampaignError as exc:
+            return 404, {"error": str(exc)}
+        except RelaunchError as exc:
+            return 409, {"error": str(exc)}
+        self._relaunching.add(plan.campaign_id)
+
+        def run() -> None:
+            try:
+                relaunch(self.settings, self.serdes, plan)
+            except Exception:
+                log.exception("relaunch of %s as %s failed", plan.source, plan.campaign_id)
+            finally:
+                self._relaunching.discard(plan.campaign_id)
+
+        threading.Thread(target=run, name=f"relaunch-{plan.campaign_id}", daemon=True).start()
+        return 202, {"campaign_id": plan.campaign_id, "source": plan.source,
+                     "recipients": plan.recipients,
+                     "channels": {c: len(r) for c, r in plan.audience.items()}}
 
     # -- start-up and the periodic confirmation check ------------------------------------------
 
@@ -467,66 +533,7 @@ class ControlPlane:
     # -- HTTP --------------------------------------------------------------------------------
 
     def _register_views(self) -> None:
-        plane = self
-
-        class Health(View):
-            async def get(self, request: Request) -> Response:
-                return self.json({"status": "ok" if plane.ready else "starting", "ready": plane.ready,
-                                  "process_id": plane.process_id, "app_id": plane.app_id},
-                                 status=200 if plane.ready else 503)
-
-        class Metrics(View):
-            async def get(self, request: Request) -> Response:
-                return self.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
-
-        class Campaigns(View):
-            async def get(self, request: Request) -> Response:
-                return self.json({"campaigns": await plane.campaign_list()})
-
-        class Campaign(View):
-            async def get(self, request: Request, campaign_id: str) -> Response:
-                detail = await plane.campaign(campaign_id)
-                if detail is None:
-                    return self.error(404, f"unknown campaign {campaign_id!r}: not seen on "
-                                           "campaign-status or campaign-control")
-                return self.json(detail)
-
-        class StopCampaign(View):
-            async def post(self, request: Request, campaign_id: str) -> Response:
-                status, body = await plane.stop(campaign_id, await self.read_request_content(request))
-                return self.json(body, status=status)
-
-        self.app.page("/health")(Health)
-        self.app.page("/metrics")(Metrics)
-        self.app.page("/campaigns")(Campaigns)
-        self.app.page("/campaigns/{campaign_id}")(Campaign)
-        self.app.page("/campaigns/{campaign_id}/stop")(StopCampaign)
-
-
-def _check_stop_request(payload: Any) -> str | None:
-    """The shape of a stop request; the values are then checked by ``streams.control.stop``."""
-    if not isinstance(payload, dict):
-        return ('the request body must be a JSON object: {"reason": "...", "by": "...", '
-                '"channels": ["email", ...]}')
-    unknown = sorted(set(payload) - set(STOP_FIELDS))
-    if unknown:
-        return f"unknown field(s) {', '.join(unknown)} (expected {', '.join(STOP_FIELDS)})"
-    reason = payload.get("reason")
-    if reason is None:
-        return 'missing "reason": a stop needs a reason'
-    if not isinstance(reason, str):
-        return '"reason" must be a string'
-    if not reason.strip():
-        return '"reason" is empty: a stop needs a reason'
-    if payload.get("by") is not None and not isinstance(payload["by"], str):
-        return '"by" must be a string'
-    channels = payload.get("channels")
-    if channels is not None and (not isinstance(channels, list)
-                                 or not all(isinstance(c, str) for c in channels)):
-        return f'"channels" must be a list of channel names ({", ".join(CHANNELS)}); empty means all'
-    if not isinstance(payload.get("force", False), bool):
-        return '"force" must be true or false'
-    return None
+        register_routes(self)
 
 
 def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:

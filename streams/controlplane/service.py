@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from streams.exceptions import UsageError
 from streams.kafka.clients import wait_for_broker
+from streams.kafka.topics import replication
 from streams.metrics import UP
 from streams.settings import Settings
 
@@ -37,7 +38,9 @@ def run_control(settings: Settings, announce: Callable[[str], None],
 
     settings = settings.model_copy(
         update={"control_port": control_port(settings.control_host, settings.control_port)})
-    wait_for_broker(settings)
+    # The app's own topics are replicated like the pipeline's (streams/kafka/topics.py).
+    factor = replication(settings, wait_for_broker(settings)).factor
+    settings = settings.model_copy(update={"replication_factor": factor})
     plane = create_app(settings, on_ready=lambda p: announce(p.ready_line()))
     worker = faust.Worker(plane.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.spinner = None  # stdout carries the ready line only

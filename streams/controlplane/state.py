@@ -24,6 +24,7 @@ class Confirmation:
     confirmed_at: int | None  # when the last live process applied it (ms), if confirmed
     unacknowledged: list[str]  # live processes that have not acknowledged it
     recorded: bool = False  # the service recorded the confirmation (survives its restarts)
+    expected: tuple[str, ...] = ()  # the processes whose acknowledgements it waits (waited) for
 
 
 def confirmation(stop: Stop, acks: AcksByCommand, confirmations: Confirmations,
@@ -35,22 +36,25 @@ def confirmation(stop: Stop, acks: AcksByCommand, confirmations: Confirmations,
     missing = sorted(live - acked.keys())
     recorded = confirmations.get(stop.command_id)
     if recorded is not None:
-        return Confirmation(True, recorded.get("confirmed_at"), missing, recorded=True)
+        return Confirmation(True, recorded.get("confirmed_at"), missing, recorded=True,
+                            expected=tuple(recorded.get("live", ())))
     if missing:
-        return Confirmation(False, None, missing)
+        return Confirmation(False, None, missing, expected=tuple(sorted(live)))
     applied = [int(a["applied_at"]) for p, a in acked.items() if p in live]
-    return Confirmation(True, max(applied) if applied else None, [])
+    return Confirmation(True, max(applied) if applied else None, [], expected=tuple(sorted(live)))
 
 
 def stop_detail(stops: list[Stop], acks: AcksByCommand, confirmations: Confirmations,
-                live: set[str]) -> dict[str, Any] | None:
+                live: set[str], now: int, timeout_ms: int) -> dict[str, Any] | None:
     """The stop of a campaign: every command in force (a later command may add channels), each
-    with its acknowledgements; ``confirmed`` once every command is."""
+    with its acknowledgements; ``confirmed`` once every command is. ``timed_out``: a command is
+    still unconfirmed ``timeout_ms`` after it was requested (the stop stays in force)."""
     if not stops:
         return None
     commands: list[dict[str, Any]] = []
     for stop in stops:
         state = confirmation(stop, acks, confirmations, live)
+        acked = acks.get(stop.command_id, {})
         commands.append({
             "command_id": stop.command_id,
             "channels": sorted(stop.channels),
@@ -62,10 +66,14 @@ def stop_detail(stops: list[Stop], acks: AcksByCommand, confirmations: Confirmat
             "recorded": state.recorded,
             "acks": [_ack(a, stop) for _, a in sorted(acks.get(stop.command_id, {}).items())],
             "unacknowledged": state.unacknowledged,
+            "expected": list(state.expected),
+            "acknowledged": sorted(set(state.expected) & acked.keys()),
+            "timed_out": not state.confirmed and now - stop.requested_at > timeout_ms,
         })
-    first = commands[0]
+    first, latest = commands[0], commands[-1]
     confirmed = all(c["confirmed"] for c in commands)
     confirmed_at = [int(c["confirmed_at"]) for c in commands if c["confirmed_at"] is not None]
+    last_confirmed = max(confirmed_at) if confirmed and confirmed_at else None
     return {
         "command_id": first["command_id"],
         "reason": first["reason"],
@@ -73,7 +81,13 @@ def stop_detail(stops: list[Stop], acks: AcksByCommand, confirmations: Confirmat
         "requested_at": first["requested_at"],
         "channels": sorted({c for s in stops for c in s.channels}),
         "confirmed": confirmed,
-        "confirmed_at": max(confirmed_at) if confirmed and confirmed_at else None,
+        "confirmed_at": last_confirmed,
+        # The latest command: what the operator who just stopped is waiting for.
+        "expected": latest["expected"],
+        "acknowledged": latest["acknowledged"],
+        "propagation_ms": (max(last_confirmed - latest["requested_at"], 0)
+                           if last_confirmed is not None else None),
+        "timed_out": any(c["timed_out"] for c in commands),
         "live_processes": sorted(live),
         "acks": [dict(a, command_id=c["command_id"]) for c in commands for a in c["acks"]],
         "commands": commands,
@@ -92,8 +106,8 @@ def _ack(ack: Mapping[str, Any], stop: Stop) -> dict[str, Any]:
 
 def channel_counts(status: Mapping[str, Any] | None,
                    report: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """Per channel: planned (from the lifecycle record), sent, notSent by stage and pending
-    (from the analytics store; zero until the sink stored something)."""
+    """Per channel: planned (from the lifecycle record), sent, notSent by stage, failed and
+    pending (from the analytics store; zero until the sink stored something)."""
     planned: dict[str, int] = dict(status["planned"]) if status else {}
     channels = list(status["channels"]) if status else []
     by_channel = dict(report["by_channel"]) if report else {}
@@ -103,6 +117,7 @@ def channel_counts(status: Mapping[str, Any] | None,
         stored = by_channel.get(channel, {})
         sent = int(stored.get("sent", 0))
         not_sent = int(stored.get("not_sent", 0))
+        failed = int(stored.get("failed", 0))
         by_stage = {stage: int(stored.get("not_sent_by_stage", {}).get(stage, 0)) for stage in STAGES}
         total = int(planned.get(channel, stored.get("planned", 0)))
         counts[channel] = {
@@ -110,15 +125,16 @@ def channel_counts(status: Mapping[str, Any] | None,
             "sent": sent,
             "not_sent": not_sent,
             "not_sent_by_stage": by_stage,
+            "failed": failed,
             # Failed messages (the provider never accepted them) are accounted, not pending.
-            "pending": max(total - sent - not_sent - int(stored.get("failed", 0)), 0),
+            "pending": max(total - sent - not_sent - failed, 0),
         }
     return counts
 
 
 def campaign_detail(campaign_id: str, status: Mapping[str, Any] | None, view: ControlView,
                     acks: AcksByCommand, confirmations: Confirmations, live: set[str],
-                    report: Mapping[str, Any] | None) -> dict[str, Any]:
+                    report: Mapping[str, Any] | None, now: int, timeout_ms: int) -> dict[str, Any]:
     counts = channel_counts(status, report)
     return {
         "campaign_id": campaign_id,
@@ -128,9 +144,12 @@ def campaign_detail(campaign_id: str, status: Mapping[str, Any] | None, view: Co
         "planned": sum(c["planned"] for c in counts.values()),
         "sent": sum(c["sent"] for c in counts.values()),
         "not_sent": sum(c["not_sent"] for c in counts.values()),
+        "failed": sum(c["failed"] for c in counts.values()),
         "pending": sum(c["pending"] for c in counts.values()),
         "counts": counts,
-        "stop": stop_detail(view.stops(campaign_id), acks, confirmations, live),
+        "stop": stop_detail(view.stops(campaign_id), acks, confirmations, live, now, timeout_ms),
+        # From the analytics store: the stop's request to the last halted message stored.
+        "stop_to_last_halted_accounted_s": report.get("stop_to_last_halted_accounted_s") if report else None,
     }
 
 
@@ -144,6 +163,7 @@ def campaign_summary(detail: Mapping[str, Any]) -> dict[str, Any]:
         "planned": detail["planned"],
         "sent": detail["sent"],
         "not_sent": detail["not_sent"],
+        "failed": detail["failed"],
         "pending": detail["pending"],
         "stopped": stop is not None,
         "confirmed": stop["confirmed"] if stop else None,

@@ -17,7 +17,7 @@ from confluent_kafka.admin import NewTopic
 
 from streams.kafka.clients import admin
 from streams.kafka.exceptions import KafkaUnavailableError
-from streams.kafka.topics import TopicSpec
+from streams.kafka.topics import TopicSpec, replication
 from streams.settings import Settings
 
 
@@ -42,8 +42,9 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> list[str]:
     missing = [s for s in specs if s.name not in existing]
     created: list[str] = []
     if missing:
+        factor = replication(settings).factor
         futures = client.create_topics(
-            [NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config)
+            [NewTopic(s.name, s.partitions, factor, config=s.config)
              for s in missing], operation_timeout=timeout, request_timeout=timeout)
         for name, future in futures.items():
             try:

@@ -34,7 +34,7 @@ from confluent_kafka import KafkaException, Message
 from streams import metrics
 from streams.control.feed import now_ms
 from streams.control.view import Applied, ControlView, Stop
-from streams.dispatch.outbox import DELIVERED, UNDELIVERED, Outbox, Outcome
+from streams.dispatch.outbox import DELIVERED, SUBMITTING, UNDELIVERED, Outbox, Outcome
 from streams.dispatch.receipts import ReceiptPublisher
 from streams.faults import crash_point
 from streams.kafka.clients import Headers
@@ -193,14 +193,14 @@ class Dispatcher(TransactionalStage):
         """Of messages about to end without a handoff (held back, failed), those the provider
         holds after all (their outcome belongs to the outbox); the others leave the outbox."""
         states = self.outbox.states([h.message_id for h in handoffs])
-        in_doubt = [h for h in handoffs if states.get(h.message_id) == "submitting"]
+        in_doubt = [h for h in handoffs if states.get(h.message_id) == SUBMITTING]
         found: dict[str, str] = {}
         if in_doubt:
             with self._provider_lock:
                 found = self.provider.find(in_doubt)
             self.outbox.accepted(found, now_ms())
             self.outbox.not_held(h.message_id for h in in_doubt if h.message_id not in found)
-        return {m for m, state in states.items() if state != "submitting"} | set(found)
+        return {m for m, state in states.items() if state != SUBMITTING} | set(found)
 
     def _handoff(self, message: Message) -> Handoff:
         """The handoff a record asks for; SerdeError when it is not a valid request here."""

@@ -17,6 +17,8 @@ this is where handoffs are made exactly once and their outcomes published exactl
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -89,7 +91,12 @@ def now_ms() -> int:
 class Outbox:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = localdb.connect(path)
+        # One connection per thread: the dispatcher's thread hands over and publishes, the
+        # control feed's thread records a stop's cancellations (a connection holds one
+        # transaction at a time).
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
         self._db.executescript(SCHEMA)
         with localdb.write(self._db) as db:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('outbox_id', ?)",
@@ -97,6 +104,15 @@ class Outbox:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('report_batch', '0')")
             self.outbox_id: str = db.execute(
                 "SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()[0]
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = localdb.connect(self.path)
+            with self._lock:
+                self._connections.append(db)
+        return db
 
     @classmethod
     def for_channel(cls, data_dir: Path, channel: str) -> Outbox:
@@ -230,7 +246,10 @@ class Outbox:
             f" AND state IN {OUTCOMES} ORDER BY 1")]
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
 
 
 class OutboxStats:

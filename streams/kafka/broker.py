@@ -1,12 +1,16 @@
-"""The project's own single-node KRaft broker, built from the Apache Kafka jars on Maven Central.
+"""The project's own KRaft broker, built from the Apache Kafka jars on Maven Central: one node,
+or a cluster of several on localhost (``estop broker start --brokers 3``).
 
 Used when neither ESTOP_BOOTSTRAP_SERVERS nor a Docker engine is there. Jars are resolved once
-by ``mvn`` into the cache folder; data, logs and the pid file live under the data folder.
+by ``mvn`` into the cache folder; data, logs and the pid file of each node live under the data
+folder. Every node is broker and controller at once (KRaft combined mode), so a cluster of three
+is also the one controller quorum of three voters: it survives the loss of any one node.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,104 +29,213 @@ RECIPE = PROJECT_ROOT / "deploy" / "broker"
 
 
 @dataclass(frozen=True)
+class BrokerNode:
+    """One node of the local broker: its id, its two ports and its own folder (data, logs, pid).
+
+    Node ``n`` (from 1) listens on ``broker_port + 2(n-1)`` for clients and on
+    ``controller_port + 2(n-1)`` for the controller quorum: 9092/9093, 9094/9095, 9096/9097 by
+    default. A single node keeps the folder ``<data>/broker``; the nodes of a cluster get
+    ``<data>/broker/node-<n>``."""
+
+    node_id: int
+    broker_port: int
+    controller_port: int
+    home: Path
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.broker_port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def kraft(self) -> Path:
+        return self.home / "kraft"
+
+    @property
+    def properties(self) -> Path:
+        return self.home / "server.properties"
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node: BrokerNode
+    pid: int | None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+
+@dataclass(frozen=True)
 class BrokerStatus:
+    """All nodes of the local broker; ``running`` when every one of them runs."""
+
     running: bool
     address: str
     version: str
-    pid: int | None
+    pid: int | None  # the first node's
+    nodes: tuple[NodeStatus, ...] = ()
+
+
+def plan_nodes(settings: Settings, count: int) -> list[BrokerNode]:
+    """The nodes of a local broker of ``count`` nodes: ports and folders (see BrokerNode)."""
+    root = settings.data_dir / "broker"
+    return [
+        BrokerNode(n, settings.broker_port + 2 * (n - 1), settings.controller_port + 2 * (n - 1),
+                   root if count == 1 else root / f"node-{n}")
+        for n in range(1, count + 1)
+    ]
 
 
 class LocalBroker:
-    """start / stop / status of the local broker; every method is safe to call twice."""
+    """start / stop / status of the local broker (every node of it); every method is safe to
+    call twice.
 
-    def __init__(self, settings: Settings, say: Callable[[str], None] = lambda _: None) -> None:
+    How many nodes: ``brokers`` (the ``--brokers`` option), else ESTOP_BROKERS when set, else as
+    many as the data folder holds (a cluster started once is found again by `status`, `stop`
+    and a plain `start`), else one."""
+
+    def __init__(self, settings: Settings, say: Callable[[str], None] = lambda _: None,
+                 brokers: int | None = None) -> None:
         self.settings = settings
         self.say = say
         self.version = settings.kafka_version
-        self.home = settings.data_dir / "broker"
         self.libs = settings.cache_dir / f"kafka-{self.version}" / "libs"
-        self.pid_file = self.home / "broker.pid"
-        self.logs = self.home / "logs"
-        self.address = f"localhost:{settings.broker_port}"
+        if brokers is None and "brokers" not in settings.model_fields_set:
+            found = len(list((settings.data_dir / "broker").glob("node-*/server.properties")))
+            brokers = found or settings.brokers
+        self.nodes = plan_nodes(settings, brokers or settings.brokers)
+        self.address = ",".join(node.address for node in self.nodes)
 
     # -- public ----------------------------------------------------------------------------
 
     def status(self) -> BrokerStatus:
-        pid = self._pid()
-        return BrokerStatus(pid is not None, self.address, self.version, pid)
+        nodes = tuple(NodeStatus(node, self._pid(node)) for node in self.nodes)
+        return BrokerStatus(all(n.running for n in nodes), self.address, self.version,
+                            nodes[0].pid, nodes)
+
+    def node(self, node_id: int) -> BrokerNode:
+        return next(node for node in self.nodes if node.node_id == node_id)
 
     def start(self) -> BrokerStatus:
-        if self._pid() is not None:
-            self.say(f"broker already running at {self.address} (pid {self._pid()})")
+        """Start every node that is not running (all of them, or one that was killed), then wait
+        until each answers and the cluster metadata lists them all."""
+        down = [node for node in self.nodes if self._pid(node) is None]
+        if not down:
+            pids = ", ".join(str(n.pid) for n in self.status().nodes)
+            self.say(f"broker already running at {self.address} (pid {pids})")
             return self.status()
-        for port in (self.settings.broker_port, self.settings.controller_port):
-            if port_open(port):
-                raise LocalBrokerError(
-                    f"port {port} is already taken by another process; stop it, or use it as "
-                    f"your broker with ESTOP_BOOTSTRAP_SERVERS=localhost:{port}"
-                )
+        for node in down:
+            for port in (node.broker_port, node.controller_port):
+                if port_open(port):
+                    raise LocalBrokerError(
+                        f"port {port} is already taken by another process; stop it, or use it as "
+                        f"your broker with ESTOP_BOOTSTRAP_SERVERS=localhost:{port}"
+                    )
         java = _require("java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)")
         self._resolve_jars()
         self._format(java)
-        self.logs.mkdir(parents=True, exist_ok=True)
-        out = (self.logs / "server.out").open("ab")
+        started = time.monotonic()
+        # Every node first, then the waits: a node of a cluster answers only once a majority of
+        # the controller quorum is up.
+        processes = [(node, self._spawn(java, node)) for node in down]
+        for node, _ in processes:
+            self._wait_ready(node, processes, started)
+        self._wait_registered(started)
+        self.say(f"broker ready at {self.address} in {time.monotonic() - started:.1f}s")
+        return self.status()
+
+    def _spawn(self, java: str, node: BrokerNode) -> subprocess.Popen[bytes]:
+        node.logs.mkdir(parents=True, exist_ok=True)
+        out = (node.logs / "server.out").open("ab")
         command = [
             java,
             f"-Xmx{self.settings.broker_heap}",
             f"-Xms{self.settings.broker_heap}",
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
-            f"-Dkafka.logs.dir={self.logs}",
+            f"-Dkafka.logs.dir={node.logs}",
             f"-Dlog4j2.configurationFile={RECIPE / 'log4j2.properties'}",
             "-cp",
             f"{self.libs}/*",
             "kafka.Kafka",
-            str(self.home / "server.properties"),
+            str(node.properties),
         ]
-        started = time.monotonic()
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        self.pid_file.write_text(str(process.pid))
-        self.say(f"starting Kafka {self.version} at {self.address} (pid {process.pid})")
+        node.pid_file.write_text(str(process.pid))
+        self.say(f"starting Kafka {self.version} at {node.address} (pid {process.pid})")
+        return process
+
+    def _wait_ready(self, node: BrokerNode,
+                    processes: list[tuple[BrokerNode, subprocess.Popen[bytes]]], started: float) -> None:
+        """Until ``node`` answers; fails at once when any node being started exited."""
         deadline = started + self.settings.broker_start_timeout_s
-        probe = self.settings.model_copy(update={"bootstrap_servers": self.address})
+        probe = self.settings.model_copy(update={"bootstrap_servers": node.address})
         while True:
-            if process.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise LocalBrokerError(
-                    f"the broker exited with code {process.returncode} while starting; "
-                    f"see {self.logs / 'server.out'}:\n{_tail(self.logs / 'server.out')}"
-                )
+            for exited, process in processes:
+                if process.poll() is not None:
+                    exited.pid_file.unlink(missing_ok=True)
+                    self.stop()
+                    raise LocalBrokerError(
+                        f"the broker at {exited.address} exited with code {process.returncode} "
+                        f"while starting; see {exited.logs / 'server.out'}:\n"
+                        f"{_tail(exited.logs / 'server.out')}"
+                    )
             try:
                 wait_for_broker(probe, timeout_s=2.0)
-                break
+                return
             except KafkaUnavailableError:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise LocalBrokerError(
                         f"the broker did not answer within {self.settings.broker_start_timeout_s:.0f}s; "
-                        f"see {self.logs / 'server.log'}"
+                        f"see {node.logs / 'server.log'}"
                     ) from None
-        self.say(f"broker ready at {self.address} in {time.monotonic() - started:.1f}s")
-        return self.status()
+
+    def _wait_registered(self, started: float) -> None:
+        """Until the cluster metadata lists every node: topics with replication factor N can be
+        created only then."""
+        deadline = started + self.settings.broker_start_timeout_s
+        probe = self.settings.model_copy(update={"bootstrap_servers": self.address})
+        while (brokers := wait_for_broker(probe)) < len(self.nodes):
+            if time.monotonic() > deadline:
+                raise LocalBrokerError(
+                    f"only {brokers} of {len(self.nodes)} brokers joined the cluster within "
+                    f"{self.settings.broker_start_timeout_s:.0f}s; see the logs under "
+                    f"{self.settings.data_dir / 'broker'}"
+                )
+            time.sleep(0.2)
 
     def stop(self, timeout_s: float = 60.0) -> bool:
-        """Stop the broker; False when none was running."""
-        pid = self._pid()
-        if pid is None:
+        """Stop every node; False when none was running."""
+        running = [(node, pid) for node in self.nodes if (pid := self._pid(node)) is not None]
+        if not running:
             self.say("no local broker running")
             return False
-        os.kill(pid, signal.SIGTERM)
+        # All at once: a node stopping alone would wait for a quorum its peers are leaving.
+        for _, pid in running:
+            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while alive(pid) and time.monotonic() < deadline:
+        while any(alive(pid) for _, pid in running) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            self.say(f"broker did not stop within {timeout_s:.0f}s; killed it")
-        self.pid_file.unlink(missing_ok=True)
-        self.say(f"broker at {self.address} stopped")
+        for node, pid in running:
+            # A node of a cluster is named by its folder: the pid file is what was stopped.
+            name = f"broker at {node.address}" if len(self.nodes) == 1 else f"broker {node.home}"
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                self.say(f"{name} did not stop within {timeout_s:.0f}s; killed it")
+            node.pid_file.unlink(missing_ok=True)
+            self.say(f"{name} stopped (pid {pid})")
         return True
 
     # -- steps ------------------------------------------------------------------------------
@@ -150,23 +263,41 @@ class LocalBroker:
         staging.rename(self.libs)
 
     def _format(self, java: str) -> None:
-        kraft = self.home / "kraft"
-        self.home.mkdir(parents=True, exist_ok=True)
+        """Render every node's server.properties; format the storage of nodes that have none,
+        with the cluster id the formatted nodes already carry (or a new one)."""
         template = (RECIPE / "server.properties.template").read_text()
-        (self.home / "server.properties").write_text(template.format(
-            broker_port=self.settings.broker_port,
-            controller_port=self.settings.controller_port,
-            log_dirs=kraft,
-        ))
-        if (kraft / "meta.properties").exists():
+        voters = ",".join(f"{n.node_id}@localhost:{n.controller_port}" for n in self.nodes)
+        # Internal topics (offsets, transactions) replicated like the data topics.
+        internal = min(3, len(self.nodes))
+        for node in self.nodes:
+            node.home.mkdir(parents=True, exist_ok=True)
+            node.properties.write_text(template.format(
+                node_id=node.node_id,
+                voters=voters,
+                broker_port=node.broker_port,
+                controller_port=node.controller_port,
+                log_dirs=node.kraft,
+                internal_replication=internal,
+                internal_min_isr=max(1, internal - 1),
+            ))
+        ids = {found for node in self.nodes if (found := _cluster_id(node)) is not None}
+        if len(ids) > 1:
+            raise LocalBrokerError(
+                f"the nodes under {self.settings.data_dir / 'broker'} belong to different clusters "
+                f"({', '.join(sorted(ids))}); remove that folder to start afresh"
+            )
+        blank = [node for node in self.nodes if _cluster_id(node) is None]
+        if not blank:
             return
-        cluster_id = self._storage_tool(java, ["random-uuid"]).strip().splitlines()[-1]
-        self._storage_tool(java, ["format", "-t", cluster_id, "-c", str(self.home / "server.properties")])
+        cluster_id = ids.pop() if ids else (
+            self._storage_tool(java, ["random-uuid"]).strip().splitlines()[-1])
+        for node in blank:
+            self._storage_tool(java, ["format", "-t", cluster_id, "-c", str(node.properties)])
 
     def _storage_tool(self, java: str, args: list[str]) -> str:
         result = subprocess.run(
             [java, f"-Dlog4j2.configurationFile={RECIPE / 'log4j2.properties'}",
-             f"-Dkafka.logs.dir={self.home / 'logs'}", "-cp", f"{self.libs}/*",
+             f"-Dkafka.logs.dir={self.nodes[0].logs}", "-cp", f"{self.libs}/*",
              "kafka.tools.StorageTool", *args],
             capture_output=True, text=True, check=False,
         )
@@ -174,15 +305,25 @@ class LocalBroker:
             raise LocalBrokerError(f"kafka StorageTool {args[0]} failed: {result.stdout}{result.stderr}")
         return result.stdout
 
-    def _pid(self) -> int | None:
+    def _pid(self, node: BrokerNode) -> int | None:
         try:
-            pid = int(self.pid_file.read_text().strip())
+            pid = int(node.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
         if not alive(pid) or not _is_broker(pid):
-            self.pid_file.unlink(missing_ok=True)
+            node.pid_file.unlink(missing_ok=True)
             return None
         return pid
+
+
+def _cluster_id(node: BrokerNode) -> str | None:
+    """The cluster id a node's storage was formatted with; None when it is not formatted."""
+    try:
+        text = (node.kraft / "meta.properties").read_text()
+    except FileNotFoundError:
+        return None
+    found = re.search(r"^cluster\.id=(\S+)", text, re.MULTILINE)
+    return found[1] if found else None
 
 
 def _require(tool: str, hint: str) -> str:

@@ -1,6 +1,7 @@
-"""Kafka-side errors: the broker is unreachable, the local broker cannot start, topics drift."""
+"""Kafka-side errors: the broker is unreachable, the local broker cannot start, the topic plan
+cannot work on the cluster."""
 
-from streams.exceptions import EstopError
+from streams.exceptions import EstopError, UsageError
 
 
 class KafkaUnavailableError(EstopError):
@@ -9,3 +10,7 @@ class KafkaUnavailableError(EstopError):
 
 class LocalBrokerError(EstopError):
     """The project's own broker cannot be resolved, formatted, started or stopped."""
+
+
+class TopicPlanError(UsageError):
+    """The replication settings cannot work on this cluster; nothing was created."""

@@ -12,17 +12,24 @@ from streams.kafka.clients import consumer, take
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.settings import Settings
 
-# A partition without a leader yet: a topic created a moment ago, a broker (re)starting.
+# A partition without a leader yet (a topic created a moment ago, a broker (re)starting), or
+# whose leader just went away (a broker of a cluster died: its connection is dropped, the request
+# times out, until the controller has elected a new leader).
 _NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                            KafkaError.UNKNOWN_TOPIC_OR_PART})
+                            KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._DESTROY_BROKER,
+                            KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                            KafkaError.REQUEST_TIMED_OUT})
+# One request to a leader that died may hang; ask again at least this often.
+_ATTEMPT_S = 3.0
 
 
 def high_watermark(reader: Consumer, partition: TopicPartition, timeout_s: float) -> int:
     """The partition's end offset from its leader, waiting up to ``timeout_s`` for one."""
     deadline = time.monotonic() + timeout_s
     while True:
+        attempt = max(0.1, min(_ATTEMPT_S, deadline - time.monotonic()))
         try:
-            _, high = reader.get_watermark_offsets(partition, timeout=timeout_s, cached=False)
+            _, high = reader.get_watermark_offsets(partition, timeout=attempt, cached=False)
             return int(high)
         except KafkaException as exc:
             if exc.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:

@@ -11,6 +11,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.kafka.clients import admin, wait_for_broker
+from streams.kafka.exceptions import TopicPlanError
 from streams.models import CHANNELS
 from streams.settings import Settings
 
@@ -34,6 +35,40 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Replication:
+    """Replicas of every topic, and how many must have a write before it is acknowledged
+    (producers send with acks=all, so a write survives the loss of ``min_insync - 1`` brokers
+    and is refused, not lost, when fewer than ``min_insync`` replicas are in sync)."""
+
+    factor: int
+    min_insync: int
+
+    def config(self) -> dict[str, str]:
+        return {"min.insync.replicas": str(self.min_insync)} if self.factor > 1 else {}
+
+
+def replication(settings: Settings, brokers: int | None = None) -> Replication:
+    """ESTOP_REPLICATION_FACTOR and ESTOP_MIN_INSYNC_REPLICAS when set; otherwise from the size
+    of the cluster (asked when ``brokers`` is not given): 3 replicas and 2 in sync on three
+    brokers or more, one replica per broker below that."""
+    if brokers is None:
+        brokers = wait_for_broker(settings)
+    factor = settings.replication_factor or min(3, brokers)
+    min_insync = settings.min_insync_replicas or (2 if factor >= 3 else 1)
+    if factor > brokers:
+        raise TopicPlanError(
+            f"ESTOP_REPLICATION_FACTOR={factor} needs {factor} brokers; the cluster at "
+            f"{settings.bootstrap_servers} has {brokers}"
+        )
+    if min_insync > factor:
+        raise TopicPlanError(
+            f"ESTOP_MIN_INSYNC_REPLICAS={min_insync} is more than the replication factor {factor}: "
+            "no write could ever be acknowledged"
+        )
+    return Replication(factor, min_insync)
+
+
 @dataclass
 class TopicReport:
     created: list[str] = field(default_factory=list)
@@ -41,39 +76,41 @@ class TopicReport:
     drift: list[str] = field(default_factory=list)
 
 
-def plan(settings: Settings) -> list[TopicSpec]:
-    """Every topic the pipeline uses, with its partitions and config."""
+def plan(settings: Settings, replication: Replication | None = None) -> list[TopicSpec]:
+    """Every topic the pipeline uses, with its partitions and config (``min.insync.replicas``
+    too when ``replication`` is given and replicates)."""
     t = settings.topics
     data = settings.partitions
+    insync = replication.config() if replication else {}
     specs = [
-        TopicSpec(t.control, settings.control_partitions, dict(COMPACTED)),
-        TopicSpec(t.status, 1, dict(COMPACTED)),
-        TopicSpec(t.acks, 1, {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)}),
-        *(TopicSpec(t.send_requests(c), data) for c in CHANNELS),
-        *(TopicSpec(t.dispatch(c), data) for c in CHANNELS),
-        TopicSpec(t.sent, data),
-        TopicSpec(t.notsent, data),
-        TopicSpec(t.failed, data),
+        TopicSpec(t.control, settings.control_partitions, {**COMPACTED, **insync}),
+        TopicSpec(t.status, 1, {**COMPACTED, **insync}),
+        TopicSpec(t.acks, 1, {"cleanup.policy": "delete", "retention.ms": str(DAY_MS), **insync}),
+        *(TopicSpec(t.send_requests(c), data, dict(insync)) for c in CHANNELS),
+        *(TopicSpec(t.dispatch(c), data, dict(insync)) for c in CHANNELS),
+        TopicSpec(t.sent, data, dict(insync)),
+        TopicSpec(t.notsent, data, dict(insync)),
+        TopicSpec(t.failed, data, dict(insync)),
     ]
     dead_letters = [
-        TopicSpec(t.dead_letter(s.name), 1, {"retention.ms": str(14 * DAY_MS)}) for s in specs
+        TopicSpec(t.dead_letter(s.name), 1, {"retention.ms": str(14 * DAY_MS), **insync})
+        for s in specs
     ]
     return specs + dead_letters
 
 
 def create_topics(settings: Settings, say: Callable[[str], None] = print) -> TopicReport:
     """Create what is missing; report what existed and what differs from the plan."""
-    wait_for_broker(settings)
+    replicas = replication(settings, wait_for_broker(settings))
     client = admin(settings)
     timeout = settings.admin_timeout_s
     existing = client.list_topics(timeout=timeout).topics
-    specs = plan(settings)
+    specs = plan(settings, replicas)
     report = TopicReport()
     missing = [s for s in specs if s.name not in existing]
     if missing:
         futures = client.create_topics(
-            [NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config)
-             for s in missing],
+            [NewTopic(s.name, s.partitions, replicas.factor, config=s.config) for s in missing],
             operation_timeout=timeout,
             request_timeout=timeout,
         )
@@ -97,7 +134,7 @@ def create_topics(settings: Settings, say: Callable[[str], None] = print) -> Top
         # broker's metadata shows them.
         existing = _metadata_showing(client, [s.name for s in raced], timeout)
         present.extend(s for s in raced if s.name in existing)
-    report.drift.extend(_drift(client, present, existing, timeout))
+    report.drift.extend(_drift(client, present, existing, timeout, replicas.factor))
     for name in report.created:
         say(f"created  {name}")
     for name in report.existed:
@@ -123,12 +160,17 @@ def _has_leaders(topic: Any) -> bool:
                 and all(p.leader >= 0 and p.error is None for p in topic.partitions.values()))
 
 
-def _drift(client, specs: list[TopicSpec], existing: dict, timeout: float) -> list[str]:  # type: ignore[no-untyped-def]
+def _drift(client, specs: list[TopicSpec], existing: dict, timeout: float,  # type: ignore[no-untyped-def]
+           factor: int) -> list[str]:
     lines = []
     for spec in specs:
-        actual = len(existing[spec.name].partitions)
-        if actual != spec.partitions:
-            lines.append(f"{spec.name}: {actual} partitions, settings say {spec.partitions}")
+        partitions = existing[spec.name].partitions
+        if len(partitions) != spec.partitions:
+            lines.append(f"{spec.name}: {len(partitions)} partitions, settings say {spec.partitions}")
+        replicas = {len(p.replicas) for p in partitions.values()}
+        if replicas and replicas != {factor}:
+            lines.append(f"{spec.name}: replication factor {'/'.join(map(str, sorted(replicas)))}, "
+                         f"settings say {factor}")
     resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs if s.config]
     if not resources:
         return lines

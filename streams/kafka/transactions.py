@@ -72,14 +72,25 @@ def bounded(call: Callable[[], T], limit_s: float, what: str) -> T:
     return result.get("value")  # type: ignore[return-value]
 
 
+# What a cluster reports while a coordinator or a leader moves to another broker (the one that
+# held it died): librdkafka does not flag all of these retriable, yet each ends once the
+# controller has elected a new one.
+MOVING = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_LEADER_FOR_PARTITION,
+                    KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                    KafkaError.REQUEST_TIMED_OUT})
+
+
 def retrying(call: Callable[[], T], what: str, pause_s: float = 0.5) -> T:
-    """Run a transactional call, again while it fails with a retriable error."""
+    """Run a transactional call, again while it fails with a retriable error (or one of a
+    coordinator or leader moving)."""
     while True:
         try:
             return call()
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if error.fatal() or error.txn_requires_abort() or not error.retriable():
+            if error.fatal() or error.txn_requires_abort() or not (
+                    error.retriable() or error.code() in MOVING):
                 raise
             log.warning("%s: %s; retrying", what, error)
             time.sleep(pause_s)

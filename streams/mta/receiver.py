@@ -22,6 +22,7 @@ from streams.processes import alive, port_open
 SMTP_SINK = "/usr/sbin/smtp-sink"
 BACKLOG = "256"
 START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
 HEADER_MESSAGE = b"x-estop-message-id:"
 HEADER_CAMPAIGN = b"x-estop-campaign-id:"
 
@@ -88,11 +89,15 @@ class Receiver:
         pid = self.pid()
         if pid is None:
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.05)
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL if SIGTERM did not end it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.05)
+            if not alive(pid):
+                break
         self.pid_path.unlink(missing_ok=True)
 
     def arrivals(self) -> Arrivals:

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,30 +78,57 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
     }
 
 
-def export_recipients(store: OutcomeStore, campaign_id: str, outcome: str, channel: str | None,
-                      out: Path) -> int:
-    """Write the CSV atomically (a temporary file renamed into place): no partial file on error."""
+def campaign_timeline(store: OutcomeStore, campaign_id: str, buckets: int = 120) -> dict[str, Any]:
+    """Sent, notSent and failed outcomes over time, cumulative per slice (for the console's
+    chart); ``at`` is the end of each slice in ms since the epoch."""
+    start, width, rows = store.timeline(campaign_id, buckets)
+    per_slice: dict[int, dict[str, int]] = {}
+    for index, outcome, count in rows:
+        per_slice.setdefault(index, dict.fromkeys((SENT, NOT_SENT, FAILED), 0))[outcome] += count
+    totals = dict.fromkeys((SENT, NOT_SENT, FAILED), 0)
+    points: list[dict[str, int]] = []
+    for index in sorted(per_slice):
+        for outcome, count in per_slice[index].items():
+            totals[outcome] += count
+        points.append({"at": start + (index + 1) * width, **totals})
+    return {"campaign_id": campaign_id, "start": start if rows else None, "slice_ms": width,
+            "points": points}
+
+
+def export_rows(store: OutcomeStore, campaign_id: str, outcome: str,
+                channel: str | None) -> Iterator[list[str]]:
+    """The export as CSV rows, header first: what `estop export` writes and the console serves."""
     if store.campaign(campaign_id) is None and not store.counts(campaign_id):
         raise UnknownCampaignError(f"unknown campaign {campaign_id!r}")
     stored = {"not_sent": NOT_SENT, "failed": FAILED}.get(outcome, SENT)
+    yield list(EXPORT_COLUMNS)
+    for row in store.export(campaign_id, stored, channel):
+        *head, occurred_at = row
+        yield [*head, _iso(occurred_at)]
+
+
+def export_recipients(store: OutcomeStore, campaign_id: str, outcome: str, channel: str | None,
+                      out: Path) -> int:
+    """Write the CSV atomically (a temporary file renamed into place): no partial file on error."""
+    rows = export_rows(store, campaign_id, outcome, channel)
+    header = next(rows)  # checks the campaign before any file is created
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    rows = 0
+    written = 0
     try:
         # mkstemp creates the file private (0600); the export gets the mode any new file gets.
         os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "w", newline="") as file:
             writer = csv.writer(file)
-            writer.writerow(EXPORT_COLUMNS)
-            for row in store.export(campaign_id, stored, channel):
-                *head, occurred_at = row
-                writer.writerow([*head, _iso(occurred_at)])
-                rows += 1
+            writer.writerow(header)
+            for row in rows:
+                writer.writerow(row)
+                written += 1
         os.replace(temporary, out)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return rows
+    return written
 
 
 def _umask() -> int:

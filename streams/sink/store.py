@@ -273,6 +273,19 @@ class OutcomeStore:
             " GROUP BY o.channel")
         return {r[0]: int(r[1]) for r in rows}
 
+    def timeline(self, campaign_id: str, buckets: int) -> tuple[int, int, list[tuple[int, str, int]]]:
+        """Outcomes over time in at most ``buckets`` equal slices of the span from the first to
+        the last outcome: (start ms, slice width ms, [(slice index, outcome, count)])."""
+        first, last = self._query("SELECT MIN(occurred_at), MAX(occurred_at) FROM outcomes"
+                                  " WHERE campaign_id = ?", (campaign_id,))[0]
+        if first is None:
+            return 0, 0, []
+        width = max(-(-(int(last) - int(first) + 1) // buckets), 1)
+        rows = self._query("SELECT (occurred_at - ?) / ?, outcome, COUNT(*) FROM outcomes"
+                           " WHERE campaign_id = ? GROUP BY 1, 2 ORDER BY 1",
+                           (int(first), width, campaign_id))
+        return int(first), width, [(int(r[0]), r[1], int(r[2])) for r in rows]
+
     def export(self, campaign_id: str, outcome: str, channel: str | None) -> Iterator[tuple[Any, ...]]:
         statement = ("SELECT message_id, channel, recipient_id, outcome, stage, reason, occurred_at"
                      " FROM outcomes WHERE campaign_id = ? AND outcome = ?")

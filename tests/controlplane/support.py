@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Message
 
 from streams.demo import WorkerProcess
 from streams.kafka.clients import producer
+from streams.kafka.reader import read_topic
+from streams.serde import Serdes
 from streams.settings import PROJECT_ROOT, Settings
 from tests.support import wait_for as shared_wait_for
 
@@ -58,6 +61,18 @@ def produce_raw(settings: Settings, topic: str, values: list[bytes]) -> None:
     for value in values:
         out.produce(topic, value=value)
     assert out.flush(30) == 0
+
+
+def control_commands(settings: Settings, serdes: Serdes) -> list[dict[str, Any]]:
+    """Every record on campaign-control, decoded (a tombstone or unreadable record fails)."""
+    found: list[dict[str, Any]] = []
+
+    def handle(message: Message) -> None:
+        assert not message.error() and message.value() is not None, message
+        found.append(serdes.control_command.decode(message.value()))
+
+    read_topic(settings, settings.topics.control, handle)
+    return found
 
 
 # -- HTTP -------------------------------------------------------------------------------------
@@ -119,17 +134,19 @@ class ControlProcess(WorkerProcess):
     """``estop control`` (or ``estop worker --role control``) on a free port, for this test's
     topics and data folder; ready once it has read its topics."""
 
-    def __init__(self, settings: Settings, command: tuple[str, ...] = ("control",)) -> None:
-        env = dict(os.environ)
-        env.update({
+    def __init__(self, settings: Settings, command: tuple[str, ...] = ("control",),
+                 env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ)
+        full_env.update({
             "ESTOP_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "ESTOP_TOPIC_PREFIX": settings.topic_prefix,
             "ESTOP_DATA_DIR": str(settings.data_dir),
             "ESTOP_CONTROL_PORT": "0",
+            **(env or {}),
         })
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams", *command],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True,
         )
         self.lines: list[str] = []
         self.api: Api | None = None

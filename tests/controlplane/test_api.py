@@ -9,44 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from confluent_kafka import Message
 
 from streams.campaigns.launcher import launch
-from streams.campaigns.lifecycle import publish_status
 from streams.control.stop import live_processes
 from streams.demo import WorkerProcess
-from streams.kafka.clients import producer
-from streams.kafka.reader import read_topic
 from streams.models import CHANNELS, STATE_FINISHED, STATE_SENDING, STATE_STOPPED
 from streams.serde import Serdes
 from streams.settings import Settings
 from streams.sink.report import campaign_report
 from streams.sink.store import open_store
-from tests.controlplane.support import Api, ControlProcess, Processes, wait_for
+from tests.controlplane.support import Api, ControlProcess, Processes, control_commands, wait_for
+from tests.pipeline.support import announce
 
 pytestmark = pytest.mark.broker
 
 REASON = "wrong discount code"
-
-
-def control_commands(settings: Settings, serdes: Serdes) -> list[dict[str, Any]]:
-    """Every record on campaign-control, decoded (a tombstone or unreadable record fails)."""
-    found: list[dict[str, Any]] = []
-
-    def handle(message: Message) -> None:
-        assert not message.error() and message.value() is not None, message
-        found.append(serdes.control_command.decode(message.value()))
-
-    read_topic(settings, settings.topics.control, handle)
-    return found
-
-
-def announce(settings: Settings, serdes: Serdes, campaign_id: str, state: str,
-             channels: list[str], planned: int) -> None:
-    out = producer(settings)
-    publish_status(out, settings, serdes, campaign_id, state, channels,
-                   dict.fromkeys(channels, planned))
-    assert out.flush(30) == 0
 
 
 def start_worker(processes: Processes, settings: Settings, *args: str) -> str:
@@ -155,9 +132,9 @@ BAD_REQUESTS: list[tuple[str, bytes | dict[str, Any], int, str]] = [
 
 def test_bad_requests_answer_4xx_naming_the_problem_and_write_nothing(
         settings: Settings, serdes: Serdes, processes: Processes) -> None:
-    announce(settings, serdes, "api-sending", STATE_SENDING, ["email"], 10)
+    announce(settings, serdes, "api-sending", ["email"], 10, STATE_SENDING)
     # Lifecycle says Stopped but no stop command exists: not a campaign a stop applies to.
-    announce(settings, serdes, "api-stopped-status", STATE_STOPPED, ["email"], 10)
+    announce(settings, serdes, "api-stopped-status", ["email"], 10, STATE_STOPPED)
     api = start_control(processes, settings, ("worker", "--role", "control"))
 
     health = api.get("/health")

@@ -13,7 +13,8 @@ from streams.models import STATE_SENDING, STATE_STOPPED
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.controlplane.support import ControlProcess, Processes, wait_for
-from tests.controlplane.test_api import announce, start_worker
+from tests.controlplane.test_api import start_worker
+from tests.pipeline.support import announce
 
 pytestmark = pytest.mark.broker
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.broker
 def test_stop_while_the_control_service_is_down_shows_stopped_and_confirmed(
         settings: Settings, serdes: Serdes, processes: Processes) -> None:
     worker_id = start_worker(processes, settings, "--role", "gate", "--role", "dispatcher")
-    announce(settings, serdes, "seen-before", STATE_SENDING, ["email", "push"], 10)
+    announce(settings, serdes, "seen-before", ["email", "push"], 10, STATE_SENDING)
     first = processes.add(ControlProcess(settings))
     assert isinstance(first, ControlProcess)
     api = first.start()
@@ -29,7 +30,7 @@ def test_stop_while_the_control_service_is_down_shows_stopped_and_confirmed(
     assert first.stop() == 0
 
     # Down: one campaign it knew, one it never saw; both stopped and confirmed by the workers.
-    announce(settings, serdes, "never-seen", STATE_SENDING, ["sms"], 10)
+    announce(settings, serdes, "never-seen", ["sms"], 10, STATE_SENDING)
     stops = {campaign: issue_stop(settings, serdes, campaign, "wrong audience", [], "pytest",
                                   timeout_s=60)
              for campaign in ("seen-before", "never-seen")}

@@ -51,15 +51,22 @@ def test_detail_combines_lifecycle_stop_and_store_counts() -> None:
     report = {"by_channel": {"email": {"sent": 4, "not_sent": 6,
                                        "not_sent_by_stage": {"sending": 1, "provider": 5}}}}
     acks = {"k1": {"w1": ack("k1", "w1", 1010)}, "k2": {}}
-    detail = state.campaign_detail("c", status, view, acks, {}, {"w1"}, report)
+    detail = state.campaign_detail("c", status, view, acks, {}, {"w1"}, report, now=2500,
+                                   timeout_ms=1000)
     assert detail["state"] == STATE_STOPPED
     assert detail["counts"]["email"] == {"planned": 10, "sent": 4, "not_sent": 6,
                                          "not_sent_by_stage": {"sending": 1, "provider": 5},
-                                         "pending": 0}
+                                         "failed": 0, "pending": 0}
     assert detail["counts"]["sms"]["pending"] == 5
     stop = detail["stop"]
     assert stop["channels"] == ["email", "sms"] and stop["command_id"] == "k1"
     assert [c["confirmed"] for c in stop["commands"]] == [True, False]
     assert stop["confirmed"] is False and stop["confirmed_at"] is None
+    # The page follows the latest command: w1 is expected and has not acknowledged k2; k1 is
+    # 1.5 s old but confirmed, k2 is 0.5 s old: neither has timed out (1 s).
+    assert (stop["expected"], stop["acknowledged"], stop["timed_out"]) == (["w1"], [], False)
+    late = state.campaign_detail("c", status, view, acks, {}, {"w1"}, report, now=3001,
+                                 timeout_ms=1000)
+    assert late["stop"]["timed_out"] is True and late["stop"]["propagation_ms"] is None
     summary = state.campaign_summary(detail)
     assert (summary["stopped"], summary["confirmed"], summary["pending"]) == (True, False, 5)

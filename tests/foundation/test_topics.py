@@ -8,7 +8,7 @@ from confluent_kafka.admin import ConfigResource, NewTopic
 
 from streams.kafka.clients import admin
 from streams.kafka.exceptions import KafkaUnavailableError
-from streams.kafka.topics import COMPACTED, create_topics, plan
+from streams.kafka.topics import COMPACTED, create_topics, plan, replication
 from streams.models import CHANNELS
 from streams.settings import Settings, load_settings
 from tests.support import run_estop
@@ -79,7 +79,7 @@ def test_existing_topic_with_other_partitions_is_reported_as_drift(
     """A topic made by hand (or by an older version) is left alone but reported, not hidden."""
     sent = bare_settings.topics.sent
     client = admin(bare_settings)
-    client.create_topics([NewTopic(sent, 1, bare_settings.replication_factor)])[sent].result()
+    client.create_topics([NewTopic(sent, 1, replication(bare_settings).factor)])[sent].result()
 
     report = create_topics(bare_settings, say=lambda _: None)
 
@@ -97,7 +97,7 @@ def test_existing_control_topic_with_delete_policy_is_reported_as_drift(
     control = bare_settings.topics.control
     client = admin(bare_settings)
     wrong = NewTopic(
-        control, 1, bare_settings.replication_factor, config={"cleanup.policy": "delete"}
+        control, 1, replication(bare_settings).factor, config={"cleanup.policy": "delete"}
     )
     client.create_topics([wrong])[control].result()
 

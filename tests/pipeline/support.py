@@ -7,6 +7,7 @@ no assertion depends on how fast anything happened.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -26,6 +27,9 @@ from streams.kafka.reader import high_watermark, read_topic
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, STATE_SENDING
 from streams.serde import Serdes
 from streams.settings import Settings
+from streams.sink.exceptions import UnknownCampaignError
+from streams.sink.report import campaign_report
+from streams.sink.store import open_store
 from tests.support import wait_for as shared_wait_for
 
 WAIT_S = 180.0  # upper bound for anything the pipeline must eventually do
@@ -239,3 +243,41 @@ def header(message: Message, name: str) -> str | None:
 def handed(settings: Settings, campaign_id: str, channels: Iterable[str]) -> dict[str, int]:
     """Messages of the campaign each channel's provider ever accepted."""
     return {c: OutboxStats(settings.data_dir, c).handed(campaign_id) for c in channels}
+
+
+class StuckGate:
+    """A member of the email gate group that never applies a command: a hung worker."""
+
+    client_id = "stuck-gate@test"
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer = consumer(settings, **{
+            "group.id": settings.topics.gate_group("email"),
+            "client.id": self.client_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+        })
+        self.consumer.subscribe([settings.topics.send_requests("email")])
+        self.running = threading.Event()
+        self.running.set()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while self.running.is_set():
+            self.consumer.poll(0.1)  # stays in the group, never reads the control topic
+
+    def close(self) -> None:
+        self.running.clear()
+        self.thread.join(10)
+        self.consumer.close()
+
+
+def stored_outcomes(settings: Settings, campaign_id: str) -> int:
+    """Outcomes of a campaign in the analytics store (0 before the sink stored any)."""
+    store = open_store(settings)
+    try:
+        return int(campaign_report(store, campaign_id)["accounted"])
+    except UnknownCampaignError:
+        return 0
+    finally:
+        store.close()

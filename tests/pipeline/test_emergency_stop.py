@@ -148,19 +148,19 @@ def check_accounting(settings: Settings, events: list[Event], campaign_id: str,
     for channel, count in planned.items():
         counts = tally.get(channel, Counter())
         assert counts["sent"] + counts[STAGE_SENDING] + counts[STAGE_PROVIDER] == count, channel
-        ledger = OutboxStats(settings.data_dir, channel)
+        outbox = OutboxStats(settings.data_dir, channel)
         if channel in result.channels:
             # Guarantee 1: nothing of the campaign reached a provider after the confirmation...
-            assert ledger.handed_after(campaign_id, result.confirmed_at_ms) == 0, channel
+            assert outbox.handed_after(campaign_id, result.confirmed_at_ms) == 0, channel
             # ...nor after the moment each process applied the stop.
             for ack in result.acks:
                 assert result.broker_ack_ms is not None
                 applied_at = result.broker_ack_ms + ack.propagation_ms
-                assert ledger.handed_after(campaign_id, applied_at) == 0, (channel, ack.process_id)
+                assert outbox.handed_after(campaign_id, applied_at) == 0, (channel, ack.process_id)
         # Whatever the provider accepted was either delivered or cancelled there.
-        assert ledger.handed(campaign_id) == counts["sent"] + counts["cancelled"], (channel, counts)
-        assert ledger.at_provider(campaign_id) == 0, channel
-        assert ledger.resubmitted(campaign_id) == 0, channel
+        assert outbox.handed(campaign_id) == counts["sent"] + counts["cancelled"], (channel, counts)
+        assert outbox.at_provider(campaign_id) == 0, channel
+        assert outbox.resubmitted(campaign_id) == 0, channel
     return tally
 
 

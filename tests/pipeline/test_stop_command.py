@@ -5,25 +5,36 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 
 import pytest
 
 from streams.campaigns.launcher import launch
 from streams.control.exceptions import InvalidStopError
+from streams.control.feed import now_ms
 from streams.control.stop import issue_stop
 from streams.dispatch.outbox import OutboxStats
-from streams.kafka.clients import consumer
-from streams.models import CHANNELS, STAGE_PROVIDER, STAGE_SENDING, STATE_FINISHED, STATE_STOPPED
+from streams.models import (
+    CHANNELS,
+    HEADER_CAMPAIGN,
+    HEADER_CHANNEL,
+    STAGE_PROVIDER,
+    STAGE_SENDING,
+    STATE_FINISHED,
+    STATE_STOPPED,
+)
 from streams.serde import Serdes
 from streams.settings import Settings
+from streams.sink.store import FAILED, NOT_SENT, SENT, Batch, OutcomeRow, open_store
 from tests.pipeline.support import (
+    StuckGate,
     Workers,
     announce,
     cli_env,
     control_records,
     end_offsets,
+    produce_values,
     read_events,
+    stored_outcomes,
     wait_for,
     wait_joined,
     wait_outcomes,
@@ -132,9 +143,10 @@ def test_a_wider_stop_after_a_channel_stop_writes_one_more_command(settings: Set
 def test_estop_stop_and_status_on_the_command_line(settings: Settings, serdes: Serdes,
                                                    workers: Workers) -> None:
     """`estop stop --json` prints one confirmed JSON object; `estop status --json` then adds
-    up: every planned message sent or notSent, and the stop details match."""
+    up: every planned message sent or notSent, and the stop details match. The worker runs the
+    analytics sink too: `estop status` counts outcomes from the analytics store."""
     campaign, recipients = "cli-promo", 600
-    _, worker_id = workers.start("--channel", "email", rate=300, delay_s=1.0)
+    _, worker_id = workers.start("--channel", "email", rate=300, delay_s=1.0, everything=True)
     wait_joined(settings, [worker_id], [settings.topics.gate_group("email"),
                                         settings.topics.dispatcher_group("email")])
     assert launch(settings, serdes, campaign, ["email"], recipients).state == STATE_FINISHED
@@ -155,6 +167,7 @@ def test_estop_stop_and_status_on_the_command_line(settings: Settings, serdes: S
     assert [a["process_id"] for a in stop["acks"]] == [worker_id]
 
     wait_outcomes(settings, campaign, recipients)
+    wait_for(lambda: stored_outcomes(settings, campaign) == recipients, "the sink to store every outcome")
     shown = run_estop("status", campaign, "--json", env=cli_env(settings))
     assert shown.returncode == 0, shown.stderr
     status = json.loads(shown.stdout)
@@ -183,33 +196,6 @@ def test_estop_stop_and_status_on_the_command_line(settings: Settings, serdes: S
     assert details["command_id"] == stop["command_id"]
     assert (details["reason"], details["requested_by"]) == ("wrong link", "tester")
     assert details["channels"] == sorted(CHANNELS)
-
-
-class StuckGate:
-    """A member of the email gate group that never applies a command: a hung worker."""
-
-    client_id = "stuck-gate@test"
-
-    def __init__(self, settings: Settings) -> None:
-        self.consumer = consumer(settings, **{
-            "group.id": settings.topics.gate_group("email"),
-            "client.id": self.client_id,
-            "partition.assignment.strategy": "cooperative-sticky",
-        })
-        self.consumer.subscribe([settings.topics.send_requests("email")])
-        self.running = threading.Event()
-        self.running.set()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-
-    def _poll(self) -> None:
-        while self.running.is_set():
-            self.consumer.poll(0.1)  # stays in the group, never reads the control topic
-
-    def close(self) -> None:
-        self.running.clear()
-        self.thread.join(10)
-        self.consumer.close()
 
 
 def test_a_live_process_that_did_not_apply_the_stop_keeps_it_unconfirmed(
@@ -246,3 +232,30 @@ def test_estop_status_of_an_unknown_campaign_exits_2(settings: Settings) -> None
     result = run_estop("status", "no-such-campaign", env=cli_env(settings))
 
     assert_one_line_usage_error(result, "no-such-campaign")
+
+
+def test_estop_status_counts_outcomes_from_the_analytics_store(settings: Settings, serdes: Serdes) -> None:
+    """`estop status` reads outcomes from the analytics store, never the history of the event
+    topics: outcomes only the store holds are counted, an event only on `sent` is not."""
+    campaign = "status-store"
+    announce(settings, serdes, campaign, ["email"], 10)
+    rows = [OutcomeRow(f"{campaign}:email:{i}", campaign, "email", f"r{i}", outcome, "e", stage, None,
+                       None, None, now_ms())
+            for i, (outcome, stage) in enumerate([(SENT, None), (SENT, None), (NOT_SENT, STAGE_PROVIDER),
+                                                  (FAILED, None)])]
+    store = open_store(settings)
+    try:
+        store.write(Batch(rows, [], [], []))
+    finally:
+        store.close()
+    sent = {"event": "message.sent", "message_id": f"{campaign}:email:9", "campaign_id": campaign,
+            "channel": "email", "recipient_id": "r9", "handed_at": now_ms(), "occurred_at": now_ms()}
+    produce_values(settings, settings.topics.sent, [serdes.sent.encode(sent)],  # never stored
+                   headers=[(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, b"email")])
+
+    shown = run_estop("status", campaign, "--json", env=cli_env(settings))
+
+    assert shown.returncode == 0, shown.stderr
+    email = json.loads(shown.stdout)["channels"]["email"]
+    assert (email["sent"], email["not_sent"], email["failed"]) == (2, {"sending": 0, "provider": 1}, 1)
+    assert email["pending"] == 6

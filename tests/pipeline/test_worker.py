@@ -29,8 +29,8 @@ def test_a_sigterm_worker_exits_0_and_a_restarted_one_finishes_the_campaign(
     first, first_id = workers.start(rate=200, delay_s=0.2, everything=True)
     wait_joined(settings, [first_id], settings.topics.data_plane_groups())
     launch(settings, serdes, campaign, ["email"], recipients)
-    ledger = OutboxStats(settings.data_dir, "email")
-    wait_for(lambda: ledger.handed(campaign) > 0, "a first handoff", every_s=0.02)
+    outbox = OutboxStats(settings.data_dir, "email")
+    wait_for(lambda: outbox.handed(campaign) > 0, "a first handoff", every_s=0.02)
 
     code = first.stop()
 
@@ -38,7 +38,7 @@ def test_a_sigterm_worker_exits_0_and_a_restarted_one_finishes_the_campaign(
     wait_for(lambda: "stopped\n" in first.lines, "the worker's last words", timeout_s=30)
     # A clean shutdown leaves the consumer groups at once: no stop would wait for it.
     assert first_id not in live_processes(settings)
-    assert ledger.handed(campaign) < recipients, "the provider should still have work to do"
+    assert outbox.handed(campaign) < recipients, "the provider should still have work to do"
 
     _, second_id = workers.start("--channel", "email", rate=5000, delay_s=0.1)
     assert second_id != first_id
@@ -48,4 +48,4 @@ def test_a_sigterm_worker_exits_0_and_a_restarted_one_finishes_the_campaign(
     assert duplicates(events) == {}
     assert len(events) == recipients
     assert all(e.kind == "sent" for e in events)
-    assert ledger.handed(campaign) == recipients
+    assert outbox.handed(campaign) == recipients

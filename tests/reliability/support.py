@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -20,9 +21,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.campaigns.launcher import message_id
+from streams.campaigns.launcher import LaunchResult, launch, message_id
 from streams.control.stop import StopResult, issue_stop
-from streams.demo import WorkerProcess
+from streams.demo import OutcomeWatch, WorkerProcess
 from streams.dispatch.outbox import OutboxStats
 from streams.kafka.clients import Headers, consumer, headers_of, producer, take
 from streams.kafka.reader import assign_all, read_until
@@ -156,6 +157,42 @@ class Fleet:
             # Captured by pytest and shown only when the test failed.
             print(f"--- {proc.name} ({' '.join(proc.args)}): last lines")
             print("".join(proc.output().splitlines(keepends=True)[-60:]))
+
+
+class Launch:
+    """The campaign engine queueing a campaign on a thread of its own, while the test goes on."""
+
+    def __init__(self, settings: Settings, serdes: Serdes, campaign_id: str, channels: list[str],
+                 recipients: int, rate: float | None = None) -> None:
+        self.results: list[LaunchResult] = []
+        self.thread = threading.Thread(target=lambda: self.results.append(
+            launch(settings, serdes, campaign_id, channels, recipients, rate)), daemon=True)
+        self.thread.start()
+
+    def queueing(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self) -> LaunchResult:
+        self.thread.join(WAIT_S)
+        assert self.results, "the engine did not finish queueing"
+        return self.results[0]
+
+
+def watch_until(settings: Settings, campaign_id: str, fleet: Fleet,
+                ready: Callable[[OutcomeWatch], bool], what: str) -> int:
+    """Tail the campaign's outcomes until ``ready`` (the workers must stay alive meanwhile);
+    returns how many messages had one then."""
+    watch = OutcomeWatch(settings, campaign_id)
+    try:
+        def check() -> bool:
+            fleet.check()
+            watch.poll(0.05)
+            return ready(watch)
+
+        wait_for(check, what, every_s=0)
+        return watch.counter.total
+    finally:
+        watch.close()
 
 
 def metric(text: str, sample: str, **labels: str) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,6 @@ from uuid import uuid4
 
 import pytest
 
-from streams.campaigns.launcher import LaunchResult, launch
-from streams.demo import OutcomeWatch
 from streams.kafka.broker import LocalBroker
 from streams.kafka.clients import wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError
@@ -26,7 +23,7 @@ from streams.kafka.source import BrokerHandle
 from streams.kafka.topics import create_topics
 from streams.serde import Serdes
 from streams.settings import Settings, load_settings
-from tests.reliability.support import WAIT_S, Fleet, assert_exact, wait_for
+from tests.reliability.support import Fleet, Launch, assert_exact, wait_for, watch_until
 from tests.support import free_port
 
 pytestmark = pytest.mark.broker
@@ -68,20 +65,8 @@ def test_broker_sigkill_and_restart_while_sending(own_broker: tuple[LocalBroker,
     fleet = Fleet(settings, **ENV)
     try:
         worker = fleet.start("worker", *(a for c in CHANNELS for a in ("--channel", c)))
-        launched: list[LaunchResult] = []
-        launcher = threading.Thread(target=lambda: launched.append(
-            launch(settings, serdes, campaign, CHANNELS, RECIPIENTS, LAUNCH_RATE)), daemon=True)
-        launcher.start()
-        watch = OutcomeWatch(settings, campaign)
-        try:
-            def some_sent() -> bool:
-                fleet.check()
-                watch.poll(0.05)
-                return watch.sent() >= 200
-
-            wait_for(some_sent, "200 messages sent", every_s=0)
-        finally:
-            watch.close()
+        launcher = Launch(settings, serdes, campaign, CHANNELS, RECIPIENTS, LAUNCH_RATE)
+        watch_until(settings, campaign, fleet, lambda w: w.sent() >= 200, "200 messages sent")
 
         pid = local.status().pid
         assert pid is not None
@@ -90,12 +75,10 @@ def test_broker_sigkill_and_restart_while_sending(own_broker: tuple[LocalBroker,
         with pytest.raises(KafkaUnavailableError):
             wait_for_broker(settings, timeout_s=2)
         time.sleep(3)  # the workers and the engine notice, retry, buffer
-        assert launcher.is_alive(), "the engine should still be queueing when the broker died"
+        assert launcher.queueing(), "the engine should still be queueing when the broker died"
         local.start()
 
-        launcher.join(WAIT_S)
-        assert launched, "the engine did not finish queueing after the broker came back"
-        assert sum(launched[0].queued.values()) == RECIPIENTS * len(CHANNELS)
+        assert sum(launcher.join().queued.values()) == RECIPIENTS * len(CHANNELS)
         planned = dict.fromkeys(CHANNELS, RECIPIENTS)
         events, found = assert_exact(settings, serdes, campaign, planned, None)
         # Nobody stopped the campaign: every message was sent, once.

@@ -6,26 +6,23 @@ a message that exhausts its retries ends as a `failed` outcome that the report s
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 
 import pytest
 
-from streams.campaigns.launcher import LaunchResult, launch
-from streams.demo import OutcomeWatch
 from streams.dispatch.outbox import OutboxStats
 from streams.models import FAILED_EVENT
 from streams.providers.simulated import SimulatedQueueStats
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.reliability.support import (
-    WAIT_S,
     Fleet,
+    Launch,
     assert_exact,
     env_of,
     metric,
     stop,
-    wait_for,
+    watch_until,
 )
 from tests.support import ESTOP
 
@@ -53,23 +50,12 @@ def test_errors_and_timeouts_are_retried_within_a_budget_and_exhausted_ones_fail
     fleet = Fleet(settings, **ENV)
     try:
         worker = fleet.start("worker", *(a for c in CHANNELS for a in ("--channel", c)))
-        launched: list[LaunchResult] = []
-        launcher = threading.Thread(target=lambda: launched.append(
-            launch(settings, serdes, campaign, CHANNELS, RECIPIENTS)), daemon=True)
-        launcher.start()
-        watch = OutcomeWatch(settings, campaign)
-        try:
-            def enough() -> bool:
-                fleet.check()
-                watch.poll(0.05)
-                return all(watch.counter.channel(c).sent >= 150 for c in CHANNELS)
-
-            wait_for(enough, "150 messages sent on every channel", every_s=0)
-        finally:
-            watch.close()
+        launcher = Launch(settings, serdes, campaign, CHANNELS, RECIPIENTS)
+        watch_until(settings, campaign, fleet,
+                    lambda w: all(w.counter.channel(c).sent >= 150 for c in CHANNELS),
+                    "150 messages sent on every channel")
         result = stop(settings, serdes, campaign)
-        launcher.join(WAIT_S)
-        assert launched
+        launcher.join()
 
         planned = dict.fromkeys(CHANNELS, RECIPIENTS)
         events, found = assert_exact(settings, serdes, campaign, planned, result)

@@ -43,14 +43,14 @@ def test_workers_started_after_a_stop_and_a_crash_hand_nothing_over(settings: Se
             wait_joined(settings, fleet.procs["dispatcher"].process_id,
                         settings.topics.dispatcher_group(channel))
         launch(settings, serdes, campaign, CHANNELS, RECIPIENTS)
-        ledgers = {c: OutboxStats(settings.data_dir, c) for c in CHANNELS}
-        wait_for(lambda: all(ledgers[c].handed(campaign) > 100 for c in CHANNELS),
+        outboxes = {c: OutboxStats(settings.data_dir, c) for c in CHANNELS}
+        wait_for(lambda: all(outboxes[c].handed(campaign) > 100 for c in CHANNELS),
                  "a backlog at every provider", every_s=0.05)
 
         result = stop(settings, serdes, campaign)
         for name in names:
             fleet.kill(name)
-        handed = {c: ledgers[c].handed(campaign) for c in CHANNELS}
+        handed = {c: outboxes[c].handed(campaign) for c in CHANNELS}
         assert all(n < RECIPIENTS for n in handed.values()), "the stop should leave a backlog"
 
         # While nothing runs, the engine queues more of the campaign, and requests that passed a
@@ -68,8 +68,8 @@ def test_workers_started_after_a_stop_and_a_crash_hand_nothing_over(settings: Se
 
         planned = dict.fromkeys(CHANNELS, RECIPIENTS + 2 * LATE)
         events, found = assert_exact(settings, serdes, campaign, planned, result)
-        # Nothing reached a provider after the kill: its ledger holds what it held then...
-        assert {c: ledgers[c].handed(campaign) for c in CHANNELS} == handed
+        # Nothing reached a provider after the kill: its outbox holds what it held then...
+        assert {c: outboxes[c].handed(campaign) for c in CHANNELS} == handed
         # ...and nothing was delivered after the stop was confirmed.
         assert result.confirmed_at_ms is not None
         assert all(e["occurred_at"] <= result.confirmed_at_ms for e in events.sent)

@@ -9,26 +9,23 @@ provider so a backlog waits at the provider stage when the stop lands."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-
 import pytest
 
-from streams.campaigns.launcher import LaunchResult, launch
 from streams.demo import OutcomeWatch
 from streams.models import STAGE_PROVIDER, STAGE_SENDING
 from streams.serde import Serdes
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
 from tests.reliability.support import (
-    WAIT_S,
     Fleet,
+    Launch,
     assert_exact,
     produce_requests,
     report,
     stop,
     wait_for,
     wait_joined,
+    watch_until,
 )
 
 pytestmark = pytest.mark.broker
@@ -41,22 +38,6 @@ ENV = {
     "ESTOP_PROVIDER_RATE": "150",
     "ESTOP_PROVIDER_DELAY_S": "0.5",
 }
-
-
-def watch_until(settings: Settings, campaign_id: str, fleet: Fleet,
-                ready: Callable[[OutcomeWatch], bool], what: str) -> int:
-    """Tail the campaign's outcomes until ``ready``; returns how many messages had one then."""
-    watch = OutcomeWatch(settings, campaign_id)
-    try:
-        def check() -> bool:
-            fleet.check()
-            watch.poll(0.05)
-            return ready(watch)
-
-        wait_for(check, what, every_s=0)
-        return watch.counter.total
-    finally:
-        watch.close()
 
 
 def stage(watch: OutcomeWatch, name: str) -> int:
@@ -74,7 +55,7 @@ def stored(settings: Settings, campaign_id: str) -> int:
 # window of that role (streams/faults.py).
 CRASH_POINTS = {
     "gate": "gate-produced",  # a transaction with outputs, not committed
-    "dispatcher": "receipts-committed",  # receipts on Kafka, not marked reported in the ledger
+    "dispatcher": "receipts-committed",  # receipts on Kafka, not marked reported in the outbox
     "sink": "sink-stored",  # outcomes stored, offsets not committed
 }
 
@@ -96,15 +77,11 @@ def test_sigkill_in_the_middle_of_a_stopped_campaigns_drain(settings: Settings, 
         wait_joined(settings, gate.process_id, settings.topics.gate_group(CHANNEL))
         wait_joined(settings, dispatcher.process_id, settings.topics.dispatcher_group(CHANNEL))
 
-        launched: list[LaunchResult] = []
-        launcher = threading.Thread(target=lambda: launched.append(
-            launch(settings, serdes, campaign, [CHANNEL], RECIPIENTS)), daemon=True)
-        launcher.start()
+        launcher = Launch(settings, serdes, campaign, [CHANNEL], RECIPIENTS)
         fleet.crashed(role)
         fleet.restart(role)
         watch_until(settings, campaign, fleet, lambda w: w.sent() >= 100, "100 messages sent")
-        launcher.join(WAIT_S)
-        assert launched, "the launcher did not finish"
+        launcher.join()
 
         result = stop(settings, serdes, campaign)
         # Another engine instance queues more of the campaign after the stop: the gate drains them.
@@ -133,7 +110,7 @@ def test_sigkill_in_the_middle_of_a_stopped_campaigns_drain(settings: Settings, 
         assert found["not_sent_by_stage"][STAGE_PROVIDER] > 0
         assert not events.failed
         if role == "dispatcher":
-            # The crash hit the window between Kafka's commit and the ledger's mark, and the
+            # The crash hit the window between Kafka's commit and the outbox's mark, and the
             # restarted dispatcher settled that batch from its marker instead of publishing again.
             assert "was committed before a crash; not publishing it again" in fleet.procs[role].output()
     finally:

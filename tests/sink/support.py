@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.campaigns.status import OutcomeCounter
 from streams.demo import WorkerProcess
 from streams.kafka.clients import Headers, admin, consumer, headers_of, producer
 from streams.kafka.reader import read_topic
@@ -161,6 +162,15 @@ def campaign_events(settings: Settings, serdes: Serdes,
 
 
 # -- the sink's consumer group ----------------------------------------------------------------
+
+
+def count_outcomes(settings: Settings, campaign_id: str) -> OutcomeCounter:
+    """A plain count of the event topics from their beginning, one outcome per message id: the
+    oracle the analytics store is held against."""
+    counter = OutcomeCounter(campaign_id)
+    for topic in (settings.topics.sent, settings.topics.notsent, settings.topics.failed):
+        read_topic(settings, topic, counter.add)
+    return counter
 
 
 def sink_topics(settings: Settings) -> list[str]:

@@ -24,7 +24,6 @@ from uuid import uuid4
 import pytest
 
 from streams.campaigns.launcher import LaunchResult, launch
-from streams.campaigns.status import count_outcomes
 from streams.control.feed import now_ms
 from streams.control.stop import StopResult, issue_stop
 from streams.demo import OutcomeWatch
@@ -42,6 +41,7 @@ from tests.sink.support import (
     Workers,
     campaign_events,
     caught_up,
+    count_outcomes,
     delete_topics,
     header_values,
     metric,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from streams.models import REASON_CANCELLED
+from streams.models import REASON_CANCELLED, REASON_HELD
 from streams.sink.exceptions import UnknownCampaignError
-from streams.sink.report import EXPORT_COLUMNS, campaign_report, export_recipients
+from streams.sink.report import EXPORT_COLUMNS, campaign_report, campaign_timeline, export_recipients
 from streams.sink.store import NOT_SENT, SENT, Batch, OutcomeRow, OutcomeStore
 from tests.sink.conftest import StoreLocation
 
@@ -331,7 +331,8 @@ def test_campaign_report(store: OutcomeStore) -> None:
             sent("e1"), sent("e2"),
             not_sent("e3", stage="sending"), not_sent("e4", stage="sending"),
             not_sent("e5", reason=f"{REASON_CANCELLED}: campaign stopped: wrong code"),
-            sent("s1", channel="sms"), not_sent("s2", channel="sms"),
+            sent("s1", channel="sms"),
+            not_sent("s2", channel="sms", reason=f"{REASON_HELD}: campaign stopped: wrong code"),
             not_sent("p1", channel="push", stage="sending"),  # a channel the status did not list
             sent("x1", campaign="c2"),
         ],
@@ -347,6 +348,8 @@ def test_campaign_report(store: OutcomeStore) -> None:
     assert (report["total"], report["sent"], report["not_sent"]) == (8, 3, 5)
     assert (report["accounted"], report["pending"]) == (8, 0)
     assert report["not_sent_by_stage"] == {"sending": 3, "provider": 2}
+    # Of the two halted at the provider stage, one was cancelled at the provider (email), the
+    # other held before its handoff (sms).
     assert report["cancelled_at_provider"] == 1
     assert report["by_channel"] == {
         "email": {"planned": 5, "sent": 2, "not_sent": 3, "accounted": 5, "pending": 0,
@@ -354,7 +357,7 @@ def test_campaign_report(store: OutcomeStore) -> None:
                   "cancelled_at_provider": 1},
         "sms": {"planned": 3, "sent": 1, "not_sent": 1, "accounted": 2, "pending": 1,
                 "not_sent_by_stage": {"sending": 0, "provider": 1}, "failed": 0,
-                "cancelled_at_provider": 0},  # its provider-stage message was held, not cancelled
+                "cancelled_at_provider": 0},
         "push": {"planned": 0, "sent": 0, "not_sent": 1, "accounted": 1, "pending": 0,
                  "not_sent_by_stage": {"sending": 1, "provider": 0}, "failed": 0,
                  "cancelled_at_provider": 0},
@@ -382,3 +385,19 @@ def test_report_of_an_unknown_campaign(store: OutcomeStore) -> None:
 
     with pytest.raises(UnknownCampaignError, match="unknown campaign 'c9'"):
         campaign_report(store, "c9")
+
+
+def test_timeline_slices_outcomes_cumulatively_over_time(store: OutcomeStore) -> None:
+    # sent at T0+10..T0+50 (handed_at + 10), notSent at T0+1000..T0+1003: 4 slices of 249 ms
+    store.write(batch([sent(f"s{i}", handed_at=T0 + i * 10) for i in range(5)]
+                      + [not_sent(f"n{i}", occurred_at=T0 + 1000 + i) for i in range(4)]
+                      + [sent("other", campaign="c2")]))
+
+    series = campaign_timeline(store, "c1", buckets=4)
+
+    assert (series["start"], series["slice_ms"]) == (T0 + 10, 249)
+    assert series["points"] == [
+        {"at": T0 + 10 + 249, "sent": 5, "not_sent": 0, "failed": 0},
+        {"at": T0 + 10 + 4 * 249, "sent": 5, "not_sent": 4, "failed": 0},
+    ]
+    assert campaign_timeline(store, "none")["points"] == []

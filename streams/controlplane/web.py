@@ -1,0 +1,268 @@
+"""The control plane's HTTP surface: every route in one table (``ROUTES``), the JSON API views,
+the operator console (a static page and its script, shipped in this package: no CDN), the
+identity a stop is recorded under, and the cross-site request check of every POST.
+
+What each route does is named by ``Route.access`` ("read", "stop", "relaunch", "stop-all"), so
+the permission each needs is attached in one place."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from streams.models import CHANNELS
+from streams.sink.exceptions import UnknownCampaignError
+
+if TYPE_CHECKING:
+    from streams.controlplane.app import ControlPlane
+
+STOP_FIELDS = ("reason", "by", "channels", "force")
+STOP_ALL_FIELDS = ("reason", "by", "confirm")
+STOP_ALL_PHRASE = "STOP ALL"  # what the operator types to confirm the kill switch
+EXPORT_STATUSES = ("not_sent", "sent", "failed")
+DEFAULT_REQUESTER = "http-api"
+
+ASSETS = {  # file in streams/controlplane/console/ -> content type
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+# The console runs only its own script and style, talks only to this service, and cannot be
+# framed: an id or reason that slipped past escaping still could not run or load anything.
+PAGE_HEADERS = {
+    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; "
+                                "img-src 'self'; connect-src 'self'; form-action 'self'; "
+                                "base-uri 'none'; frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def requested_by(request: Request, claimed: str | None) -> str:
+    """Who makes a stop or a relaunch, as the audit records it: the one place a request's
+    identity is decided. Without HTTP authentication it is what the client says (``by``), else
+    "http-api"."""
+    return claimed.strip() if claimed and claimed.strip() else DEFAULT_REQUESTER
+
+
+def refuse_cross_site(request: Request) -> tuple[int, str] | None:
+    """Every POST must be JSON (a cross-site form cannot send ``application/json``, and a
+    cross-site script cannot without a CORS preflight, which this service never grants) and must
+    not come from another site (``Origin`` and ``Sec-Fetch-Site``, sent by browsers). Clients
+    that are not browsers (curl, scripts) send neither header and pass."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return 403, f"cross-site request refused (Sec-Fetch-Site: {site})"
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("Host"):
+        return 403, f"cross-site request refused: origin {origin} is not this service"
+    if request.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+        return 415, "a POST must carry a JSON body with Content-Type: application/json"
+    return None
+
+
+class PlaneView(View):
+    """A view of one control service (``plane`` is set when the route is registered)."""
+
+    plane: ControlPlane
+
+    async def dispatch(self, request: Any) -> Any:
+        if request.method == "POST":
+            refused = refuse_cross_site(request)
+            if refused is not None:
+                return self.json({"error": refused[1]}, status=refused[0])
+        return await super().dispatch(request)
+
+    async def payload(self, request: Request, fields: tuple[str, ...]) -> tuple[dict[str, Any], str | None]:
+        """The JSON object of a POST, or the reason it is not one."""
+        body = await self.read_request_content(request)
+        try:
+            payload = json.loads(body.decode("utf-8")) if body.strip() else None
+        except (UnicodeDecodeError, ValueError) as exc:
+            return {}, f"the request body is not valid JSON: {exc}"
+        if not isinstance(payload, dict):
+            return {}, f"the request body must be a JSON object with {', '.join(fields)}"
+        unknown = sorted(set(payload) - set(fields))
+        if unknown:
+            return {}, f"unknown field(s) {', '.join(unknown)} (expected {', '.join(fields)})"
+        if payload.get("by") is not None and not isinstance(payload["by"], str):
+            return {}, '"by" must be a string'
+        return payload, None
+
+
+# -- the JSON API -----------------------------------------------------------------------------
+
+
+class Health(PlaneView):
+    async def get(self, request: Request) -> Response:
+        plane = self.plane
+        return self.json({"status": "ok" if plane.ready else "starting", "ready": plane.ready,
+                          "process_id": plane.process_id, "app_id": plane.app_id},
+                         status=200 if plane.ready else 503)
+
+
+class Metrics(PlaneView):
+    async def get(self, request: Request) -> Response:
+        return self.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+
+class Campaigns(PlaneView):
+    async def get(self, request: Request) -> Response:
+        return self.json({"campaigns": await self.plane.campaign_list()})
+
+
+class Campaign(PlaneView):
+    async def get(self, request: Request, campaign_id: str) -> Response:
+        detail = await self.plane.campaign(campaign_id)
+        if detail is None:
+            return self.error(404, f"unknown campaign {campaign_id!r}: not seen on "
+                                   "campaign-status or campaign-control")
+        return self.json(detail)
+
+
+class Timeline(PlaneView):
+    async def get(self, request: Request, campaign_id: str) -> Response:
+        series = await self.plane.timeline(campaign_id)
+        if series is None:
+            return self.error(404, f"unknown campaign {campaign_id!r}")
+        return self.json(series)
+
+
+class Export(PlaneView):
+    async def get(self, request: Request, campaign_id: str) -> Response:
+        outcome = request.query.get("status", "not_sent")
+        channel = request.query.get("channel") or None
+        if outcome not in EXPORT_STATUSES:
+            return self.error(400, f"unknown status {outcome!r} (expected {', '.join(EXPORT_STATUSES)})")
+        if channel is not None and channel not in CHANNELS:
+            return self.error(400, f"unknown channel {channel!r} (expected {', '.join(CHANNELS)})")
+        try:
+            text = await self.plane.export_csv(campaign_id, outcome, channel)
+        except UnknownCampaignError as exc:
+            return self.error(404, str(exc))
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", campaign_id)
+        return self.bytes(text.encode(), headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{name}-{outcome}.csv"',
+            "X-Content-Type-Options": "nosniff"})
+
+
+class StopCampaign(PlaneView):
+    async def post(self, request: Request, campaign_id: str) -> Response:
+        payload, problem = await self.payload(request, STOP_FIELDS)
+        problem = problem or _check_stop(payload)
+        if problem:
+            return self.json({"error": problem}, status=400)
+        status, body = await self.plane.stop(
+            campaign_id, payload["reason"], list(payload.get("channels") or []),
+            bool(payload.get("force", False)), requested_by(request, payload.get("by")))
+        return self.json(body, status=status)
+
+
+class StopAll(PlaneView):
+    async def post(self, request: Request) -> Response:
+        payload, problem = await self.payload(request, STOP_ALL_FIELDS)
+        if not problem and payload.get("confirm") != STOP_ALL_PHRASE:
+            problem = f'the kill switch needs "confirm": "{STOP_ALL_PHRASE}"'
+        if not problem and not isinstance(payload.get("reason"), str):
+            problem = 'missing "reason": a stop needs a reason'
+        if problem:
+            return self.json({"error": problem}, status=400)
+        status, body = await self.plane.stop_all(payload["reason"],
+                                                 requested_by(request, payload.get("by")))
+        return self.json(body, status=status)
+
+
+class Relaunch(PlaneView):
+    async def post(self, request: Request, campaign_id: str) -> Response:
+        payload, problem = await self.payload(request, ("as", "by"))
+        if not problem and not isinstance(payload.get("as"), str):
+            problem = 'missing "as": the new campaign id'
+        if problem:
+            return self.json({"error": problem}, status=400)
+        status, body = await self.plane.relaunch(campaign_id, payload["as"])
+        return self.json(body, status=status)
+
+
+def _check_stop(payload: dict[str, Any]) -> str | None:
+    """The shape of a stop request; the values are then checked by ``streams.control.stop``."""
+    reason = payload.get("reason")
+    if reason is None:
+        return 'missing "reason": a stop needs a reason'
+    if not isinstance(reason, str):
+        return '"reason" must be a string'
+    if not reason.strip():
+        return '"reason" is empty: a stop needs a reason'
+    channels = payload.get("channels")
+    if channels is not None and (not isinstance(channels, list)
+                                 or not all(isinstance(c, str) for c in channels)):
+        return f'"channels" must be a list of channel names ({", ".join(CHANNELS)}); empty means all'
+    if not isinstance(payload.get("force", False), bool):
+        return '"force" must be true or false'
+    return None
+
+
+# -- the console ------------------------------------------------------------------------------
+
+
+def _asset(name: str) -> bytes:
+    return (resources.files("streams.controlplane") / "console" / name).read_bytes()
+
+
+class ConsolePage(PlaneView):
+    """The console's one page; its script shows the list or a campaign from the address."""
+
+    async def get(self, request: Request, campaign_id: str | None = None) -> Response:
+        return self.bytes(_asset("console.html"),
+                          headers={**PAGE_HEADERS, "Content-Type": "text/html; charset=utf-8"})
+
+
+class ConsoleAsset(PlaneView):
+    async def get(self, request: Request, name: str) -> Response:
+        if name not in ASSETS:
+            return self.error(404, f"no console asset {name!r}")
+        return self.bytes(_asset(name), headers={**PAGE_HEADERS, "Content-Type": ASSETS[name]})
+
+
+# -- the routes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    view: type[PlaneView]
+    access: str  # "read", "stop", "relaunch" or "stop-all": what the caller must be allowed
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/health", Health, "read"),
+    Route("GET", "/metrics", Metrics, "read"),
+    Route("GET", "/campaigns", Campaigns, "read"),
+    Route("GET", "/campaigns/{campaign_id}", Campaign, "read"),
+    Route("GET", "/campaigns/{campaign_id}/timeline", Timeline, "read"),
+    Route("GET", "/campaigns/{campaign_id}/export.csv", Export, "read"),
+    Route("POST", "/campaigns/{campaign_id}/stop", StopCampaign, "stop"),
+    Route("POST", "/campaigns/{campaign_id}/relaunch", Relaunch, "relaunch"),
+    Route("POST", "/stop-all", StopAll, "stop-all"),
+    Route("GET", "/", ConsolePage, "read"),
+    Route("GET", "/console", ConsolePage, "read"),
+    Route("GET", "/console/campaigns/{campaign_id}", ConsolePage, "read"),
+    Route("GET", "/console/assets/{name}", ConsoleAsset, "read"),
+)
+
+
+def register_routes(plane: ControlPlane) -> None:
+    """Serve every route of ``ROUTES`` from ``plane``'s Faust web server."""
+    for route in ROUTES:
+        view = type(route.view.__name__, (route.view,), {"plane": plane})
+        plane.app.page(route.path, name=f"{route.method} {route.path}")(view)

@@ -1,0 +1,387 @@
+"""The deployment recipes in deploy/ checked with the tools that run here: Kubernetes manifests
+against the API schemas (kubernetes-validate, strict), the operators' custom resources (Strimzi
+KafkaTopic, KEDA ScaledObject) against the schemas of their CRDs (tests/deploy/schemas, copied
+from the operators' releases), the compose file by the compose client (`docker-compose config`),
+its Prometheus configuration and rules by promtool; and every command, setting, topic, consumer
+group and port the recipes name against estop itself. Building the image and running the
+containers need a Docker engine and a Kubernetes cluster, which these tests do not have."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import click
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from streams.cli import main
+from streams.kafka.topics import Replication, plan
+from streams.models import CHANNELS
+from streams.settings import PROJECT_ROOT, Settings, load_settings
+from tests.support import run_estop
+
+DEPLOY = PROJECT_ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+DOCKERFILE = DEPLOY / "container" / "Dockerfile"
+SCHEMAS = Path(__file__).parent / "schemas"
+KUBERNETES_VERSION = "1.33.0"
+Doc = dict[str, Any]
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+@functools.cache
+def manifests() -> list[Doc]:
+    """Every resource `kubectl apply -k deploy/kubernetes` would apply, in kustomization order."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return [doc for name in kustomization["resources"]
+            for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+
+
+def of_kind(kind: str) -> list[Doc]:
+    return [doc for doc in manifests() if doc["kind"] == kind]
+
+
+def config_settings() -> Settings:
+    """The settings every pod gets from the ConfigMap."""
+    (config,) = of_kind("ConfigMap")
+    return load_settings(**{key.removeprefix("ESTOP_").lower(): value
+                            for key, value in config["data"].items()})
+
+
+def container(deployment: Doc) -> Doc:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(only)
+
+
+def deployments() -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in of_kind("Deployment")}
+
+
+@functools.cache
+def compose() -> Doc:
+    loaded: Doc = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def dockerfile_entrypoint() -> list[str]:
+    found = re.search(r"^ENTRYPOINT (\[.*\])$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert found is not None, "the Dockerfile has no exec-form ENTRYPOINT"
+    entrypoint: list[str] = json.loads(found[1])
+    return entrypoint
+
+
+# -- Kubernetes -----------------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(on_disk)
+
+
+def test_core_manifests_pass_kubernetes_strict_schema_validation() -> None:
+    """ConfigMap, Deployments, Service, PodDisruptionBudget against the Kubernetes API schemas;
+    strict: a misspelt field is an error, not silently dropped."""
+    core = [d for d in manifests() if "." not in d["apiVersion"].split("/")[0]]
+    assert {d["kind"] for d in core} == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
+    for doc in core:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    broken = copy.deepcopy(deployments()["estop-gate-email"])
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def strict_schema(node: Any) -> Any:
+    """A CRD's openAPIV3Schema as the API server applies it: unknown fields are refused (as
+    `kubectl apply --validate=strict` does) unless the schema preserves them, int-or-string
+    fields take either."""
+    if isinstance(node, list):
+        return [strict_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: strict_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if ("properties" in node and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+CUSTOM = {"KafkaTopic": "kafkatopic.kafka.strimzi.io-v1.json",
+          "ScaledObject": "scaledobject.keda.sh-v1alpha1.json"}
+
+
+@pytest.mark.parametrize("kind", sorted(CUSTOM))
+def test_custom_resources_pass_their_operators_crd_schema(kind: str) -> None:
+    schema = json.loads((SCHEMAS / CUSTOM[kind]).read_text())
+    crd = schema.pop("x-estop-crd")
+    validator = jsonschema.Draft7Validator(strict_schema(schema))
+    docs = of_kind(kind)
+    assert docs
+    for doc in docs:
+        assert doc["apiVersion"] == f"{crd['group']}/{crd['version']}"
+        errors = [e.message for e in validator.iter_errors(doc)]
+        assert errors == [], f"{doc['metadata']['name']}: {errors}"
+    # The validator refuses what the operator would: a misspelt field, a wrong type.
+    broken = copy.deepcopy(docs[0])
+    broken["spec"]["partitons" if kind == "KafkaTopic" else "maxReplicas"] = 3
+    assert list(validator.iter_errors(broken))
+    broken = copy.deepcopy(docs[0])
+    broken["spec"]["partitions" if kind == "KafkaTopic" else "minReplicaCount"] = "three"
+    assert list(validator.iter_errors(broken))
+
+
+def test_kafka_topics_are_the_topic_plan_with_three_replicas() -> None:
+    """The KafkaTopic resources are exactly what `estop topics create` makes from the same
+    settings on three brokers: names, partitions, replication 3, min.insync.replicas 2, config."""
+    settings = config_settings()
+    wanted = {s.name: (s.partitions, 3, s.config) for s in plan(settings, Replication(3, 2))}
+    found = {}
+    for doc in of_kind("KafkaTopic"):
+        spec = doc["spec"]
+        assert doc["metadata"]["labels"]["strimzi.io/cluster"] == "estop"
+        found[spec["topicName"]] = (spec["partitions"], spec["replicas"],
+                                    {k: str(v) for k, v in spec["config"].items()})
+    assert found == wanted
+
+
+def test_a_deployment_per_role_and_channel_probed_on_metrics_and_health() -> None:
+    settings = config_settings()
+    found = deployments()
+    workers = [f"estop-{role}-{c}" for role in ("gate", "dispatcher") for c in CHANNELS] + ["estop-sink"]
+    assert sorted(found) == sorted([*workers, "estop-control"])
+    for name in workers:
+        spec = container(found[name])
+        roles = spec["args"][spec["args"].index("--role") + 1]
+        assert name.startswith(f"estop-{roles}")
+        if roles != "sink":
+            assert spec["args"][spec["args"].index("--channel") + 1] == name.rsplit("-", 1)[1]
+        (port,) = spec["ports"]
+        assert port["containerPort"] == settings.metrics_port
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert spec[probe]["httpGet"] == {"path": "/metrics", "port": port["name"]}, (name, probe)
+    control = container(found["estop-control"])
+    (port,) = control["ports"]
+    assert port["containerPort"] == settings.control_port
+    assert control["readinessProbe"]["httpGet"] == {"path": "/health", "port": port["name"]}
+    assert control["livenessProbe"]["httpGet"]["path"] in ("/health", "/metrics")
+    (service,) = of_kind("Service")
+    control_labels = found["estop-control"]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= control_labels.items()
+    # The analytics store's DSN only where the store is used, from a Secret.
+    for name, deployment in found.items():
+        env = {e["name"]: e for e in container(deployment).get("env", [])}
+        assert ("ESTOP_ANALYTICS_DSN" in env) == (name in ("estop-sink", "estop-control")), name
+        if "ESTOP_ANALYTICS_DSN" in env:
+            assert "secretKeyRef" in env["ESTOP_ANALYTICS_DSN"]["valueFrom"]
+
+
+def test_the_disruption_budget_covers_the_data_plane() -> None:
+    (budget,) = of_kind("PodDisruptionBudget")
+    selector = budget["spec"]["selector"]["matchLabels"].items()
+    covered = {name for name, d in deployments().items()
+               if selector <= d["spec"]["template"]["metadata"]["labels"].items()}
+    assert covered == {n for n in deployments() if n != "estop-control"}
+    assert budget["spec"]["maxUnavailable"] == 1
+
+
+def test_keda_scales_each_stage_on_the_lag_of_its_own_group_and_topic() -> None:
+    settings = config_settings()
+    topics = settings.topics
+    expected = {
+        **{f"estop-gate-{c}": (topics.gate_group(c), topics.send_requests(c)) for c in CHANNELS},
+        **{f"estop-dispatcher-{c}": (topics.dispatcher_group(c), topics.dispatch(c)) for c in CHANNELS},
+        "estop-sink": (topics.sink_group, None),
+    }
+    found = {}
+    for scaled in of_kind("ScaledObject"):
+        spec = scaled["spec"]
+        assert spec["scaleTargetRef"]["name"] in deployments()
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= settings.partitions
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "kafka"
+        meta = trigger["metadata"]
+        assert meta["bootstrapServers"] == settings.bootstrap_servers
+        found[spec["scaleTargetRef"]["name"]] = (meta["consumerGroup"], meta.get("topic"))
+    assert found == expected
+
+
+# -- commands and settings -------------------------------------------------------------------
+
+
+def estop_commands() -> list[tuple[str, list[str]]]:
+    """(where, arguments after `estop`) for every estop command the recipes run."""
+    entrypoint = dockerfile_entrypoint()
+    assert entrypoint == ["estop"]
+    found = [("Dockerfile CMD", json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE.read_text(),
+                                                      re.MULTILINE)[1]))]  # type: ignore[index]
+    for name, deployment in deployments().items():
+        spec = container(deployment)
+        assert "command" not in spec, f"{name} must run the image's entrypoint, estop"
+        found.append((f"kubernetes {name}", spec["args"]))
+    for name, service in compose()["services"].items():
+        if service.get("image") != "estop:latest":
+            continue
+        prefix = service.get("entrypoint", entrypoint)
+        assert prefix[0] == "estop", name
+        found.append((f"compose {name}", [*prefix[1:], *service["command"]]))
+    return found
+
+
+def parses(args: list[str]) -> None:
+    """Parse ``estop ARGS`` with estop's own command line, without running it: unknown commands,
+    options and choices fail here exactly as they would in the container."""
+    command: click.Command = main
+    ctx = main.make_context("estop", [], resilient_parsing=True)
+    rest = list(args)
+    while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
+        _name, sub, rest = command.resolve_command(ctx, rest)
+        assert sub is not None
+        command = sub
+    try:
+        command.make_context(command.name or "", rest, parent=ctx)
+    except click.exceptions.Exit as done:  # --help
+        assert done.exit_code == 0
+
+
+def test_every_command_the_recipes_run_exists_in_estop() -> None:
+    listed = run_estop("--help")
+    assert listed.returncode == 0, listed.stderr
+    commands = estop_commands()
+    assert len(commands) >= 12
+    for where, args in commands:
+        name = next((a for a in args if not a.startswith("-")), None)
+        if name is not None:  # the image's default command is `estop --help`
+            assert re.search(rf"^  {name}\s", listed.stdout, re.MULTILINE), (where, name)
+        parses(args)
+    roles = {args[args.index("--role") + 1] for _, args in commands if "--role" in args}
+    assert roles == {"gate", "dispatcher", "sink"}
+    with pytest.raises(click.UsageError):
+        parses(["worker", "--role", "gatekeeper"])
+
+
+def recipe_settings() -> dict[str, str]:
+    """Every ESTOP_* variable the recipes set, and where."""
+    found = {key: "ConfigMap" for key in of_kind("ConfigMap")[0]["data"]}
+    for name, deployment in deployments().items():
+        found.update({e["name"]: name for e in container(deployment).get("env", [])})
+    for name, service in compose()["services"].items():
+        found.update({k: f"compose {name}" for k in service.get("environment") or {}
+                      if k.startswith("ESTOP_")})
+    found.update({k: "Dockerfile" for k in re.findall(r"\b(ESTOP_[A-Z_]+)=", DOCKERFILE.read_text())})
+    return found
+
+
+def test_every_setting_the_recipes_set_is_an_estop_setting() -> None:
+    known = {f"ESTOP_{name.upper()}" for name in Settings.model_fields}
+    found = recipe_settings()
+    assert len(found) >= 8
+    unknown = {k: where for k, where in found.items() if k not in known}
+    assert unknown == {}
+
+
+# -- compose, Prometheus, the image -----------------------------------------------------------
+
+
+def compose_client() -> list[str]:
+    """The compose client: the Docker CLI's plugin when it has one, else docker-compose."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
+                                 check=False).returncode == 0:
+        return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    if standalone is None:
+        pytest.fail("no compose client: install Debian's docker-compose (deploy/system-packages.sh "
+                    "test does) or the Docker CLI's compose plugin")
+    return [standalone]
+
+
+def test_compose_file_is_valid_for_the_compose_client() -> None:
+    """`docker-compose config` resolves the file (anchors, merges, depends_on conditions) without
+    an engine; the resolved services are the cluster, the split workers and the monitoring."""
+    result = subprocess.run([*compose_client(), "-f", str(COMPOSE), "config"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    assert {"kafka-1", "kafka-2", "kafka-3", "topics", "gate", "dispatcher", "sink", "control",
+            "prometheus", "grafana", "postgres"} <= set(resolved)
+    kafka = [resolved[f"kafka-{n}"]["environment"] for n in (1, 2, 3)]
+    assert [env["KAFKA_NODE_ID"] for env in kafka] == ["1", "2", "3"]
+    assert len({env["CLUSTER_ID"] for env in kafka}) == 1
+    for n, env in enumerate(kafka, 1):
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://kafka-{n}:9092"
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+    for role in ("gate", "dispatcher", "sink"):
+        assert resolved[role]["command"] == ["worker", "--role", role]
+        env = resolved[role]["environment"]
+        assert env["ESTOP_BOOTSTRAP_SERVERS"] == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
+        assert resolved[role]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    broken = COMPOSE.read_text().replace("condition: service_completed_successfully",
+                                         "condition: service_finished", 1)
+    bad = subprocess.run([*compose_client(), "-f", "-", "config", "-q"], input=broken,
+                         capture_output=True, text=True, check=False, cwd=COMPOSE.parent)
+    assert bad.returncode != 0
+
+
+def test_compose_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
+    """promtool checks the compose Prometheus config with the rules it mounts next to it; the
+    scrape jobs name the compose services on their metrics ports."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: install Debian's prometheus package "
+                    "(deploy/system-packages.sh test)")
+    config = tmp_path / "prometheus.yml"
+    shutil.copy(DEPLOY / "compose" / "prometheus.yml", config)
+    (tmp_path / "rules").symlink_to(DEPLOY / "prometheus" / "rules")
+    result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = len(list((DEPLOY / "prometheus" / "rules").glob("*.yml")))
+    assert f"SUCCESS: {rules} rule files found" in result.stdout + result.stderr
+    services = compose()["services"]
+    scraped = yaml.safe_load(config.read_text())["scrape_configs"]
+    metrics_port = int(compose()["x-estop"]["environment"]["ESTOP_METRICS_PORT"])
+    for job in scraped:
+        for sd in job.get("dns_sd_configs", []):
+            assert set(sd["names"]) <= set(services) and sd["port"] == metrics_port, job
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.split(":")
+                assert host in services and int(port) == load_settings().control_port, job
+    jobs = {j["job_name"].removeprefix("estop-") for j in scraped}
+    assert jobs == {"gate", "dispatcher", "sink", "control"}
+
+
+def test_the_image_runs_estop_from_its_source_tree_as_a_non_root_user() -> None:
+    """What can be checked without building (no Docker engine here): the image installs the
+    package editable next to schemas/ (read from the source tree), runs estop as its entrypoint,
+    as a non-root user, and exposes the worker and control ports."""
+    text = DOCKERFILE.read_text()
+    copied = set(re.findall(r"^COPY (\S+)", text, re.MULTILINE)) | {
+        p for line in re.findall(r"^COPY (.+) \./$", text, re.MULTILINE) for p in line.split()}
+    assert {"pyproject.toml", "schemas", "streams"} <= copied
+    assert re.search(r"pip install -e \.", text)
+    assert re.search(r"^USER (\d+)$", text, re.MULTILINE)
+    assert re.search(r"^USER 0$", text, re.MULTILINE) is None
+    exposed = {int(p) for p in re.findall(r"^EXPOSE (.+)$", text, re.MULTILINE)[0].split()}
+    defaults = load_settings()
+    assert exposed == {defaults.metrics_port, defaults.control_port}
+    ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().split()
+    for needed in ("pyproject.toml", "README.md", "schemas/", "streams/"):
+        assert f"!{needed}" in ignore
