@@ -4,30 +4,18 @@ providers' queues, the SQLite analytics store): one way to open them and to writ
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 CHUNK = 500  # ids per IN (...) clause: well under SQLite's limit on bound parameters
 
 
-class _Connection(sqlite3.Connection):
-    """A connection whose write transactions take turns across threads: the dispatcher's thread
-    and its stop hook (on the control feed's thread) both write to the outbox."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.writing = threading.RLock()
-
-
 def connect(path: Path) -> sqlite3.Connection:
     """Autocommit mode (every write goes through ``write``, an explicit BEGIN IMMEDIATE); WAL so
-    readers never wait for a writer; usable from several threads (writes take turns)."""
+    readers never wait for a writer; usable from several threads one call at a time."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False,
-                         factory=_Connection)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     return db
@@ -37,14 +25,13 @@ def connect(path: Path) -> sqlite3.Connection:
 def write(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction, its lock taken up front: reads in it see what it then changes
     (several processes may share one file)."""
-    with getattr(db, "writing", nullcontext()):
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def query(path: Path, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
