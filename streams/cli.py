@@ -472,47 +472,62 @@ def _when(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-@main.command()
-@click.option("--recipients", type=click.IntRange(min=1), default=500_000, show_default=True)
-@click.option("--stop-after", type=click.IntRange(min=0), default=50_000, show_default=True,
-              help="Stop once this many messages were sent.")
+REAL_RECIPIENTS, REAL_STOP_AFTER, REAL_RATE = 3_000, 600, 100.0  # the demo through real protocols
+
+
+@main.command(context_settings={"allow_extra_args": True})
+@click.option("--recipients", type=click.IntRange(min=1), default=None,
+              help="Recipients per channel [default: 500,000; 3,000 with --provider real].")
+@click.option("--stop-after", type=click.IntRange(min=0), default=None,
+              help="Stop once this many messages were sent [default: 50,000; 600 with --provider real].")
 @click.option("--channels", "channels", multiple=True, type=CHANNEL_OPTION,
-              help="Channels of the campaign (default: email).")
-@click.option("--provider-rate", type=click.FloatRange(min=1), default=5000.0, show_default=True,
-              help="Messages per second each simulated provider accepts.")
-@click.option("--provider", type=click.Choice(["simulated", "smtp"]), default="simulated",
+              help="Channels of the campaign, e.g. --channels email sms push webpush (default: email).")
+@click.option("--provider-rate", type=click.FloatRange(min=1), default=None,
+              help="Messages per second handed to each channel's provider [default: 5,000; 100 with "
+                   "--provider real].")
+@click.option("--provider", type=click.Choice(["simulated", "smtp", "real"]), default="simulated",
               show_default=True,
               help="smtp: email goes through the private Postfix (started if needed, see "
-                   "`estop mta`), whose receiver goes down before the stop so mail waits there.")
+                   "`estop mta`), whose receiver goes down before the stop so mail waits there. "
+                   "real: every channel over its real protocol on this machine: email through that "
+                   "Postfix, SMS over SMPP to a local SMSC, web push and mobile push over HTTP to "
+                   "local stand-ins of a push service and of FCM.")
 @click.option("--outage-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="With --provider smtp: how long the receiver is down before the stop.")
+              help="With --provider smtp or real: how long the email receiver is down before the stop.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handles_errors
-def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[str, ...],
-         provider_rate: float, provider: str, outage_s: float, as_json: bool) -> None:
+def demo(settings: Settings, recipients: int | None, stop_after: int | None, channels: tuple[str, ...],
+         provider_rate: float | None, provider: str, outage_s: float, as_json: bool) -> None:
     """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000
     sent."""
     from streams.demo import demo_progress, run_demo
     from streams.mta.local import LocalMta
 
-    channel_list = list(dict.fromkeys(channels)) or ["email"]
+    real = provider == "real"
+    extra = click.get_current_context().args  # --channels email sms push: the values after the first
+    unknown = [c for c in extra if c not in CHANNEL_OPTION.choices]
+    if unknown:
+        raise UsageError(f"unknown channel {unknown[0]!r} (channels: {', '.join(CHANNEL_OPTION.choices)})")
+    channel_list = list(dict.fromkeys([*channels, *extra])) or ["email"]
+    recipients = recipients or (REAL_RECIPIENTS if real else 500_000)
+    stop_after = stop_after if stop_after is not None else (REAL_STOP_AFTER if real else 50_000)
     if stop_after >= recipients * len(channel_list):
         raise UsageError("--stop-after must be smaller than the number of planned messages")
     if provider == "smtp" and channel_list != ["email"]:
         raise UsageError("--provider smtp carries email only: leave out --channels or use "
-                         "--channels email")
-    settings = settings.model_copy(update={"provider_rate": provider_rate,
-                                           "provider_delay_s": 1.0})
+                         "--channels email (--provider real carries every channel)")
+    settings = settings.model_copy(update={
+        "provider_rate": provider_rate or (REAL_RATE if real else 5000.0), "provider_delay_s": 1.0})
     mta = None
-    if provider == "smtp":
+    if provider == "smtp" or (real and "email" in channel_list):
         mta = LocalMta(settings)
         mta.start()
         settings = settings.model_copy(update={"email_provider": mta.provider_url})
     with demo_progress(transient=as_json) as progress:
         result = run_demo(settings, recipients, stop_after, channel_list,
                           say=progress.console.print if not as_json else _say, progress=progress,
-                          mta=mta, outage_s=outage_s)
+                          mta=mta, outage_s=outage_s, real=real)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
         return
@@ -534,12 +549,21 @@ def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[s
     if result.analytics:
         click.echo(f"  analytics store accounts for {result.analytics['accounted']:>10,}   "
                    f"(estop report {result.campaign_id})")
-    if result.received is not None and result.analytics:
+    if result.received is not None and result.analytics and not result.channels:
         click.echo(f"  waiting in Postfix at stop   {result.queued_at_stop or 0:>10,}")
         click.echo(f"  cancelled at the provider    {result.analytics['cancelled_at_provider']:>10,}")
         click.echo(f"  arrived at the receiver      {result.received:>10,}   (must equal sent)")
+    if result.channels:
+        click.echo("")
+        click.echo(f"  {'channel':<8} {'provider':<26} {'sent':>7} {'@sending':>9} {'cancelled':>10} "
+                   f"{'held back':>10} {'arrived':>8} {'after stop':>10}")
+        for row in result.channels:
+            after = "-" if row.arrived_after_confirmation is None else f"{row.arrived_after_confirmation:,}"
+            click.echo(f"  {row.channel:<8} {row.provider:<26} {row.sent:>7,} {row.at_sending:>9,} "
+                       f"{row.cancelled:>10,} {row.held_back:>10,} {row.arrived:>8,} {after:>10}")
     if (result.total != result.planned or result.handoffs_after_confirmation
-            or (result.received is not None and result.received != result.sent)):
+            or (result.received is not None and not result.channels and result.received != result.sent)
+            or any(row.arrived_after_confirmation or row.arrived != row.sent for row in result.channels)):
         raise EstopError("the demo's accounting does not add up (see above)")
 
 

@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     # Its folder (config, queue, log, the receiver's mailbox); default <data_dir>/mta.
     mta_dir: Path | None = None
 
+    # Web push (webpush://): the subscription directory (a JSON file: recipient_id -> {endpoint,
+    # keys: {p256dh, auth}}, as browsers hand them out), the VAPID private key the subscriptions
+    # were made for (base64url raw or DER, as `vapid --gen` prints; or PEM) and its contact.
+    webpush_subscriptions: Path | None = None
+    webpush_vapid_private_key: SecretStr | None = None
+    webpush_vapid_subject: str = "mailto:campaigns@estop.test"
+    # Mobile push (fcm://): the service account JSON file (project_id, client_email, private_key,
+    # token_uri) that mints the OAuth bearer token of the FCM HTTP v1 API.
+    push_service_account: Path | None = None
+
     # Simulated providers (one per channel): messages per second and time spent "processing".
     provider_rate: float = Field(default=20000.0, gt=0)
     provider_delay_s: float = Field(default=2.0, ge=0)

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_campaign ON outbox (campaign_id, state);
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, report_batch);
+CREATE INDEX IF NOT EXISTS outbox_provider ON outbox (provider_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -190,12 +191,16 @@ class Outbox:
             return early
         with localdb.write(self._db) as db:
             for d in deliveries:
+                # A receipt the provider sent again after a restart names only its own id
+                # (e.g. an SMSC's deliver_sm for a message submitted by the previous process).
+                match = ("message_id = ? AND provider_id = ?", (d.message_id, d.provider_id)) \
+                    if d.message_id else ("provider_id = ?", (d.provider_id,))
                 applied = db.execute(
-                    "UPDATE outbox SET state = ?, occurred_at = ?, reason = ? WHERE message_id = ?"
-                    " AND provider_id = ? AND state = 'accepted'",
+                    f"UPDATE outbox SET state = ?, occurred_at = ?, reason = ? WHERE {match[0]}"
+                    " AND state = 'accepted'",
                     (DELIVERED if d.delivered else UNDELIVERED, d.at_ms, d.detail or None,
-                     d.message_id, d.provider_id)).rowcount
-                if not applied and db.execute(
+                     *match[1])).rowcount
+                if not applied and d.message_id and db.execute(
                         "SELECT 1 FROM outbox WHERE message_id = ? AND state = 'submitting'",
                         (d.message_id,)).fetchone():
                     early.append(d)
