@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any, TypeVar
 import click
 
 from streams.exceptions import EstopError, UsageError
+from streams.security.exceptions import AccessDeniedError
+from streams.security.refusals import who
 from streams.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,6 +31,11 @@ def handles_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except EstopError as exc:
+            if isinstance(exc, AccessDeniedError):
+                # Deep code (a consumer loop) may not know the principal; the command does.
+                settings = click.get_current_context().find_object(Settings)
+                if settings is not None:
+                    exc = exc.naming(who(settings))
             click.echo(f"estop: {exc}", err=True)
             sys.exit(exc.exit_code)
 
@@ -63,12 +69,17 @@ BROKERS_OPTION = click.option(
 
 @broker.command("start")
 @BROKERS_OPTION
+@click.option("--secure", is_flag=True,
+              help="SASL/SCRAM-SHA-512 listener, ACLs (StandardAuthorizer, deny when no ACL "
+                   "matches), an admin super user; ESTOP_BROKER_SECURE=true does the same.")
 @click.pass_obj
 @handles_errors
-def broker_start(settings: Settings, brokers: int | None) -> None:
+def broker_start(settings: Settings, brokers: int | None, secure: bool) -> None:
     """Start the local broker (resolves jars once); says so if it already runs."""
     from streams.kafka.broker import LocalBroker
 
+    if secure:
+        settings = settings.model_copy(update={"broker_secure": True})
     LocalBroker(settings, click.echo, brokers).start()
 
 
@@ -92,10 +103,12 @@ def broker_status(settings: Settings, brokers: int | None) -> None:
     exits 1 when any node is down."""
     from streams.kafka.broker import LocalBroker
 
-    status = LocalBroker(settings, brokers=brokers).status()
+    local = LocalBroker(settings, brokers=brokers)
+    status = local.status()
     state = f"running (pid {status.pid})" if status.running else "not running"
+    secured = ", secured (SASL/SCRAM-SHA-512, ACLs)" if local.secured_marker.exists() else ""
     if len(status.nodes) == 1:
-        click.echo(f"broker {state} at {status.address}, Apache Kafka {status.version}")
+        click.echo(f"broker {state} at {status.address}, Apache Kafka {status.version}{secured}")
     else:
         up = sum(n.running for n in status.nodes)
         click.echo(f"cluster of {len(status.nodes)} brokers at {status.address}, Apache Kafka "
@@ -106,6 +119,27 @@ def broker_status(settings: Settings, brokers: int | None) -> None:
                        f"localhost:{n.node.controller_port}, data {n.node.home}")
     if not status.running:
         sys.exit(1)
+
+
+# -- security ---------------------------------------------------------------------------------
+
+
+@main.group()
+def security() -> None:
+    """Principals, ACLs and HTTP tokens of a secured deployment."""
+
+
+@security.command("init")
+@click.pass_obj
+@handles_errors
+def security_init(settings: Settings) -> None:
+    """Create the SCRAM user of every role (operator, control, worker, analytics, engine) with
+    least-privilege ACLs, one credentials file each, and the HTTP API tokens; idempotent."""
+    from streams.security.setup import init_security
+
+    result = init_security(settings, click.echo)
+    click.echo(f"{len(result.users)} users, {result.acls} ACLs; use a role with "
+               f"`set -a; . {next(iter(result.users.values()))}; set +a`")
 
 
 # -- mta ----------------------------------------------------------------------------------------
@@ -296,8 +330,6 @@ def launch(settings: Settings, campaign_id: str, channels: tuple[str, ...], reci
 @click.option("--reason", required=True, help="Why the campaign is stopped (shown everywhere).")
 @click.option("--channel", "channels", multiple=True,
               help="Stop only these channels (default: every channel).")
-@click.option("--by", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
-              help="Who stops it.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None,
               help="Seconds to wait for every live worker to confirm (default ESTOP_STOP_TIMEOUT_S, 30).")
 @click.option("--force", is_flag=True, help="Stop a campaign not (yet) seen Sending or Finished.")
@@ -305,20 +337,24 @@ def launch(settings: Settings, campaign_id: str, channels: tuple[str, ...], reci
 @click.pass_obj
 @handles_errors
 def stop(settings: Settings, campaign_id: str | None, stop_everything: bool, reason: str,
-         channels: tuple[str, ...], by: str, timeout_s: float | None, force: bool, as_json: bool) -> None:
+         channels: tuple[str, ...], timeout_s: float | None, force: bool, as_json: bool) -> None:
     """Stop a campaign on every channel (or some), or every campaign with --all, and wait until
-    it is confirmed."""
+    it is confirmed. The stop is recorded as requested by your Kafka user (ESTOP_SASL_USERNAME),
+    or your OS user on a cluster without authentication, and audited."""
     from streams.control.exceptions import StopNotConfirmedError
-    from streams.control.stop import issue_stop, stop_all
+    from streams.control.stop import audited_stop, audited_stop_all
+    from streams.security.audit import cli_actor
     from streams.serde import serdes_for
 
     serdes = serdes_for(settings.schema_registry_url)
+    actor = cli_actor(settings)
     timeout = settings.stop_timeout_s if timeout_s is None else timeout_s
     if stop_everything:
         if campaign_id or channels or force:
             raise UsageError("--all stops every Sending or Finished campaign on every channel: "
                              "give no CAMPAIGN, --channel or --force with it")
-        results = stop_all(settings, serdes, reason, by, timeout)
+        results = audited_stop_all(settings, serdes, actor, reason, timeout)
+        _warn_unaudited(results)
         if as_json:
             click.echo(json.dumps({"stopped": [r.as_dict() for r in results]}))
         elif not results:
@@ -332,7 +368,8 @@ def stop(settings: Settings, campaign_id: str | None, stop_everything: bool, rea
         return
     if not campaign_id:
         raise UsageError("name the CAMPAIGN to stop (or --all for every Sending or Finished campaign)")
-    result = issue_stop(settings, serdes, campaign_id, reason, list(channels), by, timeout, force)
+    result = audited_stop(settings, serdes, actor, campaign_id, reason, list(channels), timeout, force)
+    _warn_unaudited([result])
     if as_json:
         click.echo(json.dumps(result.as_dict()))
     else:
@@ -341,6 +378,13 @@ def stop(settings: Settings, campaign_id: str | None, stop_everything: bool, rea
         raise StopNotConfirmedError(
             f"stop of {campaign_id} not confirmed within {timeout:g}s; it stays in force"
         )
+
+
+def _warn_unaudited(results: list[Any]) -> None:
+    """The stop stands; say once that its audit event could not be written."""
+    problem = next((r.audit_problem for r in results if r.audit_problem), None)
+    if problem:
+        _say(f"estop: warning: {problem}")
 
 
 def _print_stop(result: Any) -> None:
@@ -428,47 +472,62 @@ def _when(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-@main.command()
-@click.option("--recipients", type=click.IntRange(min=1), default=500_000, show_default=True)
-@click.option("--stop-after", type=click.IntRange(min=0), default=50_000, show_default=True,
-              help="Stop once this many messages were sent.")
+REAL_RECIPIENTS, REAL_STOP_AFTER, REAL_RATE = 3_000, 600, 100.0  # the demo through real protocols
+
+
+@main.command(context_settings={"allow_extra_args": True})
+@click.option("--recipients", type=click.IntRange(min=1), default=None,
+              help="Recipients per channel [default: 500,000; 3,000 with --provider real].")
+@click.option("--stop-after", type=click.IntRange(min=0), default=None,
+              help="Stop once this many messages were sent [default: 50,000; 600 with --provider real].")
 @click.option("--channels", "channels", multiple=True, type=CHANNEL_OPTION,
-              help="Channels of the campaign (default: email).")
-@click.option("--provider-rate", type=click.FloatRange(min=1), default=5000.0, show_default=True,
-              help="Messages per second each simulated provider accepts.")
-@click.option("--provider", type=click.Choice(["simulated", "smtp"]), default="simulated",
+              help="Channels of the campaign, e.g. --channels email sms push webpush (default: email).")
+@click.option("--provider-rate", type=click.FloatRange(min=1), default=None,
+              help="Messages per second handed to each channel's provider [default: 5,000; 100 with "
+                   "--provider real].")
+@click.option("--provider", type=click.Choice(["simulated", "smtp", "real"]), default="simulated",
               show_default=True,
               help="smtp: email goes through the private Postfix (started if needed, see "
-                   "`estop mta`), whose receiver goes down before the stop so mail waits there.")
+                   "`estop mta`), whose receiver goes down before the stop so mail waits there. "
+                   "real: every channel over its real protocol on this machine: email through that "
+                   "Postfix, SMS over SMPP to a local SMSC, web push and mobile push over HTTP to "
+                   "local stand-ins of a push service and of FCM.")
 @click.option("--outage-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="With --provider smtp: how long the receiver is down before the stop.")
+              help="With --provider smtp or real: how long the email receiver is down before the stop.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handles_errors
-def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[str, ...],
-         provider_rate: float, provider: str, outage_s: float, as_json: bool) -> None:
+def demo(settings: Settings, recipients: int | None, stop_after: int | None, channels: tuple[str, ...],
+         provider_rate: float | None, provider: str, outage_s: float, as_json: bool) -> None:
     """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000
     sent."""
     from streams.demo import demo_progress, run_demo
     from streams.mta.local import LocalMta
 
-    channel_list = list(dict.fromkeys(channels)) or ["email"]
+    real = provider == "real"
+    extra = click.get_current_context().args  # --channels email sms push: the values after the first
+    unknown = [c for c in extra if c not in CHANNEL_OPTION.choices]
+    if unknown:
+        raise UsageError(f"unknown channel {unknown[0]!r} (channels: {', '.join(CHANNEL_OPTION.choices)})")
+    channel_list = list(dict.fromkeys([*channels, *extra])) or ["email"]
+    recipients = recipients or (REAL_RECIPIENTS if real else 500_000)
+    stop_after = stop_after if stop_after is not None else (REAL_STOP_AFTER if real else 50_000)
     if stop_after >= recipients * len(channel_list):
         raise UsageError("--stop-after must be smaller than the number of planned messages")
     if provider == "smtp" and channel_list != ["email"]:
         raise UsageError("--provider smtp carries email only: leave out --channels or use "
-                         "--channels email")
-    settings = settings.model_copy(update={"provider_rate": provider_rate,
-                                           "provider_delay_s": 1.0})
+                         "--channels email (--provider real carries every channel)")
+    settings = settings.model_copy(update={
+        "provider_rate": provider_rate or (REAL_RATE if real else 5000.0), "provider_delay_s": 1.0})
     mta = None
-    if provider == "smtp":
+    if provider == "smtp" or (real and "email" in channel_list):
         mta = LocalMta(settings)
         mta.start()
         settings = settings.model_copy(update={"email_provider": mta.provider_url})
     with demo_progress(transient=as_json) as progress:
         result = run_demo(settings, recipients, stop_after, channel_list,
                           say=progress.console.print if not as_json else _say, progress=progress,
-                          mta=mta, outage_s=outage_s)
+                          mta=mta, outage_s=outage_s, real=real)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
         return
@@ -490,12 +549,21 @@ def demo(settings: Settings, recipients: int, stop_after: int, channels: tuple[s
     if result.analytics:
         click.echo(f"  analytics store accounts for {result.analytics['accounted']:>10,}   "
                    f"(estop report {result.campaign_id})")
-    if result.received is not None and result.analytics:
+    if result.received is not None and result.analytics and not result.channels:
         click.echo(f"  waiting in Postfix at stop   {result.queued_at_stop or 0:>10,}")
         click.echo(f"  cancelled at the provider    {result.analytics['cancelled_at_provider']:>10,}")
         click.echo(f"  arrived at the receiver      {result.received:>10,}   (must equal sent)")
+    if result.channels:
+        click.echo("")
+        click.echo(f"  {'channel':<8} {'provider':<26} {'sent':>7} {'@sending':>9} {'cancelled':>10} "
+                   f"{'held back':>10} {'arrived':>8} {'after stop':>10}")
+        for row in result.channels:
+            after = "-" if row.arrived_after_confirmation is None else f"{row.arrived_after_confirmation:,}"
+            click.echo(f"  {row.channel:<8} {row.provider:<26} {row.sent:>7,} {row.at_sending:>9,} "
+                       f"{row.cancelled:>10,} {row.held_back:>10,} {row.arrived:>8,} {after:>10}")
     if (result.total != result.planned or result.handoffs_after_confirmation
-            or (result.received is not None and result.received != result.sent)):
+            or (result.received is not None and not result.channels and result.received != result.sent)
+            or any(row.arrived_after_confirmation or row.arrived != row.sent for row in result.channels)):
         raise EstopError("the demo's accounting does not add up (see above)")
 
 
@@ -567,7 +635,20 @@ def _report_table(data: dict[str, Any]) -> Any:
     if data["stop_to_last_halted_accounted_s"] is not None:
         lines.append(f"last halted message accounted {data['stop_to_last_halted_accounted_s']:.1f}s "
                      "after the stop")
+    if data.get("audit"):
+        lines.append("audit:")
+    for entry in data.get("audit", []):
+        lines.append("  " + _audit_line(entry))
     return Group(table, *(Text(line) for line in lines))
+
+
+def _audit_line(entry: dict[str, Any]) -> str:
+    """One audit event: when, what, outcome, who (role), via, from where, why."""
+    role = f" ({entry['role']})" if entry.get("role") else ""
+    detail = f": {entry['detail']}" if entry.get("detail") else ""
+    command = f" command {entry['command_id']}" if entry.get("command_id") else ""
+    return (f"{_when(entry['at'])} {entry['action']} {entry['outcome']} by {entry['actor']}{role} "
+            f"via {entry['via']} from {entry['source']}{command}{detail}")
 
 
 @main.command()

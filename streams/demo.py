@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from streams.campaigns.launcher import LaunchResult, launch
+from streams.campaigns.launcher import LaunchResult, launch, recipient_id
 from streams.campaigns.status import OutcomeCounter
 from streams.control.stop import StopResult, issue_stop
 from streams.dispatch.outbox import OutboxStats
@@ -33,13 +33,29 @@ from streams.exceptions import EstopError
 from streams.kafka.clients import consumer, take
 from streams.kafka.source import BrokerHandle, acquire_broker
 from streams.kafka.topics import create_topics
-from streams.models import CHANNELS, STAGES
+from streams.models import CHANNELS, STAGE_PROVIDER, STAGE_SENDING, STAGES
 from streams.mta.local import LocalMta
+from streams.providers.testservers.local import LocalStandIns, Pace
 from streams.serde import serdes_for
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
 from streams.sink.report import campaign_report
 from streams.sink.store import open_store
+
+
+@dataclass
+class ChannelFigures:
+    """One channel of a demo through real protocols (``--provider real``): its outcomes and what
+    its receiving server counted (arrivals after the stop's confirmation must be 0)."""
+
+    channel: str
+    provider: str
+    sent: int
+    at_sending: int
+    cancelled: int  # accepted by the provider, cancelled there by the stop
+    held_back: int  # still in the dispatcher's hands at the stop
+    arrived: int
+    arrived_after_confirmation: int | None  # None where the receiver keeps no arrival times
 
 
 @dataclass
@@ -60,6 +76,7 @@ class DemoResult:
     # how many waited in Postfix's queue when the stop came.
     received: int | None = None
     queued_at_stop: int | None = None
+    channels: list[ChannelFigures] = field(default_factory=list)  # with --provider real
 
     @property
     def total(self) -> int:
@@ -84,6 +101,7 @@ class DemoResult:
             "report": self.analytics,
             "received": self.received,
             "queued_at_stop": self.queued_at_stop,
+            "channels": [vars(c) for c in self.channels],
         }
 
 
@@ -193,6 +211,49 @@ class OutcomeWatch:
         self._consumer.close()
 
 
+def start_stand_ins(settings: Settings, channels: list[str], recipients: int, say: Any) -> LocalStandIns:
+    """The local stand-ins of the SMSC, the web push service and FCM for ``--provider real``."""
+    stand_ins = LocalStandIns(settings.data_dir / "stand-ins", [c for c in channels if c != "email"],
+                              [recipient_id(i) for i in range(recipients)], Pace()).start()
+    for channel in channels:
+        if channel != "email":
+            say(f"{channel}: {describe(channel, stand_ins)} (local stand-in)")
+    return stand_ins
+
+
+def describe(channel: str, stand_ins: LocalStandIns | None) -> str:
+    """One line naming the protocol and server a channel goes through."""
+    def port(server: Any) -> int:
+        return int(server.port) if server is not None else 0
+
+    if channel == "email" or stand_ins is None:
+        return "SMTP, Postfix"
+    if channel == "sms":
+        return f"SMPP 3.4, SMSC :{port(stand_ins.smsc)}"
+    if channel == "webpush":
+        return f"Web Push, service :{port(stand_ins.push_service)}"
+    return f"FCM HTTP v1 :{port(stand_ins.fcm)}"
+
+
+def channel_figures(settings: Settings, campaign_id: str, channels: list[str], counter: OutcomeCounter,
+                    confirmed_at_ms: int | None, received: int | None,
+                    stand_ins: LocalStandIns) -> list[ChannelFigures]:
+    rows = []
+    for channel in channels:
+        counts = counter.channel(channel)
+        cancelled = OutboxStats(settings.data_dir, channel).cancelled(campaign_id)
+        if channel == "email":
+            arrived, after = received or 0, None  # the receiver keeps no arrival times
+        else:
+            arrivals = stand_ins.arrivals(channel)
+            arrived = arrivals.count(campaign_id)
+            after = None if confirmed_at_ms is None else arrivals.count(campaign_id, confirmed_at_ms)
+        rows.append(ChannelFigures(
+            channel, describe(channel, stand_ins), counts.sent, counts.not_sent.get(STAGE_SENDING, 0),
+            cancelled, counts.not_sent.get(STAGE_PROVIDER, 0) - cancelled, arrived, after))
+    return rows
+
+
 class RemainingOrStateColumn(ProgressColumn):
     """Time remaining while a bar moves; once its count can no longer grow (the campaign was
     stopped, everything is accounted) the reason instead, so no bar promises an ETA that will
@@ -218,23 +279,38 @@ def demo_progress(transient: bool) -> Progress:
 
 
 def run_demo(settings: Settings, recipients: int, stop_after: int, channels: list[str],
-             say: Any, progress: Any, mta: LocalMta | None = None, outage_s: float = 0.0) -> DemoResult:
+             say: Any, progress: Any, mta: LocalMta | None = None, outage_s: float = 0.0,
+             real: bool = False) -> DemoResult:
     """With ``mta`` (email through the private Postfix), the receiver goes down once
     ``stop_after`` messages were sent, so mail waits in Postfix's deferred queue for ``outage_s``
-    seconds before the stop; it comes back once the stop is confirmed."""
+    seconds before the stop; it comes back once the stop is confirmed. With ``real``, SMS, web
+    push and mobile push go over their protocols to local stand-ins of their services."""
     handle: BrokerHandle = acquire_broker(settings, say)
     settings = settings.model_copy(update={"bootstrap_servers": handle.bootstrap_servers})
     say(f"broker: {handle.origin} at {handle.bootstrap_servers}")
     create_topics(settings, say=lambda _: None)
+    stand_ins = start_stand_ins(settings, channels, recipients, say) if real else None
+    try:
+        return _run(settings, recipients, stop_after, channels, say, progress, handle, mta, outage_s,
+                    stand_ins)
+    finally:
+        if stand_ins is not None:
+            stand_ins.stop()
+
+
+def _run(settings: Settings, recipients: int, stop_after: int, channels: list[str], say: Any,
+         progress: Any, handle: BrokerHandle, mta: LocalMta | None, outage_s: float,
+         stand_ins: LocalStandIns | None) -> DemoResult:
     serdes = serdes_for(settings.schema_registry_url)
-    worker = WorkerProcess(settings)
+    worker = WorkerProcess(settings, env=stand_ins.env() if stand_ins else None)
     campaign_id = f"promo-{time.strftime('%Y%m%d-%H%M%S')}"
     result = DemoResult(campaign_id, recipients * len(channels), broker=handle.bootstrap_servers)
     watch: OutcomeWatch | None = None
     try:
         say(f"worker {worker.wait_ready()} ready (gates and dispatchers for every channel)")
+        pace = "handed to each channel's provider at" if stand_ins else "providers deliver"
         say(f"launching {campaign_id}: {recipients:,} recipients on {', '.join(channels)}; "
-            f"providers deliver {settings.provider_rate:,.0f} msg/s per channel")
+            f"{pace} {settings.provider_rate:,.0f} msg/s per channel")
         launched: dict[str, LaunchResult] = {}
         queue_task = progress.add_task("queued", total=result.planned)
         sent_task = progress.add_task("sent", total=result.planned)
@@ -243,7 +319,10 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
             progress=lambda n: progress.advance(queue_task, n))), daemon=True)
         launcher.start()
         watch = OutcomeWatch(settings, campaign_id)
-        while watch.sent() < stop_after:
+        # Through real protocols each channel delivers at its own pace: stop once every channel
+        # delivered something too, so the stop meets each one part-way.
+        while watch.sent() < stop_after or (
+                stand_ins is not None and any(watch.counter.channel(c).sent == 0 for c in channels)):
             worker.check()
             watch.poll()
             progress.update(sent_task, completed=watch.sent())
@@ -297,6 +376,9 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
             while mta.postfix.counts().total and time.monotonic() < deadline:
                 time.sleep(0.2)
             result.received = mta.receiver.arrivals().count(campaign_id)
+        if stand_ins is not None:
+            result.channels = channel_figures(settings, campaign_id, channels, watch.counter,
+                                              stop.confirmed_at_ms, result.received, stand_ins)
     finally:
         if watch is not None:
             watch.close()

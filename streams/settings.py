@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # Control plane (`estop control`): HTTP API and its /metrics; port 0 picks a free port.
     control_port: int = Field(default=6066, ge=0, le=65535)
     control_host: str = "localhost"
+    # Who may use the HTTP API: comma-separated ``name:role:token`` entries, role viewer (reads),
+    # operator (also stops) or admin (also the kill switch); a request carries
+    # ``Authorization: Bearer <token>``. Unset: the API asks nobody (the embedded default).
+    http_tokens: SecretStr | None = None
     # How long a stop may wait for every live gate and dispatcher to confirm it before `estop
     # stop` exits 3 and the console warns (the stop stays in force either way).
     stop_timeout_s: float = Field(default=30.0, ge=0)
@@ -61,6 +65,12 @@ class Settings(BaseSettings):
     brokers: int = Field(default=1, ge=1, le=9)
     broker_heap: str = "1g"
     broker_start_timeout_s: float = Field(default=90.0, gt=0)
+    # The local broker with SASL/SCRAM-SHA-512 and ACLs (`estop broker start --secure`). Its admin
+    # principal is the one super user; without a password set, one is generated at the first
+    # secured start and kept with the admin's credentials in <data_dir>/security/ (mode 0600).
+    broker_secure: bool = False
+    broker_admin_user: str = "admin"
+    broker_admin_password: SecretStr | None = None
 
     # How long an admin call may wait for an unreachable broker.
     admin_timeout_s: float = Field(default=15.0, gt=0)
@@ -91,6 +101,16 @@ class Settings(BaseSettings):
     mta_receiver_port: int = Field(default=2526, ge=1, le=65535)
     # Its folder (config, queue, log, the receiver's mailbox); default <data_dir>/mta.
     mta_dir: Path | None = None
+
+    # Web push (webpush://): the subscription directory (a JSON file: recipient_id -> {endpoint,
+    # keys: {p256dh, auth}}, as browsers hand them out), the VAPID private key the subscriptions
+    # were made for (base64url raw or DER, as `vapid --gen` prints; or PEM) and its contact.
+    webpush_subscriptions: Path | None = None
+    webpush_vapid_private_key: SecretStr | None = None
+    webpush_vapid_subject: str = "mailto:campaigns@estop.test"
+    # Mobile push (fcm://): the service account JSON file (project_id, client_email, private_key,
+    # token_uri) that mints the OAuth bearer token of the FCM HTTP v1 API.
+    push_service_account: Path | None = None
 
     # Simulated providers (one per channel): messages per second and time spent "processing".
     provider_rate: float = Field(default=20000.0, gt=0)
@@ -145,6 +165,7 @@ class Topics:
         self.sent = f"{prefix}sent"
         self.notsent = f"{prefix}notsent"
         self.failed = f"{prefix}failed"
+        self.audit = f"{prefix}audit"
         self.sink_group = f"{prefix}estop-sink"
 
     def send_requests(self, channel: str) -> str:
@@ -178,6 +199,7 @@ class Topics:
             self.sent,
             self.notsent,
             self.failed,
+            self.audit,
         ]
 
 

@@ -18,6 +18,7 @@ from streams.gate.gate import Gate
 from streams.kafka.clients import process_id, wait_for_broker
 from streams.metrics import UP, init_labels, serve_metrics
 from streams.providers import open_provider
+from streams.security.refusals import stage_refusal
 from streams.serde import serdes_for
 from streams.settings import Settings
 from streams.sink.sink import Sink
@@ -85,7 +86,14 @@ class Worker:
         UP.labels(name).set(1)
         try:
             run(self.running)
-        except Exception:
+        except Exception as exc:
+            denied = stage_refusal(self.settings, exc, name)
+            if denied is not None:
+                # A missing ACL is a deployment mistake, not a bug: one line, no traceback.
+                log.error("%s failed: %s; stopping the worker", name, denied)
+                self.failed = True
+                self.stopping.set()
+                return
             log.exception("%s failed; stopping the worker so a supervisor restarts it", name)
             self.failed = True
             self.stopping.set()

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from streams.control.view import ALL_CHANNELS, Applied, ControlView
 from streams.kafka.clients import producer, take
@@ -56,6 +56,9 @@ class ControlFeed:
         self._received_at: dict[str, int] = {}  # record timestamps of commands being applied
         self._seen: set[str] = set()  # command ids applied: a re-published stop is not new
         self._repair: set[str] = set()  # stopped campaigns whose latest record is not a full stop
+        # Re-published stops get a producer of their own: on a secured cluster the workers' user
+        # may not write campaign-control, and that refusal must not touch the acks' producer.
+        self._repairs: Producer | None = producer(settings, **{"linger.ms": 0}) if acknowledge else None
 
     def add_hook(self, hook: StopHook) -> None:
         self._hooks.append(hook)
@@ -99,6 +102,8 @@ class ControlFeed:
             self._consumer.close()
         if self._producer is not None:
             self._producer.flush(5)
+        if self._repairs is not None:
+            self._repairs.flush(5)
 
     def _tail(self) -> None:
         assert self._consumer is not None
@@ -160,7 +165,7 @@ class ControlFeed:
         """Make a full stop the latest record of every stopped campaign whose latest record is
         not one (see the module's note); every data-plane process does it, duplicates are
         harmless (same command id: not applied or acknowledged twice)."""
-        if not self._repair or not self._acknowledge or self._producer is None:
+        if not self._repair or self._repairs is None:
             self._repair.clear()
             return
         for campaign in sorted(self._repair):
@@ -178,13 +183,21 @@ class ControlFeed:
                 "requested_by": first.requested_by,
                 "requested_at": first.requested_at,
             }
-            self._producer.produce(self.settings.topics.control, key=campaign.encode(),
-                                   value=self.serdes.control_command.encode(command))
-            log.warning("re-published the stop of %r on %s: its latest record was not a stop "
-                        "of every stopped channel, which compaction would have kept alone",
-                        campaign, ", ".join(sorted(channels)))
+            def delivered(error: KafkaError | None, _message: Message, campaign: str = campaign,
+                          channels: frozenset[str] = channels) -> None:
+                if error is None:
+                    log.warning("re-published the stop of %r on %s: its latest record was not a "
+                                "stop of every stopped channel, which compaction would have kept "
+                                "alone", campaign, ", ".join(sorted(channels)))
+                else:
+                    log.warning("could not re-publish the stop of %r: %s; the stop stays in force "
+                                "in every running process", campaign, error.str())
+
+            self._repairs.produce(self.settings.topics.control, key=campaign.encode(),
+                                  value=self.serdes.control_command.encode(command),
+                                  on_delivery=delivered)
         self._repair.clear()
-        self._producer.flush(10)
+        self._repairs.flush(10)
 
     def _after_apply(self, to_ack: list[Applied], applied: list[Applied]) -> None:
         halted: dict[str, int] = {}

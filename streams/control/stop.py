@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +25,19 @@ from streams.campaigns.lifecycle import (
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
 from streams.control.feed import now_ms
 from streams.control.view import ControlView, Stop
+from streams.exceptions import EstopError, UsageError
 from streams.kafka.clients import admin, consumer, producer, take, wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.kafka.reader import high_watermark
 from streams.models import ACTION_STOP, CHANNELS, STATE_STOPPED, STOPPABLE_STATES, check_channels
+from streams.security import audit
+from streams.security.exceptions import AccessDeniedError
+from streams.security.refusals import fatal_cause, refused
 from streams.serde import Serdes
 from streams.settings import Settings
+
+# Called once the broker acknowledged a stop command: (campaign id, command id, channels).
+OnWritten = Callable[[str, str, list[str]], None]
 
 
 @dataclass
@@ -52,6 +60,7 @@ class StopResult:
     confirm_s: float | None = None
     live: list[str] = field(default_factory=list)
     acks: list[ProcessAck] = field(default_factory=list)
+    audit_problem: str | None = None  # why the audit event could not be written, if it could not
 
     @property
     def halted(self) -> int:
@@ -94,7 +103,10 @@ def live_processes(settings: Settings, client: AdminClient | None = None,
     for future in futures.values():
         try:
             description = future.result(timeout=settings.admin_timeout_s + 5)
-        except (KafkaException, TimeoutError):
+        except (KafkaException, TimeoutError) as exc:
+            denied = refused(settings, exc, "describe the gate and dispatcher consumer groups")
+            if denied is not None:
+                raise denied from exc  # unknown members are not "no members": never confirm on it
             if strict:
                 raise
             continue  # a group that never existed has no live member
@@ -102,9 +114,66 @@ def live_processes(settings: Settings, client: AdminClient | None = None,
     return members
 
 
+def audited_stop(settings: Settings, serdes: Serdes, actor: audit.Actor, campaign_id: str,
+                 reason: str, channels: list[str], timeout_s: float,
+                 force: bool = False) -> StopResult:
+    """``issue_stop`` as ``actor`` (the stop's ``requested_by``), audited whatever the outcome."""
+    return _audited(settings, serdes, actor, audit.STOP, campaign_id.strip(), reason, channels,
+                    lambda written: [issue_stop(settings, serdes, campaign_id, reason, channels,
+                                                actor.name, timeout_s, force, written)])[0]
+
+
+def audited_stop_all(settings: Settings, serdes: Serdes, actor: audit.Actor, reason: str,
+                     timeout_s: float) -> list[StopResult]:
+    """The kill switch (``stop_all``) as ``actor``, audited: one event per campaign it stops."""
+    return _audited(settings, serdes, actor, audit.KILL_SWITCH, "", reason, [],
+                    lambda written: stop_all(settings, serdes, reason, actor.name, timeout_s, written))
+
+
+def _audited(settings: Settings, serdes: Serdes, actor: audit.Actor, action: str, campaign_id: str,
+             reason: str, channels: list[str],
+             run: Callable[[OnWritten], list[StopResult]]) -> list[StopResult]:
+    """Run a stop and put its outcome in the audit trail: accepted (written as soon as the broker
+    acknowledged each command, before confirmation is awaited), already stopped, rejected (bad
+    input), refused (an ACL) or failed."""
+    problems: list[str | None] = []
+
+    def note(outcome: str, campaign: str, detail: str = "", command_id: str | None = None,
+             stopped: list[str] | None = None) -> None:
+        entry = audit.event(settings, actor, action, outcome, campaign, command_id=command_id,
+                            reason=reason, channels=channels if stopped is None else stopped,
+                            detail=detail)
+        problems.append(audit.record(settings, serdes, entry))
+
+    try:
+        results = run(lambda campaign, command_id, stopped: note(
+            audit.ACCEPTED, campaign, "", command_id, stopped))
+    except AccessDeniedError as exc:
+        note(audit.REFUSED, campaign_id, str(exc))
+        raise
+    except UsageError as exc:
+        note(audit.REJECTED, campaign_id, str(exc))
+        raise
+    except EstopError as exc:
+        if not problems:  # nothing written (a failure after a write was audited already)
+            note(audit.FAILED, campaign_id, str(exc))
+        raise
+    for result in results:
+        if result.already_stopped:
+            note(audit.ALREADY_STOPPED, result.campaign_id, "", result.command_id, result.channels)
+    if not results:
+        note(audit.ACCEPTED, campaign_id, "nothing was Sending or Finished: nothing to stop")
+    problem = next((p for p in problems if p), None)
+    for result in results:
+        result.audit_problem = problem
+    return results
+
+
 def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str,
-               channels: list[str], by: str, timeout_s: float, force: bool = False) -> StopResult:
-    return issue_stops(settings, serdes, [campaign_id], reason, channels, by, timeout_s, force)[0]
+               channels: list[str], by: str, timeout_s: float, force: bool = False,
+               on_written: OnWritten | None = None) -> StopResult:
+    return issue_stops(settings, serdes, [campaign_id], reason, channels, by, timeout_s, force,
+                       on_written)[0]
 
 
 def stoppable(statuses: dict[str, Status], view: ControlView) -> list[str]:
@@ -114,18 +183,19 @@ def stoppable(statuses: dict[str, Status], view: ControlView) -> list[str]:
 
 
 def stop_all(settings: Settings, serdes: Serdes, reason: str, by: str,
-             timeout_s: float) -> list[StopResult]:
+             timeout_s: float, on_written: OnWritten | None = None) -> list[StopResult]:
     """The kill switch: one stop record per campaign that is Sending or Finished now, every
     channel, all written before waiting for their confirmations together."""
     validate(reason, [])
     wait_for_broker(settings)
     targets = stoppable(read_campaigns(settings, serdes), read_control(settings, serdes))
-    return issue_stops(settings, serdes, targets, reason, [], by, timeout_s) if targets else []
+    return issue_stops(settings, serdes, targets, reason, [], by, timeout_s,
+                       on_written=on_written) if targets else []
 
 
 def issue_stops(settings: Settings, serdes: Serdes, campaign_ids: list[str], reason: str,
                 channels: list[str], by: str, timeout_s: float,
-                force: bool = False) -> list[StopResult]:
+                force: bool = False, on_written: OnWritten | None = None) -> list[StopResult]:
     """Validate every stop before writing any (nothing is written when one is invalid), write
     them, then wait until every live process confirmed each of them or ``timeout_s`` passed."""
     reason, wanted = validate(reason, channels)
@@ -160,8 +230,12 @@ def issue_stops(settings: Settings, serdes: Serdes, campaign_ids: list[str], rea
 
     acks_from = _acks_end(settings)
     started = time.monotonic()
-    written = [_write_stop(send, settings, serdes, campaign_id, reason, wanted, already, status, by)
-               for campaign_id, already, status in to_write]
+    written = []
+    for campaign_id, already, status in to_write:
+        written.append(_write_stop(send, settings, serdes, campaign_id, reason, wanted, already,
+                                   status, by))
+        if on_written is not None:
+            on_written(campaign_id, written[-1].command_id or "", written[-1].channels)
     send.flush(settings.admin_timeout_s)
     results.update((r.campaign_id, r) for r in written)
     if written:
@@ -191,10 +265,19 @@ def _write_stop(send: Producer, settings: Settings, serdes: Serdes, campaign_id:
         delivered["error"] = err
         delivered["at"] = now_ms()  # the broker acknowledged the stop: propagation starts here
 
-    send.produce(settings.topics.control, key=campaign_id.encode(),
-                 value=serdes.control_command.encode(command), on_delivery=on_delivery)
-    if send.flush(settings.admin_timeout_s) or delivered.get("error"):
-        raise KafkaUnavailableError(
+    right = f"write {settings.topics.control}"
+    try:
+        send.produce(settings.topics.control, key=campaign_id.encode(),
+                     value=serdes.control_command.encode(command), on_delivery=on_delivery)
+        unsent = send.flush(settings.admin_timeout_s)
+    except (KafkaException, SystemError) as exc:
+        # A producer Kafka refused a producer id fails fatally; a callback running meanwhile
+        # surfaces it as SystemError, its cause the KafkaException.
+        cause = fatal_cause(send, exc)
+        raise (refused(settings, cause, right) or KafkaUnavailableError(
+            f"the stop command was not acknowledged by Kafka: {cause.__cause__ or cause}")) from exc
+    if unsent or delivered.get("error"):
+        raise refused(settings, delivered.get("error"), right) or KafkaUnavailableError(
             f"the stop command was not acknowledged by Kafka: {delivered.get('error')}"
         )
     stop = Stop(command_id, campaign_id, requested - already, int(command["requested_at"]), by, reason)

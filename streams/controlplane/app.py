@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import faust
+from aiohttp import web
 from confluent_kafka import KafkaException
 from faust.types import EventT, StreamT, TopicT
 
@@ -43,9 +44,9 @@ from streams.campaigns.lifecycle import effective_state
 from streams.campaigns.relaunch import plan_relaunch, relaunch
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
 from streams.control.feed import now_ms
-from streams.control.stop import issue_stop, live_processes, stop_all, validate
+from streams.control.stop import audited_stop, audited_stop_all, live_processes, validate
 from streams.control.view import ControlView
-from streams.controlplane import state
+from streams.controlplane import auth, state
 from streams.controlplane.offsets import (
     TP,
     committed_offsets,
@@ -53,7 +54,7 @@ from streams.controlplane.offsets import (
     partition_counts,
 )
 from streams.controlplane.topics import ensure_topics, faust_topic_spec
-from streams.controlplane.web import register_routes
+from streams.controlplane.web import register_routes, route_access
 from streams.exceptions import EstopError
 from streams.kafka.clients import admin, process_id
 from streams.kafka.topics import TopicSpec
@@ -64,6 +65,7 @@ from streams.metrics import (
     STOPS_UNCONFIRMED,
 )
 from streams.models import STATE_FINISHED, STATE_SENDING, STATE_STOPPED
+from streams.security import audit
 from streams.serde import SerdeError, Serdes, serdes_for
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
@@ -114,6 +116,9 @@ class ControlPlane:
             web_port=settings.control_port,
             web_bind=settings.control_host,
             web_host=settings.control_host,
+            # Tokens and roles for every route, before any handler runs (streams.controlplane.auth).
+            web_application_options={"middlewares": [
+                auth.middleware(settings, route_access(), self._on_refused)]},
             # Only this module's views: no table dumps or router pages on the API port.
             web_router_enabled=False,
             web_tables_enabled=False,
@@ -356,14 +361,38 @@ class ControlPlane:
             now, self._timeout_ms))
             for campaign_id in ids]
 
+    async def _audit(self, entry: dict[str, Any]) -> None:
+        problem = await self._kafka(audit.record, self.settings, self.serdes, entry)
+        if problem:
+            log.warning("%s", problem)
+
+    async def _on_refused(self, action: str, who: auth.Identity | None, request: web.Request,
+                          status: int, why: str) -> None:
+        """A request the auth middleware refused (401/403) on an audited route."""
+        actor = audit.Actor(who.name if who else "unauthenticated", "http", auth.source_of(request),
+                            who.role if who else None)
+        campaign_id = request.match_info.get("campaign_id", "")
+        await self._audit(audit.event(self.settings, actor, action, audit.REFUSED, campaign_id,
+                                      detail=f"{status}: {why}"))
+
+    async def rejected(self, action: str, who: auth.Identity, campaign_id: str, problem: str) -> None:
+        """A stop or kill switch request refused for its shape (400): audited too."""
+        await self._audit(audit.event(self.settings, _actor(who), action, audit.REJECTED,
+                                      campaign_id, detail=f"400: {problem}"))
+
+    async def audit_trail(self, campaign_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Audit events from the analytics store (the sink stores them from the audit topic)."""
+        return await self._in_store(lambda store: store.audit(campaign_id, max(1, min(limit, 10000))))
+
     async def stop(self, campaign_id: str, reason: str, channels: list[str], force: bool,
-                   by: str) -> tuple[int, dict[str, Any]]:
+                   who: auth.Identity) -> tuple[int, dict[str, Any]]:
         """``POST /campaigns/{id}/stop`` once its shape is checked: (HTTP status, JSON body).
-        Issues the stop exactly as `estop stop` does, without waiting for confirmation."""
+        Issues the stop exactly as `estop stop` does, as ``who``, without waiting for
+        confirmation; audited whatever the outcome."""
         try:
             validate(reason, channels)  # the CLI's own checks: empty reason, unknown channel
-            result = await self._kafka(issue_stop, self.settings, self.serdes, campaign_id, reason,
-                                       channels, by, 0.0, force)
+            result = await self._kafka(audited_stop, self.settings, self.serdes, _actor(who),
+                                       campaign_id, reason, channels, 0.0, force)
         except CampaignNotStoppableError as exc:
             if exc.state is None:
                 return 404, {"error": f"unknown campaign {campaign_id!r}: it has not been seen on "
@@ -375,6 +404,8 @@ class ControlPlane:
             return 400, {"error": str(exc)}
         except EstopError as exc:  # Kafka unreachable: nothing confirmed written
             return 503, {"error": str(exc)}
+        if result.audit_problem:
+            log.warning("%s", result.audit_problem)
         body_out = {
             "campaign_id": campaign_id,
             "command_id": result.command_id,
@@ -384,11 +415,12 @@ class ControlPlane:
         }
         return (200 if result.already_stopped else 202), body_out
 
-    async def stop_all(self, reason: str, by: str) -> tuple[int, dict[str, Any]]:
+    async def stop_all(self, reason: str, who: auth.Identity) -> tuple[int, dict[str, Any]]:
         """The kill switch (``POST /stop-all``): every campaign Sending or Finished, as
-        `estop stop --all` does, without waiting for confirmation."""
+        `estop stop --all` does, as ``who``, without waiting for confirmation; audited."""
         try:
-            results = await self._kafka(stop_all, self.settings, self.serdes, reason, by, 0.0)
+            results = await self._kafka(audited_stop_all, self.settings, self.serdes, _actor(who),
+                                        reason, 0.0)
         except InvalidStopError as exc:
             return 400, {"error": str(exc)}
         except EstopError as exc:
@@ -534,6 +566,11 @@ class ControlPlane:
 
     def _register_views(self) -> None:
         register_routes(self)
+
+
+def _actor(who: auth.Identity) -> audit.Actor:
+    """An HTTP caller as the audit records it (no role when the API asks nobody)."""
+    return audit.Actor(who.name, "http", who.source, who.role if who.authenticated else None)
 
 
 def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:

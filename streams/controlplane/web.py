@@ -2,8 +2,8 @@
 the operator console (a static page and its script, shipped in this package: no CDN), the
 identity a stop is recorded under, and the cross-site request check of every POST.
 
-What each route does is named by ``Route.access`` ("read", "stop", "relaunch", "stop-all"), so
-the permission each needs is attached in one place."""
+What each route does is named by ``Route.access`` ("public", "read", "audit", "stop", "relaunch",
+"stop-all"); ``streams.controlplane.auth`` maps it to the HTTP role it needs."""
 
 from __future__ import annotations
 
@@ -18,17 +18,18 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from streams.controlplane import auth
 from streams.models import CHANNELS
+from streams.security import audit
 from streams.sink.exceptions import UnknownCampaignError
 
 if TYPE_CHECKING:
     from streams.controlplane.app import ControlPlane
 
-STOP_FIELDS = ("reason", "by", "channels", "force")
-STOP_ALL_FIELDS = ("reason", "by", "confirm")
+STOP_FIELDS = ("reason", "channels", "force")
+STOP_ALL_FIELDS = ("reason", "confirm")
 STOP_ALL_PHRASE = "STOP ALL"  # what the operator types to confirm the kill switch
 EXPORT_STATUSES = ("not_sent", "sent", "failed")
-DEFAULT_REQUESTER = "http-api"
 
 ASSETS = {  # file in streams/controlplane/console/ -> content type
     "console.js": "text/javascript; charset=utf-8",
@@ -47,11 +48,11 @@ PAGE_HEADERS = {
 }
 
 
-def requested_by(request: Request, claimed: str | None) -> str:
+def requested_by(request: Request) -> auth.Identity:
     """Who makes a stop or a relaunch, as the audit records it: the one place a request's
-    identity is decided. Without HTTP authentication it is what the client says (``by``), else
-    "http-api"."""
-    return claimed.strip() if claimed and claimed.strip() else DEFAULT_REQUESTER
+    identity is decided. The authenticated identity (the bearer token's user), never a name
+    from the request body; ``anonymous`` when the API asks nobody (no ``ESTOP_HTTP_TOKENS``)."""
+    return auth.identity(request)
 
 
 def refuse_cross_site(request: Request) -> tuple[int, str] | None:
@@ -91,11 +92,12 @@ class PlaneView(View):
             return {}, f"the request body is not valid JSON: {exc}"
         if not isinstance(payload, dict):
             return {}, f"the request body must be a JSON object with {', '.join(fields)}"
+        if "by" in payload:
+            return {}, ('"by" is not accepted: a stop is recorded as requested by the '
+                        "authenticated identity (the bearer token's user)")
         unknown = sorted(set(payload) - set(fields))
         if unknown:
             return {}, f"unknown field(s) {', '.join(unknown)} (expected {', '.join(fields)})"
-        if payload.get("by") is not None and not isinstance(payload["by"], str):
-            return {}, '"by" must be a string'
         return payload, None
 
 
@@ -161,10 +163,11 @@ class StopCampaign(PlaneView):
         payload, problem = await self.payload(request, STOP_FIELDS)
         problem = problem or _check_stop(payload)
         if problem:
+            await self.plane.rejected(audit.STOP, requested_by(request), campaign_id, problem)
             return self.json({"error": problem}, status=400)
         status, body = await self.plane.stop(
             campaign_id, payload["reason"], list(payload.get("channels") or []),
-            bool(payload.get("force", False)), requested_by(request, payload.get("by")))
+            bool(payload.get("force", False)), requested_by(request))
         return self.json(body, status=status)
 
 
@@ -176,21 +179,37 @@ class StopAll(PlaneView):
         if not problem and not isinstance(payload.get("reason"), str):
             problem = 'missing "reason": a stop needs a reason'
         if problem:
+            await self.plane.rejected(audit.KILL_SWITCH, requested_by(request), "", problem)
             return self.json({"error": problem}, status=400)
-        status, body = await self.plane.stop_all(payload["reason"],
-                                                 requested_by(request, payload.get("by")))
+        status, body = await self.plane.stop_all(payload["reason"], requested_by(request))
         return self.json(body, status=status)
 
 
 class Relaunch(PlaneView):
     async def post(self, request: Request, campaign_id: str) -> Response:
-        payload, problem = await self.payload(request, ("as", "by"))
+        payload, problem = await self.payload(request, ("as",))
         if not problem and not isinstance(payload.get("as"), str):
             problem = 'missing "as": the new campaign id'
         if problem:
             return self.json({"error": problem}, status=400)
         status, body = await self.plane.relaunch(campaign_id, payload["as"])
         return self.json(body, status=status)
+
+
+class Audit(PlaneView):
+    async def get(self, request: Request) -> Response:
+        try:
+            limit = int(request.query.get("limit", "1000"))
+        except ValueError:
+            return self.error(400, "limit must be a whole number")
+        return self.json({"audit": await self.plane.audit_trail(request.query.get("campaign"), limit)})
+
+
+class WhoAmI(PlaneView):
+    async def get(self, request: Request) -> Response:
+        who = requested_by(request)
+        return self.json({"name": who.name, "role": who.role, "source": who.source,
+                          "authenticated": who.authenticated})
 
 
 def _check_stop(payload: dict[str, Any]) -> str | None:
@@ -241,12 +260,12 @@ class Route:
     method: str
     path: str
     view: type[PlaneView]
-    access: str  # "read", "stop", "relaunch" or "stop-all": what the caller must be allowed
+    access: str  # what the caller must be allowed: a key of auth.ACCESS_ROLES
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/health", Health, "read"),
-    Route("GET", "/metrics", Metrics, "read"),
+    Route("GET", "/health", Health, "public"),
+    Route("GET", "/metrics", Metrics, "public"),
     Route("GET", "/campaigns", Campaigns, "read"),
     Route("GET", "/campaigns/{campaign_id}", Campaign, "read"),
     Route("GET", "/campaigns/{campaign_id}/timeline", Timeline, "read"),
@@ -254,11 +273,20 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/campaigns/{campaign_id}/stop", StopCampaign, "stop"),
     Route("POST", "/campaigns/{campaign_id}/relaunch", Relaunch, "relaunch"),
     Route("POST", "/stop-all", StopAll, "stop-all"),
-    Route("GET", "/", ConsolePage, "read"),
-    Route("GET", "/console", ConsolePage, "read"),
-    Route("GET", "/console/campaigns/{campaign_id}", ConsolePage, "read"),
-    Route("GET", "/console/assets/{name}", ConsoleAsset, "read"),
+    Route("GET", "/audit", Audit, "audit"),
+    Route("GET", "/whoami", WhoAmI, "read"),
+    # The page and its script and style are static and hold no data; what they show comes from
+    # the routes above, each with its own role.
+    Route("GET", "/", ConsolePage, "public"),
+    Route("GET", "/console", ConsolePage, "public"),
+    Route("GET", "/console/campaigns/{campaign_id}", ConsolePage, "public"),
+    Route("GET", "/console/assets/{name}", ConsoleAsset, "public"),
 )
+
+
+def route_access() -> dict[tuple[str, str], str]:
+    """(method, path) -> access of every route: the table the auth middleware checks."""
+    return {(route.method, route.path): route.access for route in ROUTES}
 
 
 def register_routes(plane: ControlPlane) -> None:

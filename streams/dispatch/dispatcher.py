@@ -210,7 +210,7 @@ class Dispatcher(TransactionalStage):
         if in_doubt:
             with self._provider_lock:
                 found = self.provider.find(in_doubt)
-            self.outbox.accepted(found, now_ms())
+            self.outbox.accepted(found, None)  # handed over at their last submission
             self.outbox.not_held(h.message_id for h in in_doubt if h.message_id not in found)
         return {m for m, state in states.items() if state != SUBMITTING} | set(found)
 

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     recipient_id TEXT NOT NULL,
     state TEXT NOT NULL,
     provider_id TEXT,
+    submitted_at INTEGER,
     handed_at INTEGER,
     occurred_at INTEGER,
     stop_command_id TEXT,
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_campaign ON outbox (campaign_id, state);
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, report_batch);
+CREATE INDEX IF NOT EXISTS outbox_provider ON outbox (provider_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -126,23 +128,30 @@ class Outbox:
             for chunk, marks in localdb.chunks([h.message_id for h in handoffs]):
                 states.update(db.execute(
                     f"SELECT message_id, state FROM outbox WHERE message_id IN ({marks})", chunk))
+            at = now_ms()
             db.executemany(
-                "INSERT INTO outbox (message_id, campaign_id, recipient_id, state) VALUES (?, ?, ?, ?)",
-                [(h.message_id, h.campaign_id, h.recipient_id, SUBMITTING)
+                "INSERT INTO outbox (message_id, campaign_id, recipient_id, state, submitted_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(h.message_id, h.campaign_id, h.recipient_id, SUBMITTING, at)
                  for h in handoffs if h.message_id not in states])
-            db.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE message_id = ?",
-                           [(m,) for m in states])
+            db.executemany("UPDATE outbox SET attempts = attempts + 1, submitted_at = CASE state"
+                           " WHEN 'submitting' THEN ? ELSE submitted_at END WHERE message_id = ?",
+                           [(at, m) for m in states])
         return Reserved(
             fresh=[h for h in handoffs if h.message_id not in states],
             in_doubt=[h for h in handoffs if states.get(h.message_id) == SUBMITTING],
             already=sum(1 for s in states.values() if s != SUBMITTING),
         )
 
-    def accepted(self, provider_ids: dict[str, str], at_ms: int) -> None:
-        """The provider holds these messages (message_id -> provider_id)."""
+    def accepted(self, provider_ids: dict[str, str], at_ms: int | None) -> None:
+        """The provider holds these messages (message_id -> provider_id), handed over at
+        ``at_ms``; None when the provider was found to hold them only later (an answer was
+        lost): they were handed over at their last submission, the only time the provider could
+        take them, which is what ``handed_at`` (and the leak count built on it) must say."""
         if provider_ids:
             with localdb.write(self._db) as db:
-                db.executemany("UPDATE outbox SET state = 'accepted', provider_id = ?, handed_at = ?"
+                db.executemany("UPDATE outbox SET state = 'accepted', provider_id = ?,"
+                               " handed_at = COALESCE(?, submitted_at)"
                                " WHERE message_id = ? AND state = 'submitting'",
                                [(p, at_ms, m) for m, p in provider_ids.items()])
 
@@ -190,12 +199,16 @@ class Outbox:
             return early
         with localdb.write(self._db) as db:
             for d in deliveries:
+                # A receipt the provider sent again after a restart names only its own id
+                # (e.g. an SMSC's deliver_sm for a message submitted by the previous process).
+                match = ("message_id = ? AND provider_id = ?", (d.message_id, d.provider_id)) \
+                    if d.message_id else ("provider_id = ?", (d.provider_id,))
                 applied = db.execute(
-                    "UPDATE outbox SET state = ?, occurred_at = ?, reason = ? WHERE message_id = ?"
-                    " AND provider_id = ? AND state = 'accepted'",
+                    f"UPDATE outbox SET state = ?, occurred_at = ?, reason = ? WHERE {match[0]}"
+                    " AND state = 'accepted'",
                     (DELIVERED if d.delivered else UNDELIVERED, d.at_ms, d.detail or None,
-                     d.message_id, d.provider_id)).rowcount
-                if not applied and db.execute(
+                     *match[1])).rowcount
+                if not applied and d.message_id and db.execute(
                         "SELECT 1 FROM outbox WHERE message_id = ? AND state = 'submitting'",
                         (d.message_id,)).fetchone():
                     early.append(d)

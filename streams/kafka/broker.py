@@ -23,6 +23,7 @@ from pathlib import Path
 from streams.kafka.clients import wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError, LocalBrokerError
 from streams.processes import alive, port_open
+from streams.security import credentials
 from streams.settings import PROJECT_ROOT, Settings
 
 RECIPE = PROJECT_ROOT / "deploy" / "broker"
@@ -113,6 +114,9 @@ class LocalBroker:
             brokers = found or settings.brokers
         self.nodes = plan_nodes(settings, brokers or settings.brokers)
         self.address = ",".join(node.address for node in self.nodes)
+        self.secure = settings.broker_secure
+        # Present once the nodes were formatted with the admin's SCRAM credentials.
+        self.secured_marker = settings.data_dir / "broker" / "secured"
 
     # -- public ----------------------------------------------------------------------------
 
@@ -150,7 +154,21 @@ class LocalBroker:
             self._wait_ready(node, processes, started)
         self._wait_registered(started)
         self.say(f"broker ready at {self.address} in {time.monotonic() - started:.1f}s")
+        if self.secure:
+            self.say(f"secured: SASL_PLAINTEXT, SCRAM-SHA-512, ACLs; admin credentials in "
+                     f"{self.admin_env()} (then `estop security init`)")
         return self.status()
+
+    def client_settings(self, address: str | None = None) -> Settings:
+        """Settings of a client of this broker (or of one node): as its admin when secured."""
+        settings = self.settings.model_copy(update={"bootstrap_servers": address or self.address})
+        if not self.secured_marker.exists():
+            return settings
+        return credentials.as_principal(settings, self.settings.broker_admin_user,
+                                        self._admin_password())
+
+    def admin_env(self) -> Path:
+        return credentials.security_dir(self.settings) / f"{self.settings.broker_admin_user}.env"
 
     def _spawn(self, java: str, node: BrokerNode) -> subprocess.Popen[bytes]:
         node.logs.mkdir(parents=True, exist_ok=True)
@@ -180,7 +198,7 @@ class LocalBroker:
                     processes: list[tuple[BrokerNode, subprocess.Popen[bytes]]], started: float) -> None:
         """Until ``node`` answers; fails at once when any node being started exited."""
         deadline = started + self.settings.broker_start_timeout_s
-        probe = self.settings.model_copy(update={"bootstrap_servers": node.address})
+        probe = self.client_settings(node.address)
         while True:
             for exited, process in processes:
                 if process.poll() is not None:
@@ -206,7 +224,7 @@ class LocalBroker:
         """Until the cluster metadata lists every node: topics with replication factor N can be
         created only then."""
         deadline = started + self.settings.broker_start_timeout_s
-        probe = self.settings.model_copy(update={"bootstrap_servers": self.address})
+        probe = self.client_settings()
         while (brokers := wait_for_broker(probe)) < len(self.nodes):
             if time.monotonic() > deadline:
                 raise LocalBrokerError(
@@ -266,12 +284,21 @@ class LocalBroker:
         """Render every node's server.properties; format the storage of nodes that have none,
         with the cluster id the formatted nodes already carry (or a new one)."""
         template = (RECIPE / "server.properties.template").read_text()
+        secured: dict[str, object] = {}
+        scram: list[str] = []
+        if self.secure:
+            user, password = self.settings.broker_admin_user, self._admin_password()
+            template += (RECIPE / "security.properties.template").read_text()
+            secured = {"admin_user": user, "admin_password": password}
+            scram = ["--add-scram", f'{credentials.MECHANISM}=[name={user},password="{password}"]']
         voters = ",".join(f"{n.node_id}@localhost:{n.controller_port}" for n in self.nodes)
         # Internal topics (offsets, transactions) replicated like the data topics.
         internal = min(3, len(self.nodes))
         for node in self.nodes:
             node.home.mkdir(parents=True, exist_ok=True)
+            node.properties.touch(mode=0o600)  # holds the admin's password when secured
             node.properties.write_text(template.format(
+                **secured,
                 node_id=node.node_id,
                 voters=voters,
                 broker_port=node.broker_port,
@@ -286,13 +313,38 @@ class LocalBroker:
                 f"the nodes under {self.settings.data_dir / 'broker'} belong to different clusters "
                 f"({', '.join(sorted(ids))}); remove that folder to start afresh"
             )
+        if ids and self.secure != self.secured_marker.exists():
+            raise LocalBrokerError(
+                f"the broker data in {self.settings.data_dir / 'broker'} was formatted "
+                f"{'without' if self.secure else 'with'} security; start it "
+                f"{'without' if self.secure else 'with'} --secure (ESTOP_BROKER_SECURE), "
+                "or stop it and remove that folder to start afresh")
         blank = [node for node in self.nodes if _cluster_id(node) is None]
         if not blank:
             return
         cluster_id = ids.pop() if ids else (
             self._storage_tool(java, ["random-uuid"]).strip().splitlines()[-1])
         for node in blank:
-            self._storage_tool(java, ["format", "-t", cluster_id, "-c", str(node.properties)])
+            self._storage_tool(java, ["format", "-t", cluster_id, "-c", str(node.properties), *scram])
+        if self.secure:
+            self.secured_marker.touch()
+
+    def _admin_password(self) -> str:
+        """The setting, else the password kept in the admin's credentials file, else a new one;
+        the file is (re)written when it does not hold it, and then serves `estop security init`."""
+        kept = credentials.password_from(credentials.read_env(self.admin_env()))
+        if self.settings.broker_admin_password is not None:
+            password = self.settings.broker_admin_password.get_secret_value()
+            if not password or any(c in password for c in '"\\,]'):
+                raise LocalBrokerError("ESTOP_BROKER_ADMIN_PASSWORD must be non-empty, without "
+                                       "quotes, backslashes, commas or ']'")
+        else:
+            password = kept or credentials.new_password()
+        if password != kept:
+            credentials.write_env(self.admin_env(), credentials.principal_env(
+                self.settings.model_copy(update={"bootstrap_servers": self.address, "topic_prefix": ""}),
+                self.settings.broker_admin_user, password))
+        return password
 
     def _storage_tool(self, java: str, args: list[str]) -> str:
         result = subprocess.run(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, HEADER_RECIPIENT
+from streams.security.exceptions import AccessDeniedError, AuthenticationFailedError
 from streams.settings import Settings
 
 # What confluent-kafka accepts as record headers.
@@ -21,6 +23,8 @@ RecordHeaders = Headers | dict[str, str | bytes | None] | None
 
 # librdkafka reports every refused connection; route it through logging so callers decide.
 RDKAFKA_LOG = logging.getLogger("estop.librdkafka")
+# Shown only where a process configures logging (workers do); a command says one line instead.
+RDKAFKA_LOG.addHandler(logging.NullHandler())
 
 
 def process_id(role: str) -> str:
@@ -73,15 +77,36 @@ def consumer(settings: Settings, **extra: Any) -> Consumer:
 def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> int:
     """Return the number of brokers once one answers a metadata request, or raise."""
     timeout = settings.admin_timeout_s if timeout_s is None else timeout_s
-    try:
-        metadata = admin(settings).list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise KafkaUnavailableError(
-            f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s "
-            f"({exc.args[0].str() if exc.args else exc}); start one with `estop broker start` "
-            "or point ESTOP_BOOTSTRAP_SERVERS at your cluster"
-        ) from exc
-    return len(metadata.brokers)
+    # Refused credentials look like an absent broker to a metadata request (it just times out);
+    # the client reports the SASL failure on its error callback, served between short requests.
+    refusals: list[str] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() == KafkaError._AUTHENTICATION:
+            refusals.append(error.str())
+
+    client = AdminClient(_base(settings, {"error_cb": on_error}))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            metadata = client.list_topics(timeout=max(min(1.0, deadline - time.monotonic()), 0.1))
+            return len(metadata.brokers)
+        except KafkaException as exc:
+            client.poll(0)
+            if refusals:
+                raise AuthenticationFailedError(
+                    f"the broker at {settings.bootstrap_servers} refused the credentials of "
+                    f"user {settings.sasl_username!r} ({settings.sasl_mechanism} authentication "
+                    "failed); check ESTOP_SASL_USERNAME and ESTOP_SASL_PASSWORD") from exc
+            if time.monotonic() >= deadline:
+                secured = "" if settings.sasl_username else (
+                    " (a broker that requires SASL closes the connection: set ESTOP_SECURITY_PROTOCOL, "
+                    "ESTOP_SASL_MECHANISM, ESTOP_SASL_USERNAME and ESTOP_SASL_PASSWORD)")
+                raise KafkaUnavailableError(
+                    f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s "
+                    f"({exc.args[0].str() if exc.args else exc}); start one with `estop broker start` "
+                    f"or point ESTOP_BOOTSTRAP_SERVERS at your cluster{secured}"
+                ) from exc
 
 
 def headers_of(message: Message) -> Headers:
@@ -105,8 +130,19 @@ def routing(headers: RecordHeaders) -> tuple[str | None, str | None, bytes | Non
 
 def take(source: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
     """Up to ``max_messages`` without waiting once something is there: ``consume`` alone waits
-    out its whole timeout for a full batch, which would add that timeout to a stop's latency."""
+    out its whole timeout for a full batch, which would add that timeout to a stop's latency.
+
+    A topic the principal may not read is raised, not skipped: Kafka would answer every fetch
+    with the same refusal, and a stage skipping it would idle silently forever."""
     first = source.poll(timeout_s)
     if first is None:
         return []
-    return [first, *source.consume(max_messages - 1, timeout=0)] if max_messages > 1 else [first]
+    batch = [first, *source.consume(max_messages - 1, timeout=0)] if max_messages > 1 else [first]
+    for message in batch:
+        error = message.error()
+        if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise AccessDeniedError(f"read {message.topic()}")
+        if error is not None and error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            raise AccessDeniedError(f"read with its consumer group ({error.str()})")
+    return batch
+

@@ -10,6 +10,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from streams.kafka.clients import consumer, take
 from streams.kafka.exceptions import KafkaUnavailableError
+from streams.security.exceptions import AccessDeniedError
 from streams.settings import Settings
 
 # A partition without a leader yet (a topic created a moment ago, a broker (re)starting), or
@@ -32,6 +33,8 @@ def high_watermark(reader: Consumer, partition: TopicPartition, timeout_s: float
             _, high = reader.get_watermark_offsets(partition, timeout=attempt, cached=False)
             return int(high)
         except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise AccessDeniedError(f"read {partition.topic}") from exc
             if exc.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
@@ -43,6 +46,10 @@ def assign_all(settings: Settings, topic: str, **extra: object) -> tuple[Consume
     reader = consumer(settings, **extra)
     metadata = reader.list_topics(topic, timeout=settings.admin_timeout_s)
     info = metadata.topics.get(topic)
+    refused = info is not None and info.error is not None
+    if refused and info.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        reader.close()
+        raise AccessDeniedError(f"read {topic}")
     if info is None or info.error is not None or not info.partitions:
         reader.close()
         raise KafkaUnavailableError(f"topic {topic} does not exist; run `estop topics create`")

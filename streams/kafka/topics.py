@@ -91,6 +91,8 @@ def plan(settings: Settings, replication: Replication | None = None) -> list[Top
         TopicSpec(t.sent, data, dict(insync)),
         TopicSpec(t.notsent, data, dict(insync)),
         TopicSpec(t.failed, data, dict(insync)),
+        # Who stopped what, and who was refused: kept long, the store holds the trail too.
+        TopicSpec(t.audit, 1, {"retention.ms": str(365 * DAY_MS), **insync}),
     ]
     dead_letters = [
         TopicSpec(t.dead_letter(s.name), 1, {"retention.ms": str(14 * DAY_MS), **insync})

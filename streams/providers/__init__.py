@@ -22,6 +22,10 @@ Factory = Callable[[Settings, str, SplitResult], ProviderAdapter]
 REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
     "simulated": ("streams.providers.registry:open_simulated", ("email", "sms", "push", "webpush")),
     "smtp": ("streams.providers.registry:open_smtp", ("email",)),
+    "smpp": ("streams.providers.registry:open_smpp", ("sms",)),
+    "webpush": ("streams.providers.registry:open_webpush", ("webpush",)),
+    "fcm": ("streams.providers.registry:open_fcm", ("push",)),
+    "fcm+http": ("streams.providers.registry:open_fcm", ("push",)),
 }
 
 

@@ -58,8 +58,8 @@ class Submitted:
 class Delivery:
     """Something the provider told us about a message it accepted."""
 
-    message_id: str
-    provider_id: str
+    message_id: str  # "" when the adapter knows only the provider's id (a receipt sent again
+    provider_id: str  # after a restart): the outbox then finds the message by provider_id
     delivered: bool  # True: reached the recipient side; False: bounced / expired / dropped
     at_ms: int
     detail: str = ""

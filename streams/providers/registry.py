@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult
+from urllib.parse import SplitResult, parse_qs
 
 from streams.providers.base import ProviderAdapter
 from streams.providers.exceptions import ProviderConfigError
@@ -32,3 +32,39 @@ def open_smtp(settings: Settings, channel: str, url: SplitResult) -> ProviderAda
 
     host, port = host_port(url, f"ESTOP_{channel.upper()}_PROVIDER")
     return SmtpAdapter.connect(settings, channel, host, port)
+
+
+def open_smpp(settings: Settings, _channel: str, url: SplitResult) -> ProviderAdapter:
+    from streams.providers.smpp import SmppAdapter
+
+    return SmppAdapter.from_url(settings, url)
+
+
+def open_webpush(settings: Settings, _channel: str, url: SplitResult) -> ProviderAdapter:
+    from streams.providers.webpush import WebPushAdapter
+
+    return WebPushAdapter.from_url(settings, url)
+
+
+def open_fcm(settings: Settings, _channel: str, url: SplitResult) -> ProviderAdapter:
+    from streams.providers.fcm import FcmAdapter
+
+    return FcmAdapter.from_url(settings, url)
+
+
+def query_number(url: SplitResult, setting: str, name: str, default: float, minimum: float) -> float:
+    """A number from a provider URL's query (``?ttl_s=60``); ProviderConfigError when it is not
+    one or is below ``minimum``."""
+    raw = query_text(url, name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError as exc:
+        raise ProviderConfigError(f"{setting}: {name} must be a number, not {raw!r}") from exc
+    if value < minimum:
+        raise ProviderConfigError(f"{setting}: {name} must be at least {minimum:g}")
+    return value
+
+
+def query_text(url: SplitResult, name: str, default: str) -> str:
+    values = parse_qs(url.query).get(name)
+    return values[-1] if values else default

@@ -165,6 +165,7 @@ class Serdes:
         self.not_sent = Serde(load_schema("NotSentEvent"), registry)
         self.failed = Serde(load_schema("FailedEvent"), registry)
         self.control_ack = Serde(load_schema("ControlAck"), registry)
+        self.audit = Serde(load_schema("AuditEvent"), registry)
 
 
 def serdes_for(registry_url: str | None) -> Serdes:

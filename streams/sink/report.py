@@ -21,7 +21,8 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
     campaign = store.campaign(campaign_id)
     stops = store.stops(campaign_id)
     counts = store.counts(campaign_id)
-    if campaign is None and not stops and not counts:
+    audit = store.audit(campaign_id)
+    if campaign is None and not stops and not counts and not audit:
         raise UnknownCampaignError(f"unknown campaign {campaign_id!r}: the analytics store has no "
                                    "status, stop or outcome for it")
     planned: dict[str, int] = dict(campaign["planned"]) if campaign else {}
@@ -75,6 +76,8 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
         "by_channel": by_channel,
         "stops": stops,
         "stop_to_last_halted_accounted_s": stop_to_last,
+        # Every stop, refused stop attempt and kill switch use naming the campaign.
+        "audit": audit,
     }
 
 

@@ -47,7 +47,7 @@ class Sink:
         self.store = store
         topics = settings.topics
         self.topics = [topics.sent, topics.notsent, topics.failed, topics.status, topics.control,
-                       topics.acks]
+                       topics.acks, topics.audit]
         self.compacted = {topics.status, topics.control}
         self.consumer = consumer(settings, **{
             "group.id": topics.sink_group,
@@ -86,7 +86,7 @@ class Sink:
             self.consumer.close()
 
     def process(self, messages: list[Message]) -> None:
-        batch = Batch([], [], [], [])
+        batch = Batch([], [], [], [], [])
         offsets: dict[tuple[str, int], int] = {}
         dead = 0
         for message in messages:
@@ -175,6 +175,11 @@ class Sink:
                 batch.stops.append({**command, "channels": known})
         elif topic == topics.acks:
             batch.acks.append(_ack(self.serdes.control_ack.decode(value)))
+        elif topic == topics.audit:
+            entry = self.serdes.audit.decode(value)
+            if not entry["audit_id"] or not entry["actor"]:
+                raise ValueError("an audit event needs an id and an actor")
+            batch.audit.append(entry)
 
 
 def _known_channels(channels: Any) -> None:

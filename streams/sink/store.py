@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,23 @@ SCHEMA = [
         process_id TEXT NOT NULL,
         applied_at BIGINT NOT NULL,
         PRIMARY KEY (command_id, process_id))""",
+    # Append-only: written once per event id, never updated or deleted (streams.security.audit).
+    """CREATE TABLE IF NOT EXISTS audit (
+        audit_id TEXT PRIMARY KEY,
+        at BIGINT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        role TEXT,
+        via TEXT NOT NULL,
+        source TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        campaign_id TEXT NOT NULL,
+        command_id TEXT,
+        reason TEXT,
+        channels TEXT NOT NULL,
+        detail TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS audit_campaign ON audit (campaign_id, at)",
 ]
 
 OUTCOME_COLUMNS = ("message_id, campaign_id, channel, recipient_id, outcome, event, stage, reason,"
@@ -87,6 +104,12 @@ INSERT INTO stops (command_id, campaign_id, channels, reason, requested_by, requ
 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (command_id) DO NOTHING
 """
 FLAG_CONFLICT = "UPDATE outcomes SET conflict = 1 WHERE message_id = ?"
+AUDIT_COLUMNS = ("audit_id", "at", "action", "outcome", "actor", "role", "via", "source", "principal",
+                 "campaign_id", "command_id", "reason", "channels", "detail")
+INSERT_AUDIT = f"""
+INSERT INTO audit ({", ".join(AUDIT_COLUMNS)}) VALUES ({", ".join("?" for _ in AUDIT_COLUMNS)})
+ON CONFLICT (audit_id) DO NOTHING
+"""
 INSERT_ACK = """
 INSERT INTO acks (command_id, process_id, applied_at) VALUES (?, ?, ?)
 ON CONFLICT (command_id, process_id) DO NOTHING
@@ -116,6 +139,7 @@ class Batch:
     campaigns: list[dict[str, Any]]
     stops: list[dict[str, Any]]
     acks: list[dict[str, Any]]
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -206,6 +230,11 @@ class OutcomeStore:
                 cur.executemany(self._sql(INSERT_ACK), [
                     (a["command_id"], a["process_id"], a["applied_at"]) for a in batch.acks
                 ])
+            if batch.audit:
+                cur.executemany(self._sql(INSERT_AUDIT), [
+                    tuple(json.dumps(e[c]) if c == "channels" else e[c] for c in AUDIT_COLUMNS)
+                    for e in batch.audit
+                ])
         new = [row.outcome for m, row in latest.items() if m not in existing]
         return WriteResult(new.count(SENT), new.count(NOT_SENT), len(conflicted), new.count(FAILED))
 
@@ -268,6 +297,21 @@ class OutcomeStore:
         return [{"command_id": r[0], "channels": json.loads(r[1]), "reason": r[2],
                  "requested_by": r[3], "requested_at": r[4], "acks": int(r[5]),
                  "last_applied_at": r[6]} for r in rows]
+
+    def audit(self, campaign_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Audit events, oldest first: of one campaign, or the latest ``limit`` of all."""
+        columns = ", ".join(AUDIT_COLUMNS)
+        if campaign_id is not None:
+            rows = self._query(f"SELECT {columns} FROM audit WHERE campaign_id = ?"
+                               " ORDER BY at, audit_id", (campaign_id,))
+        else:
+            rows = self._query(f"SELECT {columns} FROM (SELECT {columns} FROM audit"
+                               f" ORDER BY at DESC, audit_id DESC LIMIT {int(limit)}) latest"
+                               " ORDER BY at, audit_id")
+        entries = [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]
+        for entry in entries:
+            entry["channels"] = json.loads(entry["channels"])
+        return entries
 
     def last_halted_at(self, campaign_id: str) -> int | None:
         rows = self._query("SELECT MAX(stored_at) FROM outcomes WHERE campaign_id = ?"

@@ -89,8 +89,11 @@ class Reply:
         return json.loads(self.body)
 
 
-def http(method: str, url: str, body: bytes | None = None, timeout_s: float = 60.0) -> Reply:
+def http(method: str, url: str, body: bytes | None = None, timeout_s: float = 60.0,
+         token: str | None = None) -> Reply:
     headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:

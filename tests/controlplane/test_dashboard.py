@@ -136,7 +136,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(
         campaign = "dash-stop"
         assert launch(settings, serdes, campaign, ["email", "sms"], 300).state == STATE_FINISHED
         wait_for(lambda: api.campaign(campaign)["sent"] > 0, "some messages to be sent")
-        reply = api.stop(campaign, {"reason": "wrong discount code", "by": "pytest"})
+        reply = api.stop(campaign, {"reason": "wrong discount code"})
         assert reply.status == 202, reply.body
         wait_for(lambda: bool(api.campaign(campaign)["stop"]["confirmed"]), "the stop to be confirmed")
         wait_for(lambda: api.campaign(campaign)["pending"] == 0, "every message to have an outcome")

@@ -143,6 +143,24 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
             "halted": 1234,
         }
     ],
+    "AuditEvent": [
+        {
+            "audit_id": "a-1",
+            "at": 1_732_600_001_000,
+            "action": "stop",
+            "outcome": "refused",
+            "actor": "viewer-1",
+            "role": "viewer",
+            "via": "http",
+            "source": "127.0.0.1",
+            "principal": "control",
+            "campaign_id": "spring-sale",
+            "command_id": None,
+            "reason": "wrong discount code",
+            "channels": [],
+            "detail": "403: role viewer may not stop a campaign (needs operator)",
+        }
+    ],
 }
 
 
@@ -174,7 +192,7 @@ def test_every_schema_file_has_a_serde_and_samples() -> None:
     names = {schema_definition(p)["name"] for p in SCHEMA_FILES}
     assert names == {
         "SendRequest", "ControlCommand", "CampaignStatus", "SentEvent", "NotSentEvent",
-        "FailedEvent", "ControlAck",
+        "FailedEvent", "ControlAck", "AuditEvent",
     }
     assert set(serde_by_schema_name(Serdes())) == names
     assert set(SAMPLES) == names

@@ -34,7 +34,7 @@ def test_plan_names_every_topic_the_pipeline_needs() -> None:
     t = load_settings(topic_prefix="p-").topics
     inputs = [
         "p-campaign-control", "p-campaign-status", "p-campaign-control-acks", "p-sent",
-        "p-notsent", "p-failed",
+        "p-notsent", "p-failed", "p-audit",
         *(f"p-send-requests.{c}" for c in CHANNELS),
         *(f"p-dispatch.{c}" for c in CHANNELS),
     ]

@@ -61,17 +61,20 @@ class Workers:
         self.started: list[WorkerProcess] = []
 
     def start(self, *extra_args: str, rate: float | None = None, delay_s: float | None = None,
-              everything: bool = False) -> tuple[WorkerProcess, str]:
+              everything: bool = False, env: dict[str, str] | None = None
+              ) -> tuple[WorkerProcess, str]:
         """Start ``estop worker EXTRA_ARGS`` and wait for its ready line; returns it and its
         process id (the client.id it uses in consumer groups and acks).
 
         Without ``--role`` arguments it runs every gate and dispatcher, the stages these tests
-        are about; ``everything`` runs the embedded default instead (the analytics sink too)."""
+        are about; ``everything`` runs the embedded default instead (the analytics sink too).
+        ``env`` adds settings (e.g. the provider URLs of stand-in providers)."""
         args = list(extra_args)
         if "--role" not in args and not everything:
             args += ["--role", "gate", "--role", "dispatcher"]
-        env = provider_env(rate or self.settings.provider_rate,
-                           self.settings.provider_delay_s if delay_s is None else delay_s)
+        env = {**provider_env(rate or self.settings.provider_rate,
+                              self.settings.provider_delay_s if delay_s is None else delay_s),
+               **(env or {})}
         worker = WorkerProcess(self.settings, extra_args=args, env=env)
         self.started.append(worker)
         return worker, worker.wait_ready()

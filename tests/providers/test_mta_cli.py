@@ -49,4 +49,5 @@ def test_the_smtp_demo_carries_email_only() -> None:
                      "--stop-after", "1")
     assert done.returncode == 2
     assert done.stderr.strip() == ("estop: --provider smtp carries email only: leave out "
-                                   "--channels or use --channels email")
+                                   "--channels or use --channels email (--provider real carries "
+                                   "every channel)")

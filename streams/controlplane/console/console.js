@@ -35,18 +35,33 @@
     return node;
   }
 
+  // With ESTOP_HTTP_TOKENS set, the API needs a bearer token: asked for once when it answers 401,
+  // kept for this tab only (sessionStorage), sent with every request.
+  const TOKEN_KEY = "estop-token";
+
+  async function call(path, init) {
+    for (let attempt = 0; ; attempt += 1) {
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      const headers = { ...init.headers, ...(token ? { Authorization: `Bearer ${token}` } : {}) };
+      const response = await fetch(path, { ...init, headers, credentials: "same-origin" });
+      if (response.status !== 401 || attempt > 0) return response;
+      const entered = window.prompt("Access token for the estop control service");
+      if (!entered) return response;
+      sessionStorage.setItem(TOKEN_KEY, entered.trim());
+    }
+  }
+
   async function getJson(path) {
-    const response = await fetch(path, { headers: { Accept: "application/json" } });
+    const response = await call(path, { headers: { Accept: "application/json" } });
     const body = await response.json().catch(() => ({}));
     return { status: response.status, body };
   }
 
   async function postJson(path, payload) {
-    const response = await fetch(path, {
+    const response = await call(path, {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       body: JSON.stringify(payload),
-      credentials: "same-origin",
     });
     const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
     return { status: response.status, body };

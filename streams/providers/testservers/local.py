@@ -1,0 +1,91 @@
+"""The three stand-ins started together for tests and ``estop demo --provider real``: each on a
+free local port, their credentials (SMPP password, VAPID key, service account) and the web push
+subscription directory in one folder, and the worker settings that point estop at them."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from py_vapid import Vapid
+
+from streams.providers.testservers import Arrivals
+from streams.providers.testservers.fcm import StandInFcm
+from streams.providers.testservers.pushservice import StandInPushService
+from streams.providers.testservers.smsc import StandInSmsc
+from streams.providers.webpush import application_server_key
+
+SMPP_SYSTEM_ID = "estop"
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How the stand-ins hold messages, so a stop has something to catch."""
+
+    sms_hold_s: float = 5.0  # the SMSC keeps each message this long before the handset gets it
+    sms_validity_s: int = 3600  # validity_period estop asks for
+    webpush_connect_every_s: float = 3.0  # each browser connects to its push service this often
+    webpush_ttl_s: int = 8  # TTL of every web push message
+    push_rate: float = 500.0  # FCM messages per second (the project's quota)
+    push_ttl_s: int = 60  # android.ttl / apns-expiration of every mobile push message
+
+
+class LocalStandIns:
+    def __init__(self, folder: Path, channels: Iterable[str], recipients: Iterable[str],
+                 pace: Pace = Pace()) -> None:
+        self.folder = folder
+        self.channels = set(channels)
+        self.recipients = list(recipients)
+        self.pace = pace
+        self.smsc: StandInSmsc | None = None
+        self.push_service: StandInPushService | None = None
+        self.fcm: StandInFcm | None = None
+        self._env: dict[str, str] = {}
+
+    def start(self) -> LocalStandIns:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # it holds credentials
+        pace = self.pace
+        if "sms" in self.channels:
+            password = secrets.token_urlsafe(6)  # SMPP passwords are at most 8 characters
+            self.smsc = StandInSmsc(0, SMPP_SYSTEM_ID, password, pace.sms_hold_s).start()
+            self._env["ESTOP_SMS_PROVIDER"] = (f"smpp://{SMPP_SYSTEM_ID}:{password}@127.0.0.1:"
+                                               f"{self.smsc.port}?validity_s={pace.sms_validity_s}")
+        if "webpush" in self.channels:
+            vapid = Vapid()
+            vapid.generate_keys()
+            raw = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
+            self.push_service = StandInPushService(connect_every_s=pace.webpush_connect_every_s).start()
+            directory = self.folder / "webpush-subscriptions.json"
+            self.push_service.subscribe(self.recipients, application_server_key(vapid), directory)
+            self._env.update({
+                "ESTOP_WEBPUSH_PROVIDER": f"webpush://?ttl_s={pace.webpush_ttl_s}&cancel=delete",
+                "ESTOP_WEBPUSH_SUBSCRIPTIONS": str(directory),
+                "ESTOP_WEBPUSH_VAPID_PRIVATE_KEY": base64.urlsafe_b64encode(raw).rstrip(b"=").decode(),
+            })
+        if "push" in self.channels:
+            self.fcm = StandInFcm().start()
+            account = self.fcm.service_account(self.folder / "fcm-service-account.json")
+            self._env.update({
+                "ESTOP_PUSH_PROVIDER": (f"fcm+http://127.0.0.1:{self.fcm.port}?rate={pace.push_rate:g}"
+                                        f"&ttl_s={pace.push_ttl_s}"),
+                "ESTOP_PUSH_SERVICE_ACCOUNT": str(account),
+            })
+        return self
+
+    def env(self) -> dict[str, str]:
+        """The worker environment that sends these channels through the stand-ins."""
+        return dict(self._env)
+
+    def arrivals(self, channel: str) -> Arrivals:
+        """What reached the recipients' devices on a channel."""
+        server = {"sms": self.smsc, "webpush": self.push_service, "push": self.fcm}[channel]
+        assert server is not None, f"no stand-in runs for {channel}"
+        return server.arrivals
+
+    def stop(self) -> None:
+        for server in (self.smsc, self.push_service, self.fcm):
+            if server is not None:
+                server.stop()

@@ -1,0 +1,100 @@
+"""The principals of a secured deployment and the ACLs each one gets: least privilege, derived
+from the topic prefix, so deployments (and test runs) under different prefixes stay apart.
+
+* operator: writes campaign-control, campaign-status and audit; reads them, the acks and the
+  outcomes (`estop stop`, `estop status`); sees the worker groups' members (confirmation).
+* control: the operator's rights, plus the control plane's own group and internal topics.
+* worker (gates, dispatchers): reads send-requests.*, dispatch.* and campaign-control; writes
+  dispatch.*, sent, notsent, failed, the acks and its dead letters; its groups and
+  transactional ids by prefix.
+* analytics (the sink): reads the outcomes, the lifecycle, the stops, their acks and the audit;
+  its group; its dead letters.
+* engine (the campaign engine, `estop launch`): writes send-requests.*, its campaign's lifecycle
+  and notSent for requests it never queued; reads campaign-control and campaign-status.
+
+Only operator and control may write campaign-control: nobody else can stop a campaign."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.models import CHANNELS
+from streams.settings import Settings
+
+ROLES = ("operator", "control", "worker", "analytics", "engine")
+# Assign-only readers (control view, whole-topic reads) carry a throwaway group id of this prefix.
+READER_GROUP_PREFIX = "estop-reader-"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Operations on one resource (``topic``, ``group`` or ``transactional_id``), named
+    literally or by prefix."""
+
+    resource: str
+    name: str
+    operations: tuple[str, ...]
+    prefixed: bool = False
+
+
+def username(settings: Settings, role: str) -> str:
+    """The SCRAM user of a role: the role's name under the topic prefix."""
+    return f"{settings.topic_prefix}{role}"
+
+
+def grants(settings: Settings) -> dict[str, list[Grant]]:
+    """Role -> the ACLs its principal gets."""
+    t = settings.topics
+    prefix = settings.topic_prefix
+    dlq = t.dead_letter
+    send_requests = [t.send_requests(c) for c in CHANNELS]
+    dispatch = [t.dispatch(c) for c in CHANNELS]
+    outcomes = [t.sent, t.notsent, t.failed]
+
+    def topics(names: list[str], *operations: str) -> list[Grant]:
+        return [Grant("topic", name, operations) for name in names]
+
+    readers = Grant("group", READER_GROUP_PREFIX, ("READ",), prefixed=True)
+    operator = [
+        *topics([t.control, t.status], "READ", "WRITE"),
+        *topics([t.audit], "WRITE"),
+        *topics([t.acks, *outcomes], "READ"),
+        # Stop confirmation waits for the live members of the gate and dispatcher groups.
+        Grant("group", f"{prefix}estop-", ("DESCRIBE",), prefixed=True),
+        readers,
+    ]
+    control_app = f"{prefix}estop-control"
+    control = [
+        *operator,
+        Grant("group", control_app, ("READ", "DESCRIBE")),
+        # Faust's own topics: leader election, table changelogs, stop confirmations.
+        Grant("topic", f"{control_app}-", ("CREATE", "READ", "WRITE", "DESCRIBE_CONFIGS"),
+              prefixed=True),
+    ]
+    worker = [
+        *topics([*send_requests, t.control], "READ"),
+        *topics(dispatch, "READ", "WRITE"),
+        *topics([*outcomes, t.acks], "WRITE"),
+        *topics([dlq(name) for name in (*send_requests, *dispatch)], "WRITE"),
+        Grant("group", f"{prefix}estop-gate-", ("READ",), prefixed=True),
+        Grant("group", f"{prefix}estop-dispatcher-", ("READ",), prefixed=True),
+        Grant("transactional_id", f"{prefix}estop-gate-", ("WRITE", "DESCRIBE"), prefixed=True),
+        Grant("transactional_id", f"{prefix}estop-dispatcher-", ("WRITE", "DESCRIBE"), prefixed=True),
+        readers,
+    ]
+    sink_inputs = [*outcomes, t.status, t.control, t.acks, t.audit]
+    analytics = [
+        *topics(sink_inputs, "READ"),
+        *topics([dlq(name) for name in sink_inputs], "WRITE"),
+        Grant("group", t.sink_group, ("READ",)),
+        readers,
+    ]
+    engine = [
+        *topics(send_requests, "WRITE"),
+        *topics([t.notsent], "WRITE"),
+        *topics([t.status], "READ", "WRITE"),
+        *topics([t.control], "READ"),
+        readers,
+    ]
+    return {"operator": operator, "control": control, "worker": worker, "analytics": analytics,
+            "engine": engine}

@@ -1,0 +1,144 @@
+"""The emergency stop on SMS (SMPP), web push and mobile push (FCM) end to end: the real broker,
+a real worker subprocess whose dispatcher speaks each protocol, and the local stand-in that
+receives the messages and counts what reached a device.
+
+For each channel, stopped while Sending and after Finished: exactly one outcome per message,
+nothing handed over or arriving at a device after the confirmation, every arrival reported as
+sent and every sent message arrived, and the report's split of what the provider cancelled and
+what the dispatcher held back agrees with what the stand-in says it dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.campaigns.launcher import launch, message_id
+from streams.control.stop import StopResult
+from streams.dispatch.outbox import OutboxStats
+from streams.models import (
+    NOT_SENT_EVENT,
+    REASON_CANCELLED,
+    REASON_HELD,
+    SENT_EVENT,
+    STAGE_PROVIDER,
+    STAGE_SENDING,
+    STATE_FINISHED,
+    STATE_STOPPED,
+)
+from streams.providers.testservers.local import LocalStandIns
+from streams.serde import Serdes
+from streams.settings import Settings
+from streams.sink.report import campaign_report
+from streams.sink.store import open_store
+from tests.channels.conftest import RECIPIENTS
+from tests.pipeline.support import Workers, duplicates, read_events, wait_for, wait_joined, wait_outcomes
+from tests.pipeline.test_emergency_stop import Launch, stop
+
+pytestmark = pytest.mark.broker
+
+CHANNELS = ["sms", "webpush", "push"]
+RATE = 150  # handoffs per second: slow enough that the campaign is still at the dispatcher
+
+
+def start_worker(settings: Settings, workers: Workers, stand_ins: LocalStandIns, channel: str) -> str:
+    _, worker_id = workers.start("--channel", channel, everything=True, rate=RATE,
+                                 env=stand_ins.env())
+    wait_joined(settings, [worker_id], [settings.topics.gate_group(channel),
+                                        settings.topics.dispatcher_group(channel)])
+    return worker_id
+
+
+def wait_arrival(stand_ins: LocalStandIns, channel: str, campaign: str) -> None:
+    arrivals = stand_ins.arrivals(channel)
+    wait_for(lambda: arrivals.count(campaign) > 0, f"a {channel} message of {campaign} on a device")
+
+
+def check(settings: Settings, serdes: Serdes, stand_ins: LocalStandIns, channel: str,
+          campaign: str, planned: int, result: StopResult) -> dict[str, int]:
+    """What every stop must leave behind; returns the report's figures for the channel."""
+    assert result.confirmed_at_ms is not None
+    wait_outcomes(settings, campaign, planned)
+    events = read_events(settings, serdes, campaign)
+    assert duplicates(events) == {}, "a message has more than one outcome"
+    assert {e.message_id for e in events} == {message_id(campaign, channel, i) for i in range(planned)}
+    sent = [e for e in events if e.kind == "sent"]
+    not_sent = [e for e in events if e.kind == "notsent"]
+    assert all(e.record["event"] == SENT_EVENT[channel] for e in sent)
+    assert all(e.record["event"] == NOT_SENT_EVENT[channel] for e in not_sent)
+    assert all(e.record["handed_at"] <= result.confirmed_at_ms for e in sent)
+
+    # Guarantee 1, counted where the messages arrive: nothing after the confirmation.
+    arrivals = stand_ins.arrivals(channel)
+    assert arrivals.count(campaign, after_ms=result.confirmed_at_ms) == 0
+    assert OutboxStats(settings.data_dir, channel).handed_after(campaign, result.confirmed_at_ms) == 0
+    # Every arrival is reported sent, and every message reported sent arrived.
+    assert arrivals.count(campaign) == len(sent)
+
+    store = open_store(settings)
+    try:
+        wait_for(lambda: campaign_report(store, campaign)["accounted"] == planned,
+                 "every outcome in the analytics store")
+        report = campaign_report(store, campaign)["by_channel"][channel]
+    finally:
+        store.close()
+    assert report["sent"] == len(sent)
+    cancelled = report["cancelled_at_provider"]
+    held = report["not_sent_by_stage"][STAGE_PROVIDER] - cancelled
+    assert cancelled == sum(e.record["reason"].startswith(REASON_CANCELLED) for e in not_sent)
+    assert held == sum(e.record["reason"].startswith(REASON_HELD) for e in not_sent)
+    dropped = dropped_at_stand_in(stand_ins, channel, campaign)
+    assert cancelled == dropped, "the report and the provider disagree"
+    return {"sent": report["sent"], "sending": report["not_sent_by_stage"][STAGE_SENDING],
+            "cancelled_at_provider": cancelled, "held_before_handoff": held}
+
+
+def dropped_at_stand_in(stand_ins: LocalStandIns, channel: str, campaign: str) -> int:
+    """How many messages of the campaign the provider itself says it dropped on the stop."""
+    if channel == "sms":
+        assert stand_ins.smsc is not None
+        return stand_ins.smsc.states(campaign).get("cancelled", 0)
+    if channel == "webpush":
+        assert stand_ins.push_service is not None
+        return stand_ins.push_service.states(campaign).get("deleted", 0)
+    return 0  # FCM cannot drop an accepted message
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_stop_after_finished(channel: str, settings: Settings, serdes: Serdes, workers: Workers,
+                             stand_ins: LocalStandIns) -> None:
+    """Every request passed the gate; the dispatcher is still handing them over and the provider
+    still holds some: the stop cancels what the provider holds (SMS, web push), holds back what
+    was not handed over, and nothing more reaches a device."""
+    campaign, planned = f"finished-{channel}", 900
+    start_worker(settings, workers, stand_ins, channel)
+    launched = launch(settings, serdes, campaign, [channel], planned)
+    assert launched.state == STATE_FINISHED
+    wait_arrival(stand_ins, channel, campaign)
+    result = stop(settings, serdes, campaign)
+
+    figures = check(settings, serdes, stand_ins, channel, campaign, planned, result)
+    assert figures["sent"] > 0 and figures["held_before_handoff"] > 0, figures
+    assert figures["sending"] == 0, figures
+    if channel == "push":
+        assert figures["cancelled_at_provider"] == 0, "FCM cannot cancel"
+    else:
+        assert figures["cancelled_at_provider"] > 0, figures
+        assert result.halted == figures["cancelled_at_provider"]
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_stop_while_sending(channel: str, settings: Settings, serdes: Serdes, workers: Workers,
+                            stand_ins: LocalStandIns) -> None:
+    """The engine is still queueing the campaign when the stop lands: the rest is never queued
+    (notSent at stage sending), and the provider stage is halted as after Finished."""
+    campaign, planned = f"sending-{channel}", RECIPIENTS
+    start_worker(settings, workers, stand_ins, channel)
+    launcher = Launch(settings, serdes, campaign, [channel], planned, rate=RATE)
+    wait_arrival(stand_ins, channel, campaign)
+    result = stop(settings, serdes, campaign)
+    launched = launcher.join()
+    assert launched.state == STATE_STOPPED
+
+    figures = check(settings, serdes, stand_ins, channel, campaign, planned, result)
+    assert launched.never_queued[channel] > 0
+    assert figures["sending"] >= launched.never_queued[channel], figures
+    assert figures["sent"] > 0, figures

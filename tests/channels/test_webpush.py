@@ -1,0 +1,134 @@
+"""The web push adapter (pywebpush) against the stand-in push service over real HTTP: VAPID
+checked, payloads decrypted by the subscriber, TTL and Topic on every message, a stored message
+deleted through its Location or replaced by its Topic, TTL expiry."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from py_vapid import Vapid
+
+from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
+from streams.providers.exceptions import ProviderConfigError
+from streams.providers.testservers.pushservice import DELETED, DELIVERED, REPLACED, STORED, StandInPushService
+from streams.providers.webpush import WebPushAdapter, application_server_key, read_subscriptions, topic_for
+from tests.support import wait_for
+
+RECIPIENTS = [f"r{i:08d}" for i in range(4)]
+
+
+def handoffs(campaign: str, count: int) -> list[Handoff]:
+    return [Handoff(f"{campaign}:webpush:{i}", campaign, "webpush", RECIPIENTS[i], f"{campaign}: offer")
+            for i in range(count)]
+
+
+@pytest.fixture
+def vapid() -> Vapid:
+    key = Vapid()
+    key.generate_keys()
+    return key
+
+
+@pytest.fixture
+def service(tmp_path: Path, vapid: Vapid) -> Iterator[StandInPushService]:
+    server = StandInPushService(connect_every_s=3600).start()  # subscribers offline until told
+    server.subscribe(RECIPIENTS, application_server_key(vapid), tmp_path / "subscriptions.json")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def adapter(tmp_path: Path, vapid: Vapid, cancel: str = "delete", ttl_s: int = 60) -> WebPushAdapter:
+    return WebPushAdapter(read_subscriptions(tmp_path / "subscriptions.json"), vapid,
+                          "mailto:ops@estop.test", ttl_s, cancel, 10)
+
+
+def test_send_delete_and_too_late(tmp_path: Path, vapid: Vapid, service: StandInPushService) -> None:
+    pusher = adapter(tmp_path, vapid)
+    try:
+        answers = pusher.submit([*handoffs("c1", 4), Handoff("x", "c1", "webpush", "nobody", "x")])
+        assert [a.status for a in answers] == [SubmitStatus.ACCEPTED] * 4 + [SubmitStatus.REFUSED]
+        assert answers[-1].error == "no web push subscription for recipient nobody"
+        locations = {a.message_id: str(a.provider_id) for a in answers[:4]}
+        assert all(loc.startswith(f"{service.origin}/wmsg/") for loc in locations.values())
+        stored = service.query(lambda s: [(m.topic, round(m.expires_at - time.monotonic()))
+                                          for m in s.messages.values()])
+        assert {t for t, _ in stored} == {topic_for(m) for m in locations}  # a Topic per message
+        assert all(55 <= ttl <= 60 for _, ttl in stored)  # the explicit TTL
+        assert service.refused == {}  # VAPID verified, aes128gcm body
+
+        first, second = list(locations)[:2], list(locations)[2:]
+        assert set(pusher.cancel("c1", {m: locations[m] for m in first}).values()) == {CancelStatus.CANCELLED}
+        service.connect_all()
+        arrived = [json.loads(a.text) for a in service.arrivals.items]
+        assert sorted(a["message_id"] for a in arrived) == sorted(second)  # decrypted by each subscriber
+        assert all(a["body"] == "c1: offer" and a["campaign_id"] == "c1" for a in arrived)
+        assert service.undecryptable == 0
+        late = pusher.cancel("c1", {m: locations[m] for m in second})
+        assert set(late.values()) == {CancelStatus.TOO_LATE}
+        told = pusher.deliveries()
+        assert {(d.message_id, d.delivered) for d in told} == {(m, True) for m in second}
+        assert service.states("c1") == {DELETED: 2, DELIVERED: 2}
+    finally:
+        pusher.close()
+
+
+def test_replace_by_topic_where_deletion_is_unsupported(tmp_path: Path, vapid: Vapid,
+                                                        service: StandInPushService) -> None:
+    service.allow_delete = False
+    pusher = adapter(tmp_path, vapid, cancel="topic")
+    try:
+        [answer] = pusher.submit(handoffs("c2", 1))
+        assert pusher.cancel("c2", {answer.message_id: str(answer.provider_id)}) == {
+            answer.message_id: CancelStatus.UNKNOWN}  # the service does not say if it was still stored
+        service.connect_all()
+        assert service.states("c2") == {REPLACED: 1}  # the original never reached the device
+        assert [json.loads(a.text) for a in service.arrivals.items] == [{"estop": "withdrawn"}]
+    finally:
+        pusher.close()
+
+
+def test_ttl_over_counts_as_left_the_service(tmp_path: Path, vapid: Vapid,
+                                             service: StandInPushService) -> None:
+    pusher = adapter(tmp_path, vapid, ttl_s=1)
+    try:
+        [answer] = pusher.submit(handoffs("c3", 1))
+        told: list[Delivery] = []
+
+        def told_some() -> bool:
+            told.extend(pusher.deliveries())
+            return bool(told)
+
+        wait_for(told_some, "the TTL to run out", timeout_s=30)
+        assert [(d.message_id, d.provider_id) for d in told] == [(answer.message_id, answer.provider_id)]
+        wait_for(lambda: service.states("c3") == {"expired": 1}, "the service to expire it", timeout_s=30)
+        assert service.states("c3").get(STORED, 0) == 0 and service.arrivals.count("c3") == 0
+    finally:
+        pusher.close()
+
+
+def test_a_wrong_vapid_key_is_refused(tmp_path: Path, service: StandInPushService) -> None:
+    other = Vapid()
+    other.generate_keys()
+    pusher = adapter(tmp_path, other)
+    try:
+        [answer] = pusher.submit(handoffs("c4", 1))
+        assert answer.status == SubmitStatus.REFUSED and answer.error is not None
+        assert answer.error.startswith("403")
+        assert service.refused == {403: 1}
+    finally:
+        pusher.close()
+
+
+def test_a_bad_subscription_directory(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"r1": {"endpoint": "http://x/"}}))
+    with pytest.raises(ProviderConfigError, match="each entry needs an endpoint and keys p256dh and auth"):
+        read_subscriptions(bad)
+    with pytest.raises(ProviderConfigError, match="cannot read it"):
+        read_subscriptions(tmp_path / "missing.json")
