@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -53,11 +54,21 @@ def of_kind(kind: str) -> list[Doc]:
     return [doc for doc in manifests() if doc["kind"] == kind]
 
 
+def pod_settings(**values: object) -> Settings:
+    """Settings as a container starts with them: the defaults and these values, not the
+    ESTOP_ environment of the machine running the tests."""
+    saved = {key: os.environ.pop(key) for key in list(os.environ) if key.startswith("ESTOP_")}
+    try:
+        return load_settings(**values)
+    finally:
+        os.environ.update(saved)
+
+
 def config_settings() -> Settings:
     """The settings every pod gets from the ConfigMap."""
     (config,) = of_kind("ConfigMap")
-    return load_settings(**{key.removeprefix("ESTOP_").lower(): value
-                            for key, value in config["data"].items()})
+    return pod_settings(**{key.removeprefix("ESTOP_").lower(): value
+                           for key, value in config["data"].items()})
 
 
 def container(deployment: Doc) -> Doc:
@@ -363,7 +374,7 @@ def test_compose_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> No
         for static in job.get("static_configs", []):
             for target in static["targets"]:
                 host, port = target.split(":")
-                assert host in services and int(port) == load_settings().control_port, job
+                assert host in services and int(port) == pod_settings().control_port, job
     jobs = {j["job_name"].removeprefix("estop-") for j in scraped}
     assert jobs == {"gate", "dispatcher", "sink", "control"}
 
@@ -380,7 +391,7 @@ def test_the_image_runs_estop_from_its_source_tree_as_a_non_root_user() -> None:
     assert re.search(r"^USER (\d+)$", text, re.MULTILINE)
     assert re.search(r"^USER 0$", text, re.MULTILINE) is None
     exposed = {int(p) for p in re.findall(r"^EXPOSE (.+)$", text, re.MULTILINE)[0].split()}
-    defaults = load_settings()
+    defaults = pod_settings()
     assert exposed == {defaults.metrics_port, defaults.control_port}
     ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().split()
     for needed in ("pyproject.toml", "README.md", "schemas/", "streams/"):

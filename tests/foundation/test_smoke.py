@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -27,6 +28,15 @@ COUNT = 60
 WAIT_S = 60.0  # upper bound on waiting for records, so a broken setup fails instead of hanging
 
 Records = list[dict[str, Any]]
+T = TypeVar("T")
+
+
+def run_on_own_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run aiokafka's clients on an event loop of their own thread: Playwright's sync API (the
+    console tests) keeps a loop running on the main thread for the rest of the session, where
+    asyncio.run() refuses to start another."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def send_requests(tag: str) -> Records:
@@ -77,7 +87,7 @@ def produce_aiokafka(settings: Settings, topic: str, values: list[tuple[bytes, b
         finally:
             await client.stop()
 
-    asyncio.run(run())
+    run_on_own_loop(run())
 
 
 # -- consumers ------------------------------------------------------------------------------
@@ -124,7 +134,7 @@ def consume_aiokafka(settings: Settings, topic: str, group_id: str) -> list[byte
             await client.stop()
         return values
 
-    return asyncio.run(run())
+    return run_on_own_loop(run())
 
 
 Producer = Callable[[Settings, str, list[tuple[bytes, bytes]]], None]
