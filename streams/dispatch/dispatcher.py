@@ -89,6 +89,8 @@ class Dispatcher(TransactionalStage):
         self.provider = provider
         self.rate = rate
         self.outbox = Outbox.for_channel(settings.data_dir, channel)
+        # What the provider accepted before a restart and still owes an outcome for.
+        self.provider.resume(self.outbox.unfinished())
         # One call at a time into the adapter: handoffs run here, a stop's cancel on the feed's thread.
         self._provider_lock = threading.Lock()
         self._early: list[Delivery] = []  # deliveries of messages whose acceptance is not recorded yet

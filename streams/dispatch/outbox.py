@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams import localdb
-from streams.providers.base import Delivery, Handoff
+from streams.providers.base import Accepted, Delivery, Handoff
 
 SUBMITTING, ACCEPTED = "submitting", "accepted"
 DELIVERED, UNDELIVERED, CANCELLED, REPORTED = "delivered", "undelivered", "cancelled", "reported"
@@ -170,6 +170,14 @@ class Outbox:
         return found
 
     # -- outcomes ------------------------------------------------------------------------------
+
+    def unfinished(self) -> list[Accepted]:
+        """Messages a provider accepted that have no outcome yet: what a restarted dispatcher
+        hands its adapter (``ProviderAdapter.resume``)."""
+        rows = self._db.execute(
+            "SELECT message_id, provider_id, recipient_id, handed_at FROM outbox"
+            " WHERE state = 'accepted' AND provider_id IS NOT NULL").fetchall()
+        return [Accepted(m, p, r, h if h is not None else now_ms()) for m, p, r, h in rows]
 
     def to_cancel(self, campaign_id: str) -> dict[str, str]:
         """message_id -> provider_id of the campaign's messages the provider may still hold."""

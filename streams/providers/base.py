@@ -65,6 +65,16 @@ class Delivery:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A message the outbox says this provider accepted and that has no outcome yet."""
+
+    message_id: str
+    provider_id: str
+    recipient_id: str
+    handed_at_ms: int
+
+
 class ProviderAdapter(Protocol):
     channel: str
     cancel_capability: CancelCapability
@@ -78,6 +88,13 @@ class ProviderAdapter(Protocol):
         Asked only for messages in doubt (an UNKNOWN answer, or a crash between submission and
         the outbox's record of it) before they are submitted again. An adapter whose provider
         cannot be asked returns ``{}``: the message is submitted again (at least once)."""
+
+    def resume(self, accepted: Sequence[Accepted]) -> None:
+        """Called once when the dispatcher starts, before any other call, with what its outbox
+        says this provider accepted without an outcome yet (accepted before a restart). An
+        adapter that learns deliveries from the provider (its log, receipts sent again) has
+        nothing to do; one that learns them from its own clock (web push: the TTL; FCM: the
+        acceptance) tracks them again, so no message is left without an outcome."""
 
     def cancel(self, campaign_id: str, provider_ids: Mapping[str, str]) -> dict[str, CancelStatus]:
         """Cancel what the provider still holds of a stopped campaign. ``provider_ids``: message_id

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from streams.providers.base import (
+    Accepted,
     CancelCapability,
     CancelStatus,
     Delivery,
@@ -141,6 +142,14 @@ class FcmAdapter:
     def submit(self, handoffs: Sequence[Handoff]) -> list[Submitted]:
         self._pace(len(handoffs))
         return list(self._pool.map(self._send, handoffs))
+
+    def resume(self, accepted: Sequence[Accepted]) -> None:
+        """An accepted message counts as delivered; one accepted before a restart whose delivery
+        was not recorded yet is reported again."""
+        with self._lock:
+            self._accepted.extend(Delivery(a.message_id, a.provider_id, True, a.handed_at_ms,
+                                           "accepted by FCM before a restart")
+                                  for a in accepted)
 
     def find(self, handoffs: Sequence[Handoff]) -> dict[str, str]:
         """FCM cannot be asked about a message: one in doubt is sent again (at least once)."""

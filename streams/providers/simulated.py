@@ -19,6 +19,7 @@ from pathlib import Path
 
 from streams import localdb
 from streams.providers.base import (
+    Accepted,
     CancelCapability,
     CancelStatus,
     Delivery,
@@ -102,6 +103,9 @@ class SimulatedAdapter:
                 db.executemany("INSERT INTO queue (provider_id, message_id, campaign_id, state,"
                                " accepted_at, due_at) VALUES (?, ?, ?, 'queued', ?, ?)", rows)
         return answers
+
+    def resume(self, accepted: Sequence[Accepted]) -> None:
+        """Deliveries come from the provider's own queue file, which remembers these."""
 
     def find(self, handoffs: Sequence[Handoff]) -> dict[str, str]:
         found: dict[str, str] = {}

@@ -24,6 +24,7 @@ from urllib.parse import SplitResult, unquote
 
 from streams.providers import smpp_pdus as pdus
 from streams.providers.base import (
+    Accepted,
     CancelCapability,
     CancelStatus,
     Delivery,
@@ -120,6 +121,9 @@ class SmppAdapter:
                 answers.append(Submitted(handoff.message_id, SubmitStatus.REFUSED,
                                          error=answer.status.name))
         return answers
+
+    def resume(self, accepted: Sequence[Accepted]) -> None:
+        """The SMSC sends the receipts of these again until they are acknowledged."""
 
     def find(self, handoffs: Sequence[Handoff]) -> dict[str, str]:
         """SMPP can look a message up only by the SMSC's id (query_sm), which a message in doubt

@@ -34,6 +34,7 @@ from typing import BinaryIO
 from streams.mta.exceptions import MtaError
 from streams.mta.postfix import POSTCAT, POSTLOG, POSTSUPER, PostfixInstance
 from streams.providers.base import (
+    Accepted,
     CancelCapability,
     CancelStatus,
     Delivery,
@@ -301,6 +302,9 @@ class SmtpAdapter:
         return answers
 
     # -- find, deliveries ----------------------------------------------------------------------
+
+    def resume(self, accepted: Sequence[Accepted]) -> None:
+        """Deliveries are read from Postfix's log from its start, which remembers these."""
 
     def find(self, handoffs: Sequence[Handoff]) -> dict[str, str]:
         self._sync()

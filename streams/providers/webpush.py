@@ -37,6 +37,7 @@ from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher
 
 from streams.providers.base import (
+    Accepted,
     CancelCapability,
     CancelStatus,
     Delivery,
@@ -122,6 +123,17 @@ class WebPushAdapter:
 
     def submit(self, handoffs: Sequence[Handoff]) -> list[Submitted]:
         return list(self._pool.map(self._send, handoffs))
+
+    def resume(self, accepted: Sequence[Accepted]) -> None:
+        """Messages sent before a restart are tracked again until their TTL is over, counted
+        from when they were handed over."""
+        now_ms, now = _now_ms(), time.monotonic()
+        with self._lock:
+            for a in accepted:
+                left_s = max(0.0, self.ttl_s - (now_ms - a.handed_at_ms) / 1000)
+                self._held[a.provider_id] = _Held(a.message_id,
+                                                  self.subscriptions.get(a.recipient_id, {}),
+                                                  now + left_s)
 
     def find(self, handoffs: Sequence[Handoff]) -> dict[str, str]:
         """A push service cannot be asked which messages it holds: one in doubt is sent again."""

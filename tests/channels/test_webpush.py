@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from py_vapid import Vapid
 
+from streams.dispatch.outbox import Outbox, now_ms
 from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
 from streams.providers.exceptions import ProviderConfigError
 from streams.providers.testservers.pushservice import DELETED, DELIVERED, REPLACED, STORED, StandInPushService
@@ -132,3 +133,36 @@ def test_a_bad_subscription_directory(tmp_path: Path) -> None:
         read_subscriptions(bad)
     with pytest.raises(ProviderConfigError, match="cannot read it"):
         read_subscriptions(tmp_path / "missing.json")
+
+
+def test_messages_sent_before_a_restart_still_get_their_outcome(tmp_path: Path, vapid: Vapid,
+                                                               service: StandInPushService) -> None:
+    """A push service sends no receipts: the adapter counts a message delivered when its TTL is
+    over. A dispatcher restarted before that hands its adapter what its outbox holds as
+    accepted, and the new adapter tracks those messages to the end of their TTL."""
+    outbox = Outbox.for_channel(tmp_path / "data", "webpush")
+    sent = handoffs("c5", 2)
+    before = adapter(tmp_path, vapid, ttl_s=2)
+    try:
+        outbox.reserve(sent)
+        answers = before.submit(sent)
+        outbox.accepted({a.message_id: str(a.provider_id) for a in answers}, now_ms())
+    finally:
+        before.close()  # the process dies before any delivery is learned
+    after = adapter(tmp_path, vapid, ttl_s=2)
+    try:
+        unfinished = outbox.unfinished()
+        assert sorted(a.message_id for a in unfinished) == sorted(h.message_id for h in sent)
+        after.resume(unfinished)
+        told: list[Delivery] = []
+
+        def told_all() -> bool:
+            told.extend(after.deliveries())
+            return len(told) == len(sent)
+
+        wait_for(told_all, "outcomes of the messages sent before the restart", timeout_s=30)
+        assert {(d.message_id, d.provider_id) for d in told} == {
+            (a.message_id, a.provider_id) for a in answers}
+    finally:
+        after.close()
+        outbox.close()
