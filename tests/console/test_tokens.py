@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from streams.serde import Serdes
 from tests.console.support import Stack, stack_settings, start_stack
 from tests.controlplane.support import control_commands
 from tests.pipeline.support import announce
+from tests.support import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -59,7 +61,7 @@ def url(stack: Stack, campaign: str) -> str:
     return f"{stack.base}/console/campaigns/{urllib.parse.quote(campaign, safe='')}"
 
 
-def test_an_operator_token_stops_as_its_user(stack: Stack, page: Page) -> None:
+def test_an_operator_token_stops_as_its_user(stack: Stack, page: Page, tmp_path: Path) -> None:
     campaign = "token-operator"
     announce(stack.settings, SERDES, campaign, ["email"], 10, STATE_SENDING)
     asked = answer_prompts(page, OPERATOR_TOKEN)
@@ -73,6 +75,20 @@ def test_an_operator_token_stops_as_its_user(stack: Stack, page: Page) -> None:
     expect(page.locator("#audit-by")).to_have_text("ann")
     commands = [c for c in control_commands(stack.settings, SERDES) if c["campaign_id"] == campaign]
     assert [c["requested_by"] for c in commands] == ["ann"]
+
+    # The export needs the token as well: the page's download carries it, and saves the same
+    # file `estop export` writes.
+    exported = tmp_path / "exported.csv"
+    wait_for(lambda: stack.estop("export", campaign, "--status", "not_sent", "--out",
+                                 str(exported)).returncode == 0,
+             "the analytics store to know the campaign", timeout_s=60)
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download notSent recipients (CSV)").click()
+    downloaded = tmp_path / "downloaded.csv"
+    download.value.save_as(downloaded)
+    assert download.value.suggested_filename == f"{campaign}-not_sent.csv"
+    assert downloaded.read_bytes() == exported.read_bytes()
+    expect(page.locator("#export-error")).to_have_text("")
 
 
 def test_a_viewer_token_reads_but_cannot_stop(stack: Stack, page: Page) -> None:

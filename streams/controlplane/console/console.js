@@ -67,6 +67,23 @@
     return { status: response.status, body };
   }
 
+  // A download goes through call() like every request, so it carries the token when the service
+  // needs one (a plain link would not); the browser then saves what came back, under the name
+  // the service gave it.
+  async function download(path, fallbackName) {
+    const response = await call(path, { headers: { Accept: "text/csv" } });
+    if (!response.ok) return `HTTP ${response.status}`;
+    const disposition = response.headers.get("Content-Disposition") || "";
+    const name = (/filename="([^"]+)"/.exec(disposition) || [])[1] || fallbackName;
+    const href = URL.createObjectURL(await response.blob());
+    const save = el("a", { href, download: name, hidden: "" });
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(href), 60000);
+    return null;
+  }
+
   const number = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
   const campaignUrl = (id) => `/console/campaigns/${encodeURIComponent(id)}`;
   const apiUrl = (id, rest) => `/campaigns/${encodeURIComponent(id)}${rest || ""}`;
@@ -335,8 +352,17 @@
     }
 
     function buildAudience() {
-      const link = (status, text) => el("a", {
-        href: `${apiUrl(campaignId, "/export.csv")}?status=${status}`, download: "", id: `export-${status}` }, text);
+      const exportError = el("span", { class: "error", id: "export-error", role: "status" });
+      const link = (status, text) => {
+        const href = `${apiUrl(campaignId, "/export.csv")}?status=${status}`;
+        const a = el("a", { href, download: "", id: `export-${status}` }, text);
+        a.addEventListener("click", async (event) => {
+          event.preventDefault();
+          const refused = await download(href, `${campaignId}-${status}.csv`);
+          exportError.replaceChildren(refused ? `Download refused: ${refused}` : "");
+        });
+        return a;
+      };
       const newId = el("input", { type: "text", id: "relaunch-id", autocomplete: "off" });
       const button = el("button", { class: "primary", type: "button" }, "Relaunch unsent audience");
       const result = el("p", { id: "relaunch-result", role: "status" });
@@ -353,7 +379,7 @@
       audience.replaceChildren(
         el("h2", { id: "audience-title" }, "Unsent audience"),
         el("p", {}, link("not_sent", "Download notSent recipients (CSV)"), " · ",
-          link("sent", "sent (CSV)"), " · ", link("failed", "failed (CSV)")),
+          link("sent", "sent (CSV)"), " · ", link("failed", "failed (CSV)"), " ", exportError),
         el("div", { class: "row" },
           el("div", { class: "field" }, el("label", { for: "relaunch-id" }, "New campaign id"), newId),
           button),
