@@ -30,7 +30,8 @@ from confluent_kafka.admin import NewTopic
 
 from streams.bench import peers
 from streams.campaigns.launcher import launch
-from streams.control.feed import ControlFeed, now_ms
+from streams.clock import now_ms
+from streams.control.feed import ControlFeed
 from streams.control.stop import issue_stop
 from streams.control.view import ControlView
 from streams.demo import WorkerProcess

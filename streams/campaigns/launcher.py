@@ -15,7 +15,8 @@ from typing import overload
 from confluent_kafka import Producer
 
 from streams.campaigns.lifecycle import publish_status
-from streams.control.feed import ControlFeed, now_ms
+from streams.clock import now_ms
+from streams.control.feed import ControlFeed
 from streams.control.view import ControlView, Stop
 from streams.kafka.clients import Headers, producer
 from streams.models import (

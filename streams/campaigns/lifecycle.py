@@ -10,7 +10,8 @@ from typing import Any
 
 from confluent_kafka import Message, Producer
 
-from streams.control.feed import ControlFeed, now_ms
+from streams.clock import now_ms
+from streams.control.feed import ControlFeed
 from streams.control.view import ControlView, Stop
 from streams.models import STATE_STOPPED
 from streams.serde import SerdeError, Serdes

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
+from streams.clock import now_ms
 from streams.control.view import ALL_CHANNELS, Applied, ControlView
 from streams.kafka.clients import producer, take
 from streams.kafka.reader import assign_all, read_until
@@ -32,9 +33,6 @@ log = logging.getLogger(__name__)
 # A hook halts what the process holds for a newly stopped campaign; returns how many it halted.
 StopHook = Callable[[Applied], int]
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class ControlFeed:

@@ -22,8 +22,8 @@ from streams.campaigns.lifecycle import (
     read_campaigns,
     read_control,
 )
+from streams.clock import now_ms
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
-from streams.control.feed import now_ms
 from streams.control.view import ControlView, Stop
 from streams.exceptions import EstopError, UsageError
 from streams.kafka.clients import admin, consumer, producer, take, wait_for_broker

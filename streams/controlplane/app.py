@@ -42,8 +42,8 @@ from faust.types import EventT, StreamT, TopicT
 from streams.campaigns.exceptions import RelaunchError
 from streams.campaigns.lifecycle import effective_state
 from streams.campaigns.relaunch import plan_relaunch, relaunch
+from streams.clock import now_ms
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
-from streams.control.feed import now_ms
 from streams.control.stop import audited_stop, audited_stop_all, live_processes, validate
 from streams.control.view import ControlView
 from streams.controlplane import auth, state

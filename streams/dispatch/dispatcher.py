@@ -32,7 +32,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Message
 
 from streams import metrics
-from streams.control.feed import now_ms
+from streams.clock import now_ms
 from streams.control.view import Applied, ControlView, Stop
 from streams.dispatch.outbox import DELIVERED, SUBMITTING, UNDELIVERED, Outbox, Outcome
 from streams.dispatch.receipts import ReceiptPublisher

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from streams import localdb
+from streams.clock import now_ms
 from streams.providers.base import Accepted, Delivery, Handoff
 
 SUBMITTING, ACCEPTED = "submitting", "accepted"
@@ -84,9 +84,6 @@ class Reserved:
 def outbox_path(data_dir: Path, channel: str) -> Path:
     return data_dir / "outbox" / f"{channel}.sqlite"
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Outbox:

@@ -13,7 +13,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Message
 
-from streams.control.feed import now_ms
+from streams.clock import now_ms
 from streams.control.view import ControlView
 from streams.faults import crash_point
 from streams.kafka.clients import RecordHeaders, routing

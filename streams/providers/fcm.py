@@ -29,6 +29,7 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from streams.clock import now_ms
 from streams.providers.base import (
     Accepted,
     CancelCapability,
@@ -200,7 +201,7 @@ class FcmAdapter:
         if response.status_code == 200:
             name = str(response.json()["name"])
             with self._lock:
-                self._accepted.append(Delivery(handoff.message_id, name, True, int(time.time() * 1000),
+                self._accepted.append(Delivery(handoff.message_id, name, True, now_ms(),
                                                "accepted by FCM (no recall)"))
             return Submitted(handoff.message_id, SubmitStatus.ACCEPTED, name)
         return Submitted(handoff.message_id, SubmitStatus.REFUSED,

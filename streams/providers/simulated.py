@@ -12,12 +12,12 @@ real provider whose answer was lost)."""
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from streams import localdb
+from streams.clock import now_ms
 from streams.providers.base import (
     Accepted,
     CancelCapability,
@@ -55,9 +55,6 @@ def queue_path(data_dir: Path, channel: str) -> Path:
     return data_dir / "providers" / f"simulated-{channel}.sqlite"
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
 
 class SimulatedAdapter:
     cancel_capability = CancelCapability.BY_MESSAGE_ID
@@ -81,7 +78,7 @@ class SimulatedAdapter:
                    settings.provider_error_rate, settings.provider_timeout_rate)
 
     def submit(self, handoffs: Sequence[Handoff]) -> list[Submitted]:
-        now = _now_ms()
+        now = now_ms()
         answers: list[Submitted] = []
         rows: list[tuple[str, str, str, int, int]] = []
         for handoff in handoffs:
@@ -139,7 +136,7 @@ class SimulatedAdapter:
 
     def _deliver_due(self) -> None:
         """The provider's own clock: messages whose processing time is over are delivered."""
-        now = _now_ms()
+        now = now_ms()
         with localdb.write(self._db) as db:
             db.execute("INSERT INTO delivered (provider_id, message_id, at) SELECT provider_id,"
                        " message_id, ? FROM queue WHERE state = 'queued' AND due_at <= ?", (now, now))

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, unquote
 
+from streams.clock import now_ms
 from streams.providers import smpp_pdus as pdus
 from streams.providers.base import (
     Accepted,
@@ -242,7 +243,7 @@ class SmppAdapter:
                 if fields is None:  # a mobile-originated message: not ours to handle
                     self._send_locked([operations.DeliverSMResp(seqNum=pdu.seqNum)])
                 else:
-                    self._receipts.append((pdu.seqNum, *fields, int(time.time() * 1000)))
+                    self._receipts.append((pdu.seqNum, *fields, now_ms()))
         elif pdu.id == CommandId.enquire_link:
             with self._lock:
                 self._send_locked([operations.EnquireLinkResp(seqNum=pdu.seqNum)])

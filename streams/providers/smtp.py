@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from streams.clock import now_ms
 from streams.mta.exceptions import MtaError
 from streams.mta.postfix import POSTCAT, POSTLOG, POSTSUPER, PostfixInstance
 from streams.providers.base import (
@@ -181,7 +182,7 @@ class PostfixLog:
         try:
             parsed = datetime.strptime(f"{self._year} {stamp}", "%Y %b %d %H:%M:%S")
         except ValueError:
-            return int(time.time() * 1000)
+            return now_ms()
         return int(parsed.timestamp() * 1000)
 
 

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher
 
+from streams.clock import now_ms
 from streams.providers.base import (
     Accepted,
     CancelCapability,
@@ -127,10 +128,10 @@ class WebPushAdapter:
     def resume(self, accepted: Sequence[Accepted]) -> None:
         """Messages sent before a restart are tracked again until their TTL is over, counted
         from when they were handed over."""
-        now_ms, now = _now_ms(), time.monotonic()
+        at_ms, now = now_ms(), time.monotonic()
         with self._lock:
             for a in accepted:
-                left_s = max(0.0, self.ttl_s - (now_ms - a.handed_at_ms) / 1000)
+                left_s = max(0.0, self.ttl_s - (at_ms - a.handed_at_ms) / 1000)
                 self._held[a.provider_id] = _Held(a.message_id,
                                                   self.subscriptions.get(a.recipient_id, {}),
                                                   now + left_s)
@@ -150,7 +151,7 @@ class WebPushAdapter:
             for location, held in list(self._held.items()):
                 if held.leaves_at <= now:
                     del self._held[location]
-                    found.append(Delivery(held.message_id, location, True, _now_ms(),
+                    found.append(Delivery(held.message_id, location, True, now_ms(),
                                           "TTL over: the push service no longer holds it"))
         return found
 
@@ -223,7 +224,7 @@ class WebPushAdapter:
 
     def _left(self, message_id: str, location: str, why: str) -> None:
         with self._lock:
-            self._gone.append(Delivery(message_id, location, True, _now_ms(), why))
+            self._gone.append(Delivery(message_id, location, True, now_ms(), why))
 
     def _vapid_headers(self, endpoint: str) -> dict[str, str]:
         """One VAPID token per push service origin (RFC 8292 aud), reused until near its expiry."""
@@ -255,6 +256,3 @@ def read_subscriptions(path: Path | None) -> dict[str, Any]:
                                   "and keys p256dh and auth")
     return directory
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from streams.control.feed import now_ms
+from streams.clock import now_ms
 from streams.exceptions import EstopError
 from streams.kafka.clients import producer
 from streams.serde import Serdes

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.clock import now_ms
 from streams.models import REASON_CANCELLED, STAGE_PROVIDER
 from streams.settings import Settings
 from streams.sink.exceptions import StoreError
@@ -192,7 +192,7 @@ class OutcomeStore:
     def write(self, batch: Batch) -> WriteResult:
         """Apply a batch idempotently; returns new outcomes and the messages newly found with
         both a sent and a notSent (each such message is counted once, however often replayed)."""
-        now = int(time.time() * 1000)
+        now = now_ms()
         latest: dict[str, OutcomeRow] = {}
         mixed: dict[str, set[str]] = {}  # ids with more than one outcome in this batch: rare
         for row in batch.outcomes:

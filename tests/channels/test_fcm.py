@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.dispatch.outbox import Outbox, now_ms
+from streams.clock import now_ms
+from streams.dispatch.outbox import Outbox
 from streams.providers import open_provider
 from streams.providers.base import CancelCapability, CancelStatus, Handoff, SubmitStatus
 from streams.providers.exceptions import ProviderConfigError

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from py_vapid import Vapid
 
-from streams.dispatch.outbox import Outbox, now_ms
+from streams.clock import now_ms
+from streams.dispatch.outbox import Outbox
 from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
 from streams.providers.exceptions import ProviderConfigError
 from streams.providers.testservers.pushservice import DELETED, DELIVERED, REPLACED, STORED, StandInPushService

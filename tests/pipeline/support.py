@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from streams.campaigns.launcher import message_id, recipient_id
 from streams.campaigns.lifecycle import publish_status
 from streams.campaigns.status import OutcomeCounter
-from streams.control.feed import now_ms
+from streams.clock import now_ms
 from streams.demo import OutcomeWatch, WorkerProcess
 from streams.dispatch.outbox import OutboxStats
 from streams.kafka.clients import Headers, admin, consumer, headers_of, producer

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.control.feed import ControlFeed, now_ms
+from streams.clock import now_ms
+from streams.control.feed import ControlFeed
 from streams.control.view import Applied, ControlView
 from streams.kafka.clients import producer
 from streams.models import CHANNELS

@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from streams.dispatch.outbox import Outbox, OutboxStats, now_ms
+from streams.clock import now_ms
+from streams.dispatch.outbox import Outbox, OutboxStats
 from streams.providers.base import Handoff
 
 

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from streams.campaigns.launcher import launch
+from streams.clock import now_ms
 from streams.control.exceptions import InvalidStopError
-from streams.control.feed import now_ms
 from streams.control.stop import issue_stop
 from streams.dispatch.outbox import OutboxStats
 from streams.models import (

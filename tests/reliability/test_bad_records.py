@@ -21,7 +21,7 @@ import fastavro
 import pytest
 
 from streams.campaigns.launcher import message_id
-from streams.control.feed import now_ms
+from streams.clock import now_ms
 from streams.dispatch.outbox import OutboxStats
 from streams.kafka.clients import Headers
 from streams.models import CHANNELS, HEADER_CAMPAIGN, HEADER_CHANNEL

@@ -24,7 +24,7 @@ from uuid import uuid4
 import pytest
 
 from streams.campaigns.launcher import LaunchResult, launch
-from streams.control.feed import now_ms
+from streams.clock import now_ms
 from streams.control.stop import StopResult, issue_stop
 from streams.demo import OutcomeWatch
 from streams.kafka.source import BrokerHandle

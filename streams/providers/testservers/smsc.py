@@ -17,9 +17,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from streams.clock import now_ms
 from streams.providers import smpp_pdus as pdus
 from streams.providers.smpp_pdus import CommandId, CommandStatus, operations
-from streams.providers.testservers import Arrival, Arrivals, StandIn, now_ms
+from streams.providers.testservers import Arrival, Arrivals, StandIn
 
 log = logging.getLogger(__name__)
 
