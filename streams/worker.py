@@ -102,7 +102,10 @@ class Worker:
             UP.labels(name).set(0)
 
     def wait(self) -> None:
-        self.stopping.wait()
+        # Wake up now and then: a signal the kernel delivers to another thread is only handled
+        # when the main thread runs Python code, and a bare wait() could sleep through it.
+        while not self.stopping.wait(0.5):
+            pass
 
     def stop(self) -> None:
         self.running.clear()
