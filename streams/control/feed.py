@@ -52,7 +52,6 @@ class ControlFeed:
         self._running = threading.Event()
         self.bootstrap_s: float | None = None
         self._received_at: dict[str, int] = {}  # record timestamps of commands being applied
-        self._seen: set[str] = set()  # command ids applied: a re-published stop is not new
         self._repair: set[str] = set()  # stopped campaigns whose latest record is not a full stop
         # Re-published stops get a producer of their own: on a secured cluster the workers' user
         # may not write campaign-control, and that refusal must not touch the acks' producer.
@@ -133,6 +132,8 @@ class ControlFeed:
                 log.warning("ignored an unreadable control record for %r at %s[%d]@%d: %s", campaign,
                             message.topic(), message.partition(), message.offset(), exc.reason)
             else:
+                # A re-published stop is not new: not acknowledged or run through the hooks again.
+                seen = self.view.in_force(command["campaign_id"], command["command_id"])
                 result = self.view.apply(command)
                 if result is None:
                     log.warning("ignored control command %s for %r: action %r, channels %s",
@@ -144,8 +145,7 @@ class ControlFeed:
                     if self.view.anomalies > anomalies:
                         log.warning("control command %s names unknown channels: %s",
                                     result.command_id, command.get("channels"))
-                    if result.command_id not in self._seen:
-                        self._seen.add(result.command_id)
+                    if not seen:
                         applied.append(result)
                         self._received_at[result.command_id] = message.timestamp()[1]
         if self.view.anomalies > anomalies:

@@ -171,3 +171,46 @@ def test_stops_of_different_campaigns_are_independent() -> None:
     assert len(view) == 2
     # One Stop object per command, shared by its channels: memory per campaign stays small.
     assert len(view.stops("b")) == 1
+
+
+def test_every_form_of_command_id_reads_back_exactly() -> None:
+    """A campaign one command stopped is kept packed, a UUID command id as raw bytes: whatever
+    the id (estop's own hex UUIDs, dashed UUIDs, anyone's text), readers get it back unchanged."""
+    ids = ["0f1e2d3c4b5a69788796a5b4c3d2e1f0", "0F1E2D3C4B5A69788796A5B4C3D2E1F0",
+           "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0",
+           "{0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f}", "0f 1e2d3c4b5a69788796a5b4c3d2e1f0",
+           "not-a-uuid-but-exactly-32-chars!", "", "stop #7 from the engine", "arrêt ✋ 停止"]
+    view = ControlView()
+    for index, command_id in enumerate(ids):
+        view.apply(command(campaign_id=f"c{index}", command_id=command_id,
+                           channels=["sms", "webpush"] if index % 2 else [],
+                           requested_at=-(2 ** 63) if index == 1 else 2 ** 63 - 1 - index,
+                           reason=f"reason {index % 3}"))
+
+    for index, command_id in enumerate(ids):
+        channels = {"sms", "webpush"} if index % 2 else set(CHANNELS)
+        assert stopped_channels(view, f"c{index}") == channels
+        assert view.channels_stopped(f"c{index}") == channels
+        [stop] = view.stops(f"c{index}")
+        assert (stop.command_id, stop.campaign_id, stop.channels, stop.requested_at,
+                stop.requested_by, stop.reason) == (
+            command_id, f"c{index}", channels,
+            -(2 ** 63) if index == 1 else 2 ** 63 - 1 - index, "ops", f"reason {index % 3}")
+        assert view.in_force(f"c{index}", command_id)
+        assert not view.in_force(f"c{index}", command_id + "x")
+    assert not view.in_force("never-stopped", ids[0])
+
+
+def test_widening_a_campaign_already_looked_up_shows_the_new_channels() -> None:
+    view = ControlView()
+    view.apply(command(channels=["sms"], command_id="first"))
+    looked_up = view.stopped("c1", "sms")
+    assert looked_up is not None and view.stopped("c1", "email") is None
+
+    view.apply(command(channels=["email"], command_id="second"))
+
+    email = view.stopped("c1", "email")
+    assert email is not None and email.command_id == "second"
+    sms = view.stopped("c1", "sms")
+    assert sms is not None and sms.command_id == "first"
+    assert view.in_force("c1", "first") and view.in_force("c1", "second")
