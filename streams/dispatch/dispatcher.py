@@ -93,6 +93,9 @@ class Dispatcher(TransactionalStage):
         self.provider.resume(self.outbox.unfinished())
         # One call at a time into the adapter: handoffs run here, a stop's cancel on the feed's thread.
         self._provider_lock = threading.Lock()
+        # Campaigns of the slice being handed over, from its check to its record in the outbox.
+        self._in_flight: set[str] = set()
+        self._recorded = threading.Condition()
         self._early: list[Delivery] = []  # deliveries of messages whose acceptance is not recorded yet
         self.receipts = ReceiptPublisher(settings, channel, self.outbox, self._render, self._published)
         self._slice = max(1, int(rate * PACE_SLICE_S))
@@ -112,11 +115,16 @@ class Dispatcher(TransactionalStage):
     # -- stop hook (control feed thread) -------------------------------------------------------
 
     def on_stop(self, applied: Applied) -> int:
+        """Runs once the view holds the stop, so no handoff of the campaign starts any more; one
+        checked before it may still be under way: wait until the outbox records it (so the stop
+        is acknowledged only after it, and cancels it), not for the slice's other campaigns."""
         if self.channel not in applied.newly_halted:
             return 0
         stop = self.view.stopped(applied.campaign_id, self.channel)
         if stop is None:
             return 0
+        with self._recorded:
+            self._recorded.wait_for(lambda: applied.campaign_id not in self._in_flight)
         return self._cancel_at_provider(applied.campaign_id, stop)
 
     def _cancel_at_provider(self, campaign_id: str, stop: Stop) -> int:
@@ -300,6 +308,10 @@ class Dispatcher(TransactionalStage):
                     held.append((item, stop))
             if not handoffs:
                 return unconfirmed
+            # Checked: a stop applied from now on waits in its hook for these campaigns'
+            # handoffs to be recorded, not for the view lock (which the provider call would hold).
+            self._in_flight = {h.campaign_id for h in handoffs}
+        try:
             reserved = self.outbox.reserve(handoffs)
             with self._provider_lock:
                 found = self.provider.find(reserved.in_doubt) if reserved.in_doubt else {}
@@ -314,6 +326,10 @@ class Dispatcher(TransactionalStage):
                                     if a.status == SubmitStatus.ACCEPTED and a.provider_id}}
             self.outbox.accepted(accepted, at)
             self.outbox.not_held(a.message_id for a in answers if a.status == SubmitStatus.REFUSED)
+        finally:
+            with self._recorded:
+                self._in_flight = set()
+                self._recorded.notify_all()
         by_id = {h.message_id: h for h in submit}
         for answer in answers:
             if answer.status != SubmitStatus.ACCEPTED:
