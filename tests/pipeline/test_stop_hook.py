@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from streams.control.view import ControlView
+from streams.control.view import Applied, ControlView
 from streams.dispatch.dispatcher import Dispatcher
 from streams.dispatch.outbox import OutboxStats
 from streams.providers.base import Handoff, Submitted
@@ -45,6 +45,14 @@ def stop(campaign_id: str) -> dict[str, Any]:
             "channels": [], "reason": "wrong code", "requested_by": "ops", "requested_at": 1_000}
 
 
+def hook_thread(dispatcher: Dispatcher, applied: Applied) -> tuple[threading.Thread, list[int]]:
+    """The dispatcher's stop hook running on a thread of its own, as on the control feed's."""
+    halted: list[int] = []
+    hook = threading.Thread(target=lambda: halted.append(dispatcher.on_stop(applied)), daemon=True)
+    hook.start()
+    return hook, halted
+
+
 class Running:
     """A dispatcher's main loop on a thread, as a worker runs it."""
 
@@ -59,28 +67,30 @@ class Running:
         self.thread.join(60)
 
 
-Dispatching = tuple[Dispatcher, HeldSubmissions, ControlView]
+# The dispatcher, its provider, its view and the message of campaign "busy" being handed over.
+Dispatching = tuple[Dispatcher, HeldSubmissions, ControlView, str]
 
 
 @pytest.fixture
 def dispatching(settings: Settings, serdes: Serdes) -> Iterator[Dispatching]:
+    """A dispatcher whose handoff of a message of campaign "busy" is under way, held at the
+    provider until the test releases it."""
     view = ControlView()
     provider = HeldSubmissions(queue_path(settings.data_dir, "email"))
     dispatcher = Dispatcher(settings, "email", view, serdes, "hook-test", provider, rate=1000.0)
     loop = Running(dispatcher)
     try:
-        yield dispatcher, provider, view
+        [message] = produce_requests(settings, serdes, settings.topics.dispatch("email"), "busy",
+                                     "email", [0])
+        wait_for(provider.entered.is_set, "the handoff of busy to reach the provider")
+        yield dispatcher, provider, view, message
     finally:
         provider.release.set()
         loop.close()
 
 
-def test_a_stop_is_applied_while_a_provider_call_is_under_way(
-        settings: Settings, serdes: Serdes,
-        dispatching: Dispatching) -> None:
-    _, provider, view = dispatching
-    produce_requests(settings, serdes, settings.topics.dispatch("email"), "busy", "email", [0])
-    wait_for(provider.entered.is_set, "the handoff of busy to reach the provider")
+def test_a_stop_is_applied_while_a_provider_call_is_under_way(dispatching: Dispatching) -> None:
+    _, provider, view, _ = dispatching
 
     applied = threading.Thread(target=view.apply, args=(stop("quiet"),), daemon=True)
     applied.start()
@@ -91,18 +101,12 @@ def test_a_stop_is_applied_while_a_provider_call_is_under_way(
 
 
 def test_the_stop_hook_returns_once_the_handoff_under_way_is_recorded_and_cancels_it(
-        settings: Settings, serdes: Serdes,
-        dispatching: Dispatching) -> None:
-    dispatcher, provider, view = dispatching
-    [message] = produce_requests(settings, serdes, settings.topics.dispatch("email"), "busy",
-                                 "email", [0])
-    wait_for(provider.entered.is_set, "the handoff of busy to reach the provider")
+        settings: Settings, dispatching: Dispatching) -> None:
+    dispatcher, provider, view, message = dispatching
     applied = view.apply(stop("busy"))
     assert applied is not None
     # Applied: no further handoff of busy can start; the one under way was checked before.
-    halted: list[int] = []
-    hook = threading.Thread(target=lambda: halted.append(dispatcher.on_stop(applied)), daemon=True)
-    hook.start()
+    hook, halted = hook_thread(dispatcher, applied)
     hook.join(1.0)
     assert hook.is_alive(), "the stop hook returned while a handoff of its campaign was under way"
 
@@ -117,17 +121,12 @@ def test_the_stop_hook_returns_once_the_handoff_under_way_is_recorded_and_cancel
 
 
 def test_the_stop_hook_of_a_campaign_not_under_way_does_not_wait_for_the_provider(
-        settings: Settings, serdes: Serdes,
         dispatching: Dispatching) -> None:
-    dispatcher, provider, view = dispatching
-    produce_requests(settings, serdes, settings.topics.dispatch("email"), "busy", "email", [0])
-    wait_for(provider.entered.is_set, "the handoff of busy to reach the provider")
+    dispatcher, provider, view, _ = dispatching
     applied = view.apply(stop("quiet"))
     assert applied is not None
 
-    halted: list[int] = []
-    hook = threading.Thread(target=lambda: halted.append(dispatcher.on_stop(applied)), daemon=True)
-    hook.start()
+    hook, halted = hook_thread(dispatcher, applied)
     wait_for(lambda: not hook.is_alive(), "the stop hook of quiet to return")
     assert halted == [0]
     assert not provider.release.is_set()
