@@ -171,7 +171,7 @@ def test_kafka_topics_are_the_topic_plan_with_three_replicas() -> None:
     assert found == wanted
 
 
-def test_a_deployment_per_role_and_channel_probed_on_metrics_and_health() -> None:
+def test_a_deployment_per_role_and_channel_probed_on_health() -> None:
     settings = config_settings()
     found = deployments()
     workers = [f"estop-{role}-{c}" for role in ("gate", "dispatcher") for c in CHANNELS] + ["estop-sink"]
@@ -185,7 +185,7 @@ def test_a_deployment_per_role_and_channel_probed_on_metrics_and_health() -> Non
         (port,) = spec["ports"]
         assert port["containerPort"] == settings.metrics_port
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert spec[probe]["httpGet"] == {"path": "/metrics", "port": port["name"]}, (name, probe)
+            assert spec[probe]["httpGet"] == {"path": "/health", "port": port["name"]}, (name, probe)
     control = container(found["estop-control"])
     (port,) = control["ports"]
     assert port["containerPort"] == settings.control_port
@@ -343,6 +343,8 @@ def test_compose_file_is_valid_for_the_compose_client() -> None:
         env = resolved[role]["environment"]
         assert env["ESTOP_BOOTSTRAP_SERVERS"] == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
         assert resolved[role]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+        probe = resolved[role]["healthcheck"]["test"]
+        assert f"http://localhost:{env['ESTOP_METRICS_PORT']}/health" in probe[-1], role
     broken = COMPOSE.read_text().replace("condition: service_completed_successfully",
                                          "condition: service_finished", 1)
     bad = subprocess.run([*compose_client(), "-f", "-", "config", "-q"], input=broken,
