@@ -7,6 +7,7 @@ between input and output."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -33,12 +34,14 @@ class TransactionalStage:
         self.transactions = transactions.TransactionalProducer(settings, f"{group}-{process_id}", what)
         self.lag = LagGauge(self.consumer, lag_name, source, settings)
         self._revoked: set[int] = set()
+        self.last_pass = time.monotonic()  # the loop's heartbeat, for the worker's /health
 
     def run(self, running: threading.Event) -> None:
         self.transactions.init()
         self.consumer.subscribe([self.source], on_revoke=self._on_revoke, on_lost=self._on_revoke)
         try:
             while running.is_set():
+                self.last_pass = time.monotonic()
                 messages = take(self.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
                 if self._revoked:
                     messages = transactions.without_revoked(self.consumer, messages, self._revoked)
