@@ -68,17 +68,18 @@ class ControlFeed:
                                   **{"fetch.wait.max.ms": 10})
         self._consumer = reader
         applied: list[Applied] = []
+        recent = now_ms() - int(self.settings.ack_recent_s * 1000)
         # A start-up creates a few objects per stopped campaign, all long-lived: with the cyclic
         # garbage collector running, each full collection walks everything read so far again.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            read_until(reader, self.settings.topics.control, ends, lambda m: self._apply(m, applied))
+            read_until(reader, self.settings.topics.control, ends,
+                       lambda m: self._apply(m, applied, recent))
         finally:
             if collecting:
                 gc.enable()
         gc.freeze()  # and no later collection in this process walks the view again
-        recent = now_ms() - int(self.settings.ack_recent_s * 1000)
         self._after_apply([a for a in applied if a.requested_at >= recent], applied)
         self._republish()
         self.bootstrap_s = time.monotonic() - started
@@ -122,7 +123,10 @@ class ControlFeed:
                 self._after_apply(applied, applied)
             self._republish()
 
-    def _apply(self, message: Message, applied: list[Applied]) -> None:
+    def _apply(self, message: Message, applied: list[Applied], ack_from: int | None = None) -> None:
+        """Apply one record; a new command goes to ``applied`` when it is to be acknowledged
+        (requested at ``ack_from`` or later: a start-up acknowledges only recent ones) or has
+        stop hooks to run."""
         key = message.key()
         campaign = key.decode(errors="replace") if isinstance(key, bytes) else ""
         anomalies = self.view.anomalies
@@ -153,8 +157,11 @@ class ControlFeed:
                         log.warning("control command %s names unknown channels: %s",
                                     result.command_id, command.get("channels"))
                     if not seen:
-                        applied.append(result)
-                        self._received_at[result.command_id] = message.timestamp()[1]
+                        acknowledged = ack_from is None or result.requested_at >= ack_from
+                        if acknowledged:
+                            self._received_at[result.command_id] = message.timestamp()[1]
+                        if acknowledged or (self._hooks and result.newly_halted):
+                            applied.append(result)
         if self.view.anomalies > anomalies:
             CONTROL_ANOMALIES.inc(self.view.anomalies - anomalies)
         if covers is ALL_CHANNELS:
