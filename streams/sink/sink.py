@@ -43,7 +43,8 @@ class Sink:
                  process_id: str) -> None:
         self.settings = settings
         self.serdes = serdes
-        self._not_sent = FlatDecoder(serdes.not_sent)  # a stop brings them by the hundred thousand
+        # A stop brings them by the hundred thousand, and a stop's events end alike.
+        self._not_sent = FlatDecoder(serdes.not_sent, shared_from="stage")
         self.store = store
         topics = settings.topics
         self.topics = [topics.sent, topics.notsent, topics.failed, topics.status, topics.control,
@@ -55,8 +56,8 @@ class Sink:
             "partition.assignment.strategy": "cooperative-sticky",
         })
         self.producer: Producer = producer(settings)
-        self.lags = [LagGauge(self.consumer, "sink", t, settings)
-                     for t in (topics.sent, topics.notsent, topics.failed)]
+        self.lag = LagGauge(self.consumer, "sink", [topics.sent, topics.notsent, topics.failed],
+                            settings)
         self._committed: dict[tuple[str, int], int] = {}
         self.stored = 0
         self.conflicts = 0
@@ -64,6 +65,7 @@ class Sink:
 
     def run(self, running: threading.Event) -> None:
         self.consumer.subscribe(self.topics)
+        self.lag.start()
         next_leak_check = next_idle_commit = 0.0
         try:
             while running.is_set():
@@ -75,14 +77,13 @@ class Sink:
                 elif time.monotonic() >= next_idle_commit:
                     next_idle_commit = time.monotonic() + IDLE_COMMIT_S
                     self._commit({})
-                for lag in self.lags:
-                    lag.maybe_update()
                 if time.monotonic() >= next_leak_check:
                     next_leak_check = time.monotonic() + LEAK_CHECK_S
                     leaks = self.store.handoffs_after_confirmation()
                     for channel in CHANNELS:
                         HANDOFFS_AFTER_CONFIRMED_STOP.labels(channel).set(leaks.get(channel, 0))
         finally:
+            self.lag.close()
             self.consumer.close()
 
     def process(self, messages: list[Message]) -> None:
