@@ -90,21 +90,25 @@ class Sink:
         batch = Batch([], [], [], [], [])
         offsets: dict[tuple[str, int], int] = {}
         dead = 0
+        notsent, outcomes, not_sent = self.settings.topics.notsent, batch.outcomes, self._not_sent.decode
         for message in messages:
             if message.error():
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None and partition is not None and offset is not None
             offsets[(topic, partition)] = offset + 1
-            if message.value() is None and topic in self.compacted:
+            value = message.value()
+            if value is None and topic in self.compacted:
                 continue  # tombstones on the compacted topics carry nothing to store
             try:
-                value = message.value()
                 if value is None:
                     raise SerdeError("empty value")  # no event: unreadable, not a tombstone
                 if len(value) > MAX_RECORD_BYTES:
                     raise SerdeError(f"record of {len(value)} bytes")
-                self._collect(topic, message, batch)
+                if topic == notsent:  # what a stop brings by the hundred thousand
+                    outcomes.append(_row(not_sent(value), NOT_SENT))
+                else:
+                    self._collect(topic, message, batch)
             except (SerdeError, KeyError, ValueError) as exc:
                 reason = exc.reason if isinstance(exc, SerdeError) else f"invalid record: {exc}"
                 dead_letter(self.producer, message, reason)
@@ -154,14 +158,12 @@ class Sink:
         self._committed.update(changed)
 
     def _collect(self, topic: str, message: Message, batch: Batch) -> None:
+        """Every record but a notSent event (``process`` reads those itself)."""
         topics = self.settings.topics
         value = message.value()
         if topic == topics.sent:
             event = self.serdes.sent.decode(value)
             batch.outcomes.append(_row(event, SENT))
-        elif topic == topics.notsent:
-            event = self._not_sent.decode(value)
-            batch.outcomes.append(_row(event, NOT_SENT))
         elif topic == topics.failed:
             event = self.serdes.failed.decode(value)
             batch.outcomes.append(_row({**event, "reason": event["error"]}, FAILED))

@@ -388,6 +388,10 @@ class SQLiteStore(OutcomeStore):
         db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # Copy the write-ahead log into the database every 40 MB instead of every 4: a stop's
+        # hundreds of thousands of rows rewrite the same index pages, copied (and synced) once
+        # per checkpoint. Durability is the log's, unchanged.
+        db.execute("PRAGMA wal_autocheckpoint=10000")
         self.path = path
         super().__init__(db)
 
