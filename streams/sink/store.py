@@ -282,6 +282,11 @@ class OutcomeStore:
             "SELECT channel, outcome, stage, COUNT(*) FROM outcomes WHERE campaign_id = ?"
             " GROUP BY channel, outcome, stage", (campaign_id,))]
 
+    def outcomes(self, campaign_id: str) -> int:
+        """How many messages of the campaign have their outcome stored."""
+        return int(self._query("SELECT COUNT(*) FROM outcomes WHERE campaign_id = ?",
+                               (campaign_id,))[0][0])
+
     def cancelled_at_provider(self, campaign_id: str) -> dict[str, int]:
         """Per channel, the notSent messages a provider held and cancelled on a stop."""
         return {r[0]: int(r[1]) for r in self._query(
