@@ -3,9 +3,15 @@ result, role, topic); never a campaign, message or recipient id (see docs/metric
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +111,43 @@ def init_labels(channels: tuple[str, ...] | list[str], topics: list[str]) -> Non
         DEAD_LETTERED.labels(topic)
 
 
-def serve_metrics(port: int) -> int:
-    """Serve /metrics on ``port``, or on a free port if it is 0 or taken; returns the port used.
-    The free port is the one the server bound (no probe-then-bind race between processes)."""
-    if port:
-        try:
-            start_http_server(port)
-            return port
-        except OSError:
-            log.warning("metrics port %d is taken; serving metrics on a free port instead", port)
-    server, _thread = start_http_server(0)
+HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Probes and scrapes every few seconds would drown the worker's log."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _app(health: HealthCheck) -> Callable[..., Iterable[bytes]]:
+    """``/health``: 200 or 503 with what the process checked, as JSON; anything else: metrics."""
+    metrics = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/health":
+            return metrics(environ, start_response)
+        healthy, details = health()
+        body = json.dumps({"healthy": healthy, **details}).encode()
+        start_response("200 OK" if healthy else "503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+def serve_metrics(port: int, health: HealthCheck) -> int:
+    """Serve /metrics and /health on ``port``, or on a free port if it is 0 or taken; returns the
+    port used. The free port is the one the server bound (no probe-then-bind race between
+    processes)."""
+    app = _app(health)
+    try:
+        server = make_server("", port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    except OSError:
+        if not port:
+            raise
+        log.warning("metrics port %d is taken; serving metrics on a free port instead", port)
+        server = make_server("", 0, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return int(server.server_port)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
 
     # Prometheus: every process serves /metrics here; a taken port falls back to a free one.
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    # A worker's /health answers 503 once a stage or the control feed has not passed through its
+    # loop for this long (a stage waiting on a provider or a broker that does not answer).
+    health_stall_s: float = Field(default=60.0, gt=0)
 
     # Control plane (`estop control`): HTTP API and its /metrics; port 0 picks a free port.
     control_port: int = Field(default=6066, ge=0, le=65535)

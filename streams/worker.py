@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from streams.control.feed import ControlFeed
 from streams.control.view import ControlView
@@ -70,7 +72,7 @@ class Worker:
         if self.role_names:
             self.feed.bootstrap()  # before the first request: the GlobalKTable guarantee
             self.feed.start()
-        self.metrics_port = serve_metrics(self.settings.metrics_port)
+        self.metrics_port = serve_metrics(self.settings.metrics_port, self.health)
         self.running.set()
         stages: list[tuple[str, Callable[[threading.Event], None]]] = [
             *((f"gate.{g.channel}", g.run) for g in self.gates),
@@ -81,6 +83,28 @@ class Worker:
             thread = threading.Thread(target=self._guard, args=(name, run), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while every stage thread and the control feed run and each passed through its
+        loop within ``health_stall_s``: a stage stuck on a provider or a broker is unhealthy."""
+        now = time.monotonic()
+        loops: dict[str, float] = {
+            name: stage.last_pass
+            for name, stage in [*((f"gate.{g.channel}", g) for g in self.gates),
+                                *((f"dispatcher.{d.channel}", d) for d in self.dispatchers),
+                                *((("sink", self.sink),) if self.sink else ())]}
+        if self.role_names:
+            loops["control-feed"] = self.feed.last_pass
+        alive = {t.name for t in self._threads if t.is_alive()}
+        if self.feed.tailing:
+            alive.add("control-feed")
+        stages = {name: {"running": name in alive,
+                         "last_loop_s_ago": round(now - last, 3)} for name, last in loops.items()}
+        unhealthy = sorted(name for name, s in stages.items()
+                           if not s["running"] or s["last_loop_s_ago"] > self.settings.health_stall_s)
+        return not unhealthy and not self.stopping.is_set(), {
+            "process": self.process_id, "stopped_campaigns": len(self.view),
+            "unhealthy": unhealthy, "stages": stages}
 
     def _guard(self, name: str, run: Callable[[threading.Event], None]) -> None:
         UP.labels(name).set(1)

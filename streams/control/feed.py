@@ -50,6 +50,7 @@ class ControlFeed:
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
         self._running = threading.Event()
+        self.last_pass = time.monotonic()  # the tail loop's heartbeat, for the worker's /health
         self.bootstrap_s: float | None = None
         self._received_at: dict[str, int] = {}  # record timestamps of commands being applied
         self._seen: set[str] = set()  # command ids applied: a re-published stop is not new
@@ -92,6 +93,11 @@ class ControlFeed:
         self._thread = threading.Thread(target=self._tail, name="control-feed", daemon=True)
         self._thread.start()
 
+    @property
+    def tailing(self) -> bool:
+        """True while the thread that applies new commands runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def close(self) -> None:
         self._running.clear()
         if self._thread is not None:
@@ -106,6 +112,7 @@ class ControlFeed:
     def _tail(self) -> None:
         assert self._consumer is not None
         while self._running.is_set():
+            self.last_pass = time.monotonic()
             messages = take(self._consumer, 1000, 0.05)
             applied: list[Applied] = []
             for message in messages:

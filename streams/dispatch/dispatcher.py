@@ -297,7 +297,7 @@ class Dispatcher(TransactionalStage):
         retries = self.settings.provider_max_retries
         tiebreak = 0
         while queue or waiting:
-            now = time.monotonic()
+            now = self.last_pass = time.monotonic()  # pacing a long batch is not a stall
             while waiting and waiting[0][0] <= now:
                 _, _, handoff, attempt = heapq.heappop(waiting)
                 queue.append((handoff, attempt))

@@ -7,6 +7,7 @@ between input and output."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -33,6 +34,7 @@ class TransactionalStage:
         self.transactions = transactions.TransactionalProducer(settings, f"{group}-{process_id}", what)
         self.lag = LagGauge(self.consumer, lag_name, [source], settings)
         self._revoked: set[int] = set()
+        self.last_pass = time.monotonic()  # the loop's heartbeat, for the worker's /health
 
     def run(self, running: threading.Event) -> None:
         self.transactions.init()
@@ -40,6 +42,7 @@ class TransactionalStage:
         self.lag.start()
         try:
             while running.is_set():
+                self.last_pass = time.monotonic()
                 messages = take(self.consumer, self.batch_limit(), self.settings.poll_timeout_s)
                 if self._revoked:
                     messages = transactions.without_revoked(self.consumer, messages, self._revoked)

@@ -62,6 +62,7 @@ class Sink:
         self.stored = 0
         self.conflicts = 0
         self.dead_lettered = 0
+        self.last_pass = time.monotonic()  # the loop's heartbeat, for the worker's /health
 
     def run(self, running: threading.Event) -> None:
         self.consumer.subscribe(self.topics)
@@ -69,6 +70,7 @@ class Sink:
         next_leak_check = next_idle_commit = 0.0
         try:
             while running.is_set():
+                self.last_pass = time.monotonic()
                 messages = take(self.consumer, self.settings.batch_size * 5,
                                 self.settings.poll_timeout_s)
                 if messages:

@@ -9,9 +9,12 @@ what the dispatcher held back agrees with what the stand-in says it dropped."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
-from streams.campaigns.launcher import launch, message_id
+from streams.campaigns.launcher import launch, message_id, recipient_id
 from streams.control.stop import StopResult
 from streams.dispatch.outbox import OutboxStats
 from streams.models import (
@@ -25,11 +28,12 @@ from streams.models import (
     STATE_STOPPED,
 )
 from streams.providers.testservers.local import LocalStandIns
+from streams.providers.testservers.pushservice import DELETED, REPLACED
 from streams.serde import Serdes
 from streams.settings import Settings
 from streams.sink.report import campaign_report
 from streams.sink.store import open_store
-from tests.channels.conftest import RECIPIENTS
+from tests.channels.conftest import PACE, RECIPIENTS
 from tests.pipeline.support import Workers, duplicates, read_events, wait_for, wait_joined, wait_outcomes
 from tests.pipeline.test_emergency_stop import Launch, stop
 
@@ -142,3 +146,40 @@ def test_stop_while_sending(channel: str, settings: Settings, serdes: Serdes, wo
     assert launched.never_queued[channel] > 0
     assert figures["sending"] >= launched.never_queued[channel], figures
     assert figures["sent"] > 0, figures
+
+
+def test_web_push_stop_replaces_by_topic_where_the_service_cannot_delete(
+    settings: Settings, serdes: Serdes, workers: Workers, tmp_path: Path
+) -> None:
+    """A push service without DELETE: the stop replaces each message it still stores by its Topic
+    with a no-op, so the original never reaches the device. The service does not say whether a
+    message was still stored, so every handed-over message counts as sent (an over-count, never
+    a leak), and no campaign message arrives after the confirmation."""
+    campaign, planned = "finished-webpush-topic", 900
+    stand_ins = LocalStandIns(tmp_path / "stand-ins", ["webpush"],
+                              [recipient_id(i) for i in range(RECIPIENTS)],
+                              dataclasses.replace(PACE, webpush_cancel="topic")).start()
+    try:
+        start_worker(settings, workers, stand_ins, "webpush")
+        assert launch(settings, serdes, campaign, ["webpush"], planned).state == STATE_FINISHED
+        wait_arrival(stand_ins, "webpush", campaign)
+        result = stop(settings, serdes, campaign)
+        assert result.confirmed_at_ms is not None
+        wait_outcomes(settings, campaign, planned)
+        events = read_events(settings, serdes, campaign)
+        assert duplicates(events) == {} and len(events) == planned
+        sent = [e for e in events if e.kind == "sent"]
+        held = [e for e in events if e.kind == "notsent"]
+        assert held and all(e.record["reason"].startswith(REASON_HELD) for e in held)
+
+        service, arrivals = stand_ins.push_service, stand_ins.arrivals("webpush")
+        assert service is not None
+        replaced = service.states(campaign).get(REPLACED, 0)
+        assert replaced > 0 and service.states(campaign).get(DELETED, 0) == 0
+        assert arrivals.count(campaign, after_ms=result.confirmed_at_ms) == 0
+        assert len(sent) == arrivals.count(campaign) + replaced
+        wait_for(lambda: arrivals.count("withdrawn") >= replaced, "the no-ops on the devices")
+        assert OutboxStats(settings.data_dir, "webpush").handed_after(
+            campaign, result.confirmed_at_ms) == 0
+    finally:
+        stand_ins.stop()

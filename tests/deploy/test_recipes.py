@@ -1,10 +1,11 @@
 """The deployment recipes in deploy/ checked with the tools that run here: Kubernetes manifests
 against the API schemas (kubernetes-validate, strict), the operators' custom resources (Strimzi
-KafkaTopic, KEDA ScaledObject) against the schemas of their CRDs (tests/deploy/schemas, copied
-from the operators' releases), the compose file by the compose client (`docker-compose config`),
-its Prometheus configuration and rules by promtool; and every command, setting, topic, consumer
-group and port the recipes name against estop itself. Building the image and running the
-containers need a Docker engine and a Kubernetes cluster, which these tests do not have."""
+Kafka, KafkaNodePool, KafkaTopic, KafkaUser; KEDA ScaledObject, TriggerAuthentication) against the
+schemas of their CRDs (tests/deploy/schemas, copied from the operators' releases), the compose
+file by the compose client (`docker-compose config`), its Prometheus configuration and rules by
+promtool; and every command, setting, topic, consumer group, port, Kafka user and ACL the recipes
+name against estop itself. Building the image and running the containers need a Docker engine
+and a Kubernetes cluster, which these tests do not have."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ import yaml
 from streams.cli import main
 from streams.kafka.topics import Replication, plan
 from streams.models import CHANNELS
+from streams.security import credentials
+from streams.security.roles import ROLES, Grant, grants
 from streams.settings import PROJECT_ROOT, Settings, load_settings
 from tests.support import run_estop
 
@@ -133,14 +136,48 @@ def strict_schema(node: Any) -> Any:
     return out
 
 
-CUSTOM = {"KafkaTopic": "kafkatopic.kafka.strimzi.io-v1.json",
-          "ScaledObject": "scaledobject.keda.sh-v1alpha1.json"}
+CUSTOM = {"Kafka": "kafka.kafka.strimzi.io-v1.json",
+          "KafkaNodePool": "kafkanodepool.kafka.strimzi.io-v1.json",
+          "KafkaTopic": "kafkatopic.kafka.strimzi.io-v1.json",
+          "KafkaUser": "kafkauser.kafka.strimzi.io-v1.json",
+          "ScaledObject": "scaledobject.keda.sh-v1alpha1.json",
+          "TriggerAuthentication": "triggerauthentication.keda.sh-v1alpha1.json"}
+
+# Per kind, changes the operator refuses (path to a field, value), one at a time: a misspelt
+# field, a wrong type, and the easy slips (Kafka's spellings where Strimzi wants its own).
+BROKEN: dict[str, list[tuple[tuple[str | int, ...], object]]] = {
+    "Kafka": [(("spec", "kafka", "authorisation"), {"type": "simple"}),
+              (("spec", "kafka", "listeners", 0, "authentication", "type"), "SCRAM-SHA-512"),
+              (("spec", "kafka", "listeners", 0, "tls"), "false")],
+    "KafkaNodePool": [(("spec", "role"), ["broker"]), (("spec", "replicas"), "three"),
+                      (("spec", "roles"), ["combined"])],
+    "KafkaTopic": [(("spec", "partitons"), 3), (("spec", "partitions"), "three")],
+    "KafkaUser": [(("spec", "authentication", "typ"), "scram-sha-512"),
+                  (("spec", "authorization", "acls", 0, "operations"), ["WRITE"]),
+                  (("spec", "authorization", "acls", 0, "resource", "patternType"), "prefixed"),
+                  (("spec", "authorization", "acls", 0, "resource", "type"), "transactional_id")],
+    "ScaledObject": [(("spec", "maxReplicas"), 3), (("spec", "minReplicaCount"), "three"),
+                     (("spec", "triggers", 0, "authenticationRef", "kind"), "Secret")],
+    "TriggerAuthentication": [(("spec", "env", 0, "parametr"), "username"),
+                              (("spec", "secretTargetRef"), {"name": "estop-worker"})],
+}
+
+
+def changed(doc: Doc, path: tuple[str | int, ...], value: object) -> Doc:
+    """A copy of the document with the field at ``path`` set to ``value``."""
+    out = copy.deepcopy(doc)
+    node: Any = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
 
 
 @pytest.mark.parametrize("kind", sorted(CUSTOM))
 def test_custom_resources_pass_their_operators_crd_schema(kind: str) -> None:
     schema = json.loads((SCHEMAS / CUSTOM[kind]).read_text())
     crd = schema.pop("x-estop-crd")
+    assert crd["kind"] == kind
     validator = jsonschema.Draft7Validator(strict_schema(schema))
     docs = of_kind(kind)
     assert docs
@@ -148,13 +185,9 @@ def test_custom_resources_pass_their_operators_crd_schema(kind: str) -> None:
         assert doc["apiVersion"] == f"{crd['group']}/{crd['version']}"
         errors = [e.message for e in validator.iter_errors(doc)]
         assert errors == [], f"{doc['metadata']['name']}: {errors}"
-    # The validator refuses what the operator would: a misspelt field, a wrong type.
-    broken = copy.deepcopy(docs[0])
-    broken["spec"]["partitons" if kind == "KafkaTopic" else "maxReplicas"] = 3
-    assert list(validator.iter_errors(broken))
-    broken = copy.deepcopy(docs[0])
-    broken["spec"]["partitions" if kind == "KafkaTopic" else "minReplicaCount"] = "three"
-    assert list(validator.iter_errors(broken))
+    # The validator refuses what the operator would.
+    for path, value in BROKEN[kind]:
+        assert list(validator.iter_errors(changed(docs[0], path, value))), (path, value)
 
 
 def test_kafka_topics_are_the_topic_plan_with_three_replicas() -> None:
@@ -171,7 +204,7 @@ def test_kafka_topics_are_the_topic_plan_with_three_replicas() -> None:
     assert found == wanted
 
 
-def test_a_deployment_per_role_and_channel_probed_on_metrics_and_health() -> None:
+def test_a_deployment_per_role_and_channel_probed_on_health() -> None:
     settings = config_settings()
     found = deployments()
     workers = [f"estop-{role}-{c}" for role in ("gate", "dispatcher") for c in CHANNELS] + ["estop-sink"]
@@ -185,7 +218,7 @@ def test_a_deployment_per_role_and_channel_probed_on_metrics_and_health() -> Non
         (port,) = spec["ports"]
         assert port["containerPort"] == settings.metrics_port
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert spec[probe]["httpGet"] == {"path": "/metrics", "port": port["name"]}, (name, probe)
+            assert spec[probe]["httpGet"] == {"path": "/health", "port": port["name"]}, (name, probe)
     control = container(found["estop-control"])
     (port,) = control["ports"]
     assert port["containerPort"] == settings.control_port
@@ -230,6 +263,204 @@ def test_keda_scales_each_stage_on_the_lag_of_its_own_group_and_topic() -> None:
         assert meta["bootstrapServers"] == settings.bootstrap_servers
         found[spec["scaleTargetRef"]["name"]] = (meta["consumerGroup"], meta.get("topic"))
     assert found == expected
+
+
+# -- Kafka security --------------------------------------------------------------------------
+
+# The Kafka user each Deployment's pods authenticate as, by the role label of the Deployment.
+POD_USERS = {"gate": "estop-worker", "dispatcher": "estop-worker", "sink": "estop-analytics",
+             "control": "estop-control"}
+# Secrets the user creates (docs/deployment.md says how) and the keys the recipe reads; every other
+# Secret the recipe reads is a KafkaUser's, made by Strimzi's User Operator.
+USER_SECRETS = {"estop-analytics-store": {"dsn"}, "estop-http-tokens": {"tokens"}}
+# KEDA's Kafka scaler spells the SASL mechanisms its own way.
+KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+STRIMZI_RESOURCE = {"topic": "topic", "group": "group", "transactional_id": "transactionalId"}
+# Kafka's implied operations: Describe comes with Read, Write, Delete and Alter; DescribeConfigs
+# with AlterConfigs; All is everything.
+IMPLIED_BY = {"Describe": {"Read", "Write", "Delete", "Alter"}, "DescribeConfigs": {"AlterConfigs"}}
+
+
+def kafka_users() -> dict[str, Doc]:
+    return {u["metadata"]["name"]: u for u in of_kind("KafkaUser")}
+
+
+def strimzi_acl(grant: Grant) -> Doc:
+    """An estop grant as a Strimzi ACL rule: resource types and operations in Strimzi's spelling
+    (transactionalId, DescribeConfigs), prefixed names as patternType prefix."""
+    return {"resource": {"type": STRIMZI_RESOURCE[grant.resource], "name": grant.name,
+                         "patternType": "prefix" if grant.prefixed else "literal"},
+            "operations": [op.title().replace("_", "") for op in grant.operations]}
+
+
+def allows(user: Doc, resource: str, name: str, operation: str) -> bool:
+    """Whether Kafka's authorizer lets this KafkaUser do ``operation`` on a resource, from its
+    ACLs alone: a matching deny wins, else a matching allow of the operation or one implying it."""
+    wanted = {operation, "All", *IMPLIED_BY.get(operation, ())}
+    verdicts = set()
+    for acl in user["spec"]["authorization"]["acls"]:
+        res = acl["resource"]
+        pattern = res.get("patternType", "literal")
+        named = (name.startswith(res["name"]) if pattern == "prefix"
+                 else res["name"] in (name, "*"))
+        if res["type"] == resource and named and wanted & set(acl["operations"]):
+            verdicts.add(acl.get("type", "allow"))
+    return verdicts == {"allow"}
+
+
+def env_of(deployment: Doc) -> dict[str, Doc]:
+    return {e["name"]: e for e in container(deployment).get("env", [])}
+
+
+def pod_user(deployment: Doc) -> str:
+    user: str = env_of(deployment)["ESTOP_SASL_USERNAME"]["value"]
+    return user
+
+
+def test_the_kafka_cluster_lets_in_only_authenticated_users_and_denies_what_no_acl_allows() -> None:
+    """The Strimzi cluster the ConfigMap points at: every listener asks SCRAM-SHA-512 (no
+    anonymous door), the simple authorizer with no super user of ours and no allow-everyone, the
+    User and Topic Operators running, three combined nodes, the topic defaults of three brokers."""
+    settings = config_settings()
+    (kafka,) = of_kind("Kafka")
+    name = kafka["metadata"]["name"]
+    spec = kafka["spec"]["kafka"]
+    for listener in spec["listeners"]:
+        assert listener["authentication"] == {"type": "scram-sha-512"}, listener["name"]
+    assert spec["authorization"] == {"type": "simple"}
+    assert str(spec["config"].get("allow.everyone.if.no.acl.found", "false")).lower() == "false"
+    by_address = {f"{name}-kafka-bootstrap:{listener['port']}": listener
+                  for listener in spec["listeners"]}
+    listener = by_address[settings.bootstrap_servers]
+    # The ConfigMap speaks the listener's protocol, the one the secured suite proves on a broker.
+    assert settings.security_protocol == ("SASL_SSL" if listener["tls"] else "SASL_PLAINTEXT")
+    assert (settings.security_protocol, settings.sasl_mechanism) == (credentials.PROTOCOL,
+                                                                     credentials.MECHANISM)
+    assert {"topicOperator", "userOperator"} <= set(kafka["spec"]["entityOperator"])
+    (pool,) = of_kind("KafkaNodePool")
+    assert pool["metadata"]["labels"]["strimzi.io/cluster"] == name
+    assert pool["spec"]["replicas"] >= 3 and set(pool["spec"]["roles"]) == {"controller", "broker"}
+    assert spec["config"]["default.replication.factor"] == settings.replication_factor
+    assert spec["config"]["min.insync.replicas"] == settings.min_insync_replicas
+    for doc in of_kind("KafkaTopic") + of_kind("KafkaUser"):
+        assert doc["metadata"]["labels"]["strimzi.io/cluster"] == name, doc["metadata"]["name"]
+
+
+def test_kafka_users_are_the_roles_with_exactly_their_grants() -> None:
+    """One SCRAM user per role, estop-<role>, whose ACLs are exactly what `estop security init`
+    grants that role (streams/security/roles.py) under the ConfigMap's settings: a change to the
+    roles that the recipe does not follow fails here."""
+    wanted = {f"estop-{role}": [strimzi_acl(g) for g in role_grants]
+              for role, role_grants in grants(config_settings()).items()}
+    assert sorted(wanted) == sorted(f"estop-{role}" for role in ROLES)
+    users = kafka_users()
+    assert sorted(users) == sorted(wanted)
+    for name, user in users.items():
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}, name
+        assert user["spec"]["authorization"]["type"] == "simple", name
+        assert user["spec"]["authorization"]["acls"] == wanted[name], name
+
+
+@pytest.mark.parametrize("topic", ["control", "audit"])
+def test_only_the_operator_and_the_control_plane_may_write_the_stop_topics(topic: str) -> None:
+    """Read from the recipe as the broker would: whoever may write campaign-control can stop every
+    campaign, whoever may write audit can forge the trail. Of the pods, only the control plane."""
+    name = getattr(config_settings().topics, topic)
+    (kafka,) = of_kind("Kafka")
+    assert not kafka["spec"]["kafka"]["authorization"].get("superUsers")
+    users = kafka_users()
+    writers = {u for u, user in users.items() if allows(user, "topic", name, "Write")}
+    assert writers == {"estop-operator", "estop-control"}
+    pods_writing = {d for d, deployment in deployments().items()
+                    if pod_user(deployment) in writers}
+    assert pods_writing == {"estop-control"}
+    # The check itself can say yes and no: the workers read the topic they may not write.
+    assert allows(users["estop-worker"], "topic", name, "Read") == (topic == "control")
+
+
+def test_every_pod_authenticates_as_its_roles_user_with_the_password_from_its_secret() -> None:
+    """Gates and dispatchers as estop-worker, the sink as estop-analytics, the control plane as
+    estop-control; the password from the Secret Strimzi made for that user; the settings the pod
+    starts with connect to Kafka as that user over SCRAM."""
+    config = of_kind("ConfigMap")[0]["data"]
+    users = kafka_users()
+    for name, deployment in deployments().items():
+        user = POD_USERS[deployment["metadata"]["labels"]["estop.io/role"]]
+        assert user in users
+        env = env_of(deployment)
+        assert env["ESTOP_SASL_USERNAME"] == {"name": "ESTOP_SASL_USERNAME", "value": user}, name
+        assert env["ESTOP_SASL_PASSWORD"]["valueFrom"] == {
+            "secretKeyRef": {"name": user, "key": "password"}}, name
+        settings = pod_settings(**{k.removeprefix("ESTOP_").lower(): v for k, v in config.items()},
+                                sasl_username=user, sasl_password="from-the-secret")
+        client = settings.client_config()
+        assert {k: client[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username")} == {
+            "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": user}, name
+
+
+def test_no_password_in_plain_text() -> None:
+    """Every secret a pod or a scaler uses comes from a Secret: a KafkaUser's (Strimzi generates the
+    password) or one of the few the user creates, whose names no KafkaUser takes (Strimzi would
+    overwrite it). No Secret, password or token is written in the recipe itself."""
+    assert of_kind("Secret") == []
+    secret_like = re.compile(r"PASSWORD|TOKEN|SECRET|DSN|CREDENTIAL|PRIVATE_KEY")
+    for config in of_kind("ConfigMap"):
+        assert not [k for k in config["data"] if secret_like.search(k.upper())]
+    users = kafka_users()
+    assert not set(USER_SECRETS) & set(users)
+    read = set()
+    for name, deployment in deployments().items():
+        for var, entry in env_of(deployment).items():
+            if secret_like.search(var):
+                assert "value" not in entry and "secretKeyRef" in entry["valueFrom"], (name, var)
+            ref = entry.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                read.add((ref["name"], ref["key"]))
+    for secret, key in read:
+        assert key in USER_SECRETS.get(secret, set()) or (secret in users and key == "password")
+    # estop-operator and estop-engine are for people and the campaign engine, not pods here.
+    assert {secret for secret, _ in read} == set(USER_SECRETS) | (
+        set(users) - {"estop-operator", "estop-engine"})
+    for user in users.values():  # no password of our own choosing: the User Operator makes one
+        assert "password" not in user["spec"]["authentication"]
+    (auth,) = of_kind("TriggerAuthentication")
+    assert set(auth["spec"]) == {"env"}
+    # The Secrets the user creates are the ones the docs tell them to create.
+    docs = (PROJECT_ROOT / "docs" / "deployment.md").read_text()
+    for secret, keys in USER_SECRETS.items():
+        (key,) = keys
+        assert f"kubectl create secret generic {secret} --from-literal={key}=" in docs
+
+
+def test_every_scaler_authenticates_as_the_user_of_the_deployment_it_scales() -> None:
+    """Each ScaledObject trigger references the TriggerAuthentication, which takes the username and
+    password from the scaled container's own environment; that user may describe the group and
+    topic the trigger measures, which is all the scaler asks the broker."""
+    settings = config_settings()
+    (auth,) = of_kind("TriggerAuthentication")
+    found = {e["parameter"]: (e["name"], e["containerName"]) for e in auth["spec"]["env"]}
+    (estop,) = {container(d)["name"] for d in deployments().values()}
+    assert found == {"username": ("ESTOP_SASL_USERNAME", estop),
+                     "password": ("ESTOP_SASL_PASSWORD", estop)}
+    users = kafka_users()
+    assert settings.sasl_mechanism is not None
+    scaled_objects = of_kind("ScaledObject")
+    assert scaled_objects
+    for scaled in scaled_objects:
+        target = deployments()[scaled["spec"]["scaleTargetRef"]["name"]]
+        user = users[pod_user(target)]
+        for trigger in scaled["spec"]["triggers"]:
+            assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+            meta = trigger["metadata"]
+            assert meta["sasl"] == KEDA_SASL[settings.sasl_mechanism]
+            assert meta.get("tls", "disable") == "disable"  # SASL_PLAINTEXT, as the pods
+            assert allows(user, "group", meta["consumerGroup"], "Describe")
+            # Without a topic the scaler follows every topic the group commits: the sink's events.
+            topics = [meta["topic"]] if "topic" in meta else [
+                settings.topics.sent, settings.topics.notsent, settings.topics.failed]
+            for topic in topics:
+                assert allows(user, "topic", topic, "Describe"), (pod_user(target), topic)
 
 
 # -- commands and settings -------------------------------------------------------------------
@@ -343,6 +574,8 @@ def test_compose_file_is_valid_for_the_compose_client() -> None:
         env = resolved[role]["environment"]
         assert env["ESTOP_BOOTSTRAP_SERVERS"] == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
         assert resolved[role]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+        probe = resolved[role]["healthcheck"]["test"]
+        assert f"http://localhost:{env['ESTOP_METRICS_PORT']}/health" in probe[-1], role
     broken = COMPOSE.read_text().replace("condition: service_completed_successfully",
                                          "condition: service_finished", 1)
     bad = subprocess.run([*compose_client(), "-f", "-", "config", "-q"], input=broken,

@@ -29,6 +29,7 @@ class Pace:
     sms_validity_s: int = 3600  # validity_period estop asks for
     webpush_connect_every_s: float = 3.0  # each browser connects to its push service this often
     webpush_ttl_s: int = 8  # TTL of every web push message
+    webpush_cancel: str = "delete"  # or "topic", for a push service that cannot delete
     push_rate: float = 500.0  # FCM messages per second (the project's quota)
     push_ttl_s: int = 60  # android.ttl / apns-expiration of every mobile push message
 
@@ -57,11 +58,13 @@ class LocalStandIns:
             vapid = Vapid()
             vapid.generate_keys()
             raw = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
-            self.push_service = StandInPushService(connect_every_s=pace.webpush_connect_every_s).start()
+            self.push_service = StandInPushService(connect_every_s=pace.webpush_connect_every_s,
+                                                   allow_delete=pace.webpush_cancel == "delete").start()
             directory = self.folder / "webpush-subscriptions.json"
             self.push_service.subscribe(self.recipients, application_server_key(vapid), directory)
             self._env.update({
-                "ESTOP_WEBPUSH_PROVIDER": f"webpush://?ttl_s={pace.webpush_ttl_s}&cancel=delete",
+                "ESTOP_WEBPUSH_PROVIDER": (f"webpush://?ttl_s={pace.webpush_ttl_s}"
+                                           f"&cancel={pace.webpush_cancel}"),
                 "ESTOP_WEBPUSH_SUBSCRIPTIONS": str(directory),
                 "ESTOP_WEBPUSH_VAPID_PRIVATE_KEY": base64.urlsafe_b64encode(raw).rstrip(b"=").decode(),
             })
