@@ -37,7 +37,7 @@ from streams.control.view import Applied, ControlView, Stop
 from streams.dispatch.outbox import DELIVERED, SUBMITTING, UNDELIVERED, Outbox, Outcome
 from streams.dispatch.receipts import ReceiptPublisher
 from streams.faults import crash_point
-from streams.kafka.clients import Headers, routing
+from streams.kafka.clients import Headers
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
 from streams.kafka.stage import TransactionalStage
 from streams.models import (
@@ -46,6 +46,7 @@ from streams.models import (
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
     HEADER_OUTCOME,
+    HEADER_RECIPIENT,
     HEADER_STAGE,
     NOT_SENT_EVENT,
     OUTCOME_FAILED,
@@ -71,8 +72,23 @@ log = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.1
 PACE_SLICE_S = 0.01  # handoffs are paced in slices of 10 ms worth of the provider's rate
 MAX_BACKOFF_S = 5.0
+DRAIN_BATCH_FACTOR = 5
 # The label a retry is counted under (estop_provider_retries_total{error=...}).
 RETRY_LABEL = {SubmitStatus.REFUSED: "error", SubmitStatus.UNKNOWN: "timeout"}
+
+
+# A held-back message: its id and recipient as UTF-8 (its record's key and header), its stop.
+Held = tuple[bytes, bytes, Stop]
+
+
+def _utf8(raw: bytes) -> bytes:
+    """Record bytes as they may go into an Avro string: valid UTF-8 (anything else replaced, as
+    decoding the key would)."""
+    return raw.decode(errors="replace").encode()
+
+
+def _held(handoff: Handoff, stop: Stop) -> Held:
+    return handoff.message_id.encode(), handoff.recipient_id.encode(), stop
 
 
 class Dispatcher(TransactionalStage):
@@ -105,6 +121,7 @@ class Dispatcher(TransactionalStage):
         self._channel_bytes = channel.encode()
         self._stage_bytes = STAGE_PROVIDER.encode()
         self._next_slot = time.monotonic()
+        self._draining = False  # the last batch was all held back
         self._last_report = 0.0
         self._random = random.Random()
         self.handed = 0
@@ -145,6 +162,11 @@ class Dispatcher(TransactionalStage):
 
     # -- main loop -----------------------------------------------------------------------------
 
+    def batch_limit(self) -> int:
+        """Larger batches while draining a stopped backlog: each batch is one transaction, whose
+        commit waits for the broker, and a held-back message costs no provider capacity."""
+        return self.settings.batch_size * (DRAIN_BATCH_FACTOR if self._draining else 1)
+
     def idle(self) -> None:
         self._report()
 
@@ -160,42 +182,60 @@ class Dispatcher(TransactionalStage):
         pending: list[Handoff] = []
         offsets: dict[int, int] = {}
         dead: list[tuple[Message, str]] = []
-        held: list[tuple[Handoff, Stop]] = []
+        held: list[Held] = []
         failed: list[tuple[Handoff, int, str]] = []
-        stopped, channel = self.view.stopped, self.channel
+        stopped, channel, channel_bytes = self.view.stopped, self.channel, self._channel_bytes
+        known_envelope = self.serdes.send_request.has_known_header
+        # A stop is final: a campaign found stopped stays so for the batch (found not stopped,
+        # a request takes the decoding path below, which looks again).
+        stops: dict[bytes, Stop | None] = {}
         for message in messages:
             if message.error():
                 continue
             offsets[message.partition()] = message.offset() + 1  # type: ignore[index,operator]
+            # A request of a stopped campaign is held back whatever its body: its key (the
+            # message id) and headers make its notSent event, no decode and no handoff object
+            # (its payload never reaches a provider). Already stopped: held back here (a stop is
+            # final; the handoff slice would hold it too), so a stopped backlog skips the queue.
+            key, value, headers = message.key(), message.value(), message.headers()
+            if key and value is not None and headers and len(value) <= MAX_RECORD_BYTES:
+                found: dict[str, Any] = dict(headers)  # the last of a repeated header wins
+                campaign, recipient = found.get(HEADER_CAMPAIGN), found.get(HEADER_RECIPIENT)
+                if campaign and recipient and found.get(HEADER_CHANNEL) == channel_bytes:
+                    stop = stops.get(campaign)
+                    if stop is None:
+                        stop = stops[campaign] = stopped(campaign.decode(errors="replace"), channel)
+                    if stop is not None and known_envelope(value):
+                        held.append((key if key.isascii() else _utf8(key),
+                                     recipient if recipient.isascii() else _utf8(recipient), stop))
+                        continue
             try:
                 handoff = self._handoff(message)
             except SerdeError as exc:
                 dead.append((message, exc.reason))
                 continue
-            # Already stopped: held back here (a stop is final; the handoff slice would hold it
-            # too), so a stopped backlog skips the handoff queue.
             stop = stopped(handoff.campaign_id, channel)
             if stop is None:
                 pending.append(handoff)
             else:
-                held.append((handoff, stop))
+                held.append(_held(handoff, stop))
         if not self._hand_over(pending, held, failed, running):
             # Shutting down: nothing was committed; the outbox makes the redo of the handoffs
             # idempotent.
             return
-        owned = self._settle([h for h, _ in held] + [h for h, _, _ in failed])
-        for campaign_id, stop in {h.campaign_id: stop for h, stop in held
-                                  if h.message_id in owned}.items():
-            self._cancel_at_provider(campaign_id, stop)  # accepted on an answer that was lost
-        held = [(h, stop) for h, stop in held if h.message_id not in owned]
-        failed = [f for f in failed if f[0].message_id not in owned]
+        owned = self._settle(held, failed)
+        if owned:
+            for campaign_id, stop in {stop.campaign_id: stop for key, _, stop in held
+                                      if key in owned}.items():
+                self._cancel_at_provider(campaign_id, stop)  # accepted on an answer that was lost
+            held = [h for h in held if h[0] not in owned]
+            failed = [f for f in failed if f[0].message_id.encode() not in owned]
         self.transactions.begin()
         try:
             for message, reason in dead:
                 dead_letter(self.transactions.producer, message, reason)
             occurred_at = now_ms()
-            for handoff, stop in held:
-                self._publish_held(handoff, stop, occurred_at)
+            self._publish_held(held, occurred_at)
             for handoff, attempts, error in failed:
                 self._publish_failed(handoff, attempts, error, occurred_at)
         except KafkaException as exc:
@@ -204,6 +244,7 @@ class Dispatcher(TransactionalStage):
         if not self.commit(offsets):
             return
         self.halted += len(held)
+        self._draining = bool(held) and not pending and not failed
         self.failed += len(failed)
         metrics.NOT_SENT.labels(self.channel, STAGE_PROVIDER).inc(len(held))
         metrics.FAILED.labels(self.channel).inc(len(failed))
@@ -211,34 +252,37 @@ class Dispatcher(TransactionalStage):
             self.dead_lettered += len(dead)
             metrics.DEAD_LETTERED.labels(self.source).inc(len(dead))
 
-    def _settle(self, handoffs: list[Handoff]) -> set[str]:
-        """Of messages about to end without a handoff (held back, failed), those the provider
-        holds after all (their outcome belongs to the outbox); the others leave the outbox."""
-        states = self.outbox.states([h.message_id for h in handoffs])
-        in_doubt = [h for h in handoffs if states.get(h.message_id) == SUBMITTING]
+    def _settle(self, held: list[Held], failed: list[tuple[Handoff, int, str]]) -> set[bytes]:
+        """Of messages about to end without a handoff (held back, failed), the ids (UTF-8) of
+        those the provider holds after all (their outcome belongs to the outbox); the others
+        leave the outbox. Held-back messages are looked up only when the outbox has a row of
+        their campaign at all: a stopped backlog of a campaign never handed over costs one
+        indexed query per batch, not one per message id."""
+        ids = [h.message_id for h, _, _ in failed]
+        if held and self.outbox.has_campaign({stop.campaign_id for _, _, stop in held}):
+            ids += [key.decode() for key, _, _ in held]
+        states = self.outbox.states(ids) if ids else {}
+        if not states:
+            return set()
+        doubted = {m for m, state in states.items() if state == SUBMITTING}
+        in_doubt = [h for h, _, _ in failed if h.message_id in doubted]
+        in_doubt += [Handoff(key.decode(), stop.campaign_id, self.channel, recipient.decode(), "")
+                     for key, recipient, stop in held if key.decode() in doubted]
         found: dict[str, str] = {}
         if in_doubt:
             with self._provider_lock:
                 found = self.provider.find(in_doubt)
             self.outbox.accepted(found, None)  # handed over at their last submission
             self.outbox.not_held(h.message_id for h in in_doubt if h.message_id not in found)
-        return {m for m, state in states.items() if state != SUBMITTING} | set(found)
+        return {m.encode() for m, state in states.items() if state != SUBMITTING} | \
+            {m.encode() for m in found}
 
     def _handoff(self, message: Message) -> Handoff:
-        """The handoff a record asks for; SerdeError when it is not a valid request here."""
+        """The handoff a record asks for, decoded and checked; SerdeError when it is not a valid
+        request here."""
         value = message.value()
         if value is None or len(value) > MAX_RECORD_BYTES:
             raise SerdeError("empty value" if value is None else f"record of {len(value)} bytes")
-        # A request of a stopped campaign is held back whatever its body: its key and headers
-        # make its notSent event, no decode needed (its payload never reaches a provider).
-        # Every other request is decoded and checked.
-        campaign, channel, recipient = routing(message.headers())
-        key = message.key()
-        if (campaign and recipient and key and channel == self.channel
-                and self.view.stopped(campaign, channel) is not None
-                and self.serdes.send_request.has_known_header(value)):
-            return Handoff(key.decode(errors="replace"), campaign, channel,
-                           recipient.decode(errors="replace"), "")
         request = self.serdes.send_request.decode(value)
         if request["channel"] != self.channel:
             if request["channel"] not in CHANNELS:
@@ -252,7 +296,7 @@ class Dispatcher(TransactionalStage):
 
     # -- handoffs ------------------------------------------------------------------------------
 
-    def _hand_over(self, pending: list[Handoff], held: list[tuple[Handoff, Stop]],
+    def _hand_over(self, pending: list[Handoff], held: list[Held],
                    failed: list[tuple[Handoff, int, str]], running: threading.Event) -> bool:
         """Hand every pending message over, retrying refused ones with backoff; fills ``held``
         (stopped before a handoff) and ``failed`` (retry budget spent). False on shutdown."""
@@ -287,10 +331,11 @@ class Dispatcher(TransactionalStage):
         base = self.settings.provider_retry_backoff_s * 2 ** (attempt - 1)
         return min(base * (0.5 + self._random.random()), MAX_BACKOFF_S)
 
-    def _handoff_slice(self, queue: deque[tuple[Handoff, int]], held: list[tuple[Handoff, Stop]]
+    def _handoff_slice(self, queue: deque[tuple[Handoff, int]], held: list[Held]
                        ) -> list[tuple[Handoff, int, SubmitStatus, str]]:
-        """Check and hand over up to one slice of messages atomically with respect to stops;
-        held-back messages cost no provider capacity, so they do not count against the slice.
+        """Check and hand over up to one slice of messages; a stop of one of its campaigns applied
+        meanwhile waits in ``on_stop`` until the slice is recorded. Held-back messages cost no
+        provider capacity, so they do not count against the slice.
         Returns the handoffs the provider did not confirm, with their attempt, status and answer."""
         handoffs: list[Handoff] = []
         attempts: dict[str, int] = {}
@@ -305,7 +350,7 @@ class Dispatcher(TransactionalStage):
                     handoffs.append(item)
                     attempts[item.message_id] = attempt
                 else:
-                    held.append((item, stop))
+                    held.append(_held(item, stop))
             if not handoffs:
                 return unconfirmed
             # Checked: a stop applied from now on waits in its hook for these campaigns'
@@ -367,11 +412,21 @@ class Dispatcher(TransactionalStage):
     def _headers(self, campaign_id: str) -> Headers:
         return [(HEADER_CAMPAIGN, campaign_id.encode()), (HEADER_CHANNEL, self._channel_bytes)]
 
-    def _publish_held(self, handoff: Handoff, stop: Stop, occurred_at: int) -> None:
-        encoder, headers = self._held_back.for_stop(stop)
-        key = handoff.message_id.encode()
-        self.transactions.produce(self.settings.topics.notsent, key=key, headers=headers,
-                                  value=encoder.encode(key, handoff.recipient_id, occurred_at))
+    def _publish_held(self, held: list[Held], occurred_at: int) -> None:
+        """The notSent events of the held-back messages, a run of one stop's at a time (a
+        batch is nearly always one run): encoded by the stop's encoder, produced with the stop's
+        one header list."""
+        topic = self.settings.topics.notsent
+        start, size = 0, len(held)
+        while start < size:
+            stop = held[start][2]
+            end = start + 1
+            while end < size and held[end][2] is stop:
+                end += 1
+            encoder, headers = self._held_back.for_stop(stop)
+            self.transactions.produce_all(topic, encoder.records(held[start:end], occurred_at),
+                                          headers)
+            start = end
 
     def _publish_failed(self, handoff: Handoff, attempts: int, error: str, occurred_at: int) -> None:
         topic, key, value, headers = self._failed_record(

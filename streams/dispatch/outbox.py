@@ -159,6 +159,13 @@ class Outbox:
             with localdb.write(self._db) as db:
                 db.executemany("DELETE FROM outbox WHERE message_id = ? AND state = 'submitting'", rows)
 
+    def has_campaign(self, campaign_ids: Iterable[str]) -> bool:
+        """Whether any message of these campaigns was ever reserved here (one indexed lookup)."""
+        ids = list(campaign_ids)
+        return any(self._db.execute(
+            f"SELECT 1 FROM outbox WHERE campaign_id IN ({marks}) LIMIT 1", chunk).fetchone()
+                   for chunk, marks in localdb.chunks(ids))
+
     def states(self, message_ids: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         for chunk, marks in localdb.chunks(message_ids):

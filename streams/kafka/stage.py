@@ -32,30 +32,35 @@ class TransactionalStage:
             **consumer_config,
         })
         self.transactions = transactions.TransactionalProducer(settings, f"{group}-{process_id}", what)
-        self.lag = LagGauge(self.consumer, lag_name, source, settings)
+        self.lag = LagGauge(self.consumer, lag_name, [source], settings)
         self._revoked: set[int] = set()
         self.last_pass = time.monotonic()  # the loop's heartbeat, for the worker's /health
 
     def run(self, running: threading.Event) -> None:
         self.transactions.init()
         self.consumer.subscribe([self.source], on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.lag.start()
         try:
             while running.is_set():
                 self.last_pass = time.monotonic()
-                messages = take(self.consumer, self.settings.batch_size, self.settings.poll_timeout_s)
+                messages = take(self.consumer, self.batch_limit(), self.settings.poll_timeout_s)
                 if self._revoked:
                     messages = transactions.without_revoked(self.consumer, messages, self._revoked)
                     self._revoked.clear()
                 if messages:
                     self.process(messages, running)
                 self.idle()
-                self.lag.maybe_update()
         finally:
+            self.lag.close()
             self.consumer.close()
             self.closing()
 
     def process(self, messages: list[Message], running: threading.Event) -> None:
         raise NotImplementedError
+
+    def batch_limit(self) -> int:
+        """How many records the next batch may take."""
+        return self.settings.batch_size
 
     def idle(self) -> None:
         """Between polls (the dispatcher publishes its provider's receipts here)."""

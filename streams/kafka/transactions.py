@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from confluent_kafka import (
@@ -30,7 +30,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streams.kafka.clients import producer
+from streams.kafka.clients import Headers, producer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,16 @@ class TransactionalProducer:
                 return
             except BufferError:
                 self.producer.poll(0.05)
+
+    def produce_all(self, topic: str, records: Iterable[tuple[bytes, bytes]], headers: Headers) -> None:
+        """Many records (key, value) with one header list: a held-back drain's loop, one C call
+        per record."""
+        produce = self.producer.produce
+        for key, value in records:
+            try:
+                produce(topic, value, key, headers=headers)
+            except BufferError:
+                self.produce(topic, value=value, key=key, headers=headers)
 
     def commit(self, offsets: list[TopicPartition], group_metadata: Any) -> bool:
         """Send the offsets and commit the open transaction: True once committed; False when it

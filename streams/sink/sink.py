@@ -43,7 +43,8 @@ class Sink:
                  process_id: str) -> None:
         self.settings = settings
         self.serdes = serdes
-        self._not_sent = FlatDecoder(serdes.not_sent)  # a stop brings them by the hundred thousand
+        # A stop brings them by the hundred thousand, and a stop's events end alike.
+        self._not_sent = FlatDecoder(serdes.not_sent, shared_from="stage")
         self.store = store
         topics = settings.topics
         self.topics = [topics.sent, topics.notsent, topics.failed, topics.status, topics.control,
@@ -55,8 +56,8 @@ class Sink:
             "partition.assignment.strategy": "cooperative-sticky",
         })
         self.producer: Producer = producer(settings)
-        self.lags = [LagGauge(self.consumer, "sink", t, settings)
-                     for t in (topics.sent, topics.notsent, topics.failed)]
+        self.lag = LagGauge(self.consumer, "sink", [topics.sent, topics.notsent, topics.failed],
+                            settings)
         self._committed: dict[tuple[str, int], int] = {}
         self.stored = 0
         self.conflicts = 0
@@ -65,6 +66,7 @@ class Sink:
 
     def run(self, running: threading.Event) -> None:
         self.consumer.subscribe(self.topics)
+        self.lag.start()
         next_leak_check = next_idle_commit = 0.0
         try:
             while running.is_set():
@@ -77,35 +79,38 @@ class Sink:
                 elif time.monotonic() >= next_idle_commit:
                     next_idle_commit = time.monotonic() + IDLE_COMMIT_S
                     self._commit({})
-                for lag in self.lags:
-                    lag.maybe_update()
                 if time.monotonic() >= next_leak_check:
                     next_leak_check = time.monotonic() + LEAK_CHECK_S
                     leaks = self.store.handoffs_after_confirmation()
                     for channel in CHANNELS:
                         HANDOFFS_AFTER_CONFIRMED_STOP.labels(channel).set(leaks.get(channel, 0))
         finally:
+            self.lag.close()
             self.consumer.close()
 
     def process(self, messages: list[Message]) -> None:
         batch = Batch([], [], [], [], [])
         offsets: dict[tuple[str, int], int] = {}
         dead = 0
+        notsent, outcomes, not_sent = self.settings.topics.notsent, batch.outcomes, self._not_sent.decode
         for message in messages:
             if message.error():
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None and partition is not None and offset is not None
             offsets[(topic, partition)] = offset + 1
-            if message.value() is None and topic in self.compacted:
+            value = message.value()
+            if value is None and topic in self.compacted:
                 continue  # tombstones on the compacted topics carry nothing to store
             try:
-                value = message.value()
                 if value is None:
                     raise SerdeError("empty value")  # no event: unreadable, not a tombstone
                 if len(value) > MAX_RECORD_BYTES:
                     raise SerdeError(f"record of {len(value)} bytes")
-                self._collect(topic, message, batch)
+                if topic == notsent:  # what a stop brings by the hundred thousand
+                    outcomes.append(_row(not_sent(value), NOT_SENT))
+                else:
+                    self._collect(topic, message, batch)
             except (SerdeError, KeyError, ValueError) as exc:
                 reason = exc.reason if isinstance(exc, SerdeError) else f"invalid record: {exc}"
                 dead_letter(self.producer, message, reason)
@@ -155,14 +160,12 @@ class Sink:
         self._committed.update(changed)
 
     def _collect(self, topic: str, message: Message, batch: Batch) -> None:
+        """Every record but a notSent event (``process`` reads those itself)."""
         topics = self.settings.topics
         value = message.value()
         if topic == topics.sent:
             event = self.serdes.sent.decode(value)
             batch.outcomes.append(_row(event, SENT))
-        elif topic == topics.notsent:
-            event = self._not_sent.decode(value)
-            batch.outcomes.append(_row(event, NOT_SENT))
         elif topic == topics.failed:
             event = self.serdes.failed.decode(value)
             batch.outcomes.append(_row({**event, "reason": event["error"]}, FAILED))

@@ -76,12 +76,48 @@ def test_one_encoder_serves_every_message_of_a_stop() -> None:
                               event["occurred_at"]) == serde.encode(event)
 
 
-def test_the_decoder_reads_what_fastavro_wrote() -> None:
+def test_many_events_at_once_are_the_same_bytes_as_one_by_one() -> None:
     serde = Serdes().not_sent
-    decoder = FlatDecoder(serde)
-    for event in [*edge_cases(), *random_events(serde, 300)]:
+    for event in edge_cases():
+        encoder = encoder_for(serde, event)
+        ids = [(f"{event['message_id']}{index}".encode(), f"{event['recipient_id']}é{index}".encode(),
+                None) for index in range(3)]
+        assert encoder.records(ids, event["occurred_at"]) == [
+            (mid, serde.encode({**event, "message_id": mid.decode(), "recipient_id": rid.decode()}))
+            for mid, rid, _ in ids]
+
+
+# The decoder reads each record in full, or remembers the ends shared by a stop's events.
+DECODERS = [None, "stage", "occurred_at"]
+
+
+@pytest.mark.parametrize("shared_from", DECODERS)
+def test_the_decoder_reads_what_fastavro_wrote(shared_from: str | None) -> None:
+    serde = Serdes().not_sent
+    decoder = FlatDecoder(serde, shared_from)
+    events = [*edge_cases(), *random_events(serde, 300)]
+    for event in [*events, *events]:  # the second time, the ends are remembered
         value = serde.encode(event)
         assert decoder.decode(value) == serde.decode(value) == event
+
+
+def test_remembered_ends_are_only_what_the_bytes_say() -> None:
+    """Events of one stop share their end; ids before it and a changed end are read anew."""
+    serde = Serdes().not_sent
+    decoder = FlatDecoder(serde, "stage")
+    encoder = encoder_for(serde, EVENT)
+    for index in range(50):
+        at = EVENT["occurred_at"] + index // 10
+        value = encoder.encode(f"m{index}", f"r{index}", at)
+        assert decoder.decode(value) == {**EVENT, "message_id": f"m{index}",
+                                         "recipient_id": f"r{index}", "occurred_at": at}
+    other = {**EVENT, "reason": "another stop", "stop_command_id": None, "stop_requested_at": None}
+    assert decoder.decode(serde.encode(other)) == other
+
+
+def test_an_array_cannot_be_a_remembered_end() -> None:
+    with pytest.raises(SerdeError, match="shared"):
+        FlatDecoder(Serdes().control_command, "channels")
 
 
 def test_the_decoder_reads_control_commands_as_fastavro_does() -> None:
@@ -119,10 +155,13 @@ def test_with_a_registry_both_use_the_confluent_wire_format() -> None:
     assert FlatDecoder(serde).decode(value) == EVENT
 
 
+@pytest.mark.parametrize("shared_from", DECODERS)
 @pytest.mark.parametrize("cut", [1, 5, 20])
-def test_a_cut_or_padded_value_is_refused_like_the_generic_decoder_does(cut: int) -> None:
+def test_a_cut_or_padded_value_is_refused_like_the_generic_decoder_does(
+        cut: int, shared_from: str | None) -> None:
     serde = Serdes().not_sent
-    decoder = FlatDecoder(serde)
+    decoder = FlatDecoder(serde, shared_from)
+    decoder.decode(serde.encode(EVENT))  # its end remembered: a padded copy must still fail
     value = serde.encode(EVENT)
     for bad in (value[:-cut], value + b"\x00" * cut):
         with pytest.raises(SerdeError, match="corrupt NotSentEvent body"):

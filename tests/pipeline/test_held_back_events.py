@@ -9,26 +9,31 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
 from streams.control.stop import issue_stop
-from streams.kafka.clients import Headers, producer
+from streams.kafka.clients import Headers, admin, producer
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, HEADER_RECIPIENT, STAGE_PROVIDER, STAGE_SENDING
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.pipeline.support import (
     Workers,
     duplicates,
+    end_offsets,
     handed,
     read_events,
     records,
+    send_request,
     wait_joined,
     wait_outcomes,
 )
+from tests.support import wait_for
 
 pytestmark = pytest.mark.broker
 
 REASON = "wrong audience"
 PER_STAGE = 40
+HANDED = 30  # requests handed over before the stop, then queued again
 
 
 def test_held_back_requests_become_events_naming_them_at_both_stages(
@@ -93,3 +98,56 @@ def test_held_back_requests_become_events_naming_them_at_both_stages(
         on_wire = dict(message.headers() or [])
         assert on_wire[HEADER_CAMPAIGN] == campaign.encode()
         assert on_wire["stage"] == event["stage"].encode()
+
+
+def test_a_request_the_outbox_holds_keeps_its_one_outcome_when_held_back(
+    settings: Settings, serdes: Serdes, workers: Workers
+) -> None:
+    """Requests of a stopped campaign that arrive again after their handoff (as after a crash
+    between a handoff and its batch's commit, or an engine queueing them again) take the
+    held-back path from key and headers; the outbox holds them, so they keep the one outcome the
+    provider gave them, while the requests never handed over become notSent events."""
+    campaign = "held-after-handoff"
+    _, worker_id = workers.start("--role", "dispatcher", "--channel", "email", rate=500, delay_s=0.1)
+    group, topic = settings.topics.dispatcher_group("email"), settings.topics.dispatch("email")
+    wait_joined(settings, [worker_id], [group])
+    handed_over = produce_with_recipients(settings, serdes, topic, campaign, range(HANDED))
+    wait_outcomes(settings, campaign, HANDED)
+    assert handed(settings, campaign, ["email"]) == {"email": HANDED}
+    result = issue_stop(settings, serdes, campaign, REASON, [], by="test operator", timeout_s=60,
+                        force=True)
+    assert result.confirmed
+
+    new = produce_with_recipients(settings, serdes, topic, campaign, range(HANDED, 2 * HANDED))
+    produce_with_recipients(settings, serdes, topic, campaign, range(HANDED))  # again
+    wait_for(lambda: committed(settings, group, topic) == sum(end_offsets(settings, topic).values()),
+             "the dispatcher to commit every request")
+
+    events = read_events(settings, serdes, campaign)
+    assert duplicates(events) == {}
+    assert {e.message_id for e in events if e.kind == "sent"} == set(handed_over)
+    assert {e.message_id for e in events if e.kind == "notsent"} == set(new)
+    assert handed(settings, campaign, ["email"]) == {"email": HANDED}
+
+
+def produce_with_recipients(settings: Settings, serdes: Serdes, topic: str, campaign: str,
+                            indexes: range) -> list[str]:
+    """Requests carrying the engine's routing headers, recipient included; their message ids."""
+    requests = [send_request(campaign, "email", index) for index in indexes]
+    out = producer(settings)
+    for request in requests:
+        out.produce(topic, key=request["message_id"].encode(),
+                    value=serdes.send_request.encode(request),
+                    headers=[(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, b"email"),
+                             (HEADER_RECIPIENT, request["recipient_id"].encode())])
+    assert out.flush(30) == 0
+    return [r["message_id"] for r in requests]
+
+
+def committed(settings: Settings, group: str, topic: str) -> int:
+    """The group's committed offsets on ``topic``, summed over its partitions."""
+    partitions = end_offsets(settings, topic)
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
+    client = admin(settings)  # kept while its answer is awaited
+    result = client.list_consumer_group_offsets([request])[group].result(timeout=35)
+    return sum(max(tp.offset, 0) for tp in result.topic_partitions)

@@ -131,6 +131,19 @@ def test_duplicates_inside_one_batch(store: OutcomeStore) -> None:
     assert (again.inserted, again.conflicts) == (0, 0)
 
 
+def test_a_batch_of_new_and_stored_messages_is_written_as_a_whole(store: OutcomeStore) -> None:
+    """New messages go in with one plain insert; one stored message among them sends the whole
+    batch the long way (looked up, upserted by the sent-wins rule), nothing written twice."""
+    assert store.write(batch([not_sent("m1"), sent("m2")])).inserted == 2
+
+    result = store.write(batch([not_sent("m3"), sent("m1"), not_sent("m2"), not_sent("m4")]))
+
+    assert (result.inserted_sent, result.inserted_not_sent, result.conflicts) == (0, 2, 2)
+    assert counts(store) == {("email", SENT, None): 2, ("email", NOT_SENT, "provider"): 2}
+    store.write(batch([not_sent("m5", campaign="c2")]))
+    assert (store.outcomes("c1"), store.outcomes("c2"), store.outcomes("c3")) == (4, 1, 0)
+
+
 def test_a_store_created_before_conflict_flags_is_upgraded(store_location: StoreLocation) -> None:
     store_location.execute(
         """CREATE TABLE outcomes (message_id TEXT PRIMARY KEY, campaign_id TEXT NOT NULL,
