@@ -33,6 +33,8 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+GATE_BATCH_FACTOR = 5  # see Gate.batch_limit
+
 
 class Gate(TransactionalStage):
     def __init__(self, settings: Settings, channel: str, view: ControlView, serdes: Serdes,
@@ -49,6 +51,12 @@ class Gate(TransactionalStage):
         self.passed = 0
         self.halted = 0
         self.dead_lettered = 0
+
+    def batch_limit(self) -> int:
+        """Five times ``ESTOP_BATCH_SIZE``: a batch is one transaction whose commit waits for the
+        broker, and the gate hands nothing to a provider, so only the transaction's size bounds it
+        (measured: 0.56 to 0.61 of the raw baseline with 2,000, 0.82 to 0.96 with 10,000)."""
+        return self.settings.batch_size * GATE_BATCH_FACTOR
 
     def process(self, messages: list[Message], _running: threading.Event) -> None:
         view_stopped = self.view.stopped
