@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -17,12 +16,9 @@ from tests.pipeline.support import cli_env
 from tests.support import free_port, run_estop
 
 
-def run_demo(settings: Settings, mta: Path) -> subprocess.CompletedProcess[str]:
-    return run_estop("demo", "--channels", "email", "sms", "push", "webpush", "--provider", "real",
-                     "--recipients", "400", "--stop-after", "40", "--json",
-                     env={**cli_env(settings), "ESTOP_MTA_DIR": str(mta),
-                          "ESTOP_MTA_PORT": str(free_port()), "ESTOP_MTA_RECEIVER_PORT": str(free_port()),
-                          "ESTOP_METRICS_PORT": str(free_port())}, timeout_s=600)
+def demo_env(settings: Settings, mta: Path) -> dict[str, str]:
+    return {**cli_env(settings), "ESTOP_MTA_DIR": str(mta), "ESTOP_MTA_PORT": str(free_port()),
+            "ESTOP_MTA_RECEIVER_PORT": str(free_port()), "ESTOP_METRICS_PORT": str(free_port())}
 
 
 @pytest.mark.broker
@@ -30,10 +26,16 @@ def test_demo_through_real_protocols_on_all_four_channels(settings: Settings) ->
     # Postfix's own user must reach its folder: not under pytest's private (0700) base.
     mta = Path(tempfile.mkdtemp(prefix="estop-mta-"))
     mta.chmod(0o755)
+    env = demo_env(settings, mta)
     try:
-        done = run_demo(settings, mta)
+        done = run_estop("demo", "--channels", "email", "sms", "push", "webpush", "--provider",
+                         "real", "--recipients", "400", "--stop-after", "40", "--json", env=env,
+                         timeout_s=600)
     finally:
+        # The demo leaves its Postfix running for the user to look at; this one is the test's.
+        stopped = run_estop("mta", "stop", env=env)
         shutil.rmtree(mta, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stderr
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["planned"] == result["total"] == 1600
