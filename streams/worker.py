@@ -61,6 +61,12 @@ class Worker:
                                         self.process_id, provider, settings.provider_rate)
                 self.feed.add_hook(dispatcher.on_stop)
                 self.dispatchers.append(dispatcher)
+        # Every stage by the name its thread, its `up` series and /health use.
+        self.stages: dict[str, Gate | Dispatcher | Sink] = {
+            **{f"gate.{g.channel}": g for g in self.gates},
+            **{f"dispatcher.{d.channel}": d for d in self.dispatchers},
+            **({"sink": self.sink} if self.sink else {}),
+        }
         self._threads: list[threading.Thread] = []
         self.failed = False
         # Every series this process counts in exists from the start, at 0 (see init_labels).
@@ -74,13 +80,9 @@ class Worker:
             self.feed.start()
         self.metrics_port = serve_metrics(self.settings.metrics_port, self.health)
         self.running.set()
-        stages: list[tuple[str, Callable[[threading.Event], None]]] = [
-            *((f"gate.{g.channel}", g.run) for g in self.gates),
-            *((f"dispatcher.{d.channel}", d.run) for d in self.dispatchers),
-            *((("sink", self.sink.run),) if self.sink else ()),
-        ]
-        for name, run in stages:
-            thread = threading.Thread(target=self._guard, args=(name, run), name=name, daemon=True)
+        for name, stage in self.stages.items():
+            thread = threading.Thread(target=self._guard, args=(name, stage.run), name=name,
+                                      daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -88,11 +90,7 @@ class Worker:
         """Healthy while every stage thread and the control feed run and each passed through its
         loop within ``health_stall_s``: a stage stuck on a provider or a broker is unhealthy."""
         now = time.monotonic()
-        loops: dict[str, float] = {
-            name: stage.last_pass
-            for name, stage in [*((f"gate.{g.channel}", g) for g in self.gates),
-                                *((f"dispatcher.{d.channel}", d) for d in self.dispatchers),
-                                *((("sink", self.sink),) if self.sink else ())]}
+        loops = {name: stage.last_pass for name, stage in self.stages.items()}
         if self.role_names:
             loops["control-feed"] = self.feed.last_pass
         alive = {t.name for t in self._threads if t.is_alive()}

@@ -177,9 +177,13 @@ class ControlView:
     def in_force(self, campaign_id: str, command_id: str) -> bool:
         """Whether this command already stopped a channel of this campaign (a re-published
         stop is not new)."""
-        if campaign_id not in self._stops:
+        found = self._stops.get(campaign_id)
+        if found is None:
             return False
-        return any(s.command_id == command_id for s in self._per_channel(campaign_id).values())
+        if type(found) is bytes:  # compared packed: no Stop built for a command read at start-up
+            form, raw = _pack_id(command_id)
+            return found[_FLAGS] >> _ID_SHIFT == form and found[_HEAD:] == raw
+        return any(s.command_id == command_id for s in found.values())  # type: ignore[union-attr]
 
     def apply_tombstone(self, campaign_id: str) -> bool:
         """A deleted key must not lift a stop; True (and counted) when it tried to."""

@@ -37,7 +37,7 @@ from streams.control.view import Applied, ControlView, Stop
 from streams.dispatch.outbox import DELIVERED, SUBMITTING, UNDELIVERED, Outbox, Outcome
 from streams.dispatch.receipts import ReceiptPublisher
 from streams.faults import crash_point
-from streams.kafka.clients import Headers
+from streams.kafka.clients import Headers, raw_routing
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
 from streams.kafka.stage import TransactionalStage
 from streams.models import (
@@ -46,7 +46,6 @@ from streams.models import (
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
     HEADER_OUTCOME,
-    HEADER_RECIPIENT,
     HEADER_STAGE,
     NOT_SENT_EVENT,
     OUTCOME_FAILED,
@@ -197,11 +196,10 @@ class Dispatcher(TransactionalStage):
             # message id) and headers make its notSent event, no decode and no handoff object
             # (its payload never reaches a provider). Already stopped: held back here (a stop is
             # final; the handoff slice would hold it too), so a stopped backlog skips the queue.
-            key, value, headers = message.key(), message.value(), message.headers()
-            if key and value is not None and headers and len(value) <= MAX_RECORD_BYTES:
-                found: dict[str, Any] = dict(headers)  # the last of a repeated header wins
-                campaign, recipient = found.get(HEADER_CAMPAIGN), found.get(HEADER_RECIPIENT)
-                if campaign and recipient and found.get(HEADER_CHANNEL) == channel_bytes:
+            key, value = message.key(), message.value()
+            if key and value is not None and len(value) <= MAX_RECORD_BYTES:
+                campaign, record_channel, recipient = raw_routing(message.headers())
+                if campaign and recipient and record_channel == channel_bytes:
                     stop = stops.get(campaign)
                     if stop is None:
                         stop = stops[campaign] = stopped(campaign.decode(errors="replace"), channel)

@@ -114,18 +114,25 @@ def headers_of(message: Message) -> Headers:
     return list(cast(Headers, message.headers() or []))
 
 
-def routing(headers: RecordHeaders) -> tuple[str | None, str | None, bytes | None]:
-    """The campaign, channel and recipient of a send request from its headers (``headers()`` of
-    the record), where its producer set them (the last of a repeated header wins; a header
-    without a value counts as absent)."""
+def raw_routing(headers: RecordHeaders) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The campaign, channel and recipient headers of a send request as they came (``headers()``
+    of the record), where its producer set them: the last of a repeated header wins, a header
+    without a value counts as absent. For a hot loop that compares bytes."""
     if not headers:
         return None, None, None
     found = dict(headers)
     campaign, channel, recipient = (found.get(HEADER_CAMPAIGN), found.get(HEADER_CHANNEL),
                                     found.get(HEADER_RECIPIENT))
-    return (campaign.decode(errors="replace") if isinstance(campaign, bytes) and campaign else None,
-            channel.decode(errors="replace") if isinstance(channel, bytes) and channel else None,
+    return (campaign if isinstance(campaign, bytes) and campaign else None,
+            channel if isinstance(channel, bytes) and channel else None,
             recipient if isinstance(recipient, bytes) and recipient else None)
+
+
+def routing(headers: RecordHeaders) -> tuple[str | None, str | None, bytes | None]:
+    """``raw_routing`` with the campaign and channel decoded."""
+    campaign, channel, recipient = raw_routing(headers)
+    return (campaign.decode(errors="replace") if campaign else None,
+            channel.decode(errors="replace") if channel else None, recipient)
 
 
 def take(source: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
