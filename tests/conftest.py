@@ -52,21 +52,21 @@ def broker() -> Iterator[BrokerHandle]:
 def _delete_topics(settings: Settings) -> None:
     """Remove this test's topics so a long-lived broker does not fill up with them; a failure
     is a warning in the summary, not a test error."""
-    client = admin(settings)
     failures: list[str] = []
     try:
-        names = [
-            name
-            for name in client.list_topics(timeout=settings.admin_timeout_s).topics
-            if name.startswith(settings.topic_prefix)
-        ]
-        futures = client.delete_topics(names, operation_timeout=settings.admin_timeout_s) if names else {}
-        for name, future in futures.items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    failures.append(f"{name}: {exc.args[0].str()}")
+        with admin(settings) as client:
+            names = [
+                name
+                for name in client.list_topics(timeout=settings.admin_timeout_s).topics
+                if name.startswith(settings.topic_prefix)
+            ]
+            futures = client.delete_topics(names, operation_timeout=settings.admin_timeout_s) if names else {}
+            for name, future in futures.items():
+                try:
+                    future.result()
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        failures.append(f"{name}: {exc.args[0].str()}")
     except KafkaException as exc:
         failures.append(str(exc))
     if failures:

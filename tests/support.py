@@ -10,6 +10,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from confluent_kafka import KafkaException
+
+from streams.kafka.clients import admin
+from streams.settings import Settings
+
 # The console script pip installed next to this interpreter (the package has no __main__).
 ESTOP = Path(sys.executable).parent / "estop"
 
@@ -55,3 +60,14 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 180.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(every_s)
+
+
+def group_members(settings: Settings, group: str) -> set[str]:
+    """client.id of every member of a consumer group right now (empty if it has none)."""
+    with admin(settings) as client:
+        future = client.describe_consumer_groups([group], request_timeout=30)[group]
+        try:
+            description = future.result(timeout=35)
+        except KafkaException:
+            return set()
+    return {m.client_id for m in description.members}

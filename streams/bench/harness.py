@@ -169,13 +169,13 @@ class Bench:
         return settings
 
     def cleanup(self) -> None:
-        client = admin(self.base)
-        names = [t for t in client.list_topics(timeout=30).topics
-                 if any(t.startswith(p) for p in self.prefixes)]
-        if names:
-            for future in client.delete_topics(names, operation_timeout=30).values():
-                with suppress(confluent_kafka.KafkaException):
-                    future.result()
+        with admin(self.base) as client:
+            names = [t for t in client.list_topics(timeout=30).topics
+                     if any(t.startswith(p) for p in self.prefixes)]
+            if names:
+                for future in client.delete_topics(names, operation_timeout=30).values():
+                    with suppress(confluent_kafka.KafkaException):
+                        future.result()
 
     def preload(self, settings: Settings, topic: str, count: int, campaign: str,
                 channel: str = "email") -> None:
@@ -209,11 +209,11 @@ class Bench:
             reader.close()
 
     def committed(self, settings: Settings, group: str, topic: str) -> int:
-        client = admin(settings)
-        metadata = client.list_topics(topic, timeout=30).topics[topic]
-        request = ConsumerGroupTopicPartitions(
-            group, [TopicPartition(topic, p) for p in metadata.partitions])
-        result = client.list_consumer_group_offsets([request])[group].result()
+        with admin(settings) as client:
+            metadata = client.list_topics(topic, timeout=30).topics[topic]
+            request = ConsumerGroupTopicPartitions(
+                group, [TopicPartition(topic, p) for p in metadata.partitions])
+            result = client.list_consumer_group_offsets([request])[group].result()
         return sum(max(tp.offset, 0) for tp in result.topic_partitions)
 
     def rate_until(self, progress: Callable[[], int], target: int, timeout_s: float,
@@ -269,11 +269,11 @@ class Bench:
     def forward_rate(self, impl: str, count: int) -> Measured:
         settings = self.scenario_settings(f"fwd-{impl}")
         source, target = f"{settings.topic_prefix}src", f"{settings.topic_prefix}dst"
-        client = admin(settings)
-        for future in client.create_topics(
-                [NewTopic(t, settings.partitions, replication(settings).factor)
-                 for t in (source, target)]).values():
-            future.result()
+        with admin(settings) as client:
+            for future in client.create_topics(
+                    [NewTopic(t, settings.partitions, replication(settings).factor)
+                     for t in (source, target)]).values():
+                future.result()
         self.preload(settings, source, count, f"fwd-{impl}")
         module = "streams.bench.faust_forward" if impl == "faust" else "streams.bench.forward"
         args = ["-m", module]
@@ -320,17 +320,17 @@ class Bench:
         ``count`` are on ``output``: a framework that makes its output visible only when it
         commits (quixstreams exactly-once, every 5 s) is measured as fairly as one that commits
         every batch, which the first-progress rate of ``rate_until`` would not do."""
-        client = admin(settings)
-        deadline = time.monotonic() + 300
-        while True:
-            guard()
-            description = client.describe_consumer_groups([group])[group].result()
-            if description.state == ConsumerGroupState.STABLE and any(
-                    m.assignment.topic_partitions for m in description.members):
-                break
-            if time.monotonic() > deadline:
-                raise EstopError(f"group {group} never got its partitions")
-            time.sleep(0.02)
+        with admin(settings) as client:
+            deadline = time.monotonic() + 300
+            while True:
+                guard()
+                description = client.describe_consumer_groups([group])[group].result()
+                if description.state == ConsumerGroupState.STABLE and any(
+                        m.assignment.topic_partitions for m in description.members):
+                    break
+                if time.monotonic() > deadline:
+                    raise EstopError(f"group {group} never got its partitions")
+                time.sleep(0.02)
         joined, cpu = time.monotonic(), cpu_seconds(pids)
         while self.end_offsets(settings, output) < count:
             guard()
@@ -343,9 +343,9 @@ class Bench:
     def raw_latency(self) -> list[float]:
         settings = self.scenario_settings("latency")
         topic = f"{settings.topic_prefix}latency"
-        client = admin(settings)  # must outlive its futures
-        for future in client.create_topics([NewTopic(topic, 1, 1)]).values():
-            future.result()
+        with admin(settings) as client:
+            for future in client.create_topics([NewTopic(topic, 1, 1)]).values():
+                future.result()
         reader = consumer(settings, **{"fetch.wait.max.ms": 10})
         reader.assign([TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
         out = producer(settings, **{"linger.ms": 0})

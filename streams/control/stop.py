@@ -96,8 +96,10 @@ def live_processes(settings: Settings, client: AdminClient | None = None,
     """client.id of every member of the gate and dispatcher groups right now. ``strict``: a
     group that cannot be described raises instead of counting as empty (the control service
     records confirmations from this set)."""
+    if client is None:
+        with admin(settings) as own:
+            return live_processes(settings, own, strict)
     groups = settings.topics.data_plane_groups()
-    client = client or admin(settings)
     futures = client.describe_consumer_groups(groups, request_timeout=settings.admin_timeout_s)
     members: set[str] = set()
     for future in futures.values():
@@ -310,47 +312,47 @@ def _await_confirmation(settings: Settings, serdes: Serdes, results: list[StopRe
     acked: dict[str | None, dict[str, ProcessAck]] = {c: {} for c in by_command}
     reader = consumer(settings)
     reader.assign([TopicPartition(settings.topics.acks, p, o) for p, o in acks_from.items()])
-    client = admin(settings)
-    next_live_check = 0.0
-    live: set[str] = set()
-    try:
-        while waiting:
-            for message in take(reader, 500, 0.05):
-                if message.error() or message.value() is None:
-                    continue
+    with admin(settings) as client:
+        next_live_check = 0.0
+        live: set[str] = set()
+        try:
+            while waiting:
+                for message in take(reader, 500, 0.05):
+                    if message.error() or message.value() is None:
+                        continue
+                    try:
+                        ack = serdes.control_ack.decode(message.value())
+                    except Exception:
+                        continue
+                    result = by_command.get(ack["command_id"])
+                    if result is not None:
+                        acked[result.command_id][ack["process_id"]] = ProcessAck(
+                            ack["process_id"], ack["roles"],
+                            ack["applied_at"] - (result.broker_ack_ms or 0), ack["halted"])
+                now = time.monotonic()
                 try:
-                    ack = serdes.control_ack.decode(message.value())
-                except Exception:
-                    continue
-                result = by_command.get(ack["command_id"])
-                if result is not None:
-                    acked[result.command_id][ack["process_id"]] = ProcessAck(
-                        ack["process_id"], ack["roles"],
-                        ack["applied_at"] - (result.broker_ack_ms or 0), ack["halted"])
-            now = time.monotonic()
-            try:
-                if now >= next_live_check:
-                    live = live_processes(settings, client, strict=True)
-                    next_live_check = now + 0.5
-                done = [c for c in waiting if set(acked[c]) >= live]
-                if done:
-                    # Everyone Kafka counts as live has applied the stop (asked again, so a
-                    # process that joined meanwhile is not missed).
-                    live = live_processes(settings, client, strict=True)
-                    for command_id in done:
-                        if set(acked[command_id]) >= live:
-                            result = by_command[command_id]
-                            result.confirmed = True
-                            result.confirmed_at_ms = now_ms()
-                            result.confirm_s = time.monotonic() - started
-                            waiting.discard(command_id)
-            except (KafkaException, TimeoutError):
-                # A group Kafka could not describe is unknown, not empty: never confirm on it.
-                next_live_check = 0.0
-            if now > deadline:
-                break
-    finally:
-        reader.close()
+                    if now >= next_live_check:
+                        live = live_processes(settings, client, strict=True)
+                        next_live_check = now + 0.5
+                    done = [c for c in waiting if set(acked[c]) >= live]
+                    if done:
+                        # Everyone Kafka counts as live has applied the stop (asked again, so a
+                        # process that joined meanwhile is not missed).
+                        live = live_processes(settings, client, strict=True)
+                        for command_id in done:
+                            if set(acked[command_id]) >= live:
+                                result = by_command[command_id]
+                                result.confirmed = True
+                                result.confirmed_at_ms = now_ms()
+                                result.confirm_s = time.monotonic() - started
+                                waiting.discard(command_id)
+                except (KafkaException, TimeoutError):
+                    # A group Kafka could not describe is unknown, not empty: never confirm on it.
+                    next_live_check = 0.0
+                if now > deadline:
+                    break
+        finally:
+            reader.close()
     for result in results:
         result.live = sorted(live)
         result.acks = sorted(acked[result.command_id].values(), key=lambda a: a.process_id)

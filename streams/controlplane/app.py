@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from typing import Any, TypeVar
 
 import faust
@@ -150,7 +151,8 @@ class ControlPlane:
         self._confirm_sent: set[str] = set()
         self._kafka_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="control-kafka")
         self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-store")
-        self._admin = admin(settings)
+        self._closing = ExitStack()
+        self._admin = self._closing.enter_context(admin(settings))
         self._store: OutcomeStore | None = None
         self._timeout_ms = int(settings.stop_timeout_s * 1000)
         self._relaunching: set[str] = set()  # new ids being launched right now
@@ -557,7 +559,10 @@ class ControlPlane:
                 f"stopped_campaigns={len(stopped)}")
 
     def close(self) -> None:
-        self._kafka_pool.shutdown(wait=False, cancel_futures=True)
+        # A Kafka call still running (each bounded by the admin timeout) ends before its
+        # client is destroyed under it.
+        self._kafka_pool.shutdown(wait=True, cancel_futures=True)
+        self._closing.close()
         self._store_pool.shutdown(wait=True, cancel_futures=True)
         if self._store is not None:
             self._store.close()

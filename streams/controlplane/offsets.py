@@ -21,7 +21,8 @@ TAIL = 1000
 
 def partition_counts(settings: Settings, topics: list[str]) -> dict[str, int]:
     """Partitions of each topic; a missing topic is an error naming the fix."""
-    metadata = admin(settings).list_topics(timeout=settings.admin_timeout_s)
+    with admin(settings) as client:
+        metadata = client.list_topics(timeout=settings.admin_timeout_s)
     missing = [t for t in topics if t not in metadata.topics or not metadata.topics[t].partitions]
     if missing:
         raise KafkaUnavailableError(f"topic(s) {', '.join(missing)} do not exist; "

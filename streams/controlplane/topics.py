@@ -36,30 +36,30 @@ def faust_topic_spec(topic: Any) -> TopicSpec:
 def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> list[str]:
     """Create the missing topics and wait until the cluster metadata lists all of them;
     returns the names created."""
-    client = admin(settings)
-    timeout = settings.admin_timeout_s
-    existing = client.list_topics(timeout=timeout).topics
-    missing = [s for s in specs if s.name not in existing]
-    created: list[str] = []
-    if missing:
-        factor = replication(settings).factor
-        futures = client.create_topics(
-            [NewTopic(s.name, s.partitions, factor, config=s.config)
-             for s in missing], operation_timeout=timeout, request_timeout=timeout)
-        for name, future in futures.items():
-            try:
-                future.result()
-                created.append(name)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
-    deadline = time.monotonic() + timeout
-    names = {s.name for s in specs}
-    while True:
-        topics = client.list_topics(timeout=timeout).topics
-        if all(name in topics and topics[name].partitions for name in names):
-            return created
-        if time.monotonic() > deadline:
-            raise KafkaUnavailableError(f"topics {sorted(names - set(topics))} do not show in the "
-                                        "cluster metadata")
-        time.sleep(0.1)
+    with admin(settings) as client:
+        timeout = settings.admin_timeout_s
+        existing = client.list_topics(timeout=timeout).topics
+        missing = [s for s in specs if s.name not in existing]
+        created: list[str] = []
+        if missing:
+            factor = replication(settings).factor
+            futures = client.create_topics(
+                [NewTopic(s.name, s.partitions, factor, config=s.config)
+                 for s in missing], operation_timeout=timeout, request_timeout=timeout)
+            for name, future in futures.items():
+                try:
+                    future.result()
+                    created.append(name)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise
+        deadline = time.monotonic() + timeout
+        names = {s.name for s in specs}
+        while True:
+            topics = client.list_topics(timeout=timeout).topics
+            if all(name in topics and topics[name].partitions for name in names):
+                return created
+            if time.monotonic() > deadline:
+                raise KafkaUnavailableError(f"topics {sorted(names - set(topics))} do not show in the "
+                                            "cluster metadata")
+            time.sleep(0.1)

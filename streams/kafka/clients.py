@@ -40,6 +40,10 @@ def _base(settings: Settings, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def admin(settings: Settings) -> AdminClient:
+    """Use it as ``with admin(settings) as client:``. An admin client runs Python on its own
+    librdkafka thread to resolve futures; one left to the garbage collector can be collected
+    on that very thread, where librdkafka aborts the whole process. ``with`` destroys it on the
+    thread that made it."""
     return AdminClient(_base(settings, {}))
 
 
@@ -85,28 +89,28 @@ def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> int:
         if error.code() == KafkaError._AUTHENTICATION:
             refusals.append(error.str())
 
-    client = AdminClient(_base(settings, {"error_cb": on_error}))
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            metadata = client.list_topics(timeout=max(min(1.0, deadline - time.monotonic()), 0.1))
-            return len(metadata.brokers)
-        except KafkaException as exc:
-            client.poll(0)
-            if refusals:
-                raise AuthenticationFailedError(
-                    f"the broker at {settings.bootstrap_servers} refused the credentials of "
-                    f"user {settings.sasl_username!r} ({settings.sasl_mechanism} authentication "
-                    "failed); check ESTOP_SASL_USERNAME and ESTOP_SASL_PASSWORD") from exc
-            if time.monotonic() >= deadline:
-                secured = "" if settings.sasl_username else (
-                    " (a broker that requires SASL closes the connection: set ESTOP_SECURITY_PROTOCOL, "
-                    "ESTOP_SASL_MECHANISM, ESTOP_SASL_USERNAME and ESTOP_SASL_PASSWORD)")
-                raise KafkaUnavailableError(
-                    f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s "
-                    f"({exc.args[0].str() if exc.args else exc}); start one with `estop broker start` "
-                    f"or point ESTOP_BOOTSTRAP_SERVERS at your cluster{secured}"
-                ) from exc
+    with AdminClient(_base(settings, {"error_cb": on_error})) as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                metadata = client.list_topics(timeout=max(min(1.0, deadline - time.monotonic()), 0.1))
+                return len(metadata.brokers)
+            except KafkaException as exc:
+                client.poll(0)
+                if refusals:
+                    raise AuthenticationFailedError(
+                        f"the broker at {settings.bootstrap_servers} refused the credentials of "
+                        f"user {settings.sasl_username!r} ({settings.sasl_mechanism} authentication "
+                        "failed); check ESTOP_SASL_USERNAME and ESTOP_SASL_PASSWORD") from exc
+                if time.monotonic() >= deadline:
+                    secured = "" if settings.sasl_username else (
+                        " (a broker that requires SASL closes the connection: set ESTOP_SECURITY_PROTOCOL, "
+                        "ESTOP_SASL_MECHANISM, ESTOP_SASL_USERNAME and ESTOP_SASL_PASSWORD)")
+                    raise KafkaUnavailableError(
+                        f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s "
+                        f"({exc.args[0].str() if exc.args else exc}); start one with `estop broker start` "
+                        f"or point ESTOP_BOOTSTRAP_SERVERS at your cluster{secured}"
+                    ) from exc
 
 
 def headers_of(message: Message) -> Headers:

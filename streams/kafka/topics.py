@@ -104,39 +104,39 @@ def plan(settings: Settings, replication: Replication | None = None) -> list[Top
 def create_topics(settings: Settings, say: Callable[[str], None] = print) -> TopicReport:
     """Create what is missing; report what existed and what differs from the plan."""
     replicas = replication(settings, wait_for_broker(settings))
-    client = admin(settings)
-    timeout = settings.admin_timeout_s
-    existing = client.list_topics(timeout=timeout).topics
-    specs = plan(settings, replicas)
-    report = TopicReport()
-    missing = [s for s in specs if s.name not in existing]
-    if missing:
-        futures = client.create_topics(
-            [NewTopic(s.name, s.partitions, replicas.factor, config=s.config) for s in missing],
-            operation_timeout=timeout,
-            request_timeout=timeout,
-        )
-        for name, future in futures.items():
-            try:
-                future.result()
-                report.created.append(name)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
-                report.existed.append(name)  # created concurrently by another process
-    if report.created:
-        # A broker serves metadata from its own copy, which can lag the controller a moment:
-        # return once the new topics have leaders, so the next client (a worker) finds them.
-        _metadata_showing(client, report.created, timeout)
-    present = [s for s in specs if s.name in existing]
-    raced = [s for s in missing if s.name in report.existed]
-    report.existed.extend(s.name for s in present)
-    if raced:
-        # Topics that appeared after our metadata snapshot are checked for drift too, once the
-        # broker's metadata shows them.
-        existing = _metadata_showing(client, [s.name for s in raced], timeout)
-        present.extend(s for s in raced if s.name in existing)
-    report.drift.extend(_drift(client, present, existing, timeout, replicas.factor))
+    with admin(settings) as client:
+        timeout = settings.admin_timeout_s
+        existing = client.list_topics(timeout=timeout).topics
+        specs = plan(settings, replicas)
+        report = TopicReport()
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            futures = client.create_topics(
+                [NewTopic(s.name, s.partitions, replicas.factor, config=s.config) for s in missing],
+                operation_timeout=timeout,
+                request_timeout=timeout,
+            )
+            for name, future in futures.items():
+                try:
+                    future.result()
+                    report.created.append(name)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise
+                    report.existed.append(name)  # created concurrently by another process
+        if report.created:
+            # A broker serves metadata from its own copy, which can lag the controller a moment:
+            # return once the new topics have leaders, so the next client (a worker) finds them.
+            _metadata_showing(client, report.created, timeout)
+        present = [s for s in specs if s.name in existing]
+        raced = [s for s in missing if s.name in report.existed]
+        report.existed.extend(s.name for s in present)
+        if raced:
+            # Topics that appeared after our metadata snapshot are checked for drift too, once the
+            # broker's metadata shows them.
+            existing = _metadata_showing(client, [s.name for s in raced], timeout)
+            present.extend(s for s in raced if s.name in existing)
+        report.drift.extend(_drift(client, present, existing, timeout, replicas.factor))
     for name in report.created:
         say(f"created  {name}")
     for name in report.existed:

@@ -70,7 +70,6 @@ def bindings(principal: str, grant: Grant) -> list[AclBinding]:
 def init_security(settings: Settings, say: Callable[[str], None] = lambda _: None) -> InitResult:
     su = admin_settings(settings)
     create_topics(su, say=lambda _: None)  # ACLs name them; creating topics is the admin's job
-    client = admin(su)
     folder = credentials.security_dir(settings)
     result = InitResult()
     passwords: dict[str, str] = {}
@@ -83,11 +82,12 @@ def init_security(settings: Settings, say: Callable[[str], None] = lambda _: Non
     upserts: list[UserScramCredentialAlteration] = [UserScramCredentialUpsertion(
         name, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS), password.encode())
         for name, password in passwords.items()]
-    _settle(client.alter_user_scram_credentials(upserts, request_timeout=su.admin_timeout_s),
-            su, "alter SCRAM users")
     acls = [b for role, role_grants in grants(settings).items()
             for g in role_grants for b in bindings(username(settings, role), g)]
-    _settle(client.create_acls(acls, request_timeout=su.admin_timeout_s), su, "create ACLs")
+    with admin(su) as client:
+        _settle(client.alter_user_scram_credentials(upserts, request_timeout=su.admin_timeout_s),
+                su, "alter SCRAM users")
+        _settle(client.create_acls(acls, request_timeout=su.admin_timeout_s), su, "create ACLs")
     result.acls = len(acls)
     for name, path in result.users.items():
         _await_login(credentials.as_principal(settings, name, passwords[name]))

@@ -86,8 +86,8 @@ class Cluster:
         return {n.node.node_id: n.pid for n in self.local.status().nodes}
 
     def leader(self, topic: str, partition: int) -> int:
-        client = admin(self.settings)
-        metadata = client.list_topics(topic, timeout=30).topics[topic]
+        with admin(self.settings) as client:
+            metadata = client.list_topics(topic, timeout=30).topics[topic]
         leader: int = metadata.partitions[partition].leader
         return leader
 
@@ -104,8 +104,8 @@ class Cluster:
 
     def replicas(self, prefix: str) -> dict[tuple[str, int], tuple[int, int]]:
         """(replicas, in-sync replicas) of every partition of the topics starting with ``prefix``."""
-        client = admin(self.settings)
-        topics = client.list_topics(timeout=30).topics
+        with admin(self.settings) as client:
+            topics = client.list_topics(timeout=30).topics
         return {(name, p.id): (len(p.replicas), len(p.isrs))
                 for name, meta in topics.items() if name.startswith(prefix)
                 for p in meta.partitions.values()}

@@ -40,7 +40,8 @@ def test_status_names_every_node_with_its_ports_and_folder(cluster: Cluster) -> 
         voters = re.search(r"^controller\.quorum\.voters=(\S+)", properties, re.MULTILINE)
         assert voters is not None
         assert voters[1] == ",".join(f"{n[0]}@localhost:{n[3]}" for n in nodes)
-    metadata = admin(cluster.settings).list_topics(timeout=30)
+    with admin(cluster.settings) as client:
+        metadata = client.list_topics(timeout=30)
     assert sorted(metadata.brokers) == [1, 2, 3]
     assert metadata.controller_id in (1, 2, 3)
 
@@ -59,13 +60,14 @@ def test_topics_are_replicated_three_times_with_two_in_sync(cluster: Cluster, tm
     wanted = {spec.name for spec in plan(settings)}
     assert {name for name, _ in cluster.replicas(prefix)} == wanted
     assert set(cluster.replicas(prefix).values()) == {(3, 3)}
-    client = admin(settings)
     resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in sorted(wanted)]
-    for resource, future in client.describe_configs(resources, request_timeout=30).items():
-        entry = future.result()["min.insync.replicas"]
-        assert entry.value == "2", resource.name
+    with admin(settings) as client:
+        configs = {resource.name: future.result()["min.insync.replicas"] for resource, future
+                   in client.describe_configs(resources, request_timeout=30).items()}
+    for name, entry in configs.items():
+        assert entry.value == "2", name
         # Set on the topic itself, not inherited from a broker's configuration.
-        assert entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, resource.name
+        assert entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, name
     # The second run finds them as planned: no drift.
     again = run_estop("topics", "create", env=env)
     assert again.returncode == 0, again.stderr
@@ -104,7 +106,8 @@ def test_a_replication_factor_the_cluster_cannot_hold_is_one_line(cluster: Clust
     assert result.stderr.strip().splitlines() == [
         f"estop: ESTOP_REPLICATION_FACTOR=4 needs 4 brokers; the cluster at "
         f"{cluster.address} has 3"]
-    topics = admin(cluster.settings).list_topics(timeout=30).topics
+    with admin(cluster.settings) as client:
+        topics = client.list_topics(timeout=30).topics
     assert not [name for name in topics if name.startswith(prefix)]
 
 

@@ -18,14 +18,15 @@ UNREACHABLE = {"ESTOP_BOOTSTRAP_SERVERS": "localhost:1", "ESTOP_ADMIN_TIMEOUT_S"
 
 def topic_configs(settings: Settings, topic: str) -> dict[str, str | None]:
     """The broker's view of a topic's config (describe_configs), not what we asked for."""
-    client = admin(settings)  # keep a reference: a collected client fails its futures
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-    future = client.describe_configs([resource], request_timeout=30)[resource]
-    return {name: entry.value for name, entry in future.result().items()}
+    with admin(settings) as client:
+        future = client.describe_configs([resource], request_timeout=30)[resource]
+        return {name: entry.value for name, entry in future.result().items()}
 
 
 def partition_counts(settings: Settings) -> dict[str, int]:
-    topics = admin(settings).list_topics(timeout=30).topics
+    with admin(settings) as client:
+        topics = client.list_topics(timeout=30).topics
     return {name: len(meta.partitions) for name, meta in topics.items()}
 
 
@@ -78,8 +79,8 @@ def test_existing_topic_with_other_partitions_is_reported_as_drift(
 ) -> None:
     """A topic made by hand (or by an older version) is left alone but reported, not hidden."""
     sent = bare_settings.topics.sent
-    client = admin(bare_settings)
-    client.create_topics([NewTopic(sent, 1, replication(bare_settings).factor)])[sent].result()
+    with admin(bare_settings) as client:
+        client.create_topics([NewTopic(sent, 1, replication(bare_settings).factor)])[sent].result()
 
     report = create_topics(bare_settings, say=lambda _: None)
 
@@ -95,11 +96,11 @@ def test_existing_control_topic_with_delete_policy_is_reported_as_drift(
 ) -> None:
     """A control topic that deletes old records could lose a stop: it must show up loudly."""
     control = bare_settings.topics.control
-    client = admin(bare_settings)
     wrong = NewTopic(
         control, 1, replication(bare_settings).factor, config={"cleanup.policy": "delete"}
     )
-    client.create_topics([wrong])[control].result()
+    with admin(bare_settings) as client:
+        client.create_topics([wrong])[control].result()
 
     report = create_topics(bare_settings, say=lambda _: None)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from streams.campaigns.launcher import message_id, recipient_id
 from streams.campaigns.lifecycle import publish_status
@@ -22,7 +22,7 @@ from streams.campaigns.status import OutcomeCounter
 from streams.clock import now_ms
 from streams.demo import OutcomeWatch, WorkerProcess
 from streams.dispatch.outbox import OutboxStats
-from streams.kafka.clients import Headers, admin, consumer, headers_of, producer
+from streams.kafka.clients import Headers, consumer, headers_of, producer
 from streams.kafka.reader import high_watermark, read_topic
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, STATE_SENDING
 from streams.serde import Serdes
@@ -30,6 +30,7 @@ from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
 from streams.sink.report import campaign_report
 from streams.sink.store import open_store
+from tests.support import group_members
 from tests.support import wait_for as shared_wait_for
 
 WAIT_S = 180.0  # upper bound for anything the pipeline must eventually do
@@ -86,17 +87,6 @@ class Workers:
             # Captured by pytest and shown only when the test failed.
             print(f"--- worker {worker.process.pid} exited {worker.process.returncode}; last lines:")
             print("".join(worker.lines[-40:]))
-
-
-def group_members(settings: Settings, group: str) -> set[str]:
-    """client.id of every member of a consumer group right now (empty if it has none)."""
-    client = admin(settings)
-    future = client.describe_consumer_groups([group], request_timeout=30)[group]
-    try:
-        description = future.result(timeout=35)
-    except KafkaException:
-        return set()
-    return {m.client_id for m in description.members}
 
 
 def wait_joined(settings: Settings, process_ids: Iterable[str], groups: Iterable[str]) -> None:

@@ -148,6 +148,6 @@ def committed(settings: Settings, group: str, topic: str) -> int:
     """The group's committed offsets on ``topic``, summed over its partitions."""
     partitions = end_offsets(settings, topic)
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
-    client = admin(settings)  # kept while its answer is awaited
-    result = client.list_consumer_group_offsets([request])[group].result(timeout=35)
+    with admin(settings) as client:
+        result = client.list_consumer_group_offsets([request])[group].result(timeout=35)
     return sum(max(tp.offset, 0) for tp in result.topic_partitions)

@@ -34,6 +34,7 @@ from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
 from streams.sink.report import campaign_report
 from streams.sink.store import open_store
+from tests.support import group_members
 from tests.support import wait_for as shared_wait_for
 
 WAIT_S = 240.0  # upper bound for anything the pipeline must eventually do, faults included
@@ -445,21 +446,6 @@ def env_of(settings: Settings) -> dict[str, str]:
         "ESTOP_DATA_DIR": str(settings.data_dir),
     })
     return env
-
-
-def group_members(settings: Settings, group: str) -> set[str]:
-    """client.id of every member of a consumer group right now (empty if it has none)."""
-    from confluent_kafka import KafkaException
-
-    from streams.kafka.clients import admin
-
-    client = admin(settings)  # kept referenced until the future resolves
-    future = client.describe_consumer_groups([group], request_timeout=30)[group]
-    try:
-        description = future.result(timeout=35)
-    except KafkaException:
-        return set()
-    return {m.client_id for m in description.members}
 
 
 def wait_joined(settings: Settings, process_id: str, group: str) -> None:

@@ -75,11 +75,11 @@ def compact(settings: Settings) -> None:
     """Make Kafka compact the control topic now: small segments, and records that roll the
     active one; the log cleaner then keeps only the latest record of each key."""
     topic = settings.topics.control
-    client = admin(settings)
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
         ConfigEntry("segment.ms", "200", incremental_operation=AlterConfigOpType.SET)])
-    for future in client.incremental_alter_configs([resource]).values():
-        future.result(30)
+    with admin(settings) as client:
+        for future in client.incremental_alter_configs([resource]).values():
+            future.result(30)
 
     def compacted() -> bool:
         time.sleep(1)  # past segment.ms: the next record starts a new segment

@@ -57,14 +57,13 @@ class Principals:
     def add_user(self, name: str, grants: list[Grant]) -> Settings:
         """One more principal with exactly these grants (a read-only one, say)."""
         password = credentials.new_password()
-        client = admin(self.admin)
         upsert = UserScramCredentialUpsertion(
             name, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS), password.encode())
-        for future in client.alter_user_scram_credentials([upsert]).values():
-            future.result(timeout=30)
         acls = [b for g in grants for b in bindings(name, g)]
-        if acls:
-            for future in client.create_acls(acls).values():
+        with admin(self.admin) as client:
+            for future in client.alter_user_scram_credentials([upsert]).values():
+                future.result(timeout=30)
+            for future in client.create_acls(acls).values() if acls else ():
                 future.result(timeout=30)
         return credentials.as_principal(self.admin, name, password)
 

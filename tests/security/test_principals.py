@@ -28,8 +28,8 @@ def acls_of(settings: Settings, principal: str) -> set[tuple[str, str, str, str]
     anything: Any = None
     everything = AclBindingFilter(ResourceType.ANY, anything, ResourcePatternType.ANY, anything,
                                   anything, AclOperation.ANY, AclPermissionType.ANY)
-    client = admin(settings)  # held until the answer is in: a collected client cancels it
-    found = client.describe_acls(everything, request_timeout=30).result(timeout=35)
+    with admin(settings) as client:
+        found = client.describe_acls(everything, request_timeout=30).result(timeout=35)
     return {(b.restype.name, b.name, b.resource_pattern_type.name, b.operation.name)
             for b in found if b.principal == f"User:{principal}"}
 

@@ -196,20 +196,20 @@ def reset_sink_offsets(settings: Settings) -> None:
     group = settings.topics.sink_group
     request = ConsumerGroupTopicPartitions(
         group, [TopicPartition(tp.topic, tp.partition, 0) for tp in partitions(settings)])
-    client = admin(settings)
     deadline = time.monotonic() + 60
-    while True:
-        future = client.alter_consumer_group_offsets([request], request_timeout=30)[group]
-        try:
-            result = future.result(timeout=35)
-        except KafkaException as exc:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"cannot reset the offsets of {group}: {exc}") from exc
-            time.sleep(0.5)
-            continue
-        failed = [tp for tp in result.topic_partitions if tp.error is not None]
-        assert failed == [], f"offset reset failed for {failed}"
-        return
+    with admin(settings) as client:
+        while True:
+            future = client.alter_consumer_group_offsets([request], request_timeout=30)[group]
+            try:
+                result = future.result(timeout=35)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"cannot reset the offsets of {group}: {exc}") from exc
+                time.sleep(0.5)
+                continue
+            failed = [tp for tp in result.topic_partitions if tp.error is not None]
+            assert failed == [], f"offset reset failed for {failed}"
+            return
 
 
 def sink_lag(settings: Settings) -> dict[tuple[str, int], tuple[int, int]]:
@@ -234,11 +234,11 @@ def caught_up(settings: Settings) -> bool:
 
 def delete_topics(settings: Settings) -> None:
     """Remove the topics of ``settings`` (module-scoped scenarios clean up after themselves)."""
-    client = admin(settings)
-    names = [n for n in client.list_topics(timeout=settings.admin_timeout_s).topics
-             if n.startswith(settings.topic_prefix)]
-    if not names:
-        return
-    for future in client.delete_topics(names, operation_timeout=settings.admin_timeout_s).values():
-        with contextlib.suppress(KafkaException):  # a leftover topic on a test broker is harmless
-            future.result()
+    with admin(settings) as client:
+        names = [n for n in client.list_topics(timeout=settings.admin_timeout_s).topics
+                 if n.startswith(settings.topic_prefix)]
+        if not names:
+            return
+        for future in client.delete_topics(names, operation_timeout=settings.admin_timeout_s).values():
+            with contextlib.suppress(KafkaException):  # a leftover topic on a test broker is harmless
+                future.result()
