@@ -61,7 +61,10 @@ class Receiver:
     def running(self) -> bool:
         return self.pid() is not None
 
-    def start(self) -> None:
+    def start(self, answer_end_of_data: bool = True) -> None:
+        """``answer_end_of_data=False``: a receiving server that fails after taking each
+        message's data and before answering it (``smtp-sink -q .``); the message is written, and
+        Postfix logs that it "may be sent more than once"."""
         if self.running():
             return
         if not Path(SMTP_SINK).exists():
@@ -71,10 +74,11 @@ class Receiver:
         self.mail.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.mail, "postfix")
         # -u: drop to the postfix user after binding; -d: one file per message, named by the
-        # second it arrived plus a random suffix.
+        # second it arrived plus a random suffix; -q .: disconnect instead of answering '.'.
+        hang_up = [] if answer_end_of_data else ["-q", "."]
         process = subprocess.Popen(
-            [SMTP_SINK, "-u", "postfix", "-d", f"{self.mail}/%Y%m%d%H%M%S.", f"{HOST}:{self.port}",
-             BACKLOG],
+            [SMTP_SINK, "-u", "postfix", *hang_up, "-d", f"{self.mail}/%Y%m%d%H%M%S.",
+             f"{HOST}:{self.port}", BACKLOG],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=(self.folder / "smtp-sink.log").open("ab"), start_new_session=True)
         self.pid_path.write_text(str(process.pid))

@@ -9,6 +9,9 @@
 * Deliveries are learned from Postfix's log (``status=sent`` delivered; ``bounced`` and
   ``expired`` undelivered), never assumed: each queue id is tied to its message by the
   ``X-Estop-Message-Id`` line the instance's header_checks rule logs.
+* A message whose end of data the receiving server never answered ("message may be sent more
+  than once") may already be with the recipient: a stop still deletes it, so it goes no further,
+  but counts it as sent (a ``postsuper`` removal the log shows for it), never as not sent.
 * Find (a message in doubt): the log says whether Postfix queued it; a ``postlog`` marker makes
   sure the log has caught up first.
 * Cancel: ``postsuper -h`` holds the recorded queue ids (held mail is never delivered), then
@@ -55,6 +58,14 @@ QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 LOG_LINE = re.compile(r"^(\w{3} +\d+ [\d:]{8}) \S+ postfix/(\w+)\[\d+\]: ([0-9A-Za-z]+): (.*)$")
 HEADER_INFO = re.compile(r"^info: header X-Estop-Message-Id: (\S+) from ")
 STATUS = re.compile(r"status=(sent|bounced|expired)(?: \((.*)\))?")
+#   smtp[8]: 4jg5..: to=<..>, ..., status=deferred (lost connection with ..[..] while sending end
+#   of data -- message may be sent more than once)
+# but not the messages Postfix then holds back from that server without sending them:
+#   error[9]: 4jg6..: ..., status=deferred (delivery temporarily suspended: lost connection ...)
+UNCERTAIN = re.compile(r"status=deferred \((?!delivery temporarily suspended).*"
+                       r"message may be sent more than once")
+MAYBE_SENT = ("sent: the receiving server took it without answering its end of data; "
+              "deleted from the queue by the stop, so it was not sent again")
 HELD = re.compile(r"^postsuper: ([0-9A-Za-z]+): placed on hold", re.MULTILINE)
 REMOVED = re.compile(r"^postsuper: ([0-9A-Za-z]+): removed", re.MULTILINE)
 SECTION = re.compile(r"^\*\*\* ENVELOPE RECORDS \w+/([0-9A-Za-z]+) \*\*\*$")
@@ -132,6 +143,7 @@ class PostfixLog:
         self._partial = b""
         self.message_of: dict[str, str] = {}  # queue id -> message id
         self.queued: dict[str, str] = {}  # message id -> queue id, once qmgr took it
+        self.uncertain: set[str] = set()  # message ids a receiving server may already have
         self.markers: set[str] = set()  # sync markers seen (see SmtpAdapter._sync)
         self._year = datetime.now().year
 
@@ -172,6 +184,11 @@ class PostfixLog:
             return None
         if daemon == "qmgr" and rest.startswith("from=") and "(queue active)" in rest:
             self.queued[message_id] = queue_id
+        if daemon == "smtp" and UNCERTAIN.search(rest):
+            self.uncertain.add(message_id)
+            return None
+        if daemon == "postsuper" and rest == "removed" and message_id in self.uncertain:
+            return Delivery(message_id, queue_id, True, self._when(stamp), MAYBE_SENT)
         status = STATUS.search(rest)
         if status is None:
             return None
@@ -350,9 +367,16 @@ class SmtpAdapter:
             if others:  # a reused queue id: someone else's message; leave it as it was
                 self._postsuper("-H", others, None)
             removed = set(self._postsuper("-d", own, REMOVED))
+            if removed:
+                self._sync()  # every deferral logged before the hold, and the removals
             for queue_id in own:  # held, so still queued: a delete that failed is unknown
-                answers[message_of[queue_id]] = (CancelStatus.CANCELLED if queue_id in removed
-                                                 else CancelStatus.UNKNOWN)
+                message_id = message_of[queue_id]
+                if queue_id not in removed:
+                    answers[message_id] = CancelStatus.UNKNOWN
+                elif message_id in self.log.uncertain:  # the log's removal line delivers it
+                    answers[message_id] = CancelStatus.TOO_LATE
+                else:
+                    answers[message_id] = CancelStatus.CANCELLED
         return answers
 
     def _postsuper(self, flag: str, queue_ids: list[str], done: re.Pattern[str] | None) -> list[str]:

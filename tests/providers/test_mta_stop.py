@@ -18,6 +18,7 @@ from streams.control.stop import issue_stop
 from streams.dispatch.outbox import OutboxStats
 from streams.models import REASON_CANCELLED, REASON_HELD, STAGE_PROVIDER
 from streams.mta.local import LocalMta
+from streams.providers.smtp import PostfixLog
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.reliability.support import WAIT_S, Fleet, assert_exact, env_of, wait_for
@@ -76,7 +77,13 @@ def test_a_stop_deletes_the_mail_waiting_in_postfix_and_none_of_it_arrives(
         wait_for(lambda: mta.postfix.counts().total == 0, "Postfix's queue to empty")
         arrived = mta.receiver.arrivals()
         sent_ids = {e["message_id"] for e in events.sent}
-        assert arrived.ids(campaign) == sent_ids  # sent means it reached the receiver; nothing else did
+        # Sent means it reached the receiver; nothing else did. Taking the receiver down can cut
+        # a message after its data and before the answer: the receiver may or may not have
+        # written it, and it counts as sent (Postfix's log: "may be sent more than once").
+        log = PostfixLog(mta.postfix.log_path)
+        log.read()
+        assert arrived.ids(campaign) <= sent_ids
+        assert sent_ids - arrived.ids(campaign) <= log.uncertain
         assert arrived.twice(campaign) == 0
         assert arrived.count(campaign) < RECIPIENTS
 

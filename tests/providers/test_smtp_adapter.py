@@ -10,9 +10,9 @@ import pytest
 
 from streams.mta.local import LocalMta
 from streams.providers import open_provider
-from streams.providers.base import CancelStatus, Handoff, SubmitStatus
+from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
 from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
-from streams.providers.smtp import SmtpAdapter
+from streams.providers.smtp import MAYBE_SENT, SmtpAdapter
 from streams.settings import Settings, load_settings
 from tests.support import free_port, wait_for
 
@@ -93,6 +93,47 @@ def test_cancel_deletes_deferred_mail_but_never_a_message_a_queue_id_no_longer_c
         assert set(again.values()) == {CancelStatus.TOO_LATE}
     finally:
         smtp.close()
+
+
+def test_a_stop_deletes_mail_whose_end_of_data_went_unanswered_but_counts_it_as_sent(
+    mta: LocalMta, receiver_up: LocalMta
+) -> None:
+    """A receiving server that takes each message and hangs up before answering its end of data:
+    the recipient may have it, Postfix cannot tell ("may be sent more than once") and would send
+    it again. The stop deletes it from the queue all the same, but answers too late and reports
+    it delivered; a message that never reached the server is cancelled."""
+    mta.receiver_down()
+    mta.receiver.start(answer_end_of_data=False)
+    smtp = adapter(mta)
+    try:
+        answers = smtp.submit(handoffs("adapter-hangup", 10))
+        queue_ids = {a.message_id: a.provider_id or "" for a in answers}
+        assert all(a.status == SubmitStatus.ACCEPTED for a in answers)
+        seen: list[Delivery] = []
+
+        def taken_and_logged() -> bool:
+            seen.extend(smtp.deliveries())
+            arrived = mta.receiver.arrivals().ids("adapter-hangup")
+            return bool(arrived) and arrived == smtp.log.uncertain & set(queue_ids)
+
+        wait_for(taken_and_logged, "the receiver to take messages Postfix calls uncertain")
+        wait_for(lambda: mta.postfix.counts().by_queue.get("deferred", 0) == 10,
+                 "every message to wait in the deferred queue")
+
+        result = smtp.cancel("adapter-hangup", queue_ids)
+
+        uncertain = smtp.log.uncertain & set(queue_ids)
+        assert {m for m, s in result.items() if s == CancelStatus.TOO_LATE} == uncertain
+        assert {m for m, s in result.items() if s == CancelStatus.CANCELLED} == set(queue_ids) - uncertain
+        seen.extend(smtp.deliveries())
+        ours = [d for d in seen if d.message_id in queue_ids]  # the log has earlier tests' too
+        assert {d.message_id for d in ours if d.delivered} == uncertain
+        assert all(d.detail == MAYBE_SENT and d.provider_id == queue_ids[d.message_id] for d in ours)
+        assert mta.postfix.counts().total == 0  # deleted, uncertain or not: none goes out again
+        assert mta.receiver.arrivals().ids("adapter-hangup") == uncertain
+    finally:
+        smtp.close()
+        mta.receiver_down()  # the fixture brings back a receiver that answers
 
 
 def test_a_provider_the_settings_cannot_use_is_one_clear_error(settings: Settings, mta: LocalMta) -> None:
