@@ -19,6 +19,7 @@ from streams.clock import now_ms
 from streams.control.feed import ControlFeed
 from streams.control.view import ControlView, Stop
 from streams.kafka.clients import Headers, producer
+from streams.kafka.exceptions import KafkaUnavailableError
 from streams.models import (
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
@@ -34,6 +35,9 @@ from streams.settings import Settings
 
 Progress = Callable[[int], None]
 Audience = Mapping[str, Sequence[str]]  # channel -> recipient ids, in the order they are queued
+
+# How long the broker may take to acknowledge what is still buffered (up to a million records).
+FLUSH_S = 60.0
 
 
 @dataclass
@@ -94,6 +98,9 @@ def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[
         publish_status(out, settings, serdes, campaign_id, STATE_SENDING, channels, planned)
         out.flush(settings.admin_timeout_s)
         _queue(out, settings, serdes, view, result, channels, audience, rate, progress)
+        # Every request is on its topic before the status says so: a reader that sees Finished
+        # (the console, a relaunch's caller) finds the whole campaign queued.
+        _flush_requests(out, FLUSH_S)
         stops = {c: view.stopped(campaign_id, c) for c in channels}
         for channel, stop in stops.items():
             if stop is not None:
@@ -104,7 +111,7 @@ def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[
         result.state = STATE_STOPPED if any_stop else STATE_FINISHED
         publish_status(out, settings, serdes, campaign_id, result.state, channels, planned,
                        result.queued, any_stop)
-        out.flush(60)
+        out.flush(FLUSH_S)
     finally:
         feed.close()
     return result
@@ -145,6 +152,13 @@ def _queue(out: Producer, settings: Settings, serdes: Serdes, view: ControlView,
             ahead = (index + 1) / rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
+
+
+def _flush_requests(out: Producer, timeout_s: float) -> None:
+    left = out.flush(timeout_s)
+    if left:
+        raise KafkaUnavailableError(f"Kafka did not acknowledge {left:,} send request(s) within "
+                                    f"{timeout_s:.0f}s; the campaign stays Sending")
 
 
 def _produce(out: Producer, topic: str, key: bytes, value: bytes,
