@@ -59,7 +59,7 @@ class Worker:
                 provider = open_provider(settings, channel)
                 dispatcher = Dispatcher(settings, channel, self.view, self.serdes,
                                         self.process_id, provider, settings.provider_rate)
-                self.feed.add_hook(dispatcher.on_stop)
+                self.feed.add_hook(dispatcher.on_stop, dispatcher.cancel_stopped)
                 self.dispatchers.append(dispatcher)
         # Every stage by the name its thread, its `up` series and /health use.
         self.stages: dict[str, Gate | Dispatcher | Sink] = {

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 # A hook halts what the process holds for a newly stopped campaign; returns how many it halted.
 StopHook = Callable[[Applied], int]
+# At start-up, one pass over what the process holds against the whole view replaces the hooks of
+# all but the recent stops (those are acknowledged with their counts): a start-up reading a
+# million stops must not run a million hooks.
+StartHook = Callable[[], int]
 
 
 
@@ -45,6 +49,7 @@ class ControlFeed:
         self.process_id = process_id
         self.roles = roles
         self._hooks: list[StopHook] = []
+        self._start_hooks: list[StartHook] = []
         self._acknowledge = acknowledge
         self._producer = producer(settings, **{"linger.ms": 0}) if acknowledge else None
         self._consumer: Consumer | None = None
@@ -58,8 +63,11 @@ class ControlFeed:
         # may not write campaign-control, and that refusal must not touch the acks' producer.
         self._repairs: Producer | None = producer(settings, **{"linger.ms": 0}) if acknowledge else None
 
-    def add_hook(self, hook: StopHook) -> None:
+    def add_hook(self, hook: StopHook, at_start: StartHook) -> None:
+        """``hook`` for each stop applied while tailing (and each recent one read at start-up),
+        ``at_start`` once, after the start-up read."""
         self._hooks.append(hook)
+        self._start_hooks.append(at_start)
 
     def bootstrap(self) -> None:
         """Block until every command present now is applied."""
@@ -80,7 +88,9 @@ class ControlFeed:
             if collecting:
                 gc.enable()
         gc.freeze()  # and no later collection in this process walks the view again
-        self._after_apply([a for a in applied if a.requested_at >= recent], applied)
+        self._after_apply(applied, applied)  # only the recent ones: see _apply
+        for at_start in self._start_hooks:
+            at_start()
         self._republish()
         self.bootstrap_s = time.monotonic() - started
         log.info("control view ready: %d stopped campaigns, %d commands in %.2fs",
@@ -157,10 +167,10 @@ class ControlFeed:
                         log.warning("control command %s names unknown channels: %s",
                                     result.command_id, command.get("channels"))
                     if not seen:
+                        # A start-up keeps only what it acknowledges; the start hooks take the rest.
                         acknowledged = ack_from is None or result.requested_at >= ack_from
                         if acknowledged:
                             self._received_at[result.command_id] = message.timestamp()[1]
-                        if acknowledged or (self._hooks and result.newly_halted):
                             applied.append(result)
         if self.view.anomalies > anomalies:
             CONTROL_ANOMALIES.inc(self.view.anomalies - anomalies)

@@ -143,6 +143,14 @@ class Dispatcher(TransactionalStage):
             self._recorded.wait_for(lambda: applied.campaign_id not in self._in_flight)
         return self._cancel_at_provider(applied.campaign_id, stop)
 
+    def cancel_stopped(self) -> int:
+        """At start-up, before the first handoff: cancel at the provider what the outbox holds of
+        every campaign stopped on this channel, asking the outbox once which campaigns it holds
+        messages of instead of once per stopped campaign."""
+        return sum(self._cancel_at_provider(campaign_id, stop)
+                   for campaign_id in self.outbox.campaigns_at_provider()
+                   if (stop := self.view.stopped(campaign_id, self.channel)) is not None)
+
     def _cancel_at_provider(self, campaign_id: str, stop: Stop) -> int:
         """Cancel what the provider still holds of a stopped campaign; returns how many."""
         if self.provider.cancel_capability == CancelCapability.NONE:

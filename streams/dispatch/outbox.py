@@ -183,6 +183,11 @@ class Outbox:
             " WHERE state = 'accepted' AND provider_id IS NOT NULL").fetchall()
         return [Accepted(m, p, r, h if h is not None else now_ms()) for m, p, r, h in rows]
 
+    def campaigns_at_provider(self) -> list[str]:
+        """Campaigns with messages the provider accepted and that have no outcome yet."""
+        return [c for (c,) in self._db.execute(
+            "SELECT DISTINCT campaign_id FROM outbox WHERE state = 'accepted'").fetchall()]
+
     def to_cancel(self, campaign_id: str) -> dict[str, str]:
         """message_id -> provider_id of the campaign's messages the provider may still hold."""
         return dict(self._db.execute(

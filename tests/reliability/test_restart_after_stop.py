@@ -1,7 +1,8 @@
 """A stop, then every worker SIGKILLed, then fresh ones: none of the campaign's messages reaches
 a provider any more. The fresh processes read the control view to its end before their first
 request, so the backlog they inherit (in the gates' input, in the dispatch topics, and queued
-by the engine while nothing ran) is halted, never handed over."""
+by the engine while nothing ran) is halted, never handed over. And a dispatcher that was down
+when the stop came cancels, as it starts, what its provider still holds of the campaign."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from streams.campaigns.launcher import launch
 from streams.dispatch.outbox import OutboxStats
-from streams.models import STAGE_PROVIDER, STAGE_SENDING
+from streams.models import REASON_CANCELLED, STAGE_PROVIDER, STAGE_SENDING
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.reliability.support import (
@@ -79,5 +80,39 @@ def test_workers_started_after_a_stop_and_a_crash_hand_nothing_over(settings: Se
             assert all(halted.get(m) == STAGE_SENDING for m in gate_side), channel
             assert all(halted.get(m) == STAGE_PROVIDER for m in dispatch_side), channel
         assert found["not_sent_by_stage"][STAGE_PROVIDER] > 2 * LATE
+    finally:
+        fleet.stop_all()
+
+
+def test_a_dispatcher_down_when_the_stop_came_cancels_at_its_provider_as_it_starts(
+        settings: Settings) -> None:
+    """The provider holds every message for five minutes; the dispatcher that handed them over
+    is SIGKILLed, the stop is confirmed without it, and only its restart can cancel them."""
+    serdes = Serdes()
+    campaign = "stop-while-down"
+    recipients = 200
+    # ESTOP_ACK_RECENT_S=0: a start-up treats every stop it reads as old, so no per-stop hook runs
+    # and the cancellation is the start-up pass's alone.
+    fleet = Fleet(settings, ESTOP_PROVIDER_RATE="1000", ESTOP_PROVIDER_DELAY_S="300",
+                  ESTOP_ACK_RECENT_S="0")
+    try:
+        for name in ("gate", "dispatcher", "sink"):
+            fleet.start(name, "--role", name, "--channel", "email")
+        wait_joined(settings, fleet.procs["dispatcher"].process_id,
+                    settings.topics.dispatcher_group("email"))
+        launch(settings, serdes, campaign, ["email"], recipients)
+        outbox = OutboxStats(settings.data_dir, "email")
+        wait_for(lambda: outbox.handed(campaign) == recipients, "every message at the provider")
+        fleet.kill("dispatcher")
+
+        result = stop(settings, serdes, campaign)
+        assert fleet.procs["dispatcher"].process_id not in result.live
+        fleet.restart("dispatcher")
+
+        events, found = assert_exact(settings, serdes, campaign, {"email": recipients}, result)
+        assert not events.sent
+        assert all(e["stage"] == STAGE_PROVIDER and e["reason"].startswith(REASON_CANCELLED)
+                   for e in events.not_sent)
+        assert found["cancelled_at_provider"] == recipients
     finally:
         fleet.stop_all()
