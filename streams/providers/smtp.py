@@ -356,6 +356,7 @@ class SmtpAdapter:
         message_of = {q: m for m, q in provider_ids.items()}
         answers = dict.fromkeys(provider_ids, CancelStatus.TOO_LATE)
         queue_ids = list(message_of)
+        removed: list[str] = []
         for start in range(0, len(queue_ids), CHUNK):
             chunk = queue_ids[start:start + CHUNK]
             held = self._postsuper("-h", chunk, HELD)
@@ -366,17 +367,16 @@ class SmtpAdapter:
             others = [q for q in held if q not in own]
             if others:  # a reused queue id: someone else's message; leave it as it was
                 self._postsuper("-H", others, None)
-            removed = set(self._postsuper("-d", own, REMOVED))
-            if removed:
-                self._sync()  # every deferral logged before the hold, and the removals
-            for queue_id in own:  # held, so still queued: a delete that failed is unknown
-                message_id = message_of[queue_id]
-                if queue_id not in removed:
-                    answers[message_id] = CancelStatus.UNKNOWN
-                elif message_id in self.log.uncertain:  # the log's removal line delivers it
-                    answers[message_id] = CancelStatus.TOO_LATE
-                else:
-                    answers[message_id] = CancelStatus.CANCELLED
+            for queue_id in own:  # held, so still queued: a delete that fails is unknown
+                answers[message_of[queue_id]] = CancelStatus.UNKNOWN
+            removed += self._postsuper("-d", own, REMOVED)
+        if removed:
+            self._sync()  # once: every deferral logged before the holds, and the removals
+        for queue_id in removed:
+            message_id = message_of[queue_id]
+            # A message the receiver may have is delivered by the log's removal line.
+            answers[message_id] = (CancelStatus.TOO_LATE if message_id in self.log.uncertain
+                                   else CancelStatus.CANCELLED)
         return answers
 
     def _postsuper(self, flag: str, queue_ids: list[str], done: re.Pattern[str] | None) -> list[str]:
