@@ -183,6 +183,15 @@ class Topics:
     def dispatcher_group(self, channel: str) -> str:
         return f"{self.prefix}estop-dispatcher-{channel}"
 
+    def ledger(self, channel: str) -> str:
+        """The dispatchers' handoff ledger: a compacted changelog, partitioned like dispatch."""
+        return f"{self.prefix}dispatch.{channel}.ledger"
+
+    def receipts(self, channel: str) -> str:
+        """Provider receipts on their way to the dispatcher that owns the message (partitioned
+        like dispatch: a receipt keyed by its message id lands on its message's partition)."""
+        return f"{self.prefix}dispatch.{channel}.receipts"
+
     def data_plane_groups(self) -> list[str]:
         """Groups whose live members must acknowledge a stop before it counts as confirmed."""
         return [g for c in CHANNELS for g in (self.gate_group(c), self.dispatcher_group(c))]
@@ -199,6 +208,7 @@ class Topics:
             self.acks,
             *(self.send_requests(c) for c in CHANNELS),
             *(self.dispatch(c) for c in CHANNELS),
+            *(self.receipts(c) for c in CHANNELS),
             self.sent,
             self.notsent,
             self.failed,

@@ -35,7 +35,7 @@ from streams import metrics
 from streams.clock import now_ms
 from streams.control.view import Applied, ControlView, Stop
 from streams.dispatch.outbox import DELIVERED, SUBMITTING, UNDELIVERED, Outbox, Outcome
-from streams.dispatch.receipts import ReceiptPublisher
+from streams.dispatch.publisher import ReceiptPublisher
 from streams.faults import crash_point
 from streams.kafka.clients import Headers, raw_routing
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter

@@ -1,172 +1,115 @@
-"""Publishing the provider stage's outcomes (deliveries, cancellations) from the dispatcher's
-outbox to Kafka exactly once, across crashes.
+"""Provider receipts on their way to the dispatcher that owns the message.
 
-The outbox and Kafka cannot commit together, so each report batch is made decidable:
+A provider tells what became of a message wherever it chooses: an SMSC sends a delivery receipt
+to any bind of the system id, Postfix writes its log on the MTA's host, a push service answers the
+process that asked. The message belongs to whichever dispatcher holds its partition of
+``dispatch.<channel>`` now, and only that one may change its ledger entry. So a receipt learned
+anywhere else is written to ``dispatch.<channel>.receipts``, partitioned like ``dispatch``:
 
-* one process at a time publishes an outbox (an exclusive lock on a file next to it; the kernel
-  releases it when the process dies, and another dispatcher of the channel, or the restarted
-  one, takes over);
-* it publishes with a transactional producer whose ``transactional.id`` belongs to the outbox,
-  so a new publisher fences the old one and Kafka ends whatever transaction the old one left
-  open before ``init_transactions`` returns;
-* every batch is numbered in the outbox when claimed, and its transaction also commits that
-  number as the offset of a marker consumer group (no member ever joins it);
-* after a crash the new publisher compares the batch left claimed with the marker: committed
-  means its events are on Kafka (marked reported, never published again), otherwise it is
-  released and published in a new batch."""
+* keyed by the message id when the sender knows it: Kafka's partitioner puts it on the partition
+  number its request has on ``dispatch.<channel>``, which the owner reads;
+* a receipt that names only the provider's id (an SMSC's receipt on another process's bind) is
+  written to every partition: each owner looks the id up in its own ledger and the one that holds
+  it applies it.
+
+The owner applies each receipt once (its ledger entry changes state in the same transaction as
+the outcome event), so a receipt written twice does no harm."""
 
 from __future__ import annotations
 
-import fcntl
-import logging
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Iterator, Sequence
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from streams.dispatch.outbox import Outbox, Outcome
-from streams.faults import crash_point
-from streams.kafka import transactions
-from streams.kafka.clients import consumer, producer
+from streams.kafka.clients import producer
+from streams.kafka.exceptions import KafkaUnavailableError
+from streams.providers.base import Delivery
+from streams.serde import Serdes
 from streams.settings import Settings
 
-log = logging.getLogger(__name__)
+# One receipt as it goes on the topic: key, value, and the partition it is written to (a receipt
+# by provider id goes to each), or BY_KEY: the partitioner places it by its key.
+ReceiptRecord = tuple[bytes, bytes, int]
+BY_KEY = -1  # librdkafka's "unassigned partition"
 
-# Turns an outcome into the record to publish: (topic, key, value, headers).
-Render = Callable[[Outcome], tuple[str, bytes, bytes, Any]]
+
+def receipt_records(serdes: Serdes, channel: str, deliveries: Sequence[Delivery], source: str,
+                    partitions: int) -> Iterator[ReceiptRecord]:
+    """The records that carry ``deliveries`` to their owners (see the module's note)."""
+    for delivery in deliveries:
+        value = serdes.receipt.encode({
+            "channel": channel,
+            "message_id": delivery.message_id,
+            "provider_id": delivery.provider_id,
+            "delivered": delivery.delivered,
+            "occurred_at": delivery.at_ms,
+            "detail": delivery.detail,
+            "source": source,
+        })
+        if delivery.message_id:
+            yield delivery.message_id.encode(), value, BY_KEY
+        else:
+            key = delivery.provider_id.encode()
+            for partition in range(partitions):
+                yield key, value, partition
 
 
-class ReceiptPublisher:
-    def __init__(self, settings: Settings, channel: str, outbox: Outbox,
-                 render: Render, published: Callable[[list[Outcome]], None]) -> None:
+def delivery_of(serdes: Serdes, value: bytes | None) -> Delivery:
+    """The delivery a receipt record carries (SerdeError when it is not one)."""
+    receipt = serdes.receipt.decode(value)
+    return Delivery(receipt["message_id"], receipt["provider_id"], receipt["delivered"],
+                    receipt["occurred_at"], receipt["detail"])
+
+
+def partition_count(client: Producer, topic: str, timeout_s: float) -> int:
+    """Partitions of ``topic`` (it must exist: `estop topics create`)."""
+    info = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise KafkaUnavailableError(f"topic {topic} does not exist; run `estop topics create`")
+    return len(info.partitions)
+
+
+class ReceiptShipper:
+    """Writes the receipts a process learns for messages it does not own (the MTA agent ships
+    Postfix's log with it). ``ship`` returns once Kafka acknowledged every record, so a sender
+    may then forget them (e.g. acknowledge them to the provider)."""
+
+    def __init__(self, settings: Settings, serdes: Serdes, channel: str, source: str) -> None:
         self.settings = settings
+        self.serdes = serdes
         self.channel = channel
-        self.outbox = outbox
-        self.render = render
-        self.published = published  # called with each batch once Kafka committed it
-        self.transactional_id = (f"{settings.topics.dispatcher_group(channel)}-receipts-"
-                                 f"{outbox.outbox_id}")
-        self.marker = TopicPartition(settings.topics.dispatch(channel), 0)
-        self._lock_path = outbox.path.with_name(f"{outbox.path.name}.publisher.lock")
-        self._lock: IO[str] | None = None
-        self._producer: Producer | None = None
-        self._group: Consumer | None = None
+        self.source = source
+        self.topic = settings.topics.receipts(channel)
+        self._producer: Producer = producer(settings)
+        self.partitions = partition_count(self._producer, self.topic, settings.admin_timeout_s)
 
-    @property
-    def active(self) -> bool:
-        """This process publishes the outbox now."""
-        return self._producer is not None
+    def ship(self, deliveries: Sequence[Delivery]) -> None:
+        """Write the receipts; KafkaUnavailableError when Kafka did not acknowledge them all."""
+        if not deliveries:
+            return
+        errors: list[KafkaError] = []
 
-    def publish(self, limit: int) -> int:
-        """Publish every outcome waiting in the outbox; 0 when another process publishes it."""
-        if not self._acquire():
-            return 0
-        count = 0
-        while True:
-            batch, outcomes = self.outbox.claim(limit)
-            if not outcomes:
-                return count
-            if not self._publish_batch(batch, outcomes):
-                return count
-            crash_point(self.settings, "receipts-committed")
-            self.outbox.reported(batch)
-            self.published(outcomes)
-            count += len(outcomes)
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                errors.append(error)
+
+        try:
+            for key, value, partition in receipt_records(self.serdes, self.channel, deliveries,
+                                                         self.source, self.partitions):
+                while True:
+                    try:
+                        self._producer.produce(self.topic, value=value, key=key,
+                                               partition=partition, on_delivery=delivered)
+                        break
+                    except BufferError:
+                        self._producer.poll(0.05)
+            unsent = self._producer.flush(self.settings.admin_timeout_s)
+        except KafkaException as exc:
+            raise KafkaUnavailableError(f"receipts not written to {self.topic}: {exc}") from exc
+        if unsent or errors:
+            raise KafkaUnavailableError(
+                f"receipts not written to {self.topic}: "
+                f"{errors[0].str() if errors else f'{unsent} not acknowledged'}")
 
     def close(self) -> None:
-        if self._group is not None:
-            self._group.close()
-            self._group = None
-        self._producer = None
-        if self._lock is not None:
-            self._lock.close()  # releases the lock
-            self._lock = None
-
-    # -- steps ---------------------------------------------------------------------------------
-
-    def _acquire(self) -> bool:
-        if self._producer is not None:
-            return True
-        if self._lock is None:
-            handle = self._lock_path.open("a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                return False
-            self._lock = handle
-        timeout = self.settings.admin_timeout_s
-        out = producer(self.settings, **{"transactional.id": self.transactional_id})
-        try:
-            # Fences an earlier publisher of this outbox; Kafka ends its open transaction first.
-            transactions.retrying(lambda: out.init_transactions(timeout), "receipts: init")
-        except KafkaException as exc:
-            log.warning("dispatcher %s cannot publish receipts yet: %s", self.channel, exc)
-            return False
-        if self._group is None:
-            self._group = consumer(self.settings, **{"group.id": self.transactional_id})
-        self._producer = out
-        try:
-            self._settle()
-        except KafkaException as exc:
-            log.warning("dispatcher %s cannot settle its report batches yet: %s", self.channel, exc)
-            self._producer = None
-            return False
-        log.info("dispatcher %s publishes the outcomes of its outbox", self.channel)
-        return True
-
-    def _settle(self) -> None:
-        """Decide the batches a crashed publisher left claimed."""
-        batches = self.outbox.unsettled()
-        if not batches:
-            return
-        assert self._group is not None
-        committed = self._group.committed([TopicPartition(self.marker.topic, self.marker.partition)],
-                                          timeout=self.settings.admin_timeout_s)[0].offset
-        for batch in batches:
-            if committed >= batch:
-                self.outbox.reported(batch)
-                log.warning("dispatcher %s: report batch %d was committed before a crash; "
-                            "not publishing it again", self.channel, batch)
-            else:
-                self.outbox.release(batch)
-                log.warning("dispatcher %s: report batch %d was not committed before a crash; "
-                            "publishing it again", self.channel, batch)
-
-    def _publish_batch(self, batch: int, outcomes: list[Outcome]) -> bool:
-        out = self._producer
-        assert out is not None and self._group is not None
-        what = f"dispatcher {self.channel} receipts"
-        try:
-            transactions.begin(out)
-            for outcome in outcomes:
-                topic, key, value, headers = self.render(outcome)
-                transactions.produce(out, topic, key=key, value=value, headers=headers)
-        except KafkaException as exc:
-            return self._failed(batch, exc, what)
-        marker = [TopicPartition(self.marker.topic, self.marker.partition, batch)]
-        try:
-            if transactions.commit(out, marker, self._group.consumer_group_metadata(),
-                                   self.settings.admin_timeout_s, what):
-                return True
-        except KafkaException as exc:
-            return self._failed(batch, exc, what)
-        except transactions.WedgedProducerError as exc:
-            # Unknown whether the batch committed: a new producer with the same transactional.id
-            # fences this one, and the marker settles the batch.
-            log.warning("%s: %s; starting over", what, exc)
-            self._producer = None
-            return False
-        self.outbox.release(batch)  # aborted: nothing of it is visible; claimed again later
-        return False
-
-    def _failed(self, batch: int, exc: KafkaException, what: str) -> bool:
-        try:
-            transactions.abort(self._producer, exc, self.settings.admin_timeout_s, what)  # type: ignore[arg-type]
-            self.outbox.release(batch)
-        except (KafkaException, transactions.WedgedProducerError):
-            # Unknown whether the batch committed: a new producer with the same transactional.id
-            # fences this one, and the marker settles the batch.
-            log.warning("%s: starting over after %s", what, exc)
-            self._producer = None
-        return False
+        self._producer.flush(self.settings.admin_timeout_s)

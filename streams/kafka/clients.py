@@ -55,6 +55,9 @@ def producer(settings: Settings, **extra: Any) -> Producer:
         "compression.type": "lz4",
         "batch.num.messages": 10000,
         "queue.buffering.max.messages": 1000000,
+        # Kafka's own partitioner (Java clients use it too): a receipt keyed by a message id lands
+        # on the partition number its request has on dispatch.<channel>, whoever writes it.
+        "partitioner": "murmur2_random",
     }
     conf.update(extra)
     return Producer(_base(settings, conf))

@@ -88,6 +88,11 @@ def plan(settings: Settings, replication: Replication | None = None) -> list[Top
         TopicSpec(t.acks, 1, {"cleanup.policy": "delete", "retention.ms": str(DAY_MS), **insync}),
         *(TopicSpec(t.send_requests(c), data, dict(insync)) for c in CHANNELS),
         *(TopicSpec(t.dispatch(c), data, dict(insync)) for c in CHANNELS),
+        # The handoff ledger follows its dispatch partition from process to process; receipts
+        # reach the partition's owner wherever the provider sent them.
+        *(TopicSpec(t.ledger(c), data, {**COMPACTED, **insync}) for c in CHANNELS),
+        *(TopicSpec(t.receipts(c), data, {"retention.ms": str(7 * DAY_MS), **insync})
+          for c in CHANNELS),
         TopicSpec(t.sent, data, dict(insync)),
         TopicSpec(t.notsent, data, dict(insync)),
         TopicSpec(t.failed, data, dict(insync)),

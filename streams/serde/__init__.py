@@ -166,6 +166,9 @@ class Serdes:
         self.failed = Serde(load_schema("FailedEvent"), registry)
         self.control_ack = Serde(load_schema("ControlAck"), registry)
         self.audit = Serde(load_schema("AuditEvent"), registry)
+        self.ledger_entry = Serde(load_schema("LedgerEntry"), registry)
+        self.ledger_checkpoint = Serde(load_schema("LedgerCheckpoint"), registry)
+        self.receipt = Serde(load_schema("ProviderReceipt"), registry)
 
 
 def serdes_for(registry_url: str | None) -> Serdes:
