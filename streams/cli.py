@@ -398,11 +398,18 @@ def _print_stop(result: Any) -> None:
     for ack in result.acks:
         click.echo(f"  {ack.process_id:<40} applied after {ack.propagation_ms:>5} ms, "
                    f"halted {ack.halted:,} at its provider")
-    for missing in sorted(set(result.live) - {a.process_id for a in result.acks}):
-        click.echo(f"  {missing:<40} has not acknowledged")
-    if not result.live:
-        click.echo("  no gate or dispatcher is running; every worker that starts will "
-                   "read the stop before its first request")
+    held: dict[str, list[str]] = {}
+    for partition, holder in result.waiting:
+        held.setdefault(holder or "", []).append(partition)
+    for holder, partitions in sorted(held.items()):
+        if holder:
+            click.echo(f"  {holder:<40} has not acknowledged it on {', '.join(partitions)}")
+        else:
+            click.echo(f"  {'(nobody)':<40} holds {', '.join(partitions)}: in transit, or every "
+                       "process of that role is down")
+    if result.not_running:
+        click.echo(f"  never ran here: {', '.join(result.not_running)}; a process that starts "
+                   "reads the stop before its first request")
     click.echo(f"  halted at providers so far: {result.halted:,}")
 
 

@@ -28,7 +28,7 @@ from rich.text import Text
 from streams.campaigns.launcher import LaunchResult, launch, recipient_id
 from streams.campaigns.status import OutcomeCounter
 from streams.control.stop import StopResult, issue_stop
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.exceptions import EstopError
 from streams.kafka.clients import consumer, take
 from streams.kafka.source import BrokerHandle, acquire_broker
@@ -241,7 +241,7 @@ def channel_figures(settings: Settings, campaign_id: str, channels: list[str], c
     rows = []
     for channel in channels:
         counts = counter.channel(channel)
-        cancelled = OutboxStats(settings.data_dir, channel).cancelled(campaign_id)
+        cancelled = LedgerStats(settings, channel).cancelled(campaign_id)
         if channel == "email":
             arrived, after = received or 0, None  # the receiver keeps no arrival times
         else:
@@ -369,7 +369,7 @@ def _run(settings: Settings, recipients: int, stop_after: int, channels: list[st
                            for stage in STAGES}
         if stop.confirmed_at_ms is not None:
             result.handoffs_after_confirmation = sum(
-                OutboxStats(settings.data_dir, c).handed_after(campaign_id, stop.confirmed_at_ms)
+                LedgerStats(settings, c).handed_after(campaign_id, stop.confirmed_at_ms)
                 for c in channels)
         result.analytics = _await_analytics(settings, campaign_id, result.planned, deadline)
         if mta is not None:

@@ -38,6 +38,14 @@ CANCELLED = Counter(
     "estop_provider_cancelled_total", "Messages a provider still held and cancelled on a stop",
     ["channel"],
 )
+LEDGER_RESTORE_SECONDS = Histogram(
+    "estop_ledger_restore_seconds",
+    "Time a dispatcher took to restore the ledger of partitions assigned to it (from the changelog)",
+    ["channel"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+LEDGER_ENTRIES = Gauge(
+    "estop_ledger_entries", "Handoff ledger entries a dispatcher holds in memory", ["channel"],
+)
 DEAD_LETTERED = Counter(
     "estop_dead_lettered_records_total", "Unreadable records sent to a dead-letter topic",
     ["topic"],
@@ -101,6 +109,7 @@ def init_labels(channels: tuple[str, ...] | list[str], topics: list[str]) -> Non
             PROVIDER_RETRIES.labels(channel, error)
         HANDOFFS.labels(channel)
         CANCELLED.labels(channel)
+        LEDGER_ENTRIES.labels(channel)
         for stage in STAGES:
             NOT_SENT.labels(channel, stage)
         for result in ("passed", "halted", "dead_lettered"):

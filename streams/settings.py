@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # How long an admin call may wait for an unreachable broker.
     admin_timeout_s: float = Field(default=15.0, gt=0)
 
+    # How long a dispatcher remembers a message that has its outcome (so a request queued again
+    # meanwhile gets no second handoff or outcome): then it is forgotten, in memory and in the
+    # ledger's changelog.
+    ledger_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+
     # Data plane tuning.
     batch_size: int = Field(default=2000, ge=1)
     poll_timeout_s: float = Field(default=0.2, gt=0)

@@ -50,7 +50,7 @@ class Worker:
         self.metrics_port: int | None = None
         self.running = threading.Event()  # stages loop while set
         self.stopping = threading.Event()  # a signal or a failed stage asks for shutdown
-        self.gates = [Gate(settings, c, self.view, self.serdes, self.process_id)
+        self.gates = [Gate(settings, c, self.view, self.serdes, self.process_id, self.feed)
                       for c in channels] if "gate" in roles else []
         self.dispatchers: list[Dispatcher] = []
         if "dispatcher" in roles:
@@ -58,9 +58,12 @@ class Worker:
                 # An unknown or unreachable provider stops the worker here, before it starts.
                 provider = open_provider(settings, channel)
                 dispatcher = Dispatcher(settings, channel, self.view, self.serdes,
-                                        self.process_id, provider, settings.provider_rate)
-                self.feed.add_hook(dispatcher.on_stop, dispatcher.cancel_stopped)
+                                        self.process_id, provider, settings.provider_rate, self.feed)
+                self.feed.add_hook(dispatcher.on_stop)
                 self.dispatchers.append(dispatcher)
+        # What an acknowledgement says this process holds: the partitions each stage prepared.
+        self.feed.held = lambda: [tp for stage in [*self.gates, *self.dispatchers]
+                                  for tp in stage.ready_partitions()]
         # Every stage by the name its thread, its `up` series and /health use.
         self.stages: dict[str, Gate | Dispatcher | Sink] = {
             **{f"gate.{g.channel}": g for g in self.gates},

@@ -35,7 +35,7 @@ from streams.control.feed import ControlFeed
 from streams.control.stop import issue_stop
 from streams.control.view import ControlView
 from streams.demo import WorkerProcess
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.exceptions import EstopError
 from streams.kafka.clients import admin, consumer, producer, take
 from streams.kafka.source import acquire_broker
@@ -423,7 +423,7 @@ class Bench:
                                 30, force=True)
             load.join(300)
             time.sleep(1)
-            outbox = OutboxStats(settings.data_dir, "email")
+            outbox = LedgerStats(settings, "email")
             if result.confirmed_at_ms is not None and result.broker_ack_ms is not None:
                 leak_after = outbox.handed_after("load", result.confirmed_at_ms)
                 leak_between = outbox.handed_after("load", result.broker_ack_ms) - leak_after
@@ -470,7 +470,7 @@ class Bench:
             finally:
                 store.close()
             memory = rss.summary()
-            outbox = OutboxStats(settings.data_dir, "email")
+            outbox = LedgerStats(settings, "email")
             after = outbox.handed_after(campaign, result.confirmed_at_ms or 0)
             between = outbox.handed_after(campaign, result.broker_ack_ms or 0) - after
         return {"analytics_complete_s": complete_s, "halted": report["not_sent"],

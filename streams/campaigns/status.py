@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from streams.campaigns.lifecycle import effective_state, read_campaigns, read_control, stop_info
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.exceptions import UsageError
 from streams.kafka.clients import headers_of
 from streams.models import (
@@ -108,7 +108,7 @@ def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dic
         counts.planned = (status or {}).get("planned", {}).get(channel, 0)
         queued = (status or {}).get("queued", {})
         counts.queued = queued.get(channel, counts.planned) if queued else counts.planned
-        counts.handed = OutboxStats(settings.data_dir, channel).handed(campaign_id)
+        counts.handed = LedgerStats(settings, channel).handed(campaign_id)
         per_channel[channel] = {
             "requested": counts.queued,
             "planned": counts.planned,

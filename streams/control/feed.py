@@ -2,6 +2,14 @@
 handles its first request (every partition assigned, no consumer group), then tails it on a
 thread, runs the process's stop hooks and acknowledges each command it applied.
 
+Acknowledgements say how far the process applied the topic (``control_offsets``) and on which of
+its input partitions (``partitions``: those its stages hold, ready). A stage that is assigned a
+partition first makes the view current (``sync``: everything written before the assignment is
+applied), prepares it (a dispatcher restores its ledger and cancels what its provider holds of
+stopped campaigns), then acknowledges it (``acknowledge_partitions``). A stop is confirmed when
+every partition is held by a process whose acknowledgement covers the stop's offset
+(``streams.control.confirmation``).
+
 ``campaign-control`` is compacted by campaign id: only the latest record of a campaign survives.
 A tombstone, an unknown action or an unreadable record after a stop would therefore erase the
 stop for every process that starts after compaction. A data-plane feed that reads such a record
@@ -16,12 +24,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from streams.clock import now_ms
 from streams.control.view import ALL_CHANNELS, Applied, ControlView
-from streams.kafka.clients import producer, take
-from streams.kafka.reader import assign_all, read_until
+from streams.kafka.clients import consumer, producer, take
+from streams.kafka.exceptions import KafkaUnavailableError
+from streams.kafka.reader import assign_all, high_watermark, read_until
 from streams.metrics import CONTROL_ANOMALIES, STOP_PROPAGATION, STOPS_APPLIED
 from streams.models import ACTION_STOP
 from streams.serde import SerdeError, Serdes
@@ -31,11 +40,13 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 # A hook halts what the process holds for a newly stopped campaign; returns how many it halted.
+# A dispatcher holds nothing of a partition until it prepared it: a start-up reading a million
+# stops runs hooks only for the recent ones, whose acknowledgements carry their counts, and the
+# dispatcher's preparation of each partition covers all of them at once.
 StopHook = Callable[[Applied], int]
-# At start-up, one pass over what the process holds against the whole view replaces the hooks of
-# all but the recent stops (those are acknowledged with their counts): a start-up reading a
-# million stops must not run a million hooks.
-StartHook = Callable[[], int]
+# The input partitions (topic:partition) the process's stages hold, ready, right now.
+HeldPartitions = Callable[[], list[str]]
+SYNC_TIMEOUT_S = 60.0
 
 
 
@@ -49,7 +60,13 @@ class ControlFeed:
         self.process_id = process_id
         self.roles = roles
         self._hooks: list[StopHook] = []
-        self._start_hooks: list[StartHook] = []
+        self.held: HeldPartitions = list
+        # campaign-control partition -> next offset applied to the view; a reader of it (an
+        # acknowledgement, a stage's preparation) may count on everything below it.
+        self._position: dict[int, int] = {}
+        self._advanced = threading.Condition()
+        self._ends_reader: Consumer | None = None
+        self._ends_lock = threading.Lock()
         self._acknowledge = acknowledge
         self._producer = producer(settings, **{"linger.ms": 0}) if acknowledge else None
         self._consumer: Consumer | None = None
@@ -63,11 +80,47 @@ class ControlFeed:
         # may not write campaign-control, and that refusal must not touch the acks' producer.
         self._repairs: Producer | None = producer(settings, **{"linger.ms": 0}) if acknowledge else None
 
-    def add_hook(self, hook: StopHook, at_start: StartHook) -> None:
-        """``hook`` for each stop applied while tailing (and each recent one read at start-up),
-        ``at_start`` once, after the start-up read."""
+    def add_hook(self, hook: StopHook) -> None:
+        """``hook`` for each stop applied while tailing (and each recent one read at start-up)."""
         self._hooks.append(hook)
-        self._start_hooks.append(at_start)
+
+    def position(self) -> list[int]:
+        """Per partition of campaign-control, the next offset applied to the view."""
+        with self._advanced:
+            return [self._position.get(p, 0) for p in range(max(self._position, default=-1) + 1)]
+
+    def sync(self, timeout_s: float = SYNC_TIMEOUT_S) -> list[int]:
+        """Wait until every command written before now is applied (and its hooks ran); returns
+        the position reached. A stage calls it before the first record of a partition newly
+        assigned to it, so a stop confirmed before the assignment holds there too."""
+        topic = self.settings.topics.control
+        with self._ends_lock:  # stage threads sync at once; the tail thread owns _consumer
+            if self._ends_reader is None:
+                self._ends_reader = consumer(self.settings)
+            ends = {p: high_watermark(self._ends_reader, TopicPartition(topic, p),
+                                      self.settings.admin_timeout_s) for p in self._position}
+        deadline = time.monotonic() + timeout_s
+        with self._advanced:
+            while not all(self._position.get(p, 0) >= end for p, end in ends.items()):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.tailing:
+                    raise KafkaUnavailableError(
+                        f"the control view did not reach the end of {topic} within {timeout_s:.0f}s")
+                self._advanced.wait(min(left, 0.5))
+            return [self._position.get(p, 0) for p in range(max(self._position, default=-1) + 1)]
+
+    def acknowledge_partitions(self, partitions: list[str], position: list[int]) -> None:
+        """Say that these newly prepared partitions have every command below ``position``
+        applied (an acknowledgement without a command)."""
+        if not self._acknowledge or self._producer is None or not partitions:
+            return
+        self._producer.produce(self.settings.topics.acks, key=self.process_id.encode(),
+                               value=self.serdes.control_ack.encode({
+                                   "process_id": self.process_id, "roles": self.roles,
+                                   "command_id": "", "campaign_id": "", "command_requested_at": 0,
+                                   "applied_at": now_ms(), "halted": 0,
+                                   "partitions": partitions, "control_offsets": position}))
+        self._producer.flush(10)
 
     def bootstrap(self) -> None:
         """Block until every command present now is applied."""
@@ -75,6 +128,8 @@ class ControlFeed:
         reader, ends = assign_all(self.settings, self.settings.topics.control,
                                   **{"fetch.wait.max.ms": 10})
         self._consumer = reader
+        with self._advanced:
+            self._position = dict.fromkeys(ends, 0)
         applied: list[Applied] = []
         recent = now_ms() - int(self.settings.ack_recent_s * 1000)
         # A start-up creates a few objects per stopped campaign, all long-lived: with the cyclic
@@ -88,9 +143,10 @@ class ControlFeed:
             if collecting:
                 gc.enable()
         gc.freeze()  # and no later collection in this process walks the view again
+        with self._advanced:
+            for partition, end in ends.items():  # compaction may have left the last offsets empty
+                self._position[partition] = max(self._position[partition], end)
         self._after_apply(applied, applied)  # only the recent ones: see _apply
-        for at_start in self._start_hooks:
-            at_start()
         self._republish()
         self.bootstrap_s = time.monotonic() - started
         log.info("control view ready: %d stopped campaigns, %d commands in %.2fs",
@@ -114,6 +170,8 @@ class ControlFeed:
             self._thread.join(timeout=5)
         if self._consumer is not None:
             self._consumer.close()
+        if self._ends_reader is not None:
+            self._ends_reader.close()
         if self._producer is not None:
             self._producer.flush(5)
         if self._repairs is not None:
@@ -129,9 +187,26 @@ class ControlFeed:
                 if message.error():
                     continue
                 self._apply(message, applied)
+            if messages:
+                # Before the hooks: the view holds these commands now, which is what a stage
+                # preparing a partition reads; acknowledgements built from the position are
+                # published after the hooks ran.
+                self._caught_up()
             if applied:
                 self._after_apply(applied, applied)
             self._republish()
+
+    def _caught_up(self) -> None:
+        """Advance the position to where the reader is (past records without a command, and
+        gaps compaction left, too) and wake whoever waits in ``sync``."""
+        assert self._consumer is not None
+        topic = self.settings.topics.control
+        positions = self._consumer.position([TopicPartition(topic, p) for p in self._position])
+        with self._advanced:
+            for tp in positions:
+                if tp.offset >= 0:
+                    self._position[tp.partition] = max(self._position[tp.partition], tp.offset)
+            self._advanced.notify_all()
 
     def _apply(self, message: Message, applied: list[Applied], ack_from: int | None = None) -> None:
         """Apply one record; a new command goes to ``applied`` when it is to be acknowledged
@@ -238,6 +313,9 @@ class ControlFeed:
         self._received_at.clear()
         if not self._acknowledge or self._producer is None:
             return
+        # Every partition held now has every command applied so far: those prepared before the
+        # hooks above ran had them run, those prepared since read the view (see the module).
+        partitions, position = self.held(), self.position()
         for result in to_ack:
             ack = {
                 "process_id": self.process_id,
@@ -247,6 +325,8 @@ class ControlFeed:
                 "command_requested_at": result.requested_at,
                 "applied_at": now_ms(),
                 "halted": halted.get(result.command_id, 0),
+                "partitions": partitions,
+                "control_offsets": position,
             }
             self._producer.produce(self.settings.topics.acks, key=result.command_id.encode(),
                                    value=self.serdes.control_ack.encode(ack))

@@ -1,8 +1,9 @@
 """Issuing a stop and waiting until it is confirmed.
 
 Validate first and write nothing on error; produce the ControlCommand with acks=all on an
-idempotent producer; then wait until every live gate and dispatcher process (the members of
-their consumer groups, as Kafka reports them) has acknowledged the command."""
+idempotent producer; then wait until every partition of the gate and dispatch topics of the
+channels it halts is held by a process that acknowledged it there
+(``streams.control.confirmation``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.campaigns.lifecycle import (
@@ -23,6 +24,14 @@ from streams.campaigns.lifecycle import (
     read_control,
 )
 from streams.clock import now_ms
+from streams.control.confirmation import (
+    Coverage,
+    Holdings,
+    Verdict,
+    describe_waiting,
+    holdings,
+    verdict,
+)
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
 from streams.control.view import ControlView, Stop
 from streams.exceptions import EstopError, UsageError
@@ -33,7 +42,7 @@ from streams.models import ACTION_STOP, CHANNELS, STATE_STOPPED, STOPPABLE_STATE
 from streams.security import audit
 from streams.security.exceptions import AccessDeniedError
 from streams.security.refusals import fatal_cause, refused
-from streams.serde import Serdes
+from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
 
 # Called once the broker acknowledged a stop command: (campaign id, command id, channels).
@@ -61,6 +70,11 @@ class StopResult:
     live: list[str] = field(default_factory=list)
     acks: list[ProcessAck] = field(default_factory=list)
     audit_problem: str | None = None  # why the audit event could not be written, if it could not
+    control_partition: int = 0  # where the command sits in campaign-control
+    control_offset: int = -1
+    # Partitions not covered yet: (topic:partition, the process holding it, or None in transit).
+    waiting: list[tuple[str, str | None]] = field(default_factory=list)
+    not_running: list[str] = field(default_factory=list)  # roles that never ran for its channels
 
     @property
     def halted(self) -> int:
@@ -78,6 +92,8 @@ class StopResult:
             "live_processes": self.live,
             "acks": [a.__dict__ for a in self.acks],
             "halted_at_provider": self.halted,
+            "waiting_for": describe_waiting(self.waiting),
+            "not_running": self.not_running,
         }
 
 
@@ -91,29 +107,13 @@ def validate(reason: str, channels: list[str]) -> tuple[str, tuple[str, ...]]:
         raise InvalidStopError(str(exc)) from exc
 
 
-def live_processes(settings: Settings, client: AdminClient | None = None,
-                   strict: bool = False) -> set[str]:
-    """client.id of every member of the gate and dispatcher groups right now. ``strict``: a
-    group that cannot be described raises instead of counting as empty (the control service
-    records confirmations from this set)."""
+def live_processes(settings: Settings, client: AdminClient | None = None) -> set[str]:
+    """client.id of every member of the gate and dispatcher groups right now; raises when a
+    group cannot be described (unknown members are not "no members")."""
     if client is None:
         with admin(settings) as own:
-            return live_processes(settings, own, strict)
-    groups = settings.topics.data_plane_groups()
-    futures = client.describe_consumer_groups(groups, request_timeout=settings.admin_timeout_s)
-    members: set[str] = set()
-    for future in futures.values():
-        try:
-            description = future.result(timeout=settings.admin_timeout_s + 5)
-        except (KafkaException, TimeoutError) as exc:
-            denied = refused(settings, exc, "describe the gate and dispatcher consumer groups")
-            if denied is not None:
-                raise denied from exc  # unknown members are not "no members": never confirm on it
-            if strict:
-                raise
-            continue  # a group that never existed has no live member
-        members.update(m.client_id for m in description.members)
-    return members
+            return live_processes(settings, own)
+    return holdings(settings, client).live
 
 
 def audited_stop(settings: Settings, serdes: Serdes, actor: audit.Actor, campaign_id: str,
@@ -266,6 +266,7 @@ def _write_stop(send: Producer, settings: Settings, serdes: Serdes, campaign_id:
     def on_delivery(err: Any, message: Any) -> None:
         delivered["error"] = err
         delivered["at"] = now_ms()  # the broker acknowledged the stop: propagation starts here
+        delivered["position"] = (message.partition(), message.offset())
 
     right = f"write {settings.topics.control}"
     try:
@@ -287,8 +288,10 @@ def _write_stop(send: Producer, settings: Settings, serdes: Serdes, campaign_id:
     publish_status(send, settings, serdes, campaign_id, STATE_STOPPED,
                    status["channels"] if status else sorted(requested), planned,
                    status["queued"] if status else {}, stop)
+    partition, offset = delivered["position"]
     return StopResult(campaign_id, command_id, sorted(already | requested),
-                      already_stopped=False, confirmed=False, broker_ack_ms=delivered["at"])
+                      already_stopped=False, confirmed=False, broker_ack_ms=delivered["at"],
+                      control_partition=partition, control_offset=offset)
 
 
 def _acks_end(settings: Settings) -> dict[int, int]:
@@ -304,17 +307,32 @@ def _acks_end(settings: Settings) -> dict[int, int]:
         reader.close()
 
 
+def await_confirmation(settings: Settings, serdes: Serdes, result: StopResult,
+                       timeout_s: float) -> StopResult:
+    """Wait again for the confirmation of a stop written earlier (e.g. one that timed out while
+    a dispatcher was down); every acknowledgement still on the topic counts."""
+    start = dict.fromkeys(_acks_end(settings), OFFSET_BEGINNING)
+    result.confirmed, result.confirm_s = False, None
+    _await_confirmation(settings, serdes, [result], start, time.monotonic(), timeout_s)
+    return result
+
+
 def _await_confirmation(settings: Settings, serdes: Serdes, results: list[StopResult],
                         acks_from: dict[int, int], started: float, timeout_s: float) -> None:
+    """Read acknowledgements until every command is confirmed (``streams.control.confirmation``)
+    or ``timeout_s`` passed; who holds which partition is asked again at least twice a second,
+    and once more before a command counts as confirmed (a holder may have changed meanwhile)."""
     deadline = started + timeout_s
     by_command = {r.command_id: r for r in results}
     waiting = set(by_command)
     acked: dict[str | None, dict[str, ProcessAck]] = {c: {} for c in by_command}
+    coverage = Coverage()
+    channels = sorted({c for r in results for c in r.channels})
     reader = consumer(settings)
     reader.assign([TopicPartition(settings.topics.acks, p, o) for p, o in acks_from.items()])
+    held: Holdings | None = None
     with admin(settings) as client:
-        next_live_check = 0.0
-        live: set[str] = set()
+        next_check = 0.0
         try:
             while waiting:
                 for message in take(reader, 500, 0.05):
@@ -322,8 +340,9 @@ def _await_confirmation(settings: Settings, serdes: Serdes, results: list[StopRe
                         continue
                     try:
                         ack = serdes.control_ack.decode(message.value())
-                    except Exception:
+                    except SerdeError:
                         continue
+                    coverage.add(ack)
                     result = by_command.get(ack["command_id"])
                     if result is not None:
                         acked[result.command_id][ack["process_id"]] = ProcessAck(
@@ -331,30 +350,35 @@ def _await_confirmation(settings: Settings, serdes: Serdes, results: list[StopRe
                             ack["applied_at"] - (result.broker_ack_ms or 0), ack["halted"])
                 now = time.monotonic()
                 try:
-                    if now >= next_live_check:
-                        live = live_processes(settings, client, strict=True)
-                        next_live_check = now + 0.5
-                    done = [c for c in waiting if set(acked[c]) >= live]
+                    if now >= next_check or held is None:
+                        held = holdings(settings, client, channels)
+                        next_check = now + 0.5
+                    done = [c for c in waiting if _verdict(held, coverage, by_command[c]).confirmed]
                     if done:
-                        # Everyone Kafka counts as live has applied the stop (asked again, so a
-                        # process that joined meanwhile is not missed).
-                        live = live_processes(settings, client, strict=True)
+                        held = holdings(settings, client, channels)
                         for command_id in done:
-                            if set(acked[command_id]) >= live:
-                                result = by_command[command_id]
+                            result = by_command[command_id]
+                            if _verdict(held, coverage, result).confirmed:
                                 result.confirmed = True
                                 result.confirmed_at_ms = now_ms()
                                 result.confirm_s = time.monotonic() - started
                                 waiting.discard(command_id)
                 except (KafkaException, TimeoutError):
-                    # A group Kafka could not describe is unknown, not empty: never confirm on it.
-                    next_live_check = 0.0
+                    next_check = 0.0  # unknown is not "nobody holds it": never confirm on it
                 if now > deadline:
                     break
         finally:
             reader.close()
     for result in results:
-        result.live = sorted(live)
         result.acks = sorted(acked[result.command_id].values(), key=lambda a: a.process_id)
+        if held is not None:
+            final = _verdict(held, coverage, result)
+            result.live = sorted(held.live)
+            result.waiting = [] if result.confirmed else final.waiting
+            result.not_running = final.not_running
         if result.confirm_s is None:
             result.confirm_s = time.monotonic() - started
+
+
+def _verdict(held: Holdings, coverage: Coverage, result: StopResult) -> Verdict:
+    return verdict(held, coverage, result.channels, result.control_partition, result.control_offset)

@@ -44,8 +44,9 @@ from streams.campaigns.exceptions import RelaunchError
 from streams.campaigns.lifecycle import effective_state
 from streams.campaigns.relaunch import plan_relaunch, relaunch
 from streams.clock import now_ms
+from streams.control.confirmation import Coverage, Holdings, holdings
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
-from streams.control.stop import audited_stop, audited_stop_all, live_processes, validate
+from streams.control.stop import audited_stop, audited_stop_all, validate
 from streams.control.view import ControlView
 from streams.controlplane import auth, state
 from streams.controlplane.offsets import (
@@ -145,7 +146,7 @@ class ControlPlane:
         self._positions: dict[TP, int] = {}  # last offset each agent processed
         self._writes = 0  # any table write; invalidates the decoded caches below
         self._cache: dict[str, tuple[tuple[int, int], Any]] = {}
-        self._live: set[str] = set()
+        self._live = Holdings([])
         self._live_at = float("-inf")
         self._live_lock: asyncio.Lock | None = None
         self._confirm_sent: set[str] = set()
@@ -217,7 +218,10 @@ class ControlPlane:
             return
         ack = self._decode(self.serdes.control_ack, event.value, event)
         if ack is not None:
-            self.acks[f"{ack['command_id']}/{ack['process_id']}".encode()] = event.value
+            # A process acknowledging partitions newly assigned to it names no command: one
+            # entry per process and set of partitions.
+            what = ack["command_id"] or f"/{','.join(ack['partitions'])}"
+            self.acks[f"{what}/{ack['process_id']}".encode()] = event.value
             self._writes += 1
 
     def _on_confirmation(self, event: EventT) -> None:
@@ -266,15 +270,35 @@ class ControlPlane:
 
         return self._cached("view", len(self.commands), build)
 
-    def acks_by_command(self) -> dict[str, dict[str, dict[str, Any]]]:
-        def build() -> dict[str, dict[str, dict[str, Any]]]:
+    def acks_by_command(self) -> tuple[dict[str, dict[str, dict[str, Any]]], Coverage]:
+        """Acknowledgements of each command by process, and what all of them cover."""
+        def build() -> tuple[dict[str, dict[str, dict[str, Any]]], Coverage]:
             index: dict[str, dict[str, dict[str, Any]]] = {}
+            coverage = Coverage()
             for value in self.acks.values():
                 ack = self.serdes.control_ack.decode(value)
-                index.setdefault(ack["command_id"], {})[ack["process_id"]] = ack
-            return index
+                coverage.add(ack)
+                if ack["command_id"]:
+                    index.setdefault(ack["command_id"], {})[ack["process_id"]] = ack
+            return index, coverage
 
         return self._cached("acks", len(self.acks), build)
+
+    def positions(self) -> dict[str, tuple[int, int]]:
+        """command id -> (partition, offset) of the command in campaign-control."""
+        def build() -> dict[str, tuple[int, int]]:
+            found: dict[str, tuple[int, int]] = {}
+            for key, value in self.commands.items():
+                partition, offset = key.decode().split("/")
+                command_id = self.serdes.control_command.decode(value)["command_id"]
+                found.setdefault(command_id, (int(partition), int(offset)))
+            return found
+
+        return self._cached("positions", len(self.commands), build)
+
+    def evidence(self, holdings: Holdings) -> state.Evidence:
+        acks, coverage = self.acks_by_command()
+        return state.Evidence(acks, coverage, holdings, self.positions(), self.confirmed())
 
     def confirmed(self) -> dict[str, dict[str, Any]]:
         def build() -> dict[str, dict[str, Any]]:
@@ -287,26 +311,26 @@ class ControlPlane:
     async def _kafka(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._kafka_pool, func, *args)
 
-    async def live(self, max_age_s: float = LIVE_MAX_AGE_S) -> set[str]:
-        """client.id of every live gate and dispatcher process, as `estop stop` counts them;
-        raises when a group cannot be described (never an empty set standing for "unknown")."""
+    async def live(self, max_age_s: float = LIVE_MAX_AGE_S) -> Holdings:
+        """Who holds which partition of the gate and dispatcher topics, as `estop stop` asks;
+        raises when a group cannot be described (never "nobody" standing for "unknown")."""
         if self._live_lock is None:
             self._live_lock = asyncio.Lock()
         async with self._live_lock:
             if time.monotonic() - self._live_at > max_age_s:
                 self._live = await self._kafka(
-                    functools.partial(live_processes, self.settings, self._admin, strict=True))
+                    functools.partial(holdings, self.settings, self._admin))
                 self._live_at = time.monotonic()
-                LIVE_PROCESSES.set(len(self._live))
+                LIVE_PROCESSES.set(len(self._live.live))
         return self._live
 
-    async def live_or_last(self) -> set[str]:
-        """For answers: the live set, or the last one known when Kafka cannot say right now."""
+    async def live_or_last(self) -> Holdings:
+        """For answers: the holdings now, or the last known when Kafka cannot say right now."""
         try:
             return await self.live()
         except (KafkaException, TimeoutError) as exc:
             log.warning("cannot describe the gate and dispatcher groups (%s); answering with "
-                        "the live set of %.1fs ago", exc, time.monotonic() - self._live_at)
+                        "what they were %.1fs ago", exc, time.monotonic() - self._live_at)
             return self._live
 
     async def _in_store(self, func: Callable[..., T], *args: Any) -> T:
@@ -348,19 +372,18 @@ class ControlPlane:
             return None
         live = await self.live_or_last()
         report = (await self.reports([campaign_id]))[campaign_id]
-        return state.campaign_detail(campaign_id, status, view, self.acks_by_command(),
-                                     self.confirmed(), live, report, now_ms(), self._timeout_ms)
+        return state.campaign_detail(campaign_id, status, view, self.evidence(live), report,
+                                     now_ms(), self._timeout_ms)
 
     async def campaign_list(self) -> list[dict[str, Any]]:
         ids = self.campaign_ids()
         live = await self.live_or_last()
         reports = await self.reports(ids)
-        statuses, (view, _), acks, confirmed = (self.statuses(), self.view(), self.acks_by_command(),
-                                                self.confirmed())
+        statuses, (view, _), evidence = self.statuses(), self.view(), self.evidence(live)
         now = now_ms()
         return [state.campaign_summary(state.campaign_detail(
-            campaign_id, statuses.get(campaign_id), view, acks, confirmed, live, reports[campaign_id],
-            now, self._timeout_ms))
+            campaign_id, statuses.get(campaign_id), view, evidence, reports[campaign_id], now,
+            self._timeout_ms))
             for campaign_id in ids]
 
     async def _audit(self, entry: dict[str, Any]) -> None:
@@ -523,7 +546,8 @@ class ControlPlane:
             log.warning("cannot describe the gate and dispatcher groups: %s", exc)
             return
         view, campaign_ids = self.view()
-        acks, confirmed = self.acks_by_command(), self.confirmed()
+        evidence = self.evidence(live)
+        confirmed = evidence.confirmations
         now = now_ms()
         window_ms = int(self.settings.ack_recent_s * 1000)
         waiting: list[int] = []
@@ -531,16 +555,17 @@ class ControlPlane:
             for stop in view.stops(campaign_id):
                 if stop.command_id in confirmed:
                     continue
-                result = state.confirmation(stop, acks, confirmed, live)
+                result = state.confirmation(stop, evidence)
                 if result.confirmed:
                     if stop.command_id not in self._confirm_sent:
-                        record = {"confirmed_at": result.confirmed_at or now, "live": sorted(live)}
+                        record = {"confirmed_at": result.confirmed_at or now,
+                                  "live": list(result.expected)}
                         await self.confirm_topic.send(key=stop.command_id.encode(),
                                                       value=json.dumps(record).encode())
                         self._confirm_sent.add(stop.command_id)
                 elif now - stop.requested_at <= window_ms:
-                    # Older stops are not acknowledged by processes started since (they read
-                    # them before their first request): they cannot become confirmed by acks.
+                    # Older stops are confirmed as soon as every partition is held again; the
+                    # gauge follows the recent ones, which an operator is waiting for.
                     waiting.append(now - stop.requested_at)
         STOPS_UNCONFIRMED.set(len(waiting))
         STOP_UNCONFIRMED_SECONDS.set(max(waiting) / 1000 if waiting else 0)

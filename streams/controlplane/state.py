@@ -1,6 +1,6 @@
 """What the control plane answers, computed from decoded records: campaign lifecycle records,
-the control view, acknowledgements, confirmations, the live processes and the analytics report.
-Pure functions, no Kafka, no Faust."""
+the control view, acknowledgements, confirmations, who holds which partition and the analytics
+report. Pure functions, no Kafka, no Faust."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.campaigns.lifecycle import effective_state
+from streams.control.confirmation import Coverage, Holdings, verdict
 from streams.control.view import ControlView, Stop
 from streams.models import STAGES
 
@@ -19,33 +20,51 @@ Confirmations = Mapping[str, Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What the confirmation rule reads (``streams.control.confirmation``): the
+    acknowledgements (by command, and what they cover), who holds which partition now, where
+    each command sits in campaign-control, and the confirmations the service recorded."""
+
+    acks: AcksByCommand
+    coverage: Coverage
+    holdings: Holdings
+    positions: Mapping[str, tuple[int, int]]  # command id -> (control partition, offset)
+    confirmations: Confirmations
+
+
+@dataclass(frozen=True)
 class Confirmation:
     confirmed: bool
-    confirmed_at: int | None  # when the last live process applied it (ms), if confirmed
-    unacknowledged: list[str]  # live processes that have not acknowledged it
+    confirmed_at: int | None  # when the last process it needed applied it (ms), if confirmed
+    unacknowledged: list[str]  # processes holding a partition the stop is not applied on yet
     recorded: bool = False  # the service recorded the confirmation (survives its restarts)
     expected: tuple[str, ...] = ()  # the processes whose acknowledgements it waits (waited) for
+    waiting_for: tuple[str, ...] = ()  # the partitions it waits for, and who holds each
 
 
-def confirmation(stop: Stop, acks: AcksByCommand, confirmations: Confirmations,
-                 live: set[str]) -> Confirmation:
-    """A stop is confirmed once every live gate and dispatcher process acknowledged it, the
-    rule `estop stop` applies. Once seen confirmed it stays confirmed (``confirmations``): a
-    process that starts later reads the stop before its first request."""
-    acked = acks.get(stop.command_id, {})
-    missing = sorted(live - acked.keys())
-    recorded = confirmations.get(stop.command_id)
+def confirmation(stop: Stop, evidence: Evidence) -> Confirmation:
+    """A stop is confirmed once every partition of the gate and dispatch topics of its
+    channels is held by a process that acknowledged it there, the rule `estop stop` applies.
+    Once seen confirmed it stays confirmed (``confirmations``): a partition that moves later is
+    prepared by its new holder, which reads the stop before its first record."""
+    position = evidence.positions.get(stop.command_id)
+    recorded = evidence.confirmations.get(stop.command_id)
+    found = verdict(evidence.holdings, evidence.coverage, stop.channels, *position) \
+        if position is not None else None
+    missing = found.uncovered if found is not None else []
     if recorded is not None:
         return Confirmation(True, recorded.get("confirmed_at"), missing, recorded=True,
                             expected=tuple(recorded.get("live", ())))
-    if missing:
-        return Confirmation(False, None, missing, expected=tuple(sorted(live)))
-    applied = [int(a["applied_at"]) for p, a in acked.items() if p in live]
-    return Confirmation(True, max(applied) if applied else None, [], expected=tuple(sorted(live)))
+    if found is None or not found.confirmed:
+        return Confirmation(False, None, missing, expected=tuple(found.holders if found else ()),
+                            waiting_for=tuple(found.waiting_for if found else ()))
+    acked = evidence.acks.get(stop.command_id, {})
+    applied = [int(a["applied_at"]) for p, a in acked.items() if p in found.holders]
+    return Confirmation(True, max(applied) if applied else None, [], expected=tuple(found.holders))
 
 
-def stop_detail(stops: list[Stop], acks: AcksByCommand, confirmations: Confirmations,
-                live: set[str], now: int, timeout_ms: int) -> dict[str, Any] | None:
+def stop_detail(stops: list[Stop], evidence: Evidence, now: int,
+                timeout_ms: int) -> dict[str, Any] | None:
     """The stop of a campaign: every command in force (a later command may add channels), each
     with its acknowledgements; ``confirmed`` once every command is. ``timed_out``: a command is
     still unconfirmed ``timeout_ms`` after it was requested (the stop stays in force)."""
@@ -53,8 +72,8 @@ def stop_detail(stops: list[Stop], acks: AcksByCommand, confirmations: Confirmat
         return None
     commands: list[dict[str, Any]] = []
     for stop in stops:
-        state = confirmation(stop, acks, confirmations, live)
-        acked = acks.get(stop.command_id, {})
+        state = confirmation(stop, evidence)
+        acked = evidence.acks.get(stop.command_id, {})
         commands.append({
             "command_id": stop.command_id,
             "channels": sorted(stop.channels),
@@ -64,10 +83,11 @@ def stop_detail(stops: list[Stop], acks: AcksByCommand, confirmations: Confirmat
             "confirmed": state.confirmed,
             "confirmed_at": state.confirmed_at,
             "recorded": state.recorded,
-            "acks": [_ack(a, stop) for _, a in sorted(acks.get(stop.command_id, {}).items())],
+            "acks": [_ack(a, stop) for _, a in sorted(acked.items())],
             "unacknowledged": state.unacknowledged,
             "expected": list(state.expected),
-            "acknowledged": sorted(set(state.expected) & acked.keys()),
+            "acknowledged": sorted(set(state.expected) - set(state.unacknowledged)),
+            "waiting_for": list(state.waiting_for),
             "timed_out": not state.confirmed and now - stop.requested_at > timeout_ms,
         })
     first, latest = commands[0], commands[-1]
@@ -88,7 +108,7 @@ def stop_detail(stops: list[Stop], acks: AcksByCommand, confirmations: Confirmat
         "propagation_ms": (max(last_confirmed - latest["requested_at"], 0)
                            if last_confirmed is not None else None),
         "timed_out": any(c["timed_out"] for c in commands),
-        "live_processes": sorted(live),
+        "live_processes": sorted(evidence.holdings.live),
         "acks": [dict(a, command_id=c["command_id"]) for c in commands for a in c["acks"]],
         "commands": commands,
     }
@@ -133,8 +153,8 @@ def channel_counts(status: Mapping[str, Any] | None,
 
 
 def campaign_detail(campaign_id: str, status: Mapping[str, Any] | None, view: ControlView,
-                    acks: AcksByCommand, confirmations: Confirmations, live: set[str],
-                    report: Mapping[str, Any] | None, now: int, timeout_ms: int) -> dict[str, Any]:
+                    evidence: Evidence, report: Mapping[str, Any] | None, now: int,
+                    timeout_ms: int) -> dict[str, Any]:
     counts = channel_counts(status, report)
     return {
         "campaign_id": campaign_id,
@@ -147,7 +167,7 @@ def campaign_detail(campaign_id: str, status: Mapping[str, Any] | None, view: Co
         "failed": sum(c["failed"] for c in counts.values()),
         "pending": sum(c["pending"] for c in counts.values()),
         "counts": counts,
-        "stop": stop_detail(view.stops(campaign_id), acks, confirmations, live, now, timeout_ms),
+        "stop": stop_detail(view.stops(campaign_id), evidence, now, timeout_ms),
         # From the analytics store: the stop's request to the last halted message stored.
         "stop_to_last_halted_accounted_s": report.get("stop_to_last_halted_accounted_s") if report else None,
     }

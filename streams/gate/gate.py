@@ -18,7 +18,7 @@ from streams.control.view import ControlView
 from streams.faults import crash_point
 from streams.kafka.clients import RecordHeaders, routing
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
-from streams.kafka.stage import TransactionalStage
+from streams.kafka.stage import ControlSync, TransactionalStage
 from streams.metrics import DEAD_LETTERED, GATE_REQUESTS, NOT_SENT
 from streams.models import (
     CHANNELS,
@@ -38,10 +38,10 @@ GATE_BATCH_FACTOR = 5  # see Gate.batch_limit
 
 class Gate(TransactionalStage):
     def __init__(self, settings: Settings, channel: str, view: ControlView, serdes: Serdes,
-                 process_id: str) -> None:
+                 process_id: str, feed: ControlSync | None = None) -> None:
         topics = settings.topics
         super().__init__(settings, topics.send_requests(channel), topics.gate_group(channel),
-                         process_id, f"gate {channel}", f"gate.{channel}")
+                         process_id, f"gate {channel}", f"gate.{channel}", feed)
         self.channel = channel
         self.view = view
         self.serdes = serdes

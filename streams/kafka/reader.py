@@ -26,12 +26,18 @@ _ATTEMPT_S = 3.0
 
 def high_watermark(reader: Consumer, partition: TopicPartition, timeout_s: float) -> int:
     """The partition's end offset from its leader, waiting up to ``timeout_s`` for one."""
+    return watermarks(reader, partition, timeout_s)[1]
+
+
+def watermarks(reader: Consumer, partition: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """The partition's first and end offsets from its leader, waiting up to ``timeout_s`` for
+    one."""
     deadline = time.monotonic() + timeout_s
     while True:
         attempt = max(0.1, min(_ATTEMPT_S, deadline - time.monotonic()))
         try:
-            _, high = reader.get_watermark_offsets(partition, timeout=attempt, cached=False)
-            return int(high)
+            low, high = reader.get_watermark_offsets(partition, timeout=attempt, cached=False)
+            return int(low), int(high)
         except KafkaException as exc:
             if exc.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
                 raise AccessDeniedError(f"read {partition.topic}") from exc

@@ -99,9 +99,10 @@ def plan(settings: Settings, replication: Replication | None = None) -> list[Top
         # Who stopped what, and who was refused: kept long, the store holds the trail too.
         TopicSpec(t.audit, 1, {"retention.ms": str(365 * DAY_MS), **insync}),
     ]
+    consumed = set(t.inputs())
     dead_letters = [
         TopicSpec(t.dead_letter(s.name), 1, {"retention.ms": str(14 * DAY_MS), **insync})
-        for s in specs
+        for s in specs if s.name in consumed
     ]
     return specs + dead_letters
 

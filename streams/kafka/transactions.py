@@ -45,6 +45,7 @@ TRANSACTION_TIMEOUT_MS = 10000
 # considered wedged; send_offsets_to_transaction, the call that wedges, answers within
 # milliseconds even when the broker is away (a transport error), so it gets a flat bound.
 WEDGED_AFTER_S = 5.0
+RETRY_BACKOFF_MS = 10
 SEND_OFFSETS_BOUND_S = 10.0
 
 
@@ -111,6 +112,10 @@ class TransactionalProducer:
             # A fresh id per producer: a replacement never waits on what it replaces.
             "transactional.id": f"{self.base_id}-{uuid.uuid4().hex[:8]}",
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            # A transaction begun right after the last one's commit meets CONCURRENT_TRANSACTIONS
+            # until the coordinator wrote the last one's markers; the default backoff (100 ms)
+            # would stall every back-to-back transaction that long (KAFKA-5477: Java uses 20 ms).
+            "retry.backoff.ms": RETRY_BACKOFF_MS,
         })
 
     def init(self) -> None:

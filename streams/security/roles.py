@@ -1,11 +1,13 @@
 """The principals of a secured deployment and the ACLs each one gets: least privilege, derived
 from the topic prefix, so deployments (and test runs) under different prefixes stay apart.
 
-* operator: writes campaign-control, campaign-status and audit; reads them, the acks and the
-  outcomes (`estop stop`, `estop status`); sees the worker groups' members (confirmation).
+* operator: writes campaign-control, campaign-status and audit; reads them, the acks, the
+  outcomes and the dispatchers' ledgers (`estop stop`, `estop status`); sees the worker groups'
+  members and their partitions (confirmation).
 * control: the operator's rights, plus the control plane's own group and internal topics.
 * worker (gates, dispatchers): reads send-requests.*, dispatch.* and campaign-control; writes
-  dispatch.*, sent, notsent, failed, the acks and its dead letters; its groups and
+  dispatch.*, sent, notsent, failed, the acks and its dead letters; reads and writes the
+  dispatchers' ledgers and receipts (dispatch.*.ledger, dispatch.*.receipts); its groups and
   transactional ids by prefix.
 * analytics (the sink): reads the outcomes, the lifecycle, the stops, their acks and the audit;
   its group; its dead letters.
@@ -49,6 +51,8 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
     dlq = t.dead_letter
     send_requests = [t.send_requests(c) for c in CHANNELS]
     dispatch = [t.dispatch(c) for c in CHANNELS]
+    ledgers = [t.ledger(c) for c in CHANNELS]
+    receipts = [t.receipts(c) for c in CHANNELS]
     outcomes = [t.sent, t.notsent, t.failed]
 
     def topics(names: list[str], *operations: str) -> list[Grant]:
@@ -58,8 +62,8 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
     operator = [
         *topics([t.control, t.status], "READ", "WRITE"),
         *topics([t.audit], "WRITE"),
-        *topics([t.acks, *outcomes], "READ"),
-        # Stop confirmation waits for the live members of the gate and dispatcher groups.
+        *topics([t.acks, *outcomes, *ledgers], "READ"),
+        # Stop confirmation asks who holds which partition of the gate and dispatch topics.
         Grant("group", f"{prefix}estop-", ("DESCRIBE",), prefixed=True),
         readers,
     ]
@@ -73,9 +77,9 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
     ]
     worker = [
         *topics([*send_requests, t.control], "READ"),
-        *topics(dispatch, "READ", "WRITE"),
+        *topics([*dispatch, *ledgers, *receipts], "READ", "WRITE"),
         *topics([*outcomes, t.acks], "WRITE"),
-        *topics([dlq(name) for name in (*send_requests, *dispatch)], "WRITE"),
+        *topics([dlq(name) for name in (*send_requests, *dispatch, *receipts)], "WRITE"),
         Grant("group", f"{prefix}estop-gate-", ("READ",), prefixed=True),
         Grant("group", f"{prefix}estop-dispatcher-", ("READ",), prefixed=True),
         Grant("transactional_id", f"{prefix}estop-gate-", ("WRITE", "DESCRIBE"), prefixed=True),

@@ -179,7 +179,9 @@ class Sink:
             if command["action"] == ACTION_STOP and (known or not command["channels"]):
                 batch.stops.append({**command, "channels": known})
         elif topic == topics.acks:
-            batch.acks.append(_ack(self.serdes.control_ack.decode(value)))
+            ack = _ack(self.serdes.control_ack.decode(value))
+            if ack["command_id"]:  # not a process acknowledging partitions assigned to it
+                batch.acks.append(ack)
         elif topic == topics.audit:
             entry = self.serdes.audit.decode(value)
             if not entry["audit_id"] or not entry["actor"]:
@@ -201,9 +203,10 @@ def _status(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ack(ack: dict[str, Any]) -> dict[str, Any]:
-    for name in ("process_id", "command_id"):
-        if not ack[name]:
-            raise ValueError(f"empty {name}")
+    if not ack["process_id"]:
+        raise ValueError("empty process_id")
+    if not ack["command_id"] and not ack["partitions"]:
+        raise ValueError("empty command_id")
     # Roles are "<stage>.<channel>": gate.email, dispatcher.sms.
     _known_channels(role.partition(".")[2] for role in ack["roles"])
     return ack

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from streams.clock import now_ms
-from streams.dispatch.outbox import Outbox
+from streams.dispatch.ledger import Ledger, PartitionLedger
 from streams.providers import open_provider
 from streams.providers.base import CancelCapability, CancelStatus, Handoff, SubmitStatus
 from streams.providers.exceptions import ProviderConfigError
@@ -100,24 +100,24 @@ def test_a_service_account_that_is_not_the_projects(fcm: StandInFcm, tmp_path: P
 
 def test_messages_accepted_before_a_restart_are_reported_delivered(fcm: StandInFcm,
                                                                    tmp_path: Path) -> None:
-    """FCM's acceptance is the delivery: one recorded accepted by the outbox but not yet
+    """FCM's acceptance is the delivery: one recorded accepted by the ledger but not yet
     reported when the dispatcher died is reported by the adapter of the restarted one."""
-    outbox = Outbox.for_channel(tmp_path / "data", "push")
+    ledger = Ledger("push", render=None)
+    ledger.add([PartitionLedger(0)])
     sent = handoffs("c9", 3)
     before = open_fcm(fcm, tmp_path)
     try:
-        outbox.reserve(sent)
+        ledger.reserve(sent, {h.message_id: (0, n) for n, h in enumerate(sent)})
         answers = before.submit(sent)
-        outbox.accepted({a.message_id: str(a.provider_id) for a in answers}, now_ms())
+        ledger.accepted({a.message_id: str(a.provider_id) for a in answers}, now_ms())
     finally:
         before.close()  # died before its deliveries were asked for
     after = open_fcm(fcm, tmp_path)
     try:
         assert after.deliveries() == []
-        after.resume(outbox.unfinished())
+        after.resume(ledger.unfinished([0]))
         told = after.deliveries()
         assert {(d.message_id, d.provider_id, d.delivered) for d in told} == {
             (a.message_id, a.provider_id, True) for a in answers}
     finally:
         after.close()
-        outbox.close()

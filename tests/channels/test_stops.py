@@ -16,7 +16,7 @@ import pytest
 
 from streams.campaigns.launcher import launch, message_id, recipient_id
 from streams.control.stop import StopResult
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.models import (
     NOT_SENT_EVENT,
     REASON_CANCELLED,
@@ -73,7 +73,7 @@ def check(settings: Settings, serdes: Serdes, stand_ins: LocalStandIns, channel:
     # Guarantee 1, counted where the messages arrive: nothing after the confirmation.
     arrivals = stand_ins.arrivals(channel)
     assert arrivals.count(campaign, after_ms=result.confirmed_at_ms) == 0
-    assert OutboxStats(settings.data_dir, channel).handed_after(campaign, result.confirmed_at_ms) == 0
+    assert LedgerStats(settings, channel).handed_after(campaign, result.confirmed_at_ms) == 0
     # Every arrival is reported sent, and every message reported sent arrived.
     assert arrivals.count(campaign) == len(sent)
 
@@ -179,7 +179,7 @@ def test_web_push_stop_replaces_by_topic_where_the_service_cannot_delete(
         assert arrivals.count(campaign, after_ms=result.confirmed_at_ms) == 0
         assert len(sent) == arrivals.count(campaign) + replaced
         wait_for(lambda: arrivals.count("withdrawn") >= replaced, "the no-ops on the devices")
-        assert OutboxStats(settings.data_dir, "webpush").handed_after(
+        assert LedgerStats(settings, "webpush").handed_after(
             campaign, result.confirmed_at_ms) == 0
     finally:
         stand_ins.stop()

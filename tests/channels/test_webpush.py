@@ -13,7 +13,7 @@ import pytest
 from py_vapid import Vapid
 
 from streams.clock import now_ms
-from streams.dispatch.outbox import Outbox
+from streams.dispatch.ledger import Ledger, PartitionLedger
 from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
 from streams.providers.exceptions import ProviderConfigError
 from streams.providers.testservers.pushservice import DELETED, DELIVERED, REPLACED, STORED, StandInPushService
@@ -139,20 +139,21 @@ def test_a_bad_subscription_directory(tmp_path: Path) -> None:
 def test_messages_sent_before_a_restart_still_get_their_outcome(tmp_path: Path, vapid: Vapid,
                                                                service: StandInPushService) -> None:
     """A push service sends no receipts: the adapter counts a message delivered when its TTL is
-    over. A dispatcher restarted before that hands its adapter what its outbox holds as
+    over. A dispatcher restarted before that hands its adapter what its ledger holds as
     accepted, and the new adapter tracks those messages to the end of their TTL."""
-    outbox = Outbox.for_channel(tmp_path / "data", "webpush")
+    ledger = Ledger("webpush", render=None)
+    ledger.add([PartitionLedger(0)])
     sent = handoffs("c5", 2)
     before = adapter(tmp_path, vapid, ttl_s=2)
     try:
-        outbox.reserve(sent)
+        ledger.reserve(sent, {h.message_id: (0, n) for n, h in enumerate(sent)})
         answers = before.submit(sent)
-        outbox.accepted({a.message_id: str(a.provider_id) for a in answers}, now_ms())
+        ledger.accepted({a.message_id: str(a.provider_id) for a in answers}, now_ms())
     finally:
         before.close()  # the process dies before any delivery is learned
     after = adapter(tmp_path, vapid, ttl_s=2)
     try:
-        unfinished = outbox.unfinished()
+        unfinished = ledger.unfinished([0])
         assert sorted(a.message_id for a in unfinished) == sorted(h.message_id for h in sent)
         after.resume(unfinished)
         told: list[Delivery] = []
@@ -166,4 +167,3 @@ def test_messages_sent_before_a_restart_still_get_their_outcome(tmp_path: Path, 
             (a.message_id, a.provider_id) for a in answers}
     finally:
         after.close()
-        outbox.close()

@@ -38,9 +38,12 @@ def test_plan_names_every_topic_the_pipeline_needs() -> None:
         "p-notsent", "p-failed", "p-audit",
         *(f"p-send-requests.{c}" for c in CHANNELS),
         *(f"p-dispatch.{c}" for c in CHANNELS),
+        *(f"p-dispatch.{c}.receipts" for c in CHANNELS),
     ]
+    # The dispatchers' ledgers: changelogs, read back by their owners, with no dead letters.
+    ledgers = [f"p-dispatch.{c}.ledger" for c in CHANNELS]
     names = [s.name for s in plan(load_settings(topic_prefix="p-"))]
-    assert sorted(names) == sorted(inputs + [t.dead_letter(n) for n in inputs])
+    assert sorted(names) == sorted(inputs + ledgers + [t.dead_letter(n) for n in inputs])
     assert len(names) == len(set(names))
 
 

@@ -21,7 +21,7 @@ from streams.campaigns.lifecycle import publish_status
 from streams.campaigns.status import OutcomeCounter
 from streams.clock import now_ms
 from streams.demo import OutcomeWatch, WorkerProcess
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.kafka.clients import Headers, consumer, headers_of, producer
 from streams.kafka.reader import high_watermark, read_topic
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, STATE_SENDING
@@ -232,7 +232,7 @@ def header(message: Message, name: str) -> str | None:
 
 def handed(settings: Settings, campaign_id: str, channels: Iterable[str]) -> dict[str, int]:
     """Messages of the campaign each channel's provider ever accepted."""
-    return {c: OutboxStats(settings.data_dir, c).handed(campaign_id) for c in channels}
+    return {c: LedgerStats(settings, c).handed(campaign_id) for c in channels}
 
 
 class StuckGate:

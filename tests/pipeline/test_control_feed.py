@@ -5,11 +5,13 @@ applied as they arrive, and each applied command is acknowledged."""
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from streams.clock import now_ms
 from streams.control.feed import ControlFeed
 from streams.control.view import Applied, ControlView
-from streams.kafka.clients import producer
+from streams.kafka.clients import consumer, producer
+from streams.kafka.reader import high_watermark
 from streams.models import CHANNELS
 from streams.serde import Serdes
 from streams.settings import Settings
@@ -29,6 +31,14 @@ def stop_command(campaign_id: str, requested_at: int, action: str = "stop",
         "requested_by": "ops",
         "requested_at": requested_at,
     }
+
+
+def end_of(settings: Settings, topic: str) -> int:
+    reader = consumer(settings)
+    try:
+        return high_watermark(reader, TopicPartition(topic, 0), 30)
+    finally:
+        reader.close()
 
 
 def test_bootstrap_applies_every_command_before_it_returns_and_the_tail_keeps_up(
@@ -53,37 +63,37 @@ def test_bootstrap_applies_every_command_before_it_returns_and_the_tail_keeps_up
     view = ControlView()
     halted: list[str] = []
 
-    started_with: list[int] = []
-
     def hook(applied: Applied) -> int:
         halted.append(applied.campaign_id)
         return 0
 
-    def at_start() -> int:
-        started_with.append(len(view))
-        return 0
-
     feed = ControlFeed(settings, view, serdes, process_id="feed-under-test", roles=["gate.email"])
-    feed.add_hook(hook, at_start)
+    feed.add_hook(hook)
+    feed.held = lambda: ["send-requests.email:0"]
     try:
         feed.bootstrap()
 
-        # Everything present before bootstrap is in force the moment it returns.
+        # Everything present before bootstrap is in force the moment it returns, and the
+        # position says so: every record of the topic so far is below it.
         assert len(view) == len(campaigns)
         assert all(view.channels_stopped(c) == frozenset(CHANNELS) for c in campaigns)
         assert view.anomalies == 3
-        # The recent stops run the hook (their acknowledgements carry its count); the start hook
-        # runs once, with every stop in force, for all of them.
+        assert feed.position() == [len(campaigns) + 3]
+        # Only the recent stops run the hook (their acknowledgements carry its count); a stage
+        # preparing a partition covers the old ones from the view.
         assert sorted(halted) == [c for i, c in enumerate(campaigns) if i % 2 == 0]
-        assert started_with == [len(campaigns)]
 
         feed.start()
         out.produce(topic, key=b"late", value=serdes.control_command.encode(
             stop_command("late", now_ms(), channels=["sms"])))
         assert out.flush(30) == 0
-        wait_for(lambda: view.stopped("late", "sms") is not None, "the tail to apply a new stop")
-        wait_for(lambda: "late" in halted, "the hook to run for a stop applied while tailing")
-        assert started_with == [len(campaigns)]
+        # sync returns once everything written before it is applied, the hooks included (the
+        # records after the start-up are the late stop and the stops the feed re-published).
+        end = end_of(settings, topic)
+        assert end > len(campaigns) + 3
+        assert feed.sync() == [end]
+        assert view.stopped("late", "sms") is not None
+        assert "late" in halted
         assert view.stopped("late", "email") is None
 
         expected = {f"cmd-{c}-stop" for i, c in enumerate(campaigns) if i % 2 == 0} | {"cmd-late-stop"}
@@ -96,5 +106,11 @@ def test_bootstrap_applies_every_command_before_it_returns_and_the_tail_keeps_up
 
         wait_for(lambda: acked() >= expected, "acknowledgements of the recent commands")
         assert acked() == expected
+        # The acknowledgement of the stop applied while tailing names what the process holds
+        # and how far it applied campaign-control there.
+        late = [serdes.control_ack.decode(m.value()) for m in records(settings, settings.topics.acks)
+                if serdes.control_ack.decode(m.value())["command_id"] == "cmd-late-stop"]
+        assert [(a["partitions"], a["control_offsets"]) for a in late] == [
+            (["send-requests.email:0"], [end])]
     finally:
         feed.close()

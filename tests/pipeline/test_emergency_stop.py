@@ -17,7 +17,7 @@ import pytest
 from streams.campaigns.launcher import LaunchResult, launch, message_id
 from streams.control.stop import StopResult, issue_stop
 from streams.demo import OutcomeWatch
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.kafka.clients import producer
 from streams.models import (
     CHANNELS,
@@ -148,7 +148,7 @@ def check_accounting(settings: Settings, events: list[Event], campaign_id: str,
     for channel, count in planned.items():
         counts = tally.get(channel, Counter())
         assert counts["sent"] + counts[STAGE_SENDING] + counts[STAGE_PROVIDER] == count, channel
-        outbox = OutboxStats(settings.data_dir, channel)
+        outbox = LedgerStats(settings, channel)
         if channel in result.channels:
             # Guarantee 1: nothing of the campaign reached a provider after the confirmation...
             assert outbox.handed_after(campaign_id, result.confirmed_at_ms) == 0, channel
@@ -212,7 +212,7 @@ def test_stop_after_finished_halts_the_dispatch_backlog_and_the_provider_queue(
 
     launched = launch(settings, serdes, campaign, channels, recipients)
     assert launched.state == STATE_FINISHED
-    wait_for(lambda: all(OutboxStats(settings.data_dir, c).at_provider(campaign) > 0 for c in channels),
+    wait_for(lambda: all(LedgerStats(settings, c).at_provider(campaign) > 0 for c in channels),
              "messages waiting in every provider's queue", every_s=0.02)
     result = stop(settings, serdes, campaign)
 
@@ -251,7 +251,7 @@ def test_a_channel_scoped_stop_halts_only_that_channel(settings: Settings, serde
     assert launched.queued["email"] == recipients
     assert tally["email"]["sent"] == recipients
     assert not [e for e in events if e.kind == "notsent" and e.record["channel"] == "email"]
-    assert OutboxStats(settings.data_dir, "email").handed(campaign) == recipients
+    assert LedgerStats(settings, "email").handed(campaign) == recipients
     # SMS was halted part-way.
     assert tally["sms"]["sent"] > 0
     assert tally["sms"][STAGE_SENDING] + tally["sms"][STAGE_PROVIDER] > 0

@@ -13,7 +13,7 @@ from streams.campaigns.launcher import launch
 from streams.clock import now_ms
 from streams.control.exceptions import InvalidStopError
 from streams.control.stop import issue_stop
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.models import (
     CHANNELS,
     HEADER_CAMPAIGN,
@@ -151,7 +151,7 @@ def test_estop_stop_and_status_on_the_command_line(settings: Settings, serdes: S
     wait_joined(settings, [worker_id], [settings.topics.gate_group("email"),
                                         settings.topics.dispatcher_group("email")])
     assert launch(settings, serdes, campaign, ["email"], recipients).state == STATE_FINISHED
-    wait_for(lambda: OutboxStats(settings.data_dir, "email").at_provider(campaign) > 0,
+    wait_for(lambda: LedgerStats(settings, "email").at_provider(campaign) > 0,
              "messages at the provider", every_s=0.02)
 
     stopped = run_estop("stop", campaign, "--reason", "wrong link", "--json",
@@ -186,7 +186,7 @@ def test_estop_stop_and_status_on_the_command_line(settings: Settings, serdes: S
     assert email["sent"] + sum(email["not_sent"].values()) == recipients
     assert email["pending"] == 0
     assert email["passed_gate"] == recipients - at[STAGE_SENDING]
-    assert email["handed_to_provider"] == OutboxStats(settings.data_dir, "email").handed(campaign)
+    assert email["handed_to_provider"] == LedgerStats(settings, "email").handed(campaign)
     assert email["sent"] <= email["handed_to_provider"] <= email["passed_gate"]
     assert at[STAGE_PROVIDER] > 0
     totals = status["totals"]

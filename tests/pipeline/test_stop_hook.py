@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from streams.control.view import Applied, ControlView
+from streams.dispatch.changelog import LedgerStats
 from streams.dispatch.dispatcher import Dispatcher
-from streams.dispatch.outbox import OutboxStats
 from streams.providers.base import Handoff, Submitted
 from streams.providers.simulated import SimulatedAdapter, queue_path
 from streams.serde import Serdes
@@ -114,7 +114,7 @@ def test_the_stop_hook_returns_once_the_handoff_under_way_is_recorded_and_cancel
     wait_for(lambda: not hook.is_alive(), "the stop hook to return")
     # The handoff was recorded before the hook went on, so the hook found it and cancelled it.
     assert halted == [1]
-    stats = OutboxStats(settings.data_dir, "email")
+    stats = LedgerStats(settings, "email")
     assert stats.handed("busy") == 1
     assert stats.cancelled("busy") == 1
     assert stats.message_ids("busy") == {message}

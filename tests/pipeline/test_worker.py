@@ -6,7 +6,7 @@ import pytest
 
 from streams.campaigns.launcher import launch
 from streams.control.stop import live_processes
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.pipeline.support import (
@@ -29,7 +29,7 @@ def test_a_sigterm_worker_exits_0_and_a_restarted_one_finishes_the_campaign(
     first, first_id = workers.start(rate=200, delay_s=0.2, everything=True)
     wait_joined(settings, [first_id], settings.topics.data_plane_groups())
     launch(settings, serdes, campaign, ["email"], recipients)
-    outbox = OutboxStats(settings.data_dir, "email")
+    outbox = LedgerStats(settings, "email")
     wait_for(lambda: outbox.handed(campaign) > 0, "a first handoff", every_s=0.02)
 
     code = first.stop()

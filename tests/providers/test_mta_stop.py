@@ -15,7 +15,7 @@ import pytest
 
 from streams.campaigns.launcher import LaunchResult, launch
 from streams.control.stop import issue_stop
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.models import REASON_CANCELLED, REASON_HELD, STAGE_PROVIDER
 from streams.mta.local import LocalMta
 from streams.providers.smtp import PostfixLog
@@ -52,7 +52,7 @@ def test_a_stop_deletes_the_mail_waiting_in_postfix_and_none_of_it_arrives(
         wait_for(lambda: mta.receiver.arrivals().count(campaign) >= ARRIVED_BEFORE_OUTAGE,
                  f"{ARRIVED_BEFORE_OUTAGE} messages at the receiver")
         mta.receiver_down()
-        outbox = OutboxStats(settings.data_dir, "email")
+        outbox = LedgerStats(settings, "email")
 
         def all_accepted() -> bool:
             fleet.check()
@@ -132,7 +132,7 @@ def test_a_dispatcher_killed_between_smtp_submission_and_its_outbox_record(
         # submitting them again.
         output = fleet.procs["dispatcher"].output()
         assert "messages in doubt were found at the provider" in output
-        assert OutboxStats(settings.data_dir, "email").resubmitted(campaign) > 0
+        assert LedgerStats(settings, "email").resubmitted(campaign) > 0
     finally:
         fleet.stop_all()
 

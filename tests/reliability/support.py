@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.campaigns.launcher import LaunchResult, launch, message_id
 from streams.control.stop import StopResult, issue_stop
 from streams.demo import OutcomeWatch, WorkerProcess
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.kafka.clients import Headers, consumer, headers_of, producer, take
 from streams.kafka.reader import assign_all, read_until
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL
@@ -421,7 +421,7 @@ def assert_exact(settings: Settings, serdes: Serdes, campaign_id: str, planned: 
         assert entry["sent"] == sum(1 for e in events.sent if e["channel"] == channel), channel
 
     for channel in planned:
-        outbox = OutboxStats(settings.data_dir, channel)
+        outbox = LedgerStats(settings, channel)
         if stop_result is not None:
             assert stop_result.confirmed_at_ms is not None
             assert outbox.handed_after(campaign_id, stop_result.confirmed_at_ms) == 0, channel

@@ -22,7 +22,7 @@ import pytest
 
 from streams.campaigns.launcher import message_id
 from streams.clock import now_ms
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.kafka.clients import Headers
 from streams.models import CHANNELS, HEADER_CAMPAIGN, HEADER_CHANNEL
 from streams.serde import Schema, Serde, Serdes
@@ -220,7 +220,7 @@ def test_bad_records_on_every_input_topic_are_dead_lettered_and_the_next_is_proc
 
         # Nothing unreadable reached a provider: each channel's provider got the valid requests.
         for stage in ("gate", "dispatcher"):
-            assert {c: OutboxStats(settings.data_dir, c).handed(f"dlq-{stage}") for c in CHANNELS} \
+            assert {c: LedgerStats(settings, c).handed(f"dlq-{stage}") for c in CHANNELS} \
                 == dict.fromkeys(CHANNELS, 1)
     finally:
         fleet.stop_all()

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from streams.campaigns.launcher import message_id
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.kafka.clients import admin
 from streams.models import CHANNELS, STAGE_PROVIDER, STAGE_SENDING
 from streams.serde import Serdes
@@ -135,7 +135,7 @@ def test_control_topic_abuse_leaves_the_stop_in_force(settings: Settings) -> Non
                 assert stages[message_id(CAMPAIGN, channel, index)] == STAGE_SENDING
                 assert stages[message_id(CAMPAIGN, channel, index + 25)] == STAGE_PROVIDER
         assert all(e["stop_command_id"] == result.command_id for e in events.not_sent)
-        assert {c: OutboxStats(settings.data_dir, c).handed(CAMPAIGN) for c in CHANNELS} == \
+        assert {c: LedgerStats(settings, c).handed(CAMPAIGN) for c in CHANNELS} == \
             dict.fromkeys(CHANNELS, 0)
     finally:
         fleet.stop_all()

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.models import FAILED_EVENT
 from streams.providers.simulated import SimulatedQueueStats
 from streams.serde import Serdes
@@ -69,11 +69,11 @@ def test_errors_and_timeouts_are_retried_within_a_budget_and_exhausted_ones_fail
             # Timeouts were retried: counted as attempts, and a message whose lost answer hid
             # an acceptance was found at the provider instead of being submitted again
             # (assert_exact: the provider holds no message twice, none is delivered twice).
-            assert OutboxStats(settings.data_dir, channel).resubmitted(campaign) > 0, channel
+            assert LedgerStats(settings, channel).resubmitted(campaign) > 0, channel
             # A failed message never reached the provider (a timeout that did is the outbox's).
             failed_ids = {e["message_id"] for e in events.failed if e["channel"] == channel}
             assert not failed_ids & SimulatedQueueStats(settings.data_dir, channel).held(campaign)
-            assert not failed_ids & OutboxStats(settings.data_dir, channel).message_ids(campaign)
+            assert not failed_ids & LedgerStats(settings, channel).message_ids(campaign)
         assert found["failed"] == len(events.failed)
         for event in events.failed:
             assert event["event"] == FAILED_EVENT[event["channel"]]

@@ -9,11 +9,13 @@ from __future__ import annotations
 import pytest
 
 from streams.campaigns.launcher import launch
-from streams.dispatch.outbox import OutboxStats
+from streams.control.stop import await_confirmation, issue_stop
+from streams.dispatch.changelog import LedgerStats
 from streams.models import REASON_CANCELLED, STAGE_PROVIDER, STAGE_SENDING
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.reliability.support import (
+    REASON,
     Fleet,
     assert_exact,
     produce_requests,
@@ -44,7 +46,7 @@ def test_workers_started_after_a_stop_and_a_crash_hand_nothing_over(settings: Se
             wait_joined(settings, fleet.procs["dispatcher"].process_id,
                         settings.topics.dispatcher_group(channel))
         launch(settings, serdes, campaign, CHANNELS, RECIPIENTS)
-        outboxes = {c: OutboxStats(settings.data_dir, c) for c in CHANNELS}
+        outboxes = {c: LedgerStats(settings, c) for c in CHANNELS}
         wait_for(lambda: all(outboxes[c].handed(campaign) > 100 for c in CHANNELS),
                  "a backlog at every provider", every_s=0.05)
 
@@ -87,12 +89,14 @@ def test_workers_started_after_a_stop_and_a_crash_hand_nothing_over(settings: Se
 def test_a_dispatcher_down_when_the_stop_came_cancels_at_its_provider_as_it_starts(
         settings: Settings) -> None:
     """The provider holds every message for five minutes; the dispatcher that handed them over
-    is SIGKILLed, the stop is confirmed without it, and only its restart can cancel them."""
+    is SIGKILLed. Nothing else can cancel them, so the stop is not confirmed while it is down
+    (it names the partitions it waits for); its restart cancels them as it prepares its
+    partitions, and the stop is confirmed then."""
     serdes = Serdes()
     campaign = "stop-while-down"
     recipients = 200
     # ESTOP_ACK_RECENT_S=0: a start-up treats every stop it reads as old, so no per-stop hook runs
-    # and the cancellation is the start-up pass's alone.
+    # and the cancellation is the preparation's alone.
     fleet = Fleet(settings, ESTOP_PROVIDER_RATE="1000", ESTOP_PROVIDER_DELAY_S="300",
                   ESTOP_ACK_RECENT_S="0")
     try:
@@ -101,13 +105,17 @@ def test_a_dispatcher_down_when_the_stop_came_cancels_at_its_provider_as_it_star
         wait_joined(settings, fleet.procs["dispatcher"].process_id,
                     settings.topics.dispatcher_group("email"))
         launch(settings, serdes, campaign, ["email"], recipients)
-        outbox = OutboxStats(settings.data_dir, "email")
+        outbox = LedgerStats(settings, "email")
         wait_for(lambda: outbox.handed(campaign) == recipients, "every message at the provider")
         fleet.kill("dispatcher")
 
-        result = stop(settings, serdes, campaign)
-        assert fleet.procs["dispatcher"].process_id not in result.live
+        result = issue_stop(settings, serdes, campaign, REASON, [], by="fault test", timeout_s=3)
+        assert not result.confirmed
+        assert result.waiting and all(tp.startswith(settings.topics.dispatch("email"))
+                                      for tp, _ in result.waiting), result.waiting
         fleet.restart("dispatcher")
+        assert await_confirmation(settings, serdes, result, timeout_s=120).confirmed, \
+            result.as_dict()
 
         events, found = assert_exact(settings, serdes, campaign, {"email": recipients}, result)
         assert not events.sent

@@ -18,7 +18,7 @@ import pytest
 
 from streams.campaigns.launcher import LaunchResult, launch, message_id
 from streams.demo import OutcomeWatch
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.models import CHANNELS
 from streams.serde import Serdes
 from streams.settings import PROJECT_ROOT, Settings
@@ -124,7 +124,7 @@ def test_soak_random_sigkills_during_a_stopped_four_channel_campaign(settings: S
         expected = {message_id(campaign, c, i) for c, n in planned.items() for i in range(n)}
         ids = events.ids()
         assert result.confirmed_at_ms is not None
-        handed_after = {c: OutboxStats(settings.data_dir, c).handed_after(campaign, result.confirmed_at_ms)
+        handed_after = {c: LedgerStats(settings, c).handed_after(campaign, result.confirmed_at_ms)
                         for c in CHANNELS}
         sent_ids = Counter(e["message_id"] for e in events.sent)
         stages = Counter(e["stage"] for e in events.not_sent)
@@ -149,7 +149,7 @@ def test_soak_random_sigkills_during_a_stopped_four_channel_campaign(settings: S
             "lost": len(expected - set(ids)),
             "handoffs_after_confirmation": sum(handed_after.values()),
             "held_twice_by_provider": sum(held_twice(settings, c, campaign) for c in CHANNELS),
-            "resubmitted": sum(OutboxStats(settings.data_dir, c).resubmitted(campaign)
+            "resubmitted": sum(LedgerStats(settings, c).resubmitted(campaign)
                                      for c in CHANNELS),
             "report": {k: found[k] for k in ("accounted", "sent", "not_sent", "failed", "pending")},
             "stop_confirm_s": round(result.confirm_s or 0, 3),

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from streams.campaigns.launcher import LaunchResult, launch
 from streams.demo import WorkerProcess
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.kafka.clients import producer
 from streams.models import ACTION_STOP
 from streams.security.refusals import refused
@@ -71,7 +71,7 @@ def test_stop_end_to_end_with_least_privilege_principals(
     engine = threading.Thread(target=lambda: launched.setdefault("r", launch(
         secured.roles["engine"], serdes, campaign, ["email"], recipients, rate=500.0)))
     engine.start()
-    wait_for(lambda: OutboxStats(secured.admin.data_dir, "email").at_provider(campaign) > 0,
+    wait_for(lambda: LedgerStats(secured.admin, "email").at_provider(campaign) > 0,
              "messages at the provider", timeout_s=WAIT_S, every_s=0.05)
 
     stopped = run_estop("stop", campaign, "--reason", "wrong discount code", "--json",
