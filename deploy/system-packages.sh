@@ -6,7 +6,8 @@
 #   bash deploy/system-packages.sh demo   # what the demo needs: Java, Maven, Postfix
 #   bash deploy/system-packages.sh test   # and the servers the tests run privately: Prometheus,
 #                                         # PostgreSQL, Postfix, Chromium; the compose client
-#                                         # that checks deploy/compose (no engine needed)
+#                                         # that checks deploy/compose (no engine needed); kcat,
+#                                         # the consumer docs/consumers.md reads events with
 #
 # It installs with apt-get when it can (root on Debian/Ubuntu). No package may start a system
 # service: estop starts its own private instances on their own ports and data folders, so a
@@ -31,6 +32,7 @@ needs_test=(
     "/usr/lib/postgresql/*/bin/postgres postgresql"
     "chromium chromium"
     "docker-compose docker-compose"
+    "kcat kcat"
 )
 
 case "$purpose" in

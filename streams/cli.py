@@ -232,6 +232,33 @@ def topics_create(settings: Settings) -> None:
                f"{len(report.drift)} differ from the settings")
 
 
+@main.group()
+def schemas() -> None:
+    """Avro schemas of the events in a schema registry (ESTOP_SCHEMA_REGISTRY_URL)."""
+
+
+@schemas.command("register")
+@click.option("--dir", "directory", default=None,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Register the *.avsc files of this folder (default: estop's own schemas/), "
+                   "e.g. to check a changed schema against the registry's compatibility rule.")
+@click.pass_obj
+@handles_errors
+def schemas_register(settings: Settings, directory: Path | None) -> None:
+    """Register every schema under its subject (<topic prefix><namespace>.<name>); a schema the
+    registry's compatibility rule refuses ends the command with exit code 2. Workers register
+    their schemas themselves on first use; this does it up front."""
+    from streams.serde import SCHEMA_DIR
+    from streams.serde.registry import ConfluentRegistry, register_schemas
+
+    if not settings.schema_registry_url:
+        raise UsageError("no schema registry: set ESTOP_SCHEMA_REGISTRY_URL (without one, values "
+                         "are single-object encoded and need no registry)")
+    registry = ConfluentRegistry(settings.schema_registry_url)
+    for subject, schema_id in register_schemas(registry, settings.topic_prefix, directory or SCHEMA_DIR):
+        click.echo(f"{subject}: id {schema_id}")
+
+
 # -- data plane ---------------------------------------------------------------------------------
 
 CHANNEL_OPTION = click.Choice(["email", "sms", "push", "webpush"])
@@ -314,7 +341,7 @@ def launch(settings: Settings, campaign_id: str, channels: tuple[str, ...], reci
     channel_list = list(dict.fromkeys(channels))
     with Progress(transient=False) as progress:
         task = progress.add_task(f"queueing {campaign_id}", total=recipients * len(channel_list))
-        result = run_launch(settings, serdes_for(settings.schema_registry_url), campaign_id,
+        result = run_launch(settings, serdes_for(settings), campaign_id,
                             channel_list, recipients, rate,
                             progress=lambda n: progress.advance(task, n))
     click.echo(f"{campaign_id}: {result.state}; queued "
@@ -346,7 +373,7 @@ def stop(settings: Settings, campaign_id: str | None, stop_everything: bool, rea
     from streams.security.audit import cli_actor
     from streams.serde import serdes_for
 
-    serdes = serdes_for(settings.schema_registry_url)
+    serdes = serdes_for(settings)
     actor = cli_actor(settings)
     timeout = settings.stop_timeout_s if timeout_s is None else timeout_s
     if stop_everything:
@@ -429,7 +456,7 @@ def relaunch(settings: Settings, campaign_id: str, new_id: str, rate: float | No
     from streams.serde import serdes_for
     from streams.sink.store import open_store
 
-    serdes = serdes_for(settings.schema_registry_url)
+    serdes = serdes_for(settings)
     wait_for_broker(settings)
     store = open_store(settings)
     try:
@@ -455,7 +482,7 @@ def status(settings: Settings, campaign_id: str, as_json: bool) -> None:
     from streams.serde import serdes_for
 
     wait_for_broker(settings)
-    report = campaign_status(settings, serdes_for(settings.schema_registry_url), campaign_id)
+    report = campaign_status(settings, serdes_for(settings), campaign_id)
     if as_json:
         click.echo(json.dumps(report))
         return

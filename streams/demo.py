@@ -301,7 +301,7 @@ def run_demo(settings: Settings, recipients: int, stop_after: int, channels: lis
 def _run(settings: Settings, recipients: int, stop_after: int, channels: list[str], say: Any,
          progress: Any, handle: BrokerHandle, mta: LocalMta | None, outage_s: float,
          stand_ins: LocalStandIns | None) -> DemoResult:
-    serdes = serdes_for(settings.schema_registry_url)
+    serdes = serdes_for(settings)
     worker = WorkerProcess(settings, env=stand_ins.env() if stand_ins else None)
     campaign_id = f"promo-{time.strftime('%Y%m%d-%H%M%S')}"
     result = DemoResult(campaign_id, recipients * len(channels), broker=handle.bootstrap_servers)

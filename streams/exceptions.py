@@ -12,3 +12,7 @@ class UsageError(EstopError):
     """A bad command or bad input from the user: nothing was written."""
 
     exit_code = 2
+
+
+class MissingProgramError(EstopError):
+    """A program estop runs (java, mvn) is not installed."""

@@ -1,11 +1,15 @@
-"""Processes and ports of servers estop runs itself (the local broker, the private MTA)."""
+"""Processes and ports of servers estop runs itself (the local broker, the private MTA, the
+third-party servers of streams/ecosystem)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 from pathlib import Path
+
+from streams.exceptions import MissingProgramError
 
 
 def alive(pid: int) -> bool:
@@ -27,3 +31,19 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def require(program: str, hint: str) -> str:
+    """The path of ``program`` on PATH; MissingProgramError naming it and ``hint`` otherwise."""
+    path = shutil.which(program)
+    if path is None:
+        raise MissingProgramError(f"`{program}` not found on PATH: {hint}")
+    return path
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a server's log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no output)"

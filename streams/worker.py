@@ -38,7 +38,7 @@ class Worker:
     def __init__(self, settings: Settings, roles: tuple[str, ...], channels: tuple[str, ...]) -> None:
         self.settings = settings
         self.process_id = process_id("worker")
-        self.serdes = serdes_for(settings.schema_registry_url)
+        self.serdes = serdes_for(settings)
         self.view = ControlView()
         # Roles that must acknowledge stops (the sink carries no message to a provider).
         self.role_names = [f"{r}.{c}" for r in roles if r != "sink" for c in channels]

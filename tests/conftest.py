@@ -1,8 +1,10 @@
-"""Shared fixtures: one real Kafka broker per session, isolated topics and groups per test.
+"""Shared fixtures: one real Kafka broker per session, isolated topics and groups per test, and
+a real schema registry (Apicurio Registry) for the session when a test asks for one.
 
 The broker comes from where the brief says (the user's cluster, Docker, the project's own local
 broker). Each test gets its own topic prefix and consumer group, so tests never see each other's
-records and can run against a long-lived shared broker.
+records and can run against a long-lived shared broker; tests of the registry use subjects of
+their own prefix the same way.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ from uuid import uuid4
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from streams.ecosystem.apicurio import ApicurioRegistry
+from streams.ecosystem.exceptions import EcosystemError
 from streams.kafka.clients import admin
 from streams.kafka.source import BrokerHandle, acquire_broker
 from streams.kafka.topics import create_topics
 from streams.settings import Settings, load_settings
+from tests.support import free_port
 
 _SESSION_BROKER: list[BrokerHandle] = []
 
@@ -47,6 +53,37 @@ def broker() -> Iterator[BrokerHandle]:
         yield handle
     finally:
         handle.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApicurioRegistry]:
+    """Apicurio Registry for the session (fetched from Maven Central into the cache folder on
+    first use), on a free port, in-memory storage, its log in a temporary folder, stopped at the
+    end; the registry-wide compatibility rule is BACKWARD."""
+    failure: EcosystemError | None = None
+    for attempt in range(3):  # a free port may be taken before the server binds it
+        registry = ApicurioRegistry(load_settings(), free_port(),
+                                    tmp_path_factory.mktemp(f"apicurio-{attempt}"), say=print)
+        try:
+            registry.start()
+            break
+        except EcosystemError as exc:
+            registry.stop()
+            failure = exc
+    else:
+        pytest.fail(f"Apicurio Registry did not start: {failure}")
+    try:
+        # What the registry's operator decides; estop registers under whatever rule is set.
+        SchemaRegistryClient({"url": registry.ccompat_url}).set_compatibility(level="BACKWARD")
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture
+def subject_prefix() -> str:
+    """Registry subjects of this test alone (``<prefix>estop.SendRequest``)."""
+    return f"t{uuid4().hex[:8]}-"
 
 
 def _delete_topics(settings: Settings) -> None:

@@ -87,6 +87,10 @@ def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[
     audience per channel, as a relaunch of the unsent recipients has) as campaign ``campaign_id``."""
     audience: Audience = (dict.fromkeys(channels, Numbered(recipients)) if isinstance(recipients, int)
                           else recipients)
+    # With a schema registry, every schema the launch writes is registered before its first
+    # record: one the registry refuses leaves the campaign unwritten, not half launched.
+    for serde in (serdes.campaign_status, serdes.send_request, serdes.not_sent):
+        serde.prefix()
     view = ControlView()
     feed = ControlFeed(settings, view, serdes, process_id=f"launcher:{campaign_id}", roles=[],
                        acknowledge=False)

@@ -90,7 +90,7 @@ class ControlPlane:
     def __init__(self, settings: Settings, serdes: Serdes | None = None,
                  on_ready: Callable[[ControlPlane], None] | None = None) -> None:
         self.settings = settings
-        self.serdes = serdes or serdes_for(settings.schema_registry_url)
+        self.serdes = serdes or serdes_for(settings)
         self.process_id = process_id("control")
         self.on_ready = on_ready
         topics = settings.topics

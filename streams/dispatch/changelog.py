@@ -34,7 +34,7 @@ from streams.dispatch.receipts import receipt_records
 from streams.kafka.clients import consumer
 from streams.kafka.reader import high_watermark, read_topic, read_until
 from streams.kafka.transactions import TransactionalProducer
-from streams.serde import SerdeError, Serdes
+from streams.serde import SerdeError, Serdes, serdes_for
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class LedgerStats:
     def __init__(self, settings: Settings, channel: str, serdes: Serdes | None = None) -> None:
         self.settings = settings
         self.topic = settings.topics.ledger(channel)
-        self.serdes = serdes or Serdes()
+        self.serdes = serdes or serdes_for(settings)
 
     def _campaign(self, campaign_id: str) -> list[Entry]:
         latest: dict[bytes, bytes | None] = {}

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.exceptions import MissingProgramError
 from streams.kafka.clients import wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError, LocalBrokerError
-from streams.processes import alive, port_open
+from streams.maven import MavenError, fetch
+from streams.processes import alive, log_tail, port_open, require
 from streams.security import credentials
 from streams.settings import PROJECT_ROOT, Settings
 
@@ -143,7 +143,7 @@ class LocalBroker:
                         f"port {port} is already taken by another process; stop it, or use it as "
                         f"your broker with ESTOP_BOOTSTRAP_SERVERS=localhost:{port}"
                     )
-        java = _require("java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)")
+        java = require("java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)")
         self._resolve_jars()
         self._format(java)
         started = time.monotonic()
@@ -207,7 +207,7 @@ class LocalBroker:
                     raise LocalBrokerError(
                         f"the broker at {exited.address} exited with code {process.returncode} "
                         f"while starting; see {exited.logs / 'server.out'}:\n"
-                        f"{_tail(exited.logs / 'server.out')}"
+                        f"{log_tail(exited.logs / 'server.out')}"
                     )
             try:
                 wait_for_broker(probe, timeout_s=2.0)
@@ -259,26 +259,11 @@ class LocalBroker:
     # -- steps ------------------------------------------------------------------------------
 
     def _resolve_jars(self) -> None:
-        if self.libs.is_dir() and any(self.libs.glob("kafka_2.13-*.jar")):
-            return
-        mvn = _require("mvn", "install Maven (apt-get install maven) or set ESTOP_BOOTSTRAP_SERVERS")
-        self.say(f"resolving Apache Kafka {self.version} jars from Maven Central (once)")
-        self.libs.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="libs-", dir=self.libs.parent))
-        result = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(RECIPE / "pom.xml"), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-Dkafka.version={self.version}",
-             f"-DoutputDirectory={staging}"],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
-            shutil.rmtree(staging, ignore_errors=True)
-            detail = (result.stdout + result.stderr).strip().splitlines()[-3:]
-            raise LocalBrokerError(
-                f"mvn could not resolve org.apache.kafka:kafka_2.13:{self.version}: "
-                + " | ".join(detail)
-            )
-        staging.rename(self.libs)
+        try:
+            fetch(RECIPE / "pom.xml", self.libs, f"Apache Kafka {self.version} jars",
+                  "kafka_2.13-*.jar", properties={"kafka.version": self.version}, say=self.say)
+        except (MavenError, MissingProgramError) as exc:
+            raise LocalBrokerError(f"{exc} (or set ESTOP_BOOTSTRAP_SERVERS)") from exc
 
     def _format(self, java: str) -> None:
         """Render every node's server.properties; format the storage of nodes that have none,
@@ -378,13 +363,6 @@ def _cluster_id(node: BrokerNode) -> str | None:
     return found[1] if found else None
 
 
-def _require(tool: str, hint: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise LocalBrokerError(f"`{tool}` not found on PATH: {hint}")
-    return path
-
-
 def _is_broker(pid: int) -> bool:
     """The pid file may outlive the broker and its pid be reused by something else."""
     try:
@@ -392,9 +370,3 @@ def _is_broker(pid: int) -> bool:
     except OSError:
         return True  # no /proc: trust the pid file
 
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no output)"

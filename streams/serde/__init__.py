@@ -3,7 +3,8 @@
 Without a schema registry a value is Avro single-object encoded: ``C3 01``, the 8-byte
 little-endian CRC-64-AVRO fingerprint of the writer schema, then the binary body; any consumer
 finds the schema by fingerprint in ``schemas/``. With a registry (``ESTOP_SCHEMA_REGISTRY_URL``)
-values use the Confluent wire format: ``00``, a 4-byte big-endian schema id, the body.
+values use the Confluent wire format: ``00``, a 4-byte big-endian schema id, the body; each
+record type is registered under its subject (``streams/serde/registry.py``).
 """
 
 from __future__ import annotations
@@ -13,20 +14,22 @@ import json
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import fastavro
-from fastavro.schema import to_parsing_canonical_form
+from fastavro.schema import SchemaParseException, UnknownType, to_parsing_canonical_form
 
 from streams.serde.exceptions import SerdeError, UnknownSchemaError
 from streams.serde.fingerprint import crc64_avro
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent.parent / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 _SO_HEADER = struct.Struct("<2sQ")
 _CF_HEADER = struct.Struct(">bI")
-SINGLE_OBJECT_HEADER_SIZE = _SO_HEADER.size
 
 __all__ = [
     "Schema",
@@ -56,14 +59,27 @@ def load_schema(name: str, directory: Path = SCHEMA_DIR) -> Schema:
         return Schema(json.loads(path.read_text()))
     except FileNotFoundError as exc:
         raise SerdeError(f"no schema file {path}") from exc
+    except (ValueError, KeyError, TypeError, SchemaParseException, UnknownType) as exc:
+        raise SerdeError(f"{path} is not an Avro record schema: {exc}") from exc
+
+
+def subject_for(schema: Schema, subject_prefix: str = "") -> str:
+    """The registry subject of a record type's versions: ``<prefix><namespace>.<name>``
+    (Confluent's RecordNameStrategy, prefixed like the topics)."""
+    namespace = schema.definition.get("namespace")
+    return f"{subject_prefix}{namespace}.{schema.name}" if namespace else f"{subject_prefix}{schema.name}"
 
 
 class SchemaRegistry(Protocol):
-    """What the Confluent wire format needs from a registry."""
+    """What the Confluent wire format needs from a registry (``streams/serde/registry.py``)."""
 
-    def register(self, subject: str, schema: Schema) -> int: ...
+    def register(self, subject: str, schema: Schema) -> int:
+        """The schema's id; IncompatibleSchemaError when the registry refuses it."""
+        ...
 
-    def lookup(self, schema_id: int) -> Schema: ...
+    def lookup(self, schema_id: int) -> Schema:
+        """The writer schema of an id; UnknownSchemaError when the registry has none."""
+        ...
 
 
 class Serde:
@@ -73,11 +89,15 @@ class Serde:
                  subject: str | None = None) -> None:
         self.schema = schema
         self._registry = registry
-        self._subject = subject or f"estop.{schema.name}"
+        self._subject = subject or subject_for(schema)
         self._writers: dict[int, Schema] = {schema.fingerprint: schema}
         self._registry_id: int | None = None
         self._prefix = _SO_HEADER.pack(SINGLE_OBJECT_MAGIC, schema.fingerprint)
         self._known_headers = {self._prefix}  # the envelope of every writer version accepted
+        # Confluent wire-format headers (magic and id) of writers read once already, and the one
+        # of this serde's own schema: the same cheap checks as for single-object values.
+        self._known_registry_headers: set[bytes] = set()
+        self._own_registry_header: bytes | None = None
 
     def add_writer(self, schema: Schema) -> None:
         """Accept values written with another (compatible) version of this schema."""
@@ -85,9 +105,11 @@ class Serde:
         self._known_headers.add(_SO_HEADER.pack(SINGLE_OBJECT_MAGIC, schema.fingerprint))
 
     def has_known_header(self, value: bytes) -> bool:
-        """Cheap envelope check (single-object magic and a known writer fingerprint) for a stage
-        that routes by record headers and never reads the body; decode() checks the body."""
-        return value[:_SO_HEADER.size] in self._known_headers
+        """Cheap envelope check (single-object magic and a known writer fingerprint, or the
+        Confluent magic and the id of a writer read before) for a stage that routes by record
+        headers and never reads the body; decode() checks the body."""
+        return (value[:_SO_HEADER.size] in self._known_headers
+                or value[:_CF_HEADER.size] in self._known_registry_headers)
 
     def prefix(self) -> bytes:
         """What precedes the Avro body of every value this serde writes."""
@@ -95,12 +117,19 @@ class Serde:
             return self._prefix
         if self._registry_id is None:
             self._registry_id = self._registry.register(self._subject, self.schema)
+            self._own_registry_header = _CF_HEADER.pack(0, self._registry_id)
+            self._known_registry_headers.add(self._own_registry_header)
         return _CF_HEADER.pack(0, self._registry_id)
 
-    def is_own_single_object(self, value: bytes) -> bool:
-        """Single-object encoded with exactly this serde's schema (its body starts at offset
-        ``SINGLE_OBJECT_HEADER_SIZE``)."""
-        return value.startswith(self._prefix)
+    def own_body_offset(self, value: bytes) -> int | None:
+        """Where the Avro body starts when ``value`` was written with exactly this serde's
+        schema (single-object, or the Confluent wire format with its id); else None."""
+        if value.startswith(self._prefix):
+            return _SO_HEADER.size
+        own = self._own_registry_header
+        if own is not None and value.startswith(own):
+            return _CF_HEADER.size
+        return None
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         buf = io.BytesIO()
@@ -128,6 +157,10 @@ class Serde:
         if trailing:
             # A value is exactly one record; extra bytes mean it was cut or glued together.
             raise SerdeError(f"corrupt {self.schema.name} body: {trailing} bytes after the record")
+        if offset == _CF_HEADER.size:
+            self._known_registry_headers.add(value[:offset])  # its writer resolves: a known envelope
+            if writer.fingerprint == self.schema.fingerprint:
+                self._own_registry_header = value[:offset]
         return record
 
     def _writer_for(self, value: bytes) -> Schema:
@@ -145,36 +178,38 @@ class Serde:
             if len(value) < _CF_HEADER.size:
                 raise SerdeError("truncated Confluent wire-format header")
             _, schema_id = _CF_HEADER.unpack_from(value)
-            try:
-                writer = self._registry.lookup(schema_id)
-            except Exception as exc:
-                raise UnknownSchemaError(f"schema id {schema_id} not in the registry") from exc
-            self._writers.setdefault(writer.fingerprint, writer)
-            return writer
+            writer = self._registry.lookup(schema_id)
+            return self._writers.setdefault(writer.fingerprint, writer)
         raise SerdeError(f"not an Avro value (first bytes {value[:2].hex() or 'none'})")
 
 
 class Serdes:
-    """One serde per record type of the project."""
+    """One serde per record type of the project; with a registry, each under the subject
+    ``subject_for(schema, subject_prefix)``."""
 
-    def __init__(self, registry: SchemaRegistry | None = None) -> None:
-        self.send_request = Serde(load_schema("SendRequest"), registry)
-        self.control_command = Serde(load_schema("ControlCommand"), registry)
-        self.campaign_status = Serde(load_schema("CampaignStatus"), registry)
-        self.sent = Serde(load_schema("SentEvent"), registry)
-        self.not_sent = Serde(load_schema("NotSentEvent"), registry)
-        self.failed = Serde(load_schema("FailedEvent"), registry)
-        self.control_ack = Serde(load_schema("ControlAck"), registry)
-        self.audit = Serde(load_schema("AuditEvent"), registry)
-        self.ledger_entry = Serde(load_schema("LedgerEntry"), registry)
-        self.ledger_checkpoint = Serde(load_schema("LedgerCheckpoint"), registry)
-        self.receipt = Serde(load_schema("ProviderReceipt"), registry)
+    def __init__(self, registry: SchemaRegistry | None = None, subject_prefix: str = "") -> None:
+        def serde(name: str) -> Serde:
+            schema = load_schema(name)
+            return Serde(schema, registry, subject_for(schema, subject_prefix))
+
+        self.send_request = serde("SendRequest")
+        self.control_command = serde("ControlCommand")
+        self.campaign_status = serde("CampaignStatus")
+        self.sent = serde("SentEvent")
+        self.not_sent = serde("NotSentEvent")
+        self.failed = serde("FailedEvent")
+        self.control_ack = serde("ControlAck")
+        self.audit = serde("AuditEvent")
+        self.ledger_entry = serde("LedgerEntry")
+        self.ledger_checkpoint = serde("LedgerCheckpoint")
+        self.receipt = serde("ProviderReceipt")
 
 
-def serdes_for(registry_url: str | None) -> Serdes:
-    """Single-object encoding, or the Confluent wire format when a registry is named."""
-    if not registry_url:
+def serdes_for(settings: Settings) -> Serdes:
+    """Single-object encoding, or the Confluent wire format when a registry is named
+    (``ESTOP_SCHEMA_REGISTRY_URL``), with subjects prefixed like the topics."""
+    if not settings.schema_registry_url:
         return Serdes()
-    from streams.serde.registry import HttpSchemaRegistry
+    from streams.serde.registry import ConfluentRegistry  # loads the registry client only then
 
-    return Serdes(HttpSchemaRegistry(registry_url))
+    return Serdes(ConfluentRegistry(settings.schema_registry_url), settings.topic_prefix)

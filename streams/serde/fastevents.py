@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from streams.kafka.clients import Headers
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, HEADER_STAGE, NOT_SENT_EVENT
-from streams.serde import SINGLE_OBJECT_HEADER_SIZE, Serde
+from streams.serde import Serde
 from streams.serde.exceptions import SerdeError
 
 # NotSentEvent's fields in schema order, each with the Avro type this module writes and reads.
@@ -181,8 +181,9 @@ def _read_strings(buf: bytes, pos: int, what: str) -> tuple[list[str], int]:
 
 class FlatDecoder:
     """Reads values of a flat record schema (strings, longs, nullable strings and longs, arrays
-    of strings: NotSentEvent, ControlCommand) written with the serde's own schema; any other
-    writer (an older version, the Confluent wire format) goes through the generic decode.
+    of strings: NotSentEvent, ControlCommand) written with the serde's own schema, single-object
+    or in the Confluent wire format once its id is known; any other writer (an older version)
+    goes through the generic decode.
 
     The body reader is one straight-line function generated from the schema's fields at
     construction: no per-field dispatch or call per string, which is what makes it faster than
@@ -234,10 +235,11 @@ class FlatDecoder:
         self._what = namespace["what"]
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
-        if not value or not self._serde.is_own_single_object(value):
+        offset = self._serde.own_body_offset(value) if value else None
+        if not value or offset is None:
             return self._serde.decode(value)
         try:
-            return self._body(value, SINGLE_OBJECT_HEADER_SIZE)
+            return self._body(value, offset)
         except IndexError as exc:
             raise SerdeError(f"{self._what}: cut short") from exc
         except UnicodeDecodeError as exc:

@@ -1,20 +1,25 @@
 """The notSent fast path writes and reads exactly fastavro's bytes: the encoder (constant part
 once per stop) against ``fastavro.schemaless_writer`` through the generic serde, the decoder
 against ``fastavro.schemaless_reader``, over random and edge-case events; corrupt values fail as
-the generic decoder fails. No broker needed."""
+the generic decoder fails. No broker needed; the Confluent wire format is read and written
+through the session's Apicurio Registry."""
 
 from __future__ import annotations
 
 import copy
 import random
+import struct
 from typing import Any
 
 import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro.utils import generate_many
 
+from streams.ecosystem.apicurio import ApicurioRegistry
 from streams.serde import Schema, Serde, Serdes
 from streams.serde.exceptions import SerdeError
 from streams.serde.fastevents import FlatDecoder, NotSentEncoder
+from streams.serde.registry import ConfluentRegistry
 
 EVENT: dict[str, Any] = {
     "event": "message.notSent",
@@ -132,27 +137,23 @@ def test_the_decoder_reads_control_commands_as_fastavro_does() -> None:
         assert decoder.decode(value) == serde.decode(value) == record
 
 
-class MemoryRegistry:
-    """A schema registry holding one schema in memory (the Confluent wire format path)."""
-
-    def __init__(self) -> None:
-        self.schemas: dict[int, Schema] = {}
-
-    def register(self, subject: str, schema: Schema) -> int:
-        self.schemas[21] = schema
-        return 21
-
-    def lookup(self, schema_id: int) -> Schema:
-        return self.schemas[schema_id]
-
-
-def test_with_a_registry_both_use_the_confluent_wire_format() -> None:
-    serde = Serdes(MemoryRegistry()).not_sent
+def test_with_a_registry_both_use_the_confluent_wire_format(schema_registry: ApicurioRegistry,
+                                                           subject_prefix: str) -> None:
+    """Against the session's Apicurio Registry: the encoder writes the id the registry gave the
+    subject, and a decoder of another process reads it (by the fast path once the id is known)."""
+    serde = Serdes(ConfluentRegistry(schema_registry.ccompat_url), subject_prefix).not_sent
     value = encoder_for(serde, EVENT).encode(EVENT["message_id"], EVENT["recipient_id"],
                                              EVENT["occurred_at"])
     assert value == serde.encode(EVENT)
-    assert value[:5] == b"\x00\x00\x00\x00\x15"
+    registered = SchemaRegistryClient({"url": schema_registry.ccompat_url}).get_latest_version(
+        f"{subject_prefix}estop.NotSentEvent")
+    assert value[:5] == b"\x00" + struct.pack(">I", registered.schema_id)
     assert FlatDecoder(serde).decode(value) == EVENT
+    reader = Serdes(ConfluentRegistry(schema_registry.ccompat_url), subject_prefix).not_sent
+    decoder = FlatDecoder(reader)
+    assert decoder.decode(value) == EVENT  # looked up in the registry
+    assert reader.own_body_offset(value) == 5
+    assert decoder.decode(value) == EVENT  # the generated reader, from byte 5
 
 
 @pytest.mark.parametrize("shared_from", DECODERS)

@@ -1,6 +1,8 @@
 """Avro serde: every schema round-trips, versions evolve both ways, bad bytes fail loudly.
 
 No broker needed: these pin down the bytes every producer and consumer of the project agree on.
+The Confluent wire format is tested against a real schema registry, the session's Apicurio
+Registry (its compatibility rule BACKWARD), each test under subjects of its own.
 """
 
 from __future__ import annotations
@@ -10,18 +12,24 @@ import io
 import json
 import random
 import struct
+import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.utils import generate_many
 
+from streams.ecosystem.apicurio import ApicurioRegistry
 from streams.exceptions import EstopError
-from streams.serde import SCHEMA_DIR, Schema, Serde, Serdes, load_schema
-from streams.serde.exceptions import SerdeError, UnknownSchemaError
+from streams.serde import SCHEMA_DIR, Schema, Serde, Serdes, load_schema, subject_for
+from streams.serde.exceptions import SchemaRegistryError, SerdeError, UnknownSchemaError
 from streams.serde.fingerprint import crc64_avro
+from streams.serde.registry import ConfluentRegistry
+from tests.support import free_port, run_estop
 
 SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.avsc"))
 
@@ -141,7 +149,39 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
             "command_requested_at": 1_732_600_001_000,
             "applied_at": 1_732_600_001_050,
             "halted": 1234,
-        }
+            "partitions": ["send-requests.email:0", "dispatch.email:3"],
+            "control_offsets": [17],
+        },
+        {   # A process acknowledging partitions newly assigned to it: no command.
+            "process_id": "dispatcher.sms@host:9", "roles": ["dispatcher.sms"], "command_id": "",
+            "campaign_id": "", "command_requested_at": 0, "applied_at": 1_732_600_002_000,
+            "halted": 0, "partitions": ["dispatch.sms:1"], "control_offsets": [17, 4],
+        },
+    ],
+    "LedgerEntry": [
+        {
+            "message_id": "spring-sale:sms:7", "campaign_id": "spring-sale",
+            "recipient_id": "+48600000007", "input_offset": 41, "state": "accepted",
+            "provider_id": "smsc-19", "submitted_at": 1_732_600_001_000,
+            "handed_at": 1_732_600_001_020, "attempts": 1, "outcome": None, "occurred_at": None,
+            "stop_command_id": None, "stop_requested_at": None, "reason": None,
+        },
+        {
+            "message_id": "spring-sale:sms:8", "campaign_id": "spring-sale",
+            "recipient_id": "+48600000008", "input_offset": 42, "state": "reported",
+            "provider_id": "smsc-20", "submitted_at": 1_732_600_001_000,
+            "handed_at": 1_732_600_001_030, "attempts": 2, "outcome": "cancelled",
+            "occurred_at": 1_732_600_009_000, "stop_command_id": "cmd-1",
+            "stop_requested_at": 1_732_600_008_000, "reason": "wrong discount code",
+        },
+    ],
+    "LedgerCheckpoint": [{"receipts_offset": 0}, {"receipts_offset": 123_456}],
+    "ProviderReceipt": [
+        {"channel": "email", "message_id": "spring-sale:email:1", "provider_id": "4jg5Yz1",
+         "delivered": True, "occurred_at": 1_732_600_003_000, "detail": "sent: 250 2.0.0 Ok",
+         "source": "mta-agent@mx1"},
+        {"channel": "sms", "message_id": "", "provider_id": "smsc-19", "delivered": False,
+         "occurred_at": 1_732_600_004_000, "detail": "UNDELIV", "source": "worker@host:9"},
     ],
     "AuditEvent": [
         {
@@ -192,7 +232,8 @@ def test_every_schema_file_has_a_serde_and_samples() -> None:
     names = {schema_definition(p)["name"] for p in SCHEMA_FILES}
     assert names == {
         "SendRequest", "ControlCommand", "CampaignStatus", "SentEvent", "NotSentEvent",
-        "FailedEvent", "ControlAck", "AuditEvent",
+        "FailedEvent", "ControlAck", "AuditEvent", "LedgerEntry", "LedgerCheckpoint",
+        "ProviderReceipt",
     }
     assert set(serde_by_schema_name(Serdes())) == names
     assert set(SAMPLES) == names
@@ -343,51 +384,50 @@ def test_undecodable_bytes_raise_serde_error_naming_the_reason(
     assert len(caught.value.reason) < 200  # short enough for a Kafka header
 
 
-# -- Confluent wire format with a registry ---------------------------------------------------
+# -- Confluent wire format with a registry (the session's Apicurio Registry) ------------------
 
 
-class InMemoryRegistry:
-    """The two calls the serde makes on a schema registry, held in a dict: ids count from 1
-    and one schema registered twice keeps its id, as Confluent's registry does."""
+class CountingRegistry(ConfluentRegistry):
+    """estop's registry client, counting the serde's register calls (the real registry answers
+    each one)."""
 
-    def __init__(self) -> None:
-        self.by_id: dict[int, Schema] = {}
-        self.subjects: dict[str, list[int]] = {}
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
         self.register_calls = 0
 
     def register(self, subject: str, schema: Schema) -> int:
         self.register_calls += 1
-        schema_id = next(
-            (i for i, s in self.by_id.items() if s.fingerprint == schema.fingerprint),
-            len(self.by_id) + 1,
-        )
-        self.by_id[schema_id] = schema
-        self.subjects.setdefault(subject, []).append(schema_id)
-        return schema_id
-
-    def lookup(self, schema_id: int) -> Schema:
-        return self.by_id[schema_id]  # KeyError for an unknown id, like a 404
+        return super().register(subject, schema)
 
 
-def test_confluent_wire_format_bytes() -> None:
+def registry_admin(registry: ApicurioRegistry) -> SchemaRegistryClient:
+    """An independent client of the same registry, to see what estop registered."""
+    return SchemaRegistryClient({"url": registry.ccompat_url})
+
+
+def test_confluent_wire_format_bytes(schema_registry: ApicurioRegistry, subject_prefix: str) -> None:
     """With a registry: 0x00, the 4-byte big-endian schema id, then the Avro body."""
-    registry = InMemoryRegistry()
-    registry.register("other-subject", load_schema("ControlCommand"))  # so the id is not 1
-    value = Serdes(registry).send_request.encode(SEND_REQUEST)
+    registry = ConfluentRegistry(schema_registry.ccompat_url)
+    other_id = registry.register(f"{subject_prefix}other-subject", load_schema("ControlCommand"))
+    value = Serdes(registry, subject_prefix).send_request.encode(SEND_REQUEST)
 
     assert value[0] == 0
     (schema_id,) = struct.unpack(">I", value[1:5])
-    assert schema_id == 2
-    assert registry.subjects["estop.SendRequest"] == [2]
+    assert schema_id != other_id
+    registered = registry_admin(schema_registry).get_latest_version(f"{subject_prefix}estop.SendRequest")
+    assert (registered.schema_id, registered.version) == (schema_id, 1)
+    stored = json.loads(registry_admin(schema_registry).get_schema(schema_id).schema_str or "null")
+    assert Schema(stored).fingerprint == load_schema("SendRequest").fingerprint
     body = io.BytesIO()
     fastavro.schemaless_writer(body, load_schema("SendRequest").parsed, SEND_REQUEST)
     assert value[5:] == body.getvalue()
 
 
-def test_confluent_round_trip_through_a_shared_registry() -> None:
+def test_confluent_round_trip_through_a_shared_registry(schema_registry: ApicurioRegistry,
+                                                        subject_prefix: str) -> None:
     """A consumer process with its own serdes finds the writer schema by id in the registry."""
-    registry = InMemoryRegistry()
-    producer_side, consumer_side = Serdes(registry), Serdes(registry)
+    producer_side = Serdes(ConfluentRegistry(schema_registry.ccompat_url), subject_prefix)
+    consumer_side = Serdes(ConfluentRegistry(schema_registry.ccompat_url), subject_prefix)
     for path in SCHEMA_FILES:
         name = schema_definition(path)["name"]
         writer = serde_by_schema_name(producer_side)[name]
@@ -396,38 +436,157 @@ def test_confluent_round_trip_through_a_shared_registry() -> None:
             assert reader.decode(writer.encode(record)) == record
 
 
-def test_confluent_registers_once_per_serde() -> None:
+def test_confluent_registers_once_per_serde(schema_registry: ApicurioRegistry,
+                                            subject_prefix: str) -> None:
     """The registry is asked once, not once per record (it is a network call in production)."""
-    registry = InMemoryRegistry()
-    serde = Serdes(registry).send_request
+    registry = CountingRegistry(schema_registry.ccompat_url)
+    serde = Serdes(registry, subject_prefix).send_request
     for i in range(10):
         serde.encode({**SEND_REQUEST, "message_id": f"m-{i}"})
     assert registry.register_calls == 1
 
 
-def test_confluent_v1_reader_reads_v2_writer_found_in_the_registry() -> None:
+def test_confluent_v1_reader_reads_v2_writer_found_in_the_registry(schema_registry: ApicurioRegistry,
+                                                                   subject_prefix: str) -> None:
     """Evolution needs no add_writer with a registry: the writer schema comes with the id."""
-    registry = InMemoryRegistry()
-    written = Serde(send_request_v2(), registry).encode({**SEND_REQUEST, "priority": 1})
-    assert Serdes(registry).send_request.decode(written) == SEND_REQUEST
+    v2 = send_request_v2()
+    writer = Serde(v2, ConfluentRegistry(schema_registry.ccompat_url), subject_for(v2, subject_prefix))
+    written = writer.encode({**SEND_REQUEST, "priority": 1})
+    reader = Serdes(ConfluentRegistry(schema_registry.ccompat_url), subject_prefix)
+    assert reader.send_request.decode(written) == SEND_REQUEST
 
 
-def test_confluent_reader_still_reads_single_object_values() -> None:
+def test_confluent_reader_still_reads_single_object_values(schema_registry: ApicurioRegistry) -> None:
     """Turning a registry on does not strand records written before it."""
     old = Serdes().send_request.encode(SEND_REQUEST)
-    assert Serdes(InMemoryRegistry()).send_request.decode(old) == SEND_REQUEST
+    assert Serdes(ConfluentRegistry(schema_registry.ccompat_url)).send_request.decode(old) == SEND_REQUEST
 
 
 @pytest.mark.parametrize(
     ("value", "error", "reason"),
     [
-        (b"\x00\x00\x00\x00\x63" + b"\x00" * 6, UnknownSchemaError, "schema id 99 not in the registry"),
+        (b"\x00\x7f\xff\xff\xff" + b"\x00" * 6, UnknownSchemaError,
+         "schema id 2147483647 not in the registry"),
         (b"\x00\x00\x01", SerdeError, "truncated Confluent wire-format header"),
     ],
     ids=["unknown-id", "truncated-header"],
 )
-def test_confluent_undecodable_bytes(value: bytes, error: type[SerdeError], reason: str) -> None:
+def test_confluent_undecodable_bytes(schema_registry: ApicurioRegistry, value: bytes,
+                                     error: type[SerdeError], reason: str) -> None:
     """Registry-side failures are serde errors with a reason too, not KeyErrors."""
     with pytest.raises(error) as caught:
-        Serdes(InMemoryRegistry()).send_request.decode(value)
+        Serdes(ConfluentRegistry(schema_registry.ccompat_url)).send_request.decode(value)
     assert reason in caught.value.reason
+
+
+def test_processes_registering_a_subject_at_the_same_moment_all_get_its_id(
+        schema_registry: ApicurioRegistry, subject_prefix: str) -> None:
+    """Apicurio answers 409 "already exists" to the other clients creating a subject at the
+    same moment as one of them (seen when a worker's dispatchers published their first sent
+    events): every one of them still gets the schema's id, none an error."""
+    clients = 6
+
+    def register_at_once(subject: str, schema: Schema) -> tuple[list[int], list[str]]:
+        ids: list[int] = []
+        errors: list[str] = []
+        ready = threading.Barrier(clients)
+
+        def register() -> None:
+            registry = ConfluentRegistry(schema_registry.ccompat_url)
+            ready.wait()
+            try:
+                ids.append(registry.register(subject, schema))
+            except EstopError as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=register) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return ids, errors
+
+    for name in ("SentEvent", "NotSentEvent", "FailedEvent"):
+        ids, errors = register_at_once(f"{subject_prefix}estop.{name}", load_schema(name))
+        assert errors == []
+        assert len(ids) == clients and len(set(ids)) == 1
+
+
+def test_a_registry_that_does_not_answer_is_not_a_bad_record() -> None:
+    """A value whose writer cannot be looked up because the registry is down is fine data: the
+    error is not a SerdeError, so no stage dead-letters it; one line naming the registry."""
+    url = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
+    value = b"\x00\x00\x00\x00\x07" + b"\x00" * 6
+    with pytest.raises(SchemaRegistryError) as caught:
+        Serdes(ConfluentRegistry(url)).send_request.decode(value)
+    assert not isinstance(caught.value, SerdeError)
+    assert str(caught.value).startswith(f"schema registry {url}: looking up schema id 7 failed: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_writer_read_once_makes_its_confluent_envelope_known(schema_registry: ApicurioRegistry,
+                                                               subject_prefix: str) -> None:
+    """The gate and dispatcher check only the envelope of a record they route by its headers:
+    a Confluent value is known once its writer id was read (or written) by this process, as a
+    single-object value is by its fingerprint; an id never read is not."""
+    written = Serdes(ConfluentRegistry(schema_registry.ccompat_url), subject_prefix).send_request.encode(
+        SEND_REQUEST)
+    reader = Serdes(ConfluentRegistry(schema_registry.ccompat_url), subject_prefix).send_request
+    assert not reader.has_known_header(written)
+    assert reader.own_body_offset(written) is None
+    assert reader.decode(written) == SEND_REQUEST
+    assert reader.has_known_header(written)
+    assert reader.own_body_offset(written) == 5
+    unread_id = b"\x00" + struct.pack(">I", struct.unpack(">I", written[1:5])[0] + 1) + written[5:]
+    assert not reader.has_known_header(unread_id)
+    assert reader.has_known_header(Serdes().send_request.encode(SEND_REQUEST))
+
+
+def _schema_folder(target: Path, extra_field: dict[str, Any] | None) -> Path:
+    """A copy of schemas/ with SendRequest given ``extra_field`` (none: unchanged)."""
+    target.mkdir()
+    for path in SCHEMA_FILES:
+        definition = schema_definition(path)
+        if extra_field is not None and definition["name"] == "SendRequest":
+            definition["fields"].append(extra_field)
+        (target / path.name).write_text(json.dumps(definition))
+    return target
+
+
+def test_backward_compatibility_accepts_a_compatible_change_and_refuses_an_incompatible_one(
+        schema_registry: ApicurioRegistry, subject_prefix: str, tmp_path: Path) -> None:
+    """The registry's rule is BACKWARD: `estop schemas register` registers estop's schemas, then
+    a SendRequest with a new field that has a default (readers of the new version can read the
+    old data) as version 2; a new field without a default is refused with one line and exit
+    code 2, and nothing is registered."""
+    env = {"ESTOP_SCHEMA_REGISTRY_URL": schema_registry.ccompat_url, "ESTOP_TOPIC_PREFIX": subject_prefix}
+    subject = f"{subject_prefix}estop.SendRequest"
+    admin_client = registry_admin(schema_registry)
+
+    def registered(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
+        return {line.split(": id ")[0]: int(line.split(": id ")[1]) for line in result.stdout.splitlines()}
+
+    first = run_estop("schemas", "register", env=env)
+    assert first.returncode == 0, first.stderr
+    ids = registered(first)
+    assert set(ids) == {f"{subject_prefix}estop.{schema_definition(p)['name']}" for p in SCHEMA_FILES}
+
+    compatible = _schema_folder(tmp_path / "compatible", {"name": "priority", "type": "int", "default": 5})
+    second = run_estop("schemas", "register", "--dir", str(compatible), env=env)
+    assert second.returncode == 0, second.stderr
+    assert registered(second)[subject] != ids[subject]
+    assert {k: v for k, v in registered(second).items() if k != subject} == {
+        k: v for k, v in ids.items() if k != subject}
+    assert admin_client.get_versions(subject) == [1, 2]
+
+    incompatible = _schema_folder(tmp_path / "incompatible", {"name": "tenant", "type": "string"})
+    third = run_estop("schemas", "register", "--dir", str(incompatible), env=env)
+    assert third.returncode == 2
+    assert third.stdout == ""
+    lines = third.stderr.strip().splitlines()
+    assert len(lines) == 1, third.stderr
+    assert lines[0].startswith(
+        f"estop: the schema registry at {schema_registry.ccompat_url} refused SendRequest as a new "
+        f"version of subject {subject} (compatibility BACKWARD): "), lines[0]
+    assert "tenant" in lines[0]
+    assert admin_client.get_versions(subject) == [1, 2]

@@ -47,6 +47,8 @@ def estop_env(settings: Settings) -> dict[str, str]:
     })
     if settings.analytics_dsn is not None:
         env["ESTOP_ANALYTICS_DSN"] = settings.analytics_dsn.get_secret_value()
+    if settings.schema_registry_url is not None:
+        env["ESTOP_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
     return env
 
 
@@ -178,11 +180,12 @@ def sink_topics(settings: Settings) -> list[str]:
     return [t.sent, t.notsent, t.status, t.control, t.acks]
 
 
-def partitions(settings: Settings) -> list[TopicPartition]:
+def partitions(settings: Settings, topics: Sequence[str] | None = None) -> list[TopicPartition]:
+    """Every partition of ``topics`` (default: the sink's)."""
     reader = consumer(settings)
     try:
         found = []
-        for topic in sink_topics(settings):
+        for topic in topics or sink_topics(settings):
             metadata = reader.list_topics(topic, timeout=settings.admin_timeout_s)
             found += [TopicPartition(topic, p) for p in sorted(metadata.topics[topic].partitions)]
         return found
@@ -212,11 +215,13 @@ def reset_sink_offsets(settings: Settings) -> None:
             return
 
 
-def sink_lag(settings: Settings) -> dict[tuple[str, int], tuple[int, int]]:
-    """(committed offset, end offset) of the sink's group on every partition of its topics."""
-    reader = consumer(settings, **{"group.id": settings.topics.sink_group})  # never subscribes
+def sink_lag(settings: Settings, group: str | None = None, topics: Sequence[str] | None = None
+             ) -> dict[tuple[str, int], tuple[int, int]]:
+    """(committed offset, end offset) of a consumer group (default: the sink's) on every
+    partition of its topics."""
+    reader = consumer(settings, **{"group.id": group or settings.topics.sink_group})  # never subscribes
     try:
-        committed = reader.committed(partitions(settings), timeout=settings.admin_timeout_s)
+        committed = reader.committed(partitions(settings, topics), timeout=settings.admin_timeout_s)
         lag = {}
         for tp in committed:
             _, high = reader.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
