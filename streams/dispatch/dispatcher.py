@@ -34,7 +34,15 @@ from confluent_kafka import KafkaException, Message
 from streams import metrics
 from streams.clock import now_ms
 from streams.control.view import Applied, ControlView, Stop
-from streams.dispatch.outbox import DELIVERED, SUBMITTING, UNDELIVERED, Outbox, Outcome
+from streams.dispatch.outbox import (
+    CANCEL_UNCONFIRMED,
+    CANCELLED,
+    DELIVERED,
+    SUBMITTING,
+    UNDELIVERED,
+    Outbox,
+    Outcome,
+)
 from streams.dispatch.receipts import ReceiptPublisher
 from streams.faults import crash_point
 from streams.kafka.clients import Headers, raw_routing
@@ -49,6 +57,7 @@ from streams.models import (
     HEADER_STAGE,
     NOT_SENT_EVENT,
     OUTCOME_FAILED,
+    REASON_CANCEL_UNCONFIRMED,
     REASON_CANCELLED,
     REASON_HELD,
     SENT_EVENT,
@@ -152,7 +161,8 @@ class Dispatcher(TransactionalStage):
                    if (stop := self.view.stopped(campaign_id, self.channel)) is not None)
 
     def _cancel_at_provider(self, campaign_id: str, stop: Stop) -> int:
-        """Cancel what the provider still holds of a stopped campaign; returns how many."""
+        """Cancel what the provider still holds of a stopped campaign; returns how many end as
+        notSent there (cancelled, or cancel unconfirmed)."""
         if self.provider.cancel_capability == CancelCapability.NONE:
             return 0
         held = self.outbox.to_cancel(campaign_id)
@@ -160,12 +170,18 @@ class Dispatcher(TransactionalStage):
             return 0
         with self._provider_lock:
             answers = self.provider.cancel(campaign_id, held)
-        dropped = [m for m, status in answers.items() if status == CancelStatus.CANCELLED]
-        cancelled = self.outbox.cancelled(dropped, stop.command_id, stop.requested_at, stop.reason)
+        # Truthful cancellation: only a cancel the provider proved is cancelled; one it took
+        # without proof (UNCONFIRMED) is a notSent of its own reason (REASON_CANCEL_UNCONFIRMED).
+        proved = [m for m, answer in answers.items() if answer == CancelStatus.CANCELLED]
+        unproved = [m for m, answer in answers.items() if answer == CancelStatus.UNCONFIRMED]
+        cancelled = self.outbox.cancelled(proved, stop.command_id, stop.requested_at, stop.reason)
+        unconfirmed = self.outbox.cancelled(unproved, stop.command_id, stop.requested_at, stop.reason,
+                                            CANCEL_UNCONFIRMED)
         metrics.CANCELLED.labels(self.channel).inc(cancelled)
-        log.info("dispatcher %s: stop of %r cancelled %d of %d messages at the provider",
-                 self.channel, campaign_id, cancelled, len(held))
-        return cancelled
+        metrics.CANCEL_UNCONFIRMED.labels(self.channel).inc(unconfirmed)
+        log.info("dispatcher %s: stop of %r cancelled %d of %d messages at the provider (%d more "
+                 "cancels not confirmed)", self.channel, campaign_id, cancelled, len(held), unconfirmed)
+        return cancelled + unconfirmed
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -482,7 +498,8 @@ class Dispatcher(TransactionalStage):
             "channel": self.channel,
             "recipient_id": outcome.recipient_id,
             "stage": STAGE_PROVIDER,
-            "reason": f"{REASON_CANCELLED}: campaign stopped: {outcome.reason}",
+            "reason": f"{REASON_CANCELLED if outcome.state == CANCELLED else REASON_CANCEL_UNCONFIRMED}"
+                      f": campaign stopped: {outcome.reason}",
             "stop_command_id": outcome.stop_command_id,
             "stop_requested_at": outcome.stop_requested_at,
             "occurred_at": outcome.occurred_at,

@@ -9,7 +9,8 @@ this is where handoffs are made exactly once and their outcomes published exactl
   this record): the dispatcher asks the provider (``ProviderAdapter.find``) before submitting it
   again. A message found accepted is never submitted again, only counted.
 * Outcomes: an accepted message becomes ``delivered`` or ``undelivered`` when the provider tells
-  (``ProviderAdapter.deliveries``), or ``cancelled`` when a stop cancelled it at the provider.
+  (``ProviderAdapter.deliveries``), ``cancelled`` when a stop cancelled it at the provider, or
+  ``cancel_unconfirmed`` when the provider took the stop's cancel without proving it.
 * Numbered report batches: outcomes are claimed as a batch (its rows carry the batch number),
   published in one Kafka transaction that also commits the number as a marker offset, then
   marked reported; a batch a crash left claimed is settled from the marker
@@ -30,7 +31,8 @@ from streams.providers.base import Accepted, Delivery, Handoff
 
 SUBMITTING, ACCEPTED = "submitting", "accepted"
 DELIVERED, UNDELIVERED, CANCELLED, REPORTED = "delivered", "undelivered", "cancelled", "reported"
-OUTCOMES = "('delivered', 'undelivered', 'cancelled')"
+CANCEL_UNCONFIRMED = "cancel_unconfirmed"  # the provider took the cancel without proving it
+OUTCOMES = "('delivered', 'undelivered', 'cancelled', 'cancel_unconfirmed')"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -63,7 +65,7 @@ class Outcome:
     message_id: str
     campaign_id: str
     recipient_id: str
-    state: str  # delivered | undelivered | cancelled
+    state: str  # delivered | undelivered | cancelled | cancel_unconfirmed
     handed_at: int | None
     occurred_at: int
     stop_command_id: str | None
@@ -195,16 +197,17 @@ class Outbox:
             (campaign_id,)).fetchall())
 
     def cancelled(self, message_ids: Sequence[str], command_id: str, requested_at: int,
-                  reason: str) -> int:
-        """The provider dropped these messages on a stop; returns how many this call recorded."""
+                  reason: str, state: str = CANCELLED) -> int:
+        """The provider dropped these messages on a stop (``cancelled``), or took the cancel
+        without proving it (``cancel_unconfirmed``); returns how many this call recorded."""
         count = 0
         with localdb.write(self._db) as db:
             for chunk, marks in localdb.chunks(message_ids):
                 count += db.execute(
-                    "UPDATE outbox SET state = 'cancelled', occurred_at = ?, stop_command_id = ?,"
+                    "UPDATE outbox SET state = ?, occurred_at = ?, stop_command_id = ?,"
                     f" stop_requested_at = ?, reason = ? WHERE message_id IN ({marks})"
                     " AND state = 'accepted'",
-                    [now_ms(), command_id, requested_at, reason, *chunk]).rowcount
+                    [state, now_ms(), command_id, requested_at, reason, *chunk]).rowcount
         return count
 
     def delivered(self, deliveries: Sequence[Delivery]) -> list[Delivery]:

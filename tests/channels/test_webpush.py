@@ -45,9 +45,12 @@ def service(tmp_path: Path, vapid: Vapid) -> Iterator[StandInPushService]:
         server.stop()
 
 
-def adapter(tmp_path: Path, vapid: Vapid, cancel: str = "delete", ttl_s: int = 60) -> WebPushAdapter:
+def adapter(tmp_path: Path, vapid: Vapid, cancel: str = "delete", ttl_s: int = 60,
+            deleted: CancelStatus = CancelStatus.CANCELLED) -> WebPushAdapter:
+    """An adapter for the stand-in, which (unless built with AUTOPUSH quirks) answers 404 for a
+    message it delivered: its 204 proves a deletion (``delete_204=cancelled``)."""
     return WebPushAdapter(read_subscriptions(tmp_path / "subscriptions.json"), vapid,
-                          "mailto:ops@estop.test", ttl_s, cancel, 10)
+                          "mailto:ops@estop.test", ttl_s, cancel, 10, deleted)
 
 
 def test_send_delete_and_too_late(tmp_path: Path, vapid: Vapid, service: StandInPushService) -> None:
