@@ -279,5 +279,5 @@ def test_what_cancel_sm_and_query_sm_prove(cancel: CommandStatus, state: object,
         answer = pdus.decode(pdus.encode(operations.QuerySMResp(
             seqNum=1, message_id="1", final_date=None, message_state=state, error_code=0)))
     else:
-        answer = pdus.decode(pdus.error_response(CommandId.query_sm_resp, 1, state))  # type: ignore[arg-type]
+        answer = pdus.decode(pdus.error_response(CommandId.query_sm_resp, 1, state))
     assert verdict(cancel, answer) == expected
