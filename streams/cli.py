@@ -488,13 +488,13 @@ def status(settings: Settings, campaign_id: str, as_json: bool) -> None:
         return
     click.echo(f"{campaign_id}: {report['state']}")
     click.echo(f"  {'channel':<8} {'requested':>10} {'passed gate':>12} {'handed':>10} "
-               f"{'sent':>10} {'notSent@sending':>16} {'notSent@provider':>17} {'failed':>8} "
-               f"{'pending':>9}")
+               f"{'sent':>10} {'notSent@sending':>16} {'notSent@provider':>17} "
+               f"{'cancel unconfirmed':>19} {'failed':>8} {'pending':>9}")
     for channel, c in report["channels"].items():
         click.echo(f"  {channel:<8} {c['requested']:>10,} {c['passed_gate']:>12,} "
                    f"{c['handed_to_provider']:>10,} {c['sent']:>10,} "
                    f"{c['not_sent']['sending']:>16,} {c['not_sent']['provider']:>17,} "
-                   f"{c['failed']:>8,} {c['pending']:>9,}")
+                   f"{c['cancel_unconfirmed']:>19,} {c['failed']:>8,} {c['pending']:>9,}")
     for s in report["stops"]:
         click.echo(f"  stopped {', '.join(s['channels'])} by {s['requested_by']} at "
                    f"{_when(s['requested_at'])}: {s['reason']} (command {s['command_id']})")
@@ -666,6 +666,12 @@ def _report_table(data: dict[str, Any]) -> Any:
     if data["cancelled_at_provider"]:
         lines.append(f"{data['cancelled_at_provider']:,} cancelled at the provider (accepted by it, "
                      "removed from its queue by the stop)")
+    if data.get("cancel_unconfirmed"):
+        per_channel = ", ".join(f"{channel} {c['cancel_unconfirmed']:,}"
+                                for channel, c in data["by_channel"].items() if c["cancel_unconfirmed"])
+        lines.append(f"{data['cancel_unconfirmed']:,} cancel requested at the provider, not confirmed "
+                     f"({per_channel}): counted notSent, though the provider did not prove they will "
+                     "not be delivered; a delivery receipt that comes later counts one sent")
     if data["stop_to_last_halted_accounted_s"] is not None:
         lines.append(f"last halted message accounted {data['stop_to_last_halted_accounted_s']:.1f}s "
                      "after the stop")

@@ -46,6 +46,11 @@ LEDGER_RESTORE_SECONDS = Histogram(
 LEDGER_ENTRIES = Gauge(
     "estop_ledger_entries", "Handoff ledger entries a dispatcher holds in memory", ["channel"],
 )
+CANCEL_UNCONFIRMED = Counter(
+    "estop_provider_cancel_unconfirmed_total",
+    "Messages whose cancel a provider took on a stop without proving they will not be delivered",
+    ["channel"],
+)
 DEAD_LETTERED = Counter(
     "estop_dead_lettered_records_total", "Unreadable records sent to a dead-letter topic",
     ["topic"],
@@ -73,6 +78,11 @@ SINK_OUTCOMES = Counter(
 )
 SINK_CONFLICTS = Counter(
     "estop_sink_conflicts_total", "Messages seen with both sent and notSent (sent wins)",
+)
+SINK_RECEIPTS_OVER_CANCEL = Counter(
+    "estop_sink_receipts_over_cancel_total",
+    "Messages a stop's cancel at the provider counted notSent whose delivery receipt came after "
+    "all the same: counted sent",
 )
 SINK_STORE_SECONDS = Histogram(
     "estop_sink_store_seconds", "Time to write one consumed batch to the analytics store",
@@ -110,6 +120,7 @@ def init_labels(channels: tuple[str, ...] | list[str], topics: list[str]) -> Non
         HANDOFFS.labels(channel)
         CANCELLED.labels(channel)
         LEDGER_ENTRIES.labels(channel)
+        CANCEL_UNCONFIRMED.labels(channel)
         for stage in STAGES:
             NOT_SENT.labels(channel, stage)
         for result in ("passed", "halted", "dead_lettered"):

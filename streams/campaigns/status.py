@@ -39,6 +39,8 @@ class ChannelCounts:
     sent: int = 0
     failed: int = 0  # the provider never accepted them within the retry budget
     not_sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+    # Of the notSent at stage provider: the provider took the stop's cancel without proving it.
+    cancel_unconfirmed: int = 0
 
     @property
     def not_sent_total(self) -> int:
@@ -116,6 +118,7 @@ def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dic
             "handed_to_provider": counts.handed,
             "sent": counts.sent,
             "not_sent": dict(counts.not_sent),
+            "cancel_unconfirmed": counts.cancel_unconfirmed,
             "failed": counts.failed,
             "pending": counts.pending,
         }
@@ -128,6 +131,7 @@ def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dic
             "planned": sum(c["planned"] for c in per_channel.values()),
             "sent": sum(c["sent"] for c in per_channel.values()),
             "not_sent": sum(sum(c["not_sent"].values()) for c in per_channel.values()),
+            "cancel_unconfirmed": sum(c["cancel_unconfirmed"] for c in per_channel.values()),
             "failed": sum(c["failed"] for c in per_channel.values()),
         },
         "known_channels": list(CHANNELS),
@@ -145,5 +149,6 @@ def _stored_counts(settings: Settings, campaign_id: str) -> dict[str, ChannelCou
         store.close()
     return {channel: ChannelCounts(sent=c["sent"], failed=c["failed"],
                                    not_sent={stage: c["not_sent_by_stage"].get(stage, 0)
-                                             for stage in STAGES})
+                                             for stage in STAGES},
+                                   cancel_unconfirmed=c["cancel_unconfirmed"])
             for channel, c in report["by_channel"].items()}

@@ -138,6 +138,7 @@ def channel_counts(status: Mapping[str, Any] | None,
         sent = int(stored.get("sent", 0))
         not_sent = int(stored.get("not_sent", 0))
         failed = int(stored.get("failed", 0))
+        cancel_unconfirmed = int(stored.get("cancel_unconfirmed", 0))
         by_stage = {stage: int(stored.get("not_sent_by_stage", {}).get(stage, 0)) for stage in STAGES}
         total = int(planned.get(channel, stored.get("planned", 0)))
         counts[channel] = {
@@ -145,6 +146,9 @@ def channel_counts(status: Mapping[str, Any] | None,
             "sent": sent,
             "not_sent": not_sent,
             "not_sent_by_stage": by_stage,
+            # Of the notSent at stage provider: the provider took the stop's cancel request
+            # without proving the message will not be delivered.
+            "cancel_unconfirmed": cancel_unconfirmed,
             "failed": failed,
             # Failed messages (the provider never accepted them) are accounted, not pending.
             "pending": max(total - sent - not_sent - failed, 0),
@@ -164,6 +168,7 @@ def campaign_detail(campaign_id: str, status: Mapping[str, Any] | None, view: Co
         "planned": sum(c["planned"] for c in counts.values()),
         "sent": sum(c["sent"] for c in counts.values()),
         "not_sent": sum(c["not_sent"] for c in counts.values()),
+        "cancel_unconfirmed": sum(c["cancel_unconfirmed"] for c in counts.values()),
         "failed": sum(c["failed"] for c in counts.values()),
         "pending": sum(c["pending"] for c in counts.values()),
         "counts": counts,
@@ -183,6 +188,7 @@ def campaign_summary(detail: Mapping[str, Any]) -> dict[str, Any]:
         "planned": detail["planned"],
         "sent": detail["sent"],
         "not_sent": detail["not_sent"],
+        "cancel_unconfirmed": detail["cancel_unconfirmed"],
         "failed": detail["failed"],
         "pending": detail["pending"],
         "stopped": stop is not None,

@@ -25,6 +25,7 @@ from streams.dispatch.ledger import (
     CHECKPOINT_KEY,
     REPORTED,
     SUBMITTING,
+    UNCONFIRMED,
     Entry,
     Ledger,
     PartitionLedger,
@@ -87,7 +88,8 @@ def restore(settings: Settings, serdes: Serdes, channel: str, committed: dict[in
                 log.error("ledger %s[%d]: unreadable entry %r skipped: %s", topic, partition, key,
                           exc.reason)
                 continue
-            if entry.state != REPORTED or entry.input_offset >= committed[partition]:
+            if entry.state != REPORTED or entry.input_offset >= committed[partition] \
+                    or entry.outcome == UNCONFIRMED:
                 ledger.put(entry)
             else:
                 ledger.settle(entry.message_id, entry.campaign_id, entry.occurred_at or 0)

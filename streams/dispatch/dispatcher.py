@@ -50,6 +50,7 @@ from streams.dispatch.ledger import (
     CANCELLED,
     DELIVERED,
     SUBMITTING,
+    UNCONFIRMED,
     UNDELIVERED,
     Entry,
     EventRecord,
@@ -72,6 +73,7 @@ from streams.models import (
     HEADER_STAGE,
     NOT_SENT_EVENT,
     OUTCOME_FAILED,
+    REASON_CANCEL_UNCONFIRMED,
     REASON_CANCELLED,
     REASON_HELD,
     SENT_EVENT,
@@ -273,20 +275,24 @@ class Dispatcher(TransactionalStage):
             return 0
         with self._provider_lock:
             answers = self.provider.cancel(campaign_id, held)
+        # Truthful cancellation: only a cancel the provider proved is cancelled; one it took
+        # without proof is a notSent of its own reason, which a later delivery receipt replaces.
         at = now_ms()
-        cancelled = 0
+        ended = {CANCELLED: 0, UNCONFIRMED: 0}
         for message_id, status in answers.items():
-            if status != CancelStatus.CANCELLED:
-                continue
+            outcome = {CancelStatus.CANCELLED: CANCELLED,
+                       CancelStatus.UNCONFIRMED: UNCONFIRMED}.get(status)
             found = self.ledger.find(message_id)
-            if found is not None and found[1].state == ACCEPTED:
-                self.ledger.report(found[0], found[1], Outcome(CANCELLED, at, stop.reason,
+            if outcome is not None and found is not None and found[1].state == ACCEPTED:
+                self.ledger.report(found[0], found[1], Outcome(outcome, at, stop.reason,
                                                                stop.command_id, stop.requested_at))
-                cancelled += 1
-        metrics.CANCELLED.labels(self.channel).inc(cancelled)
-        log.info("dispatcher %s: stop of %r cancelled %d of %d messages at the provider",
-                 self.channel, campaign_id, cancelled, len(held))
-        return cancelled
+                ended[outcome] += 1
+        metrics.CANCELLED.labels(self.channel).inc(ended[CANCELLED])
+        metrics.CANCEL_UNCONFIRMED.labels(self.channel).inc(ended[UNCONFIRMED])
+        log.info("dispatcher %s: stop of %r cancelled %d of %d messages at the provider (%d more "
+                 "cancels not confirmed)", self.channel, campaign_id, ended[CANCELLED], len(held),
+                 ended[UNCONFIRMED])
+        return ended[CANCELLED] + ended[UNCONFIRMED]
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -719,7 +725,8 @@ class Dispatcher(TransactionalStage):
             "channel": self.channel,
             "recipient_id": entry.recipient_id,
             "stage": STAGE_PROVIDER,
-            "reason": f"{REASON_CANCELLED}: campaign stopped: {entry.reason}",
+            "reason": f"{REASON_CANCELLED if entry.outcome == CANCELLED else REASON_CANCEL_UNCONFIRMED}"
+                      f": campaign stopped: {entry.reason}",
             "stop_command_id": entry.stop_command_id,
             "stop_requested_at": entry.stop_requested_at,
             "occurred_at": occurred_at,

@@ -91,7 +91,7 @@ class PartitionLedger:
 
     partition: int
     entries: dict[str, Entry] = field(default_factory=dict)
-    by_provider: dict[str, str] = field(default_factory=dict)  # provider id -> message id (accepted)
+    by_provider: dict[str, str] = field(default_factory=dict)  # provider id -> message id
     at_provider: dict[str, set[str]] = field(default_factory=dict)  # campaign -> accepted ids
     campaigns: dict[str, int] = field(default_factory=dict)  # campaign -> entries in memory
     # Reported, request committed: message id -> (campaign id, reported at ms), and per campaign
@@ -107,8 +107,9 @@ class PartitionLedger:
         else:
             self.campaigns[entry.campaign_id] = self.campaigns.get(entry.campaign_id, 0) + 1
         self.entries[entry.message_id] = entry
+        if _by_provider(entry):
+            self.by_provider[entry.provider_id] = entry.message_id  # type: ignore[index]
         if entry.state == ACCEPTED and entry.provider_id:
-            self.by_provider[entry.provider_id] = entry.message_id
             self.at_provider.setdefault(entry.campaign_id, set()).add(entry.message_id)
 
     def drop(self, message_id: str) -> None:
@@ -123,8 +124,9 @@ class PartitionLedger:
             del self.campaigns[entry.campaign_id]
 
     def _unindex(self, entry: Entry) -> None:
+        if _by_provider(entry):
+            self.by_provider.pop(entry.provider_id, None)  # type: ignore[arg-type]
         if entry.state == ACCEPTED and entry.provider_id:
-            self.by_provider.pop(entry.provider_id, None)
             held = self.at_provider.get(entry.campaign_id)
             if held is not None:
                 held.discard(entry.message_id)
@@ -142,16 +144,23 @@ class PartitionLedger:
 
     def prune(self, committed_offset: int) -> int:
         """Keep only the id of reported entries whose request will not be read again; returns
-        how many."""
+        how many. A cancel the provider did not confirm stays whole, open to a later receipt,
+        until the retention forgets it."""
         done = [e for e in self.entries.values()
-                if e.state == REPORTED and e.input_offset < committed_offset]
+                if e.state == REPORTED and e.input_offset < committed_offset
+                and e.outcome != UNCONFIRMED]
         for entry in done:
             self.drop(entry.message_id)
             self.settle(entry.message_id, entry.campaign_id, entry.occurred_at or now_ms())
         return len(done)
 
     def expire(self, before_ms: int) -> list[str]:
-        """Forget settled messages reported before ``before_ms``; returns their ids."""
+        """Forget settled messages (and unconfirmed cancels) reported before ``before_ms``;
+        returns their ids."""
+        unconfirmed = [e.message_id for e in self.entries.values()
+                       if e.outcome == UNCONFIRMED and (e.occurred_at or 0) < before_ms]
+        for message_id in unconfirmed:
+            self.drop(message_id)
         old = [m for m, (_, at) in self.settled.items() if at < before_ms]
         for message_id in old:
             campaign_id, _ = self.settled.pop(message_id)
@@ -160,7 +169,14 @@ class PartitionLedger:
                 self.settled_campaigns[campaign_id] = left
             else:
                 del self.settled_campaigns[campaign_id]
-        return old
+        return old + unconfirmed
+
+
+def _by_provider(entry: Entry) -> bool:
+    """Whether a receipt naming only the provider's id finds the entry: once the provider
+    accepted it (a receipt sent again after its outcome is then known as one, and a delivery
+    receipt after a cancel wins over the cancel)."""
+    return bool(entry.provider_id) and entry.state != SUBMITTING
 
 
 # A change bound for the changelog: the entry's new value, or None (a tombstone).
@@ -374,6 +390,12 @@ class Ledger:
         ledger, entry = found
         if entry.state == SUBMITTING:
             return "early"
+        if entry.state == REPORTED and entry.outcome in (CANCELLED, UNCONFIRMED) \
+                and delivery.delivered and entry.provider_id == delivery.provider_id:
+            # A delivery receipt always wins over an earlier cancel (the provider delivered it
+            # after all): its sent event replaces the notSent in analytics.
+            self.report(ledger, entry, Outcome(DELIVERED, delivery.at_ms, delivery.detail or None))
+            return "applied"
         if entry.state == REPORTED:
             return "done"
         if delivery.message_id and delivery.provider_id and entry.provider_id != delivery.provider_id:

@@ -32,9 +32,12 @@ STAGE_SENDING: Final = "sending"
 STAGE_PROVIDER: Final = "provider"
 STAGES: Final = (STAGE_SENDING, STAGE_PROVIDER)
 # How a notSent event of stage provider begins its reason: the message was still in estop's
-# hands (held before handoff), or a provider held it and cancelled it on the stop.
+# hands (held before handoff), a provider held it and proved it cancelled it on the stop, or a
+# provider took the stop's cancel request without proving the message will not be delivered
+# (counted apart; a later delivery receipt turns it into sent).
 REASON_HELD: Final = "held before handoff"
 REASON_CANCELLED: Final = "cancelled at the provider"
+REASON_CANCEL_UNCONFIRMED: Final = "cancel requested at the provider, not confirmed"
 
 ACTION_STOP: Final = "stop"
 

@@ -29,8 +29,15 @@ class SubmitStatus(StrEnum):
 
 
 class CancelStatus(StrEnum):
-    CANCELLED = "cancelled"  # the provider dropped it: it will never be delivered
+    """What a stop's cancel achieved for one message, as far as the provider's answer proves it.
+    Real providers answer "ok" to a cancel of a message they already delivered (SMPPSim's
+    ``cancel_sm``, Mozilla autopush's ``DELETE``): an "ok" alone is ``UNCONFIRMED``."""
+
+    CANCELLED = "cancelled"  # the provider proved it dropped it: it will never be delivered
     TOO_LATE = "too_late"  # already on its way or delivered: a Delivery will tell its fate
+    # The provider took the cancel request but did not prove the message will not be delivered:
+    # a notSent whose reason says so (counted apart), which a later delivery receipt overrides.
+    UNCONFIRMED = "unconfirmed"
     UNKNOWN = "unknown"  # the provider could not say (or cannot cancel at all)
 
 

@@ -119,7 +119,10 @@ class SimulatedAdapter:
                 states = db.execute(f"SELECT provider_id, state FROM queue WHERE provider_id IN"
                                     f" ({marks}) AND campaign_id = ?", [*chunk, campaign_id]).fetchall()
                 for provider_id, state in states:
-                    answers[by_provider[provider_id]] = (CancelStatus.CANCELLED if state == QUEUED
+                    # Cancelled before (by a previous owner of the outbox that crashed before
+                    # recording it) is cancelled all the same: the queue proves it.
+                    answers[by_provider[provider_id]] = (CancelStatus.CANCELLED
+                                                         if state in (QUEUED, CANCELLED)
                                                          else CancelStatus.TOO_LATE)
                 db.execute(f"UPDATE queue SET state = 'cancelled' WHERE provider_id IN ({marks})"
                            " AND state = 'queued'", chunk)

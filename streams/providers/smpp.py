@@ -3,8 +3,10 @@
 One transceiver bind carries submissions and delivery receipts. Every ``submit_sm`` asks for a
 receipt (``registered_delivery``) and carries a ``validity_period``, so an SMSC never keeps a
 message longer than that; the SMSC's ``message_id`` is the provider id. A stop sends ``cancel_sm``
-for each message the SMSC may still hold: OK means cancelled, ``ESME_RCANCELFAIL`` means too late
-(the message counts as sent when its receipt arrives). Receipts (``deliver_sm``) are acknowledged
+for each message the SMSC may still hold, then ``query_sm``, because an SMSC may answer OK to the
+cancel of a message it already delivered: state DELETED (or, after OK, a query failure: the SMSC
+forgot it) means cancelled; a message that left the SMSC, or a refused cancel, is too late (its
+receipt decides); an OK the query does not back is unconfirmed. Receipts (``deliver_sm``) are acknowledged
 only on the next ``deliveries()`` call, after the dispatcher recorded them, so a receipt a crash
 lost is sent again by the SMSC to the next bind.
 
@@ -35,7 +37,7 @@ from streams.providers.base import (
 )
 from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
 from streams.providers.registry import query_number, query_text
-from streams.providers.smpp_pdus import CommandId, CommandStatus, operations
+from streams.providers.smpp_pdus import CommandId, CommandStatus, MessageState, operations
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -132,21 +134,27 @@ class SmppAdapter:
         return {}
 
     def cancel(self, campaign_id: str, provider_ids: Mapping[str, str]) -> dict[str, CancelStatus]:
+        """``cancel_sm`` per message, then ``query_sm`` for each the SMSC answered: an SMSC may
+        answer ESME_ROK to the cancel of a message it already delivered (SMPPSim does), so only
+        the query proves the outcome (``verdict``)."""
         answers = dict.fromkeys(provider_ids, CancelStatus.UNKNOWN)
         if not provider_ids or (not self._alive() and not self._reconnect()):
             return answers
         message_ids = list(provider_ids)
         requests = [pdus.cancel_sm(next(self._sequence), provider_ids[m], self.config.source)
                     for m in message_ids]
+        answered: dict[str, CommandStatus] = {}
         for message_id, answer in zip(message_ids, self._exchange(requests), strict=True):
             if answer is None:
                 continue
-            if answer.status == CommandStatus.ESME_ROK:
-                answers[message_id] = CancelStatus.CANCELLED
-            elif answer.status == CommandStatus.ESME_RCANCELFAIL:
-                answers[message_id] = CancelStatus.TOO_LATE
+            if answer.status in (CommandStatus.ESME_ROK, CommandStatus.ESME_RCANCELFAIL):
+                answered[message_id] = answer.status
             else:
                 log.warning("cancel_sm %s answered %s", provider_ids[message_id], answer.status.name)
+        queries = [pdus.query_sm(next(self._sequence), provider_ids[m], self.config.source)
+                   for m in answered]
+        for message_id, state in zip(answered, self._exchange(queries), strict=True):
+            answers[message_id] = verdict(answered[message_id], state)
         return answers
 
     def deliveries(self) -> list[Delivery]:
@@ -297,6 +305,32 @@ class SmppAdapter:
         """enquire_link when the bind was quiet, so an SMSC's inactivity timer keeps it."""
         if time.monotonic() - self._last_sent > ENQUIRE_EVERY_S and self._alive():
             self._exchange([operations.EnquireLink(seqNum=next(self._sequence))], timeout_s=5.0)
+
+
+# query_sm's message_state after a cancel_sm: gone by the cancel (DELETED), or left the SMSC
+# whatever became of it (its receipt decides: delivered, or undelivered and failed).
+LEFT = {MessageState.DELIVERED, MessageState.ACCEPTED, MessageState.EXPIRED,
+        MessageState.UNDELIVERABLE, MessageState.REJECTED}
+# query_sm failed: the SMSC no longer knows the message. After an ESME_ROK cancel that is how
+# SMPPSim answers for a message it really cancelled (it answers DELIVERED for one it delivered).
+FORGOTTEN = {CommandStatus.ESME_RQUERYFAIL, CommandStatus.ESME_RINVMSGID}
+
+
+def verdict(cancel: CommandStatus, query: pdus.PDU | None) -> CancelStatus:
+    """What a ``cancel_sm`` answer (ESME_ROK or ESME_RCANCELFAIL) and the ``query_sm`` answer
+    after it prove about one message. DELETED is proof either way (also for a message cancelled
+    before: a new owner of the outbox may cancel again after a crash); a message that left the
+    SMSC is too late; an ESME_ROK the query does not back (ENROUTE, UNKNOWN, no answer, query_sm
+    unsupported) is unconfirmed; a refused cancel of a message still held is too late."""
+    state = query.params.get("message_state") if query is not None and \
+        query.status == CommandStatus.ESME_ROK else None
+    if state == MessageState.DELETED:
+        return CancelStatus.CANCELLED
+    if state in LEFT or cancel != CommandStatus.ESME_ROK:
+        return CancelStatus.TOO_LATE
+    if query is not None and query.status in FORGOTTEN:
+        return CancelStatus.CANCELLED
+    return CancelStatus.UNCONFIRMED
 
 
 def _read_pdu(sock: socket.socket) -> bytes:

@@ -9,10 +9,10 @@ import struct
 from datetime import UTC, datetime
 from typing import Any
 
-from smpp.pdu import operations, pdu_types, smpp_time
+from smpp.pdu import constants, operations, pdu_types, smpp_time
 from smpp.pdu.error import PDUParseError
 from smpp.pdu.pdu_encoding import PDUEncoder
-from smpp.pdu.pdu_types import PDU, CommandId, CommandStatus
+from smpp.pdu.pdu_types import PDU, CommandId, CommandStatus, MessageState
 
 # smpp.pdu3 0.6 prints the last character of every time string it parses (a leftover debug
 # print in smpp_time.parse); shadow it so a validity_period does not write to stdout.
@@ -21,6 +21,7 @@ smpp_time.print = lambda *args, **kwargs: None
 HEADER = struct.Struct(">IIII")
 MAX_PDU = 64 * 1024
 INTERFACE_VERSION = 0x34
+RESPONSE_BIT = 0x80000000  # set in the command_id of every response
 _ENCODER = PDUEncoder()
 
 # Receipt states (SMPP 3.4 appendix B "stat:" values).
@@ -44,8 +45,21 @@ def frame_length(header: bytes) -> int:
 
 
 def decode(data: bytes) -> PDU:
-    """One whole PDU (as framed by ``frame_length``); PDUParseError for a body that is not valid."""
-    return _ENCODER.decode(io.BytesIO(data))
+    """One whole PDU (as framed by ``frame_length``); PDUParseError for a body that is not valid.
+    A response with an error status and no body (SMSCs may leave it out, e.g. a failed
+    ``query_sm_resp``) decodes to that response without parameters."""
+    try:
+        return _ENCODER.decode(io.BytesIO(data))
+    except PDUParseError:
+        _, command, status, sequence = HEADER.unpack(data[:HEADER.size])
+        if len(data) != HEADER.size or not status or not command & RESPONSE_BIT:
+            raise
+        name = constants.command_id_value_map.get(command)
+        status_name = constants.command_status_value_map.get(status, {}).get("name")
+        if name is None or status_name is None:
+            raise  # an unknown command or status: the body's error stands
+        klass = operations.getPDUClass(CommandId[name])
+        return klass(seqNum=sequence, status=CommandStatus[status_name])
 
 
 def sequence_of(data: bytes) -> int:
@@ -112,6 +126,21 @@ def cancel_sm(sequence: int, message_id: str, source: str) -> PDU:
         dest_addr_npi=pdu_types.AddrNpi.UNKNOWN, destination_addr="")
 
 
+def query_sm(sequence: int, message_id: str, source: str) -> PDU:
+    """Ask the state of one message by the SMSC's message_id (SMPP 3.4 section 4.8)."""
+    return operations.QuerySM(seqNum=sequence, message_id=message_id,
+                              source_addr_ton=pdu_types.AddrTon.ALPHANUMERIC,
+                              source_addr_npi=pdu_types.AddrNpi.UNKNOWN, source_addr=source)
+
+
+def error_response(command: CommandId, sequence: int, status: CommandStatus) -> bytes:
+    """A response of ``command`` with an error status and no body, as SMSCs send failures."""
+    value = next(v for v, name in constants.command_id_value_map.items() if name == command.name)
+    code = next(v for v, entry in constants.command_status_value_map.items()
+                if entry["name"] == status.name)
+    return HEADER.pack(HEADER.size, value, code, sequence)
+
+
 def receipt(sequence: int, message_id: str, source: str, destination: str, stat: str,
             submitted: datetime, done: datetime, message: bytes) -> PDU:
     """A delivery receipt: deliver_sm with esm_class "SMSC delivery receipt", the appendix B text,
@@ -149,4 +178,4 @@ def receipt_fields(pdu: PDU) -> tuple[str, str] | None:
     return message_id, fields.get("stat", "")
 
 
-__all__ = ["PDU", "CommandId", "CommandStatus", "PDUParseError", "operations"]
+__all__ = ["PDU", "CommandId", "CommandStatus", "MessageState", "PDUParseError", "operations"]

@@ -1,17 +1,25 @@
 """Web Push (RFC 8030), payloads encrypted per RFC 8291 and signed per RFC 8292 (VAPID), with
-``pywebpush``: ``webpush://?ttl_s=60&cancel=delete`` (or ``cancel=topic``).
+``pywebpush``: ``webpush://?ttl_s=60&cancel=delete&delete_204=unconfirmed`` (or ``cancel=topic``;
+``delete_204=cancelled``).
 
 Addressing: the recipient id names a subscription in the directory ``ESTOP_WEBPUSH_SUBSCRIPTIONS``
 (JSON: recipient_id -> {endpoint, keys: {p256dh, auth}}, as the browsers handed them out); a
 recipient without one is refused. Every message carries an explicit ``TTL`` and a ``Topic`` of its
-own (derived from its message id). The provider id is the ``Location`` the push service returns.
+own (derived from its message id). The provider id is the ``Location`` the push service returns;
+a service that answers ``201 Created`` without one (RFC 8030 asks for it; ``web-push-testing``
+leaves it out) accepted the message all the same: its provider id is ``topic:`` and its Topic,
+and it cannot be deleted.
 
 On a stop: ``cancel=delete`` deletes each message the service may still store through its
-Location (``204``: cancelled; ``404``/``410``: it already left: too late), as Mozilla's autopush
-allows. ``cancel=topic`` is for services that do not delete: it replaces each message by its
+Location (``404``/``410``: it already left: too late). What a ``204`` proves depends on the
+service: Mozilla's autopush answers ``204`` also for a message it already delivered, so by default
+(``delete_204=unconfirmed``) a ``204`` is an unconfirmed cancel; ``delete_204=cancelled`` declares
+a service known to answer ``404``/``410`` for delivered messages, whose ``204`` proves the
+deletion. ``cancel=topic`` is for services that do not delete: it replaces each message by its
 Topic with a no-op payload (``{"estop": "withdrawn"}``, which the service worker ignores); the
 service does not say whether the original was still stored, so the answer is unknown and the
-message is counted as sent.
+message is counted as sent. A message without a Location is never deleted: with
+``cancel=delete`` its cancel is unknown (counted as sent once its TTL is over).
 
 Deliveries: push services give no delivery receipts (RFC 8030 receipts are not offered by the
 major services), so a message counts as delivered once the service no longer holds it: its TTL is
@@ -56,6 +64,9 @@ WORKERS = 8  # requests in flight at once
 VAPID_LIFETIME_S = 12 * 3600  # RFC 8292 allows up to 24 hours; a token is reused until near its end
 WITHDRAWN = json.dumps({"estop": "withdrawn"})
 SETTING = "ESTOP_WEBPUSH_PROVIDER"
+TOPIC_ID = "topic:"  # the provider id of a message accepted without a Location: not deletable
+# What a 204 to a DELETE proves, per push service (the URL's delete_204).
+DELETE_204 = {"unconfirmed": CancelStatus.UNCONFIRMED, "cancelled": CancelStatus.CANCELLED}
 
 
 def topic_for(message_id: str) -> str:
@@ -93,15 +104,17 @@ class WebPushAdapter:
     cancel_capability = CancelCapability.BY_MESSAGE_ID
 
     def __init__(self, subscriptions: Mapping[str, Any], vapid: Vapid, subject: str, ttl_s: int,
-                 cancel: str, timeout_s: float) -> None:
+                 cancel: str, timeout_s: float,
+                 deleted: CancelStatus = CancelStatus.UNCONFIRMED) -> None:
         self.subscriptions = subscriptions
         self.vapid = vapid
         self.subject = subject
         self.ttl_s = ttl_s
         self.cancel_by = cancel
+        self.deleted = deleted  # what a 204 to a DELETE proves at these push services
         self.timeout_s = timeout_s
         self._tokens: dict[str, tuple[float, dict[str, str]]] = {}  # origin -> (expiry, headers)
-        self._held: dict[str, _Held] = {}  # Location -> message
+        self._held: dict[str, _Held] = {}  # provider id (Location, or topic:) -> message
         self._gone: list[Delivery] = []
         self._lock = threading.Lock()
         self._sessions = SessionPerThread()
@@ -112,13 +125,18 @@ class WebPushAdapter:
         cancel = query_text(url, "cancel", "delete")
         if cancel not in ("delete", "topic"):
             raise ProviderConfigError(f"{SETTING}: cancel must be delete or topic, not {cancel!r}")
+        delete_204 = query_text(url, "delete_204", "unconfirmed")
+        if delete_204 not in DELETE_204:
+            raise ProviderConfigError(f"{SETTING}: delete_204 must be unconfirmed or cancelled, "
+                                      f"not {delete_204!r}")
         ttl_s = int(query_number(url, SETTING, "ttl_s", DEFAULT_TTL_S, 1))
         if settings.webpush_vapid_private_key is None:
             raise ProviderConfigError("web push needs ESTOP_WEBPUSH_VAPID_PRIVATE_KEY (the VAPID key "
                                       "the subscriptions were made for)")
         return cls(read_subscriptions(settings.webpush_subscriptions),
                    load_vapid(settings.webpush_vapid_private_key.get_secret_value()),
-                   settings.webpush_vapid_subject, ttl_s, cancel, settings.provider_timeout_s)
+                   settings.webpush_vapid_subject, ttl_s, cancel, settings.provider_timeout_s,
+                   DELETE_204[delete_204])
 
     # -- the contract --------------------------------------------------------------------------
 
@@ -171,18 +189,19 @@ class WebPushAdapter:
                              error=f"no web push subscription for recipient {handoff.recipient_id}")
         data = json.dumps({"message_id": handoff.message_id, "campaign_id": handoff.campaign_id,
                            "body": handoff.payload})
+        topic = topic_for(handoff.message_id)
         try:
-            response = self._post(subscription, data, topic_for(handoff.message_id))
+            response = self._post(subscription, data, topic)
         except requests.ConnectionError as exc:
             return Submitted(handoff.message_id, SubmitStatus.REFUSED, error=f"unreachable: {exc}")
         except requests.RequestException as exc:
             return Submitted(handoff.message_id, SubmitStatus.UNKNOWN, error=str(exc))
-        location = response.headers.get("Location")
-        if response.status_code == 201 and location:
+        if response.status_code == 201:  # accepted, with or without a Location to delete it by
+            provider_id = response.headers.get("Location") or f"{TOPIC_ID}{topic}"
             with self._lock:
-                self._held[location] = _Held(handoff.message_id, subscription,
-                                             time.monotonic() + self.ttl_s)
-            return Submitted(handoff.message_id, SubmitStatus.ACCEPTED, location)
+                self._held[provider_id] = _Held(handoff.message_id, subscription,
+                                                time.monotonic() + self.ttl_s)
+            return Submitted(handoff.message_id, SubmitStatus.ACCEPTED, provider_id)
         return Submitted(handoff.message_id, SubmitStatus.REFUSED,
                          error=f"{response.status_code} {response.text[:200]}")
 
@@ -194,24 +213,26 @@ class WebPushAdapter:
         return response
 
     def _withdraw(self, item: tuple[str, str]) -> CancelStatus:
-        message_id, location = item
+        message_id, provider_id = item
         with self._lock:
-            held = self._held.pop(location, None)
+            held = self._held.pop(provider_id, None)
         try:
-            if self.cancel_by == "delete":
-                status = self._session.delete(location, timeout=self.timeout_s).status_code
-            else:
+            if self.cancel_by == "topic":
                 status = self._replace(message_id, held)
+            elif provider_id.startswith(TOPIC_ID):  # accepted without a Location: nothing to delete
+                status = 0
+            else:
+                status = self._session.delete(provider_id, timeout=self.timeout_s).status_code
         except requests.RequestException:
             status = 0
-        if status == 204:
-            return CancelStatus.CANCELLED
+        if status == 204:  # no longer tracked: unconfirmed, its TTL is no proof of delivery either
+            return self.deleted
         if status in (404, 410):
-            self._left(message_id, location, "left the push service before the stop")
+            self._left(message_id, provider_id, "left the push service before the stop")
             return CancelStatus.TOO_LATE
         if held is not None:  # the service could not say: its TTL decides, as for any message
             with self._lock:
-                self._held[location] = held
+                self._held[provider_id] = held
         return CancelStatus.UNKNOWN
 
     def _replace(self, message_id: str, held: _Held | None) -> int:

@@ -42,9 +42,9 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
             entry["not_sent"] += count
             key = stage or "unknown"
             entry["not_sent_by_stage"][key] = entry["not_sent_by_stage"].get(key, 0) + count
-    cancelled = store.cancelled_at_provider(campaign_id)
+    cancels = store.provider_cancels(campaign_id)
     for channel, entry in by_channel.items():
-        entry["cancelled_at_provider"] = cancelled.get(channel, 0)
+        entry["cancelled_at_provider"], entry["cancel_unconfirmed"] = cancels.get(channel, (0, 0))
     for entry in by_channel.values():
         entry["accounted"] = entry["sent"] + entry["not_sent"] + entry["failed"]
         entry["pending"] = max(entry["planned"] - entry["accounted"], 0)
@@ -71,8 +71,11 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
         "accounted": sent + not_sent + failed,
         "pending": max(total - sent - not_sent - failed, 0),
         "not_sent_by_stage": by_stage,
-        # Of the notSent at stage provider: accepted by a provider, cancelled there on the stop.
-        "cancelled_at_provider": sum(cancelled.values()),
+        # Of the notSent at stage provider: accepted by a provider, cancelled there on the stop
+        # as the provider proved; and cancel requested there, not confirmed (the provider took
+        # the request without proving the message will not be delivered).
+        "cancelled_at_provider": sum(c for c, _ in cancels.values()),
+        "cancel_unconfirmed": sum(u for _, u in cancels.values()),
         "by_channel": by_channel,
         "stops": stops,
         "stop_to_last_halted_accounted_s": stop_to_last,

@@ -24,6 +24,7 @@ from streams.metrics import (
     HANDOFFS_AFTER_CONFIRMED_STOP,
     SINK_CONFLICTS,
     SINK_OUTCOMES,
+    SINK_RECEIPTS_OVER_CANCEL,
     SINK_STORE_SECONDS,
 )
 from streams.models import ACTION_STOP, CHANNELS
@@ -132,6 +133,10 @@ class Sink:
         if result.conflicts:
             SINK_CONFLICTS.inc(result.conflicts)
             log.warning("%d messages had both sent and notSent; kept sent", result.conflicts)
+        if result.receipts_over_cancel:
+            SINK_RECEIPTS_OVER_CANCEL.inc(result.receipts_over_cancel)
+            log.info("%d messages a stop's cancel counted notSent were delivered after all: kept sent",
+                     result.receipts_over_cancel)
         SINK_OUTCOMES.labels(SENT).inc(result.inserted_sent)
         SINK_OUTCOMES.labels(NOT_SENT).inc(result.inserted_not_sent)
         SINK_OUTCOMES.labels(FAILED).inc(result.inserted_failed)

@@ -2,9 +2,14 @@
 campaigns and stops. SQLite by default (a file in the data folder), PostgreSQL when
 ``ESTOP_ANALYTICS_DSN`` names one; both run the same SQL and pass the same tests.
 
-Rule for a message that has both a sent and a notSent (possible only under replay): sent wins,
-because the message reached the provider; the store flags the row and reports the conflict once,
-so replaying the same events again counts nothing new."""
+Rule for a message that has both a sent and a notSent: sent wins, never the reverse. When the
+notSent is a stop's cancel at the provider (stage provider, reason ``REASON_CANCELLED`` or
+``REASON_CANCEL_UNCONFIRMED``), that is expected: a delivery receipt that comes after the cancel
+proves the provider delivered the message after all (real providers answer "ok" to a cancel of a
+message they already delivered), so the sent replaces the notSent, in whichever order the two
+events arrive, and the row is flagged ``receipt_over_cancel``. Any other such pair is possible
+only under replay: the row is flagged ``conflict``. Each flag is set and reported once, so
+replaying the same events again counts nothing new."""
 
 from __future__ import annotations
 
@@ -13,14 +18,17 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.clock import now_ms
-from streams.models import CHANNELS, REASON_CANCELLED, STAGE_PROVIDER
+from streams.models import CHANNELS, REASON_CANCEL_UNCONFIRMED, REASON_CANCELLED, STAGE_PROVIDER
 from streams.settings import Settings
 from streams.sink.exceptions import StoreError
 
 SENT, NOT_SENT, FAILED = "sent", "not_sent", "failed"
+# A notSent of a stop's cancel at the provider, which a later delivery receipt (sent) overrides.
+CANCEL_REASONS = (REASON_CANCELLED, REASON_CANCEL_UNCONFIRMED)
+CANCEL_KIND = "cancel at the provider"  # what _kind calls such a notSent
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS outcomes (
@@ -36,7 +44,8 @@ SCHEMA = [
         handed_at BIGINT,
         occurred_at BIGINT NOT NULL,
         stored_at BIGINT NOT NULL,
-        conflict SMALLINT NOT NULL DEFAULT 0)""",
+        conflict SMALLINT NOT NULL DEFAULT 0,
+        receipt_over_cancel SMALLINT NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS outcomes_campaign ON outcomes (campaign_id, channel, outcome, stage)",
     """CREATE TABLE IF NOT EXISTS campaigns (
         campaign_id TEXT PRIMARY KEY,
@@ -106,6 +115,10 @@ INSERT INTO stops (command_id, campaign_id, channels, reason, requested_by, requ
 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (command_id) DO NOTHING
 """
 FLAG_CONFLICT = "UPDATE outcomes SET conflict = 1 WHERE message_id = ?"
+FLAG_RECEIPT_OVER_CANCEL = "UPDATE outcomes SET receipt_over_cancel = 1 WHERE message_id = ?"
+# Added to stores created before: (column, definition).
+ADDED_COLUMNS = [("conflict", "SMALLINT NOT NULL DEFAULT 0"),
+                 ("receipt_over_cancel", "SMALLINT NOT NULL DEFAULT 0")]
 AUDIT_COLUMNS = ("audit_id", "at", "action", "outcome", "actor", "role", "via", "source", "principal",
                  "campaign_id", "command_id", "reason", "channels", "detail")
 INSERT_AUDIT = f"""
@@ -150,10 +163,41 @@ class WriteResult:
     inserted_not_sent: int
     conflicts: int
     inserted_failed: int = 0
+    # Messages a stop's cancel counted notSent whose delivery receipt (sent) came all the same.
+    receipts_over_cancel: int = 0
 
     @property
     def inserted(self) -> int:
         return self.inserted_sent + self.inserted_not_sent + self.inserted_failed
+
+
+SELECT_STORED = ("SELECT message_id, outcome, stage, reason, conflict + receipt_over_cancel"
+                 " FROM outcomes")
+
+
+class Stored(NamedTuple):
+    """What the store held for a message before a write."""
+
+    outcome: str
+    kind: str  # the outcome, with a stop's cancel at the provider told apart (_kind)
+    flagged: bool  # a conflict or a receipt over a cancel was counted for it already
+
+
+def _kind(outcome: str, stage: str | None, reason: str | None) -> str:
+    """An outcome, with a stop's cancel at the provider (which a later sent overrides, as
+    expected) told apart from every other notSent."""
+    if outcome == NOT_SENT and stage == STAGE_PROVIDER and (reason or "").startswith(CANCEL_REASONS):
+        return CANCEL_KIND
+    return outcome
+
+
+def _kind_of(row: OutcomeRow) -> str:
+    return _kind(row.outcome, row.stage, row.reason)
+
+
+def _stored(rows: Iterable[tuple[Any, ...]]) -> dict[str, Stored]:
+    return {m: Stored(outcome, _kind(outcome, stage, reason), bool(flags))
+            for m, outcome, stage, reason, flags in rows}
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
@@ -171,9 +215,10 @@ class OutcomeStore:
         with self._transaction() as cur:
             for statement in SCHEMA:
                 cur.execute(statement)
-            if "conflict" not in self._columns(cur, "outcomes"):
-                # A store created before conflicts were flagged per row.
-                cur.execute("ALTER TABLE outcomes ADD COLUMN conflict SMALLINT NOT NULL DEFAULT 0")
+            columns = self._columns(cur, "outcomes")
+            for column, definition in ADDED_COLUMNS:  # a store created before these flags
+                if column not in columns:
+                    cur.execute(f"ALTER TABLE outcomes ADD COLUMN {column} {definition}")
 
     # -- engine hooks ------------------------------------------------------------------------
 
@@ -192,8 +237,9 @@ class OutcomeStore:
     # -- writes ------------------------------------------------------------------------------
 
     def write(self, batch: Batch) -> WriteResult:
-        """Apply a batch idempotently; returns new outcomes and the messages newly found with
-        both a sent and a notSent (each such message is counted once, however often replayed)."""
+        """Apply a batch idempotently; returns new outcomes, the messages newly found with both
+        a sent and a notSent, and of those the ones whose notSent was a stop's cancel at the
+        provider (each such message is counted once, however often replayed)."""
         now = now_ms()
         latest: dict[str, OutcomeRow] = {}
         mixed: dict[str, set[str]] = {}  # ids with more than one outcome in this batch: rare
@@ -203,7 +249,7 @@ class OutcomeStore:
                 latest[row.message_id] = row
                 continue
             if held.outcome != row.outcome:
-                mixed.setdefault(row.message_id, {held.outcome}).add(row.outcome)
+                mixed.setdefault(row.message_id, {_kind_of(held)}).add(_kind_of(row))
             if held.outcome != SENT and row.outcome == SENT:
                 latest[row.message_id] = row
         with self._transaction() as cur:
@@ -212,12 +258,17 @@ class OutcomeStore:
                  r.reason, r.stop_command_id, r.handed_at, r.occurred_at, now)
                 for r in latest.values()
             ])
-            # A conflict: two outcomes in this batch, or one that differs from the stored one.
-            conflicted = [m for m in mixed if not existing.get(m, (None, 0))[1]]
-            conflicted += [m for m, (stored, flagged) in existing.items()
-                           if not flagged and m not in mixed and stored != latest[m].outcome]
+            # Two outcomes in this batch, or one that differs from the stored one, not flagged yet.
+            both = {m: kinds for m, kinds in mixed.items() if m not in existing}
+            for m, stored in existing.items():
+                if not stored.flagged and (m in mixed or stored.outcome != latest[m].outcome):
+                    both[m] = {*mixed.get(m, {_kind_of(latest[m])}), stored.kind}
+            over_cancel = [m for m, kinds in both.items() if kinds == {SENT, CANCEL_KIND}]
+            conflicted = [m for m, kinds in both.items() if kinds != {SENT, CANCEL_KIND}]
             if conflicted:
                 cur.executemany(self._sql(FLAG_CONFLICT), [(m,) for m in conflicted])
+            if over_cancel:
+                cur.executemany(self._sql(FLAG_RECEIPT_OVER_CANCEL), [(m,) for m in over_cancel])
             if batch.campaigns:
                 cur.executemany(self._sql(UPSERT_CAMPAIGN), [
                     (c["campaign_id"], c["state"], json.dumps(c["channels"]),
@@ -238,11 +289,12 @@ class OutcomeStore:
                     for e in batch.audit
                 ])
         new = [row.outcome for m, row in latest.items() if m not in existing]
-        return WriteResult(new.count(SENT), new.count(NOT_SENT), len(conflicted), new.count(FAILED))
+        return WriteResult(new.count(SENT), new.count(NOT_SENT), len(conflicted), new.count(FAILED),
+                           len(over_cancel))
 
-    def _write_outcomes(self, cur: Any, rows: list[tuple[Any, ...]]) -> dict[str, tuple[str, int]]:
-        """Upsert the rows (columns of ``UPSERT_OUTCOME``); returns the (outcome, conflict flag)
-        each id had before, for the ids already stored.
+    def _write_outcomes(self, cur: Any, rows: list[tuple[Any, ...]]) -> dict[str, Stored]:
+        """Upsert the rows (columns of ``UPSERT_OUTCOME``); returns what each id had before, for
+        the ids already stored.
 
         Rows go in ordered by message id, so the primary key's index is written page after page
         rather than all over. A batch of messages none of which is stored yet (the rule: each
@@ -256,12 +308,11 @@ class OutcomeStore:
             return {}
         cur.execute("ROLLBACK TO outcomes_new")
         cur.execute("RELEASE outcomes_new")
-        existing: dict[str, tuple[str, int]] = {}
+        existing: dict[str, Stored] = {}
         for chunk in _chunks([row[0] for row in rows]):
             marks = ",".join(self.placeholder for _ in chunk)
-            cur.execute("SELECT message_id, outcome, conflict FROM outcomes"
-                        f" WHERE message_id IN ({marks})", list(chunk))
-            existing.update((m, (outcome, int(flag))) for m, outcome, flag in cur.fetchall())
+            cur.execute(f"{SELECT_STORED} WHERE message_id IN ({marks})", list(chunk))
+            existing.update(_stored(cur.fetchall()))
         cur.executemany(self._sql(UPSERT_OUTCOME), rows)
         return existing
 
@@ -287,12 +338,14 @@ class OutcomeStore:
         return int(self._query("SELECT COUNT(*) FROM outcomes WHERE campaign_id = ?",
                                (campaign_id,))[0][0])
 
-    def cancelled_at_provider(self, campaign_id: str) -> dict[str, int]:
-        """Per channel, the notSent messages a provider held and cancelled on a stop."""
-        return {r[0]: int(r[1]) for r in self._query(
-            "SELECT channel, COUNT(*) FROM outcomes WHERE campaign_id = ? AND outcome = 'not_sent'"
-            " AND stage = ? AND reason LIKE ? GROUP BY channel",
-            (campaign_id, STAGE_PROVIDER, f"{REASON_CANCELLED}%"))}
+    def provider_cancels(self, campaign_id: str) -> dict[str, tuple[int, int]]:
+        """Per channel, the notSent messages a provider held on a stop: (cancelled there, as the
+        provider proved; cancel requested there and not confirmed)."""
+        return {r[0]: (int(r[1]), int(r[2])) for r in self._query(
+            "SELECT channel, SUM(CASE WHEN reason LIKE ? THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN reason LIKE ? THEN 1 ELSE 0 END) FROM outcomes"
+            " WHERE campaign_id = ? AND outcome = 'not_sent' AND stage = ? GROUP BY channel",
+            (f"{REASON_CANCELLED}%", f"{REASON_CANCEL_UNCONFIRMED}%", campaign_id, STAGE_PROVIDER))}
 
     def campaign(self, campaign_id: str) -> dict[str, Any] | None:
         rows = self._query("SELECT state, channels, planned, updated_at FROM campaigns"
@@ -427,15 +480,14 @@ class PostgresStore(OutcomeStore):
     def _transaction(self) -> Any:
         return _PostgresTransaction(self._db)
 
-    def _write_outcomes(self, cur: Any, rows: list[tuple[Any, ...]]) -> dict[str, tuple[str, int]]:
+    def _write_outcomes(self, cur: Any, rows: list[tuple[Any, ...]]) -> dict[str, Stored]:
         """COPY into the staging table and merge from there: no round trip per row."""
         cur.execute(STAGING)
         with cur.copy(f"COPY outcomes_in ({OUTCOME_COLUMNS}, stored_at) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        cur.execute("SELECT message_id, outcome, conflict FROM outcomes WHERE message_id = ANY(%s)",
-                    ([row[0] for row in rows],))
-        existing = {m: (outcome, int(flag)) for m, outcome, flag in cur.fetchall()}
+        cur.execute(f"{SELECT_STORED} WHERE message_id = ANY(%s)", ([row[0] for row in rows],))
+        existing = _stored(cur.fetchall())
         cur.execute(MERGE_STAGED)
         return existing
 

@@ -1,5 +1,6 @@
 """The FCM adapter against the stand-in FCM HTTP v1 endpoint over real HTTP: the service account's
-OAuth JWT-bearer flow, the v1 request shape with a short TTL, no recall, quota refusals."""
+OAuth JWT-bearer flow, the v1 request shape with a short TTL, no recall, quota refusals; and every
+request checked against Google's fcm.v1 discovery document (``fcm_contract``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from streams.providers.exceptions import ProviderConfigError
 from streams.providers.fcm import FcmAdapter
 from streams.providers.testservers.fcm import StandInFcm
 from streams.settings import Settings
+from tests.channels.fcm_contract import problems
 
 
 def handoffs(campaign: str, count: int) -> list[Handoff]:
@@ -121,3 +123,45 @@ def test_messages_accepted_before_a_restart_are_reported_delivered(fcm: StandInF
             (a.message_id, a.provider_id, True) for a in answers}
     finally:
         after.close()
+
+
+# -- Google's contract ---------------------------------------------------------------------------
+
+
+def test_every_request_validates_against_googles_fcm_v1_discovery_document(fcm: StandInFcm,
+                                                                           tmp_path: Path) -> None:
+    """Each messages:send the adapter makes is one the fcm.v1 discovery document of
+    google-api-python-client describes: method, path, fields, the ttl as a duration string."""
+    adapter = open_fcm(fcm, tmp_path, "ttl_s=45&rate=1000")
+    try:
+        assert [a.status for a in adapter.submit(handoffs("g1", 5))] == [SubmitStatus.ACCEPTED] * 5
+    finally:
+        adapter.close()
+    assert len(fcm.requests) == 5
+    for method, path, body in fcm.requests:
+        assert problems(method, path, body) == [], body
+    assert {json.dumps(body["message"]["android"]) for _, _, body in fcm.requests} == {  # type: ignore[index]
+        json.dumps({"ttl": "45s"})}
+
+
+def test_the_contract_check_refuses_what_google_would_refuse() -> None:
+    """The check fails on any field Google would refuse, so the test above can fail."""
+    good = {"message": {"token": "t", "data": {"k": "v"}, "android": {"ttl": "60s", "priority": "HIGH"},
+                        "apns": {"headers": {"apns-expiration": "1"}}}}
+    assert problems("POST", "/v1/projects/p1/messages:send", good) == []
+    wrong = {"message": {"tokens": ["t"], "data": {"k": 1}, "android": {"ttl": 60, "priority": "urgent"},
+                         "apns": {"headers": {"apns-expiration": 1}}},
+             "validate_only": True}
+    assert sorted(problems("PUT", "/v1/p1/messages:send", wrong)) == sorted([
+        "method PUT, not POST",
+        "path /v1/p1/messages:send does not match v1/{+parent}/messages:send",
+        "unknown field message.tokens",
+        "message.data.k must be a string, not 1",
+        "message.android.ttl must be a string, not 60",
+        "message.android.priority must be one of NORMAL, HIGH, not 'urgent'",
+        "message.apns.headers.apns-expiration must be a string, not 1",
+        "unknown field validate_only",
+    ])
+    assert problems("POST", "/v1/projects/p1/messages:send", {"message": {"android": {"ttl": "1m"}}}) == [
+        'message.android.ttl must be a duration such as "60s", not \'1m\'']
+    assert problems("POST", "/v1/projects/p1/messages:send", {}) == ["missing required field message"]

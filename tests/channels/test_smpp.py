@@ -1,5 +1,7 @@
 """The SMPP adapter against the stand-in SMSC over real TCP: binds, submit_sm with receipts and
-validity, cancel_sm while held and too late, receipts sent again after a lost bind."""
+validity, cancel_sm while held and too late, receipts sent again after a lost bind; and the
+truthful cancellation: every cancel_sm answer verified with query_sm, against an SMSC that answers
+as SMPPSim does (OK to the cancel of a message it already delivered)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,20 @@ from collections.abc import Iterator
 import pytest
 
 from streams.providers import open_provider
+from streams.providers import smpp_pdus as pdus
 from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
 from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
-from streams.providers.smpp import SmppAdapter, SmppConfig
-from streams.providers.testservers.smsc import CANCELLED, DELIVERED, EXPIRED, HELD, StandInSmsc
+from streams.providers.smpp import SmppAdapter, SmppConfig, verdict
+from streams.providers.smpp_pdus import CommandId, CommandStatus, MessageState, operations
+from streams.providers.testservers.smsc import (
+    CANCELLED,
+    DELIVERED,
+    EXPIRED,
+    HELD,
+    SMPPSIM,
+    SmscQuirks,
+    StandInSmsc,
+)
 from streams.settings import Settings
 from tests.support import free_port, wait_for
 
@@ -168,3 +180,104 @@ def test_receipts_keep_coming_after_the_bind_dropped(smsc: StandInSmsc) -> None:
         assert (receipt.provider_id, receipt.delivered) == (answer.provider_id, True)
     finally:
         adapter.close()
+
+
+# -- truthful cancellation: an SMSC's OK is verified with query_sm ---------------------------------
+
+
+def wait_left(smsc: StandInSmsc, campaign: str, count: int) -> None:
+    wait_for(lambda: smsc.states(campaign).get(DELIVERED, 0) == count, f"{count} messages delivered")
+
+
+def test_smppsim_ok_to_cancel_a_delivered_message_is_too_late(smsc: StandInSmsc) -> None:
+    """SMPPSim answers ESME_ROK to cancel_sm of a message it already delivered: query_sm says
+    DELIVERED, so the stop is too late and the receipt decides. A message it really cancelled it
+    no longer finds (a query failure): cancelled, also when cancelled again (a new owner of the
+    outbox after a crash)."""
+    smsc.quirks = SMPPSIM
+    adapter = open_adapter(smsc)
+    try:
+        ids = {a.message_id: str(a.provider_id) for a in adapter.submit(handoffs("q1", 4))}
+        held, left = list(ids)[:2], list(ids)[2:]
+        assert set(adapter.cancel("q1", {m: ids[m] for m in held}).values()) == {CancelStatus.CANCELLED}
+        release(smsc)
+        wait_left(smsc, "q1", 2)
+
+        late = adapter.cancel("q1", {m: ids[m] for m in left})
+
+        assert smsc.counts.cancel_ok_too_late == 2  # the SMSC said OK to both
+        assert set(late.values()) == {CancelStatus.TOO_LATE}
+        again = adapter.cancel("q1", {m: ids[m] for m in held})
+        assert set(again.values()) == {CancelStatus.CANCELLED}
+        assert {d.message_id for d in collect(adapter, 2)} == set(left)  # the receipts decide
+        assert smsc.states("q1") == {CANCELLED: 2, DELIVERED: 2} and smsc.arrivals.count("q1") == 2
+    finally:
+        adapter.close()
+
+
+def test_a_cancel_repeated_after_a_crash_is_cancelled_where_the_smsc_says_deleted(
+        smsc: StandInSmsc) -> None:
+    """An SMSC that refuses a second cancel_sm (ESME_RCANCELFAIL) still answers query_sm with
+    DELETED: the message is cancelled, not too late."""
+    adapter = open_adapter(smsc)
+    try:
+        ids = {a.message_id: str(a.provider_id) for a in adapter.submit(handoffs("q2", 2))}
+        assert set(adapter.cancel("q2", ids).values()) == {CancelStatus.CANCELLED}
+
+        again = adapter.cancel("q2", ids)
+
+        assert smsc.counts.cancel_refused == 2  # the second cancel_sm was refused
+        assert set(again.values()) == {CancelStatus.CANCELLED}
+        assert smsc.states("q2") == {CANCELLED: 2}
+    finally:
+        adapter.close()
+
+
+def test_an_ok_the_smsc_cannot_back_is_unconfirmed(smsc: StandInSmsc) -> None:
+    """An SMSC that answers OK whatever became of the message and does not support query_sm:
+    nothing proves either message will not be delivered (one was, one was not)."""
+    smsc.quirks = SmscQuirks(cancel_ok_after_delivery=True, query_sm=False)
+    adapter = open_adapter(smsc)
+    try:
+        [first, second] = adapter.submit(handoffs("q3", 2))
+        release(smsc)
+        wait_left(smsc, "q3", 2)
+        [third] = adapter.submit([Handoff("q3:sms:held", "q3", "sms", "+447700900999", "q3: offer")])
+        smsc.hold_ms = 600_000
+
+        answers = adapter.cancel("q3", {a.message_id: str(a.provider_id) for a in (first, second, third)})
+
+        assert set(answers.values()) == {CancelStatus.UNCONFIRMED}
+        assert smsc.states("q3") == {DELIVERED: 2, CANCELLED: 1}
+    finally:
+        adapter.close()
+
+
+@pytest.mark.parametrize(("cancel", "state", "expected"), [
+    (CommandStatus.ESME_ROK, MessageState.DELETED, CancelStatus.CANCELLED),
+    (CommandStatus.ESME_RCANCELFAIL, MessageState.DELETED, CancelStatus.CANCELLED),
+    (CommandStatus.ESME_ROK, MessageState.DELIVERED, CancelStatus.TOO_LATE),
+    (CommandStatus.ESME_ROK, MessageState.ACCEPTED, CancelStatus.TOO_LATE),
+    (CommandStatus.ESME_ROK, MessageState.EXPIRED, CancelStatus.TOO_LATE),
+    (CommandStatus.ESME_ROK, MessageState.UNDELIVERABLE, CancelStatus.TOO_LATE),
+    (CommandStatus.ESME_ROK, MessageState.REJECTED, CancelStatus.TOO_LATE),
+    (CommandStatus.ESME_ROK, MessageState.ENROUTE, CancelStatus.UNCONFIRMED),
+    (CommandStatus.ESME_ROK, MessageState.UNKNOWN, CancelStatus.UNCONFIRMED),
+    (CommandStatus.ESME_RCANCELFAIL, MessageState.ENROUTE, CancelStatus.TOO_LATE),
+    (CommandStatus.ESME_ROK, CommandStatus.ESME_RQUERYFAIL, CancelStatus.CANCELLED),
+    (CommandStatus.ESME_ROK, CommandStatus.ESME_RINVMSGID, CancelStatus.CANCELLED),
+    (CommandStatus.ESME_RCANCELFAIL, CommandStatus.ESME_RQUERYFAIL, CancelStatus.TOO_LATE),
+    (CommandStatus.ESME_ROK, CommandStatus.ESME_RINVCMDID, CancelStatus.UNCONFIRMED),
+    (CommandStatus.ESME_ROK, None, CancelStatus.UNCONFIRMED),
+])
+def test_what_cancel_sm_and_query_sm_prove(cancel: CommandStatus, state: object,
+                                           expected: CancelStatus) -> None:
+    """The SMPP 3.4 states after a cancel_sm, decoded from the bytes an SMSC sends."""
+    if state is None:
+        answer = None  # no query_sm_resp in time
+    elif isinstance(state, MessageState):
+        answer = pdus.decode(pdus.encode(operations.QuerySMResp(
+            seqNum=1, message_id="1", final_date=None, message_state=state, error_code=0)))
+    else:
+        answer = pdus.decode(pdus.error_response(CommandId.query_sm_resp, 1, state))
+    assert verdict(cancel, answer) == expected

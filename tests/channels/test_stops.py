@@ -10,7 +10,9 @@ what the dispatcher held back agrees with what the stand-in says it dropped."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from streams.control.stop import StopResult
 from streams.dispatch.changelog import LedgerStats
 from streams.models import (
     NOT_SENT_EVENT,
+    REASON_CANCEL_UNCONFIRMED,
     REASON_CANCELLED,
     REASON_HELD,
     SENT_EVENT,
@@ -28,7 +31,8 @@ from streams.models import (
     STATE_STOPPED,
 )
 from streams.providers.testservers.local import LocalStandIns
-from streams.providers.testservers.pushservice import DELETED, REPLACED
+from streams.providers.testservers.pushservice import AUTOPUSH, DELETED, REPLACED, WEB_PUSH_TESTING
+from streams.providers.testservers.smsc import SMPPSIM
 from streams.serde import Serdes
 from streams.settings import Settings
 from streams.sink.report import campaign_report
@@ -181,5 +185,120 @@ def test_web_push_stop_replaces_by_topic_where_the_service_cannot_delete(
         wait_for(lambda: arrivals.count("withdrawn") >= replaced, "the no-ops on the devices")
         assert LedgerStats(settings, "webpush").handed_after(
             campaign, result.confirmed_at_ms) == 0
+    finally:
+        stand_ins.stop()
+
+
+# -- stops against stand-ins that answer as real servers do ---------------------------------------
+
+
+def quirky_stand_ins(tmp_path: Path, channel: str, **pace: Any) -> LocalStandIns:
+    return LocalStandIns(tmp_path / "stand-ins", [channel], [recipient_id(i) for i in range(RECIPIENTS)],
+                         dataclasses.replace(PACE, **pace)).start()
+
+
+def arrived_ids(stand_ins: LocalStandIns, channel: str, campaign: str) -> list[str]:
+    """The message ids that reached a device, once per arrival (the payload names the message)."""
+    texts = [a.text for a in stand_ins.arrivals(channel).items if campaign in a.text]
+    if channel == "webpush":
+        return [json.loads(text)["message_id"] for text in texts]
+    return texts
+
+
+def test_sms_stop_against_an_smsc_that_answers_ok_for_delivered_messages(
+    settings: Settings, serdes: Serdes, workers: Workers, tmp_path: Path
+) -> None:
+    """SMPPSim answers ESME_ROK to cancel_sm of a message it already delivered, and receipts lag
+    behind deliveries: at the stop, messages already on handsets are still "accepted" in the
+    outbox. query_sm says DELIVERED for them, so they count as sent (their receipts decide), and
+    only what the SMSC really dropped counts as cancelled."""
+    campaign, planned = "finished-sms-smppsim", 900
+    stand_ins = quirky_stand_ins(tmp_path, "sms", sms_quirks=SMPPSIM, sms_receipt_delay_s=4.0)
+    try:
+        start_worker(settings, workers, stand_ins, "sms")
+        assert launch(settings, serdes, campaign, ["sms"], planned).state == STATE_FINISHED
+        wait_arrival(stand_ins, "sms", campaign)
+        result = stop(settings, serdes, campaign)
+
+        figures = check(settings, serdes, stand_ins, "sms", campaign, planned, result)
+        assert stand_ins.smsc is not None
+        assert stand_ins.smsc.counts.cancel_ok_too_late > 0, "no cancel of a delivered message"
+        assert figures["cancelled_at_provider"] > 0 and figures["sent"] > 0, figures
+    finally:
+        stand_ins.stop()
+
+
+def test_web_push_stop_against_autopush_counts_its_204s_unconfirmed(
+    settings: Settings, serdes: Serdes, workers: Workers, tmp_path: Path
+) -> None:
+    """Mozilla's autopush answers 204 to a DELETE whether it deleted the message or had already
+    delivered it. With the default delete_204=unconfirmed every 204 is a notSent whose reason
+    says the cancel was not confirmed, counted apart, and none counts as cancelled: among them
+    are messages that did reach a browser, which "cancelled" would have hidden."""
+    campaign, planned = "finished-webpush-autopush", 900
+    stand_ins = quirky_stand_ins(tmp_path, "webpush", webpush_quirks=AUTOPUSH)
+    try:
+        start_worker(settings, workers, stand_ins, "webpush")
+        assert launch(settings, serdes, campaign, ["webpush"], planned).state == STATE_FINISHED
+        wait_arrival(stand_ins, "webpush", campaign)
+        result = stop(settings, serdes, campaign)
+        assert result.confirmed_at_ms is not None
+        wait_outcomes(settings, campaign, planned)
+        events = read_events(settings, serdes, campaign)
+        assert duplicates(events) == {} and len(events) == planned
+        sent = {e.message_id for e in events if e.kind == "sent"}
+        not_sent = [e for e in events if e.kind == "notsent"]
+        unconfirmed = {e.message_id for e in not_sent
+                       if e.record["reason"].startswith(REASON_CANCEL_UNCONFIRMED)}
+        assert not any(e.record["reason"].startswith(REASON_CANCELLED) for e in not_sent)
+
+        arrived = arrived_ids(stand_ins, "webpush", campaign)
+        assert len(arrived) == len(set(arrived))
+        assert set(arrived) <= sent | unconfirmed, "a message that arrived counts as cancelled"
+        assert sent <= set(arrived)
+        assert unconfirmed & set(arrived), "no 204 for a delivered message: the quirk was not hit"
+        assert stand_ins.arrivals("webpush").count(campaign, after_ms=result.confirmed_at_ms) == 0
+        store = open_store(settings)
+        try:
+            wait_for(lambda: campaign_report(store, campaign)["accounted"] == planned,
+                     "every outcome in the analytics store")
+            report = campaign_report(store, campaign)
+        finally:
+            store.close()
+        assert (report["cancelled_at_provider"], report["cancel_unconfirmed"]) == (0, len(unconfirmed))
+        assert report["sent"] == len(sent)
+    finally:
+        stand_ins.stop()
+
+
+def test_web_push_stop_where_the_service_gives_no_location(
+    settings: Settings, serdes: Serdes, workers: Workers, tmp_path: Path
+) -> None:
+    """A push service that answers 201 Created without a Location (web-push-testing): each message
+    is accepted once (not refused and sent again), and with cancel=topic the stop replaces what
+    the service still stores by its Topic: nothing of the campaign arrives after the
+    confirmation, none fails, every message arrives at most once."""
+    campaign, planned = "finished-webpush-nolocation", 900
+    stand_ins = quirky_stand_ins(tmp_path, "webpush", webpush_quirks=WEB_PUSH_TESTING,
+                                 webpush_cancel="topic")
+    try:
+        start_worker(settings, workers, stand_ins, "webpush")
+        assert launch(settings, serdes, campaign, ["webpush"], planned).state == STATE_FINISHED
+        wait_arrival(stand_ins, "webpush", campaign)
+        result = stop(settings, serdes, campaign)
+        assert result.confirmed_at_ms is not None
+        wait_outcomes(settings, campaign, planned)
+        events = read_events(settings, serdes, campaign)
+        assert duplicates(events) == {} and len(events) == planned  # sent or notSent: none failed
+        sent = {e.message_id for e in events if e.kind == "sent"}
+
+        service = stand_ins.push_service
+        assert service is not None
+        arrived = arrived_ids(stand_ins, "webpush", campaign)
+        assert len(arrived) == len(set(arrived)), "a message reached a browser twice"
+        replaced = service.states(campaign).get(REPLACED, 0)
+        assert replaced > 0
+        assert set(arrived) <= sent and len(sent) == len(arrived) + replaced
+        assert stand_ins.arrivals("webpush").count(campaign, after_ms=result.confirmed_at_ms) == 0
     finally:
         stand_ins.stop()

@@ -1,9 +1,12 @@
 """The web push adapter (pywebpush) against the stand-in push service over real HTTP: VAPID
 checked, payloads decrypted by the subscriber, TTL and Topic on every message, a stored message
-deleted through its Location or replaced by its Topic, TTL expiry."""
+deleted through its Location or replaced by its Topic, TTL expiry; and push services that answer
+as the real ones do: 204 to a DELETE of a delivered message (autopush), 201 without a Location
+(web-push-testing)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -11,13 +14,24 @@ from pathlib import Path
 
 import pytest
 from py_vapid import Vapid
+from pydantic import SecretStr
 
 from streams.clock import now_ms
 from streams.dispatch.ledger import Ledger, PartitionLedger
+from streams.providers import open_provider
 from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
 from streams.providers.exceptions import ProviderConfigError
-from streams.providers.testservers.pushservice import DELETED, DELIVERED, REPLACED, STORED, StandInPushService
+from streams.providers.testservers.pushservice import (
+    AUTOPUSH,
+    DELETED,
+    DELIVERED,
+    REPLACED,
+    STORED,
+    WEB_PUSH_TESTING,
+    StandInPushService,
+)
 from streams.providers.webpush import WebPushAdapter, application_server_key, read_subscriptions, topic_for
+from streams.settings import Settings
 from tests.support import wait_for
 
 RECIPIENTS = [f"r{i:08d}" for i in range(4)]
@@ -45,9 +59,12 @@ def service(tmp_path: Path, vapid: Vapid) -> Iterator[StandInPushService]:
         server.stop()
 
 
-def adapter(tmp_path: Path, vapid: Vapid, cancel: str = "delete", ttl_s: int = 60) -> WebPushAdapter:
+def adapter(tmp_path: Path, vapid: Vapid, cancel: str = "delete", ttl_s: int = 60,
+            deleted: CancelStatus = CancelStatus.CANCELLED) -> WebPushAdapter:
+    """An adapter for the stand-in, which (unless built with AUTOPUSH quirks) answers 404 for a
+    message it delivered: its 204 proves a deletion (``delete_204=cancelled``)."""
     return WebPushAdapter(read_subscriptions(tmp_path / "subscriptions.json"), vapid,
-                          "mailto:ops@estop.test", ttl_s, cancel, 10)
+                          "mailto:ops@estop.test", ttl_s, cancel, 10, deleted)
 
 
 def test_send_delete_and_too_late(tmp_path: Path, vapid: Vapid, service: StandInPushService) -> None:
@@ -167,3 +184,88 @@ def test_messages_sent_before_a_restart_still_get_their_outcome(tmp_path: Path, 
             (a.message_id, a.provider_id) for a in answers}
     finally:
         after.close()
+
+
+# -- truthful cancellation against push services that answer as the real ones do ------------------
+
+
+def configured(tmp_path: Path, vapid: Vapid, query: str) -> WebPushAdapter:
+    """The adapter as a worker opens it from ``ESTOP_WEBPUSH_PROVIDER``."""
+    raw = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
+    settings = Settings(webpush_provider=f"webpush://?{query}",
+                        webpush_subscriptions=tmp_path / "subscriptions.json",
+                        webpush_vapid_private_key=SecretStr(
+                            base64.urlsafe_b64encode(raw).rstrip(b"=").decode()))
+    opened = open_provider(settings, "webpush")
+    assert isinstance(opened, WebPushAdapter)
+    return opened
+
+
+def test_autopush_answers_204_for_a_delivered_message_so_a_204_is_unconfirmed(
+        tmp_path: Path, vapid: Vapid, service: StandInPushService) -> None:
+    """Mozilla's autopush answers 204 to a DELETE of a message it already delivered, as for one
+    it deleted: by default (no delete_204 in the URL) a 204 proves nothing."""
+    service.quirks = AUTOPUSH
+    pusher = configured(tmp_path, vapid, "ttl_s=60")
+    try:
+        answers = pusher.submit(handoffs("a1", 2))
+        service.connect_all()  # both reach their browsers
+        assert service.states("a1") == {DELIVERED: 2}
+
+        cancelled = pusher.cancel("a1", {a.message_id: str(a.provider_id) for a in answers})
+
+        assert set(cancelled.values()) == {CancelStatus.UNCONFIRMED}
+        assert pusher.deliveries() == []  # not tracked any more: its TTL would prove nothing
+        assert service.arrivals.count("a1") == 2
+    finally:
+        pusher.close()
+
+
+def test_delete_204_cancelled_declares_a_service_whose_204_proves_the_deletion(
+        tmp_path: Path, vapid: Vapid, service: StandInPushService) -> None:
+    pusher = configured(tmp_path, vapid, "ttl_s=60&delete_204=cancelled")
+    try:
+        [answer] = pusher.submit(handoffs("a2", 1))
+        assert pusher.cancel("a2", {answer.message_id: str(answer.provider_id)}) == {
+            answer.message_id: CancelStatus.CANCELLED}
+        assert service.states("a2") == {DELETED: 1}
+    finally:
+        pusher.close()
+
+
+def test_201_without_a_location_is_accepted_once_and_never_deleted(
+        tmp_path: Path, vapid: Vapid, service: StandInPushService) -> None:
+    """web-push-testing answers 201 Created without a Location: the message is accepted (a
+    refusal would send it again: a duplicate), its provider id names its Topic, and a stop cannot
+    delete it (unknown: counted sent once its TTL is over) unless cancel=topic replaces it."""
+    service.quirks = WEB_PUSH_TESTING
+    pusher = adapter(tmp_path, vapid)
+    by_topic = adapter(tmp_path, vapid, cancel="topic")
+    try:
+        answers = pusher.submit(handoffs("a3", 2))
+        assert [a.status for a in answers] == [SubmitStatus.ACCEPTED] * 2
+        assert [a.provider_id for a in answers] == [f"topic:{topic_for(a.message_id)}" for a in answers]
+        first, second = answers
+
+        assert pusher.cancel("a3", {first.message_id: str(first.provider_id)}) == {
+            first.message_id: CancelStatus.UNKNOWN}
+        [replaced] = by_topic.submit([Handoff("a3:webpush:9", "a3", "webpush", RECIPIENTS[3], "a3: offer")])
+        assert replaced.provider_id == f"topic:{topic_for('a3:webpush:9')}"
+        assert set(by_topic.cancel("a3", {replaced.message_id: str(replaced.provider_id)}).values()) == {
+            CancelStatus.UNKNOWN}  # the service does not say whether it was still stored
+        service.connect_all()
+
+        arrived = sorted(json.loads(a.text).get("message_id", "withdrawn") for a in service.arrivals.items)
+        assert arrived == sorted([first.message_id, second.message_id, "withdrawn"])  # each once
+        assert service.states("a3") == {DELIVERED: 2, REPLACED: 1}
+    finally:
+        pusher.close()
+        by_topic.close()
+
+
+def test_a_bad_delete_204_is_one_clear_error(tmp_path: Path, vapid: Vapid,
+                                             service: StandInPushService) -> None:
+    with pytest.raises(ProviderConfigError,
+                       match="delete_204 must be unconfirmed or cancelled, not 'maybe'") as raised:
+        configured(tmp_path, vapid, "delete_204=maybe")
+    assert str(raised.value).startswith("ESTOP_WEBPUSH_PROVIDER: ")

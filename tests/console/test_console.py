@@ -150,6 +150,7 @@ def test_stop_through_the_dialog_is_confirmed_counted_exported_and_relaunched(
         stages = counts["not_sent_by_stage"]
         for key, value in [("sent", counts["sent"]), ("not_sent", counts["not_sent"]),
                            ("sending", stages["sending"]), ("provider", stages["provider"]),
+                           ("cancel_unconfirmed", counts["cancel_unconfirmed"]),
                            ("failed", counts["failed"]), ("pending", counts["pending"])]:
             expect(row.locator(f'[data-count="{key}"]')).to_have_text(f"{value:,}")
     assert alerts == []

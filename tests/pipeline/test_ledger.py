@@ -16,6 +16,7 @@ from streams.dispatch.ledger import (
     DELIVERED,
     REPORTED,
     SUBMITTING,
+    UNCONFIRMED,
     Entry,
     Ledger,
     Outcome,
@@ -135,3 +136,45 @@ def test_a_failed_transaction_keeps_its_changes_for_the_next_one_unless_the_part
 def test_an_entry_round_trips_through_its_changelog_record() -> None:
     entry = Entry("m1", "c", "r1", 7, ACCEPTED, "q-1", 1, 2, 3, None, None, None, None, None)
     assert Entry.from_record(entry.record()) == entry
+
+
+def test_a_delivery_receipt_after_a_cancel_wins_and_reports_the_message_sent() -> None:
+    """A provider that delivered a message after all (its cancel came too late, or it was only
+    taken, not proven) says so in a receipt: the message is reported sent, once."""
+    held = ledger()
+    held.reserve([handoff(1), handoff(2)], at(1, 2))
+    held.accepted({"m1": "q-1", "m2": "q-2"}, now_ms())
+    for message_id, outcome in (("m1", CANCELLED), ("m2", UNCONFIRMED)):
+        found = held.find(message_id)
+        assert found is not None
+        held.report(found[0], found[1], Outcome(outcome, now_ms(), "wrong code", "cmd-1", 1))
+    held.take_pending()
+    # The receipts name only the provider's ids, as an SMSC's do.
+    assert held.delivered(Delivery("", "q-2", True, now_ms())) == "applied"
+    assert held.delivered(Delivery("", "q-2", True, now_ms())) == "done"
+    assert held.delivered(Delivery("", "q-1", False, now_ms())) == "done"  # undelivered: stays
+    assert list(held.take_pending().events.values()) == [("events", b"m2", b"delivered", [])]
+    # A cancel the provider did not confirm stays open to a receipt after its request is
+    # committed; a proven one is reduced to its id.
+    found = held.find("m2")
+    assert found is not None
+    held.report(found[0], found[1], Outcome(UNCONFIRMED, now_ms(), "again", "cmd-2", 2))
+    assert held.prune({0: 3}) == 1
+    assert [e.message_id for e in held.entries()] == ["m2"]
+    assert held.states(["m1", "m2"]) == {"m1": REPORTED, "m2": REPORTED}
+    # Past the retention both are forgotten, tombstoned in the changelog.
+    assert held.expire(now_ms() + 1) == 2
+    assert held.take_pending().changes == {(0, "m1"): None, (0, "m2"): None}
+    assert held.states(["m1", "m2"]) == {}
+
+
+def test_a_request_queued_again_long_after_its_outcome_is_not_handed_over_again() -> None:
+    held = ledger()
+    held.reserve([handoff(1)], at(1))
+    held.accepted({"m1": "q-1"}, now_ms())
+    assert held.delivered(Delivery("m1", "q-1", True, now_ms())) == "applied"
+    held.prune({0: 2})
+    assert list(held.entries()) == []
+    again = held.reserve([handoff(1)], {"m1": (0, 9)})  # the engine queued it again
+    assert (again.fresh, again.in_doubt, again.already) == ([], [], 1)
+    assert held.has_campaign(["spring-promo"])

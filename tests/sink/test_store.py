@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from streams.models import REASON_CANCELLED, REASON_HELD
+from streams.models import REASON_CANCEL_UNCONFIRMED, REASON_CANCELLED, REASON_HELD
 from streams.sink.exceptions import UnknownCampaignError
 from streams.sink.report import EXPORT_COLUMNS, campaign_report, campaign_timeline, export_recipients
 from streams.sink.store import NOT_SENT, SENT, Batch, OutcomeRow, OutcomeStore
@@ -114,6 +114,55 @@ def test_not_sent_after_sent_keeps_sent_and_counts_one_conflict(store: OutcomeSt
     assert exported(store, "c1", NOT_SENT) == []
     assert store.write(batch([not_sent("m1")])).conflicts == 0
     assert counts(store) == {("email", SENT, None): 1}
+
+
+CANCELS = [f"{REASON_CANCELLED}: campaign stopped: wrong code",
+           f"{REASON_CANCEL_UNCONFIRMED}: campaign stopped: wrong code"]
+
+
+@pytest.mark.parametrize("reason", CANCELS, ids=["cancelled", "unconfirmed"])
+def test_a_receipt_after_a_cancel_at_the_provider_replaces_it_once(store: OutcomeStore,
+                                                                   reason: str) -> None:
+    """A later delivery receipt always wins over an earlier cancel: the provider delivered the
+    message after all. Expected, so not a conflict; counted once, however often replayed."""
+    store.write(batch([not_sent("m1", reason=reason)], stops=[stop("cmd-1")]))
+    assert campaign_report(store, "c1")["not_sent_by_stage"]["provider"] == 1
+
+    result = store.write(batch([sent("m1")]))
+
+    assert (result.inserted, result.conflicts, result.receipts_over_cancel) == (0, 0, 1)
+    assert counts(store) == {("email", SENT, None): 1}
+    report = campaign_report(store, "c1")
+    assert (report["sent"], report["not_sent"]) == (1, 0)
+    assert (report["cancelled_at_provider"], report["cancel_unconfirmed"]) == (0, 0)
+    cancel = not_sent("m1", reason=reason)
+    for replay in ([cancel], [sent("m1")], [cancel, sent("m1")]):
+        again = store.write(batch(replay))
+        assert (again.inserted, again.conflicts, again.receipts_over_cancel) == (0, 0, 0)
+    assert counts(store) == {("email", SENT, None): 1}
+
+
+@pytest.mark.parametrize("reason", CANCELS, ids=["cancelled", "unconfirmed"])
+def test_a_cancel_stored_after_its_receipt_never_replaces_it(store: OutcomeStore, reason: str) -> None:
+    """sent and notsent are two topics: the receipt's sent may be read before the cancel's
+    notSent, or in the same batch. sent stays, counted once, never the reverse."""
+    store.write(batch([sent("m1")]))
+    result = store.write(batch([not_sent("m1", reason=reason)]))
+    assert (result.inserted, result.conflicts, result.receipts_over_cancel) == (0, 0, 1)
+    same_batch = store.write(batch([sent("m2"), not_sent("m2", reason=reason)]))
+    assert (same_batch.inserted_sent, same_batch.conflicts, same_batch.receipts_over_cancel) == (1, 0, 1)
+    assert counts(store) == {("email", SENT, None): 2}
+    assert store.write(batch([not_sent("m1", reason=reason), not_sent("m2", reason=reason)])
+                       ).receipts_over_cancel == 0
+
+
+def test_a_sent_over_a_message_held_back_is_still_a_conflict(store: OutcomeStore) -> None:
+    """Only a cancel at the provider is overridden as expected: a message held before its handoff,
+    or halted at the gate, never reached a provider, so a sent for it is a conflict (sent wins)."""
+    store.write(batch([not_sent("m1", reason=f"{REASON_HELD}: campaign stopped: wrong code"),
+                       not_sent("m2", stage="sending", reason=CANCELS[0])]))
+    result = store.write(batch([sent("m1"), sent("m2")]))
+    assert (result.conflicts, result.receipts_over_cancel) == (2, 0)
 
 
 def test_duplicates_inside_one_batch(store: OutcomeStore) -> None:
@@ -345,6 +394,7 @@ def test_campaign_report(store: OutcomeStore) -> None:
             not_sent("e3", stage="sending"), not_sent("e4", stage="sending"),
             not_sent("e5", reason=f"{REASON_CANCELLED}: campaign stopped: wrong code"),
             sent("s1", channel="sms"),
+            not_sent("s3", channel="sms", reason=CANCELS[1]),
             not_sent("s2", channel="sms", reason=f"{REASON_HELD}: campaign stopped: wrong code"),
             not_sent("p1", channel="push", stage="sending"),  # a channel the status did not list
             sent("x1", campaign="c2"),
@@ -358,22 +408,23 @@ def test_campaign_report(store: OutcomeStore) -> None:
 
     assert report["campaign_id"] == "c1"
     assert report["state"] == "Stopped"  # a stop outranks the last lifecycle record
-    assert (report["total"], report["sent"], report["not_sent"]) == (8, 3, 5)
-    assert (report["accounted"], report["pending"]) == (8, 0)
-    assert report["not_sent_by_stage"] == {"sending": 3, "provider": 2}
-    # Of the two halted at the provider stage, one was cancelled at the provider (email), the
-    # other held before its handoff (sms).
-    assert report["cancelled_at_provider"] == 1
+    assert (report["total"], report["sent"], report["not_sent"]) == (8, 3, 6)
+    assert (report["accounted"], report["pending"]) == (9, 0)
+    assert report["not_sent_by_stage"] == {"sending": 3, "provider": 3}
+    # Of the three halted at the provider stage, one was cancelled at the provider (email), one
+    # had its cancel requested there without the provider proving it (sms), and one was held
+    # before its handoff (sms).
+    assert (report["cancelled_at_provider"], report["cancel_unconfirmed"]) == (1, 1)
     assert report["by_channel"] == {
         "email": {"planned": 5, "sent": 2, "not_sent": 3, "accounted": 5, "pending": 0,
                   "not_sent_by_stage": {"sending": 2, "provider": 1}, "failed": 0,
-                  "cancelled_at_provider": 1},
-        "sms": {"planned": 3, "sent": 1, "not_sent": 1, "accounted": 2, "pending": 1,
-                "not_sent_by_stage": {"sending": 0, "provider": 1}, "failed": 0,
-                "cancelled_at_provider": 0},
+                  "cancelled_at_provider": 1, "cancel_unconfirmed": 0},
+        "sms": {"planned": 3, "sent": 1, "not_sent": 2, "accounted": 3, "pending": 0,
+                "not_sent_by_stage": {"sending": 0, "provider": 2}, "failed": 0,
+                "cancelled_at_provider": 0, "cancel_unconfirmed": 1},
         "push": {"planned": 0, "sent": 0, "not_sent": 1, "accounted": 1, "pending": 0,
                  "not_sent_by_stage": {"sending": 1, "provider": 0}, "failed": 0,
-                 "cancelled_at_provider": 0},
+                 "cancelled_at_provider": 0, "cancel_unconfirmed": 0},
     }
     assert report["stops"] == [{"command_id": "cmd-1", "channels": [],
                                 "reason": "wrong discount code", "requested_by": "alice",

@@ -291,7 +291,7 @@
 
     function renderCounts() {
       const header = ["Channel", "Planned", "Sent", "notSent", "notSent at sending", "notSent at provider",
-        "Failed", "Pending"];
+        "of which cancel unconfirmed", "Failed", "Pending"];
       const row = (name, c, attrs) => el("tr", attrs,
         el("td", {}, name),
         el("td", { "data-count": "planned" }, number(c.planned)),
@@ -299,12 +299,13 @@
         el("td", { "data-count": "not_sent" }, number(c.not_sent)),
         el("td", { "data-count": "sending" }, number(c.not_sent_by_stage.sending)),
         el("td", { "data-count": "provider" }, number(c.not_sent_by_stage.provider)),
+        el("td", { "data-count": "cancel_unconfirmed" }, number(c.cancel_unconfirmed)),
         el("td", { "data-count": "failed" }, number(c.failed)),
         el("td", { "data-count": "pending" }, number(c.pending)));
       const channels = Object.entries(detail.counts);
       const stage = (s) => channels.reduce((n, [, c]) => n + c.not_sent_by_stage[s], 0);
       const total = { planned: detail.planned, sent: detail.sent, not_sent: detail.not_sent,
-        failed: detail.failed, pending: detail.pending,
+        cancel_unconfirmed: detail.cancel_unconfirmed, failed: detail.failed, pending: detail.pending,
         not_sent_by_stage: { sending: stage("sending"), provider: stage("provider") } };
       counts.replaceChildren(
         el("h2", { id: "counts-title" }, "Counts per channel and stage"),
@@ -313,7 +314,11 @@
           el("tbody", {}, channels.map(([name, c]) => row(name, c, { "data-channel": name })),
             row("Total", total, { class: "total", "data-channel": "total" }))),
         el("div", { class: "row" }, progressBar(detail, `Progress of ${campaignId}`),
-          el("span", { class: "muted" }, `${number(detail.sent + detail.not_sent + detail.failed)} of ${number(detail.planned)} accounted for`)));
+          el("span", { class: "muted" }, `${number(detail.sent + detail.not_sent + detail.failed)} of ${number(detail.planned)} accounted for`)),
+        ...(detail.cancel_unconfirmed ? [el("p", { class: "muted", id: "cancel-unconfirmed" },
+          `${number(detail.cancel_unconfirmed)} notSent at the provider: the stop's cancel was requested there `
+          + "but not confirmed (the provider took the request without proving the message will not be delivered). "
+          + "A delivery receipt that comes later counts the message as sent.")] : []));
       sizeBars(counts);
     }
 

@@ -59,6 +59,7 @@ class StandInFcm(HttpStandIn):
         self.arrivals = Arrivals()
         self.refused: dict[str, int] = {}  # FCM error status -> count
         self.tokens_issued = 0
+        self.requests: list[tuple[str, str, object]] = []  # (method, path, JSON body) of each send
         self._ids = 0
         self._window_start = 0.0
         self._window_count = 0
@@ -119,6 +120,7 @@ class StandInFcm(HttpStandIn):
             return self._refuse(403, "PERMISSION_DENIED", "The caller does not have permission")
         try:
             body = await request.json()
+            self.requests.append((request.method, request.path, body))
             message = body["message"]
             targets = [k for k in ("token", "topic", "condition") if message.get(k)]
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -14,8 +14,10 @@ from py_vapid import Vapid
 
 from streams.providers.testservers import Arrivals
 from streams.providers.testservers.fcm import StandInFcm
-from streams.providers.testservers.pushservice import StandInPushService
-from streams.providers.testservers.smsc import StandInSmsc
+from streams.providers.testservers.pushservice import SPEC as PUSH_SPEC
+from streams.providers.testservers.pushservice import PushQuirks, StandInPushService
+from streams.providers.testservers.smsc import SPEC as SMSC_SPEC
+from streams.providers.testservers.smsc import SmscQuirks, StandInSmsc
 from streams.providers.webpush import application_server_key
 
 SMPP_SYSTEM_ID = "estop"
@@ -30,6 +32,11 @@ class Pace:
     webpush_connect_every_s: float = 3.0  # each browser connects to its push service this often
     webpush_ttl_s: int = 8  # TTL of every web push message
     webpush_cancel: str = "delete"  # or "topic", for a push service that cannot delete
+    # Real servers' habits, per test (smsc.SMPPSIM; pushservice.AUTOPUSH, WEB_PUSH_TESTING); and
+    # how long the SMSC's receipts lag behind the deliveries.
+    sms_quirks: SmscQuirks = SMSC_SPEC
+    sms_receipt_delay_s: float = 0.0
+    webpush_quirks: PushQuirks = PUSH_SPEC
     push_rate: float = 500.0  # FCM messages per second (the project's quota)
     push_ttl_s: int = 60  # android.ttl / apns-expiration of every mobile push message
 
@@ -51,7 +58,8 @@ class LocalStandIns:
         pace = self.pace
         if "sms" in self.channels:
             password = secrets.token_urlsafe(6)  # SMPP passwords are at most 8 characters
-            self.smsc = StandInSmsc(0, SMPP_SYSTEM_ID, password, pace.sms_hold_s).start()
+            self.smsc = StandInSmsc(0, SMPP_SYSTEM_ID, password, pace.sms_hold_s, quirks=pace.sms_quirks,
+                                    receipt_delay_s=pace.sms_receipt_delay_s).start()
             self._env["ESTOP_SMS_PROVIDER"] = (f"smpp://{SMPP_SYSTEM_ID}:{password}@127.0.0.1:"
                                                f"{self.smsc.port}?validity_s={pace.sms_validity_s}")
         if "webpush" in self.channels:
@@ -59,12 +67,16 @@ class LocalStandIns:
             vapid.generate_keys()
             raw = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
             self.push_service = StandInPushService(connect_every_s=pace.webpush_connect_every_s,
-                                                   allow_delete=pace.webpush_cancel == "delete").start()
+                                                   allow_delete=pace.webpush_cancel == "delete",
+                                                   quirks=pace.webpush_quirks).start()
             directory = self.folder / "webpush-subscriptions.json"
             self.push_service.subscribe(self.recipients, application_server_key(vapid), directory)
+            # This service answers 404 for a message it delivered unless it behaves like autopush:
+            # only then is its 204 no proof of a deletion.
+            proof = "unconfirmed" if pace.webpush_quirks.delete_answers_204 else "cancelled"
             self._env.update({
                 "ESTOP_WEBPUSH_PROVIDER": (f"webpush://?ttl_s={pace.webpush_ttl_s}"
-                                           f"&cancel={pace.webpush_cancel}"),
+                                           f"&cancel={pace.webpush_cancel}&delete_204={proof}"),
                 "ESTOP_WEBPUSH_SUBSCRIPTIONS": str(directory),
                 "ESTOP_WEBPUSH_VAPID_PRIVATE_KEY": base64.urlsafe_b64encode(raw).rstrip(b"=").decode(),
             })

@@ -9,6 +9,11 @@ stored and answered ``201 Created`` with its ``Location``; a stored message with
 stored (``204``; ``404`` once it left or expired), or, built with ``allow_delete=False``, answers
 ``405`` as services that do not support deletion do. Stored messages expire after their TTL.
 
+``quirks`` make it answer as real push services do where they depart from that: ``AUTOPUSH``
+answers ``204`` to a DELETE of a message it already delivered, exactly as for one it deleted
+(Mozilla's autopush); ``WEB_PUSH_TESTING`` answers ``201 Created`` without a ``Location`` (the
+``web-push-testing`` server on npm), so nothing can be deleted.
+
 The user agents: a subscriber is offline and connects every ``connect_every_s`` seconds (each at
 its own phase), receives what is stored for it and decrypts it with ``http_ece`` using its own
 keys; an arrival is counted only when it decrypts."""
@@ -51,6 +56,19 @@ def unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@dataclass(frozen=True, slots=True)
+class PushQuirks:
+    """Where this push service answers as a real one does rather than as RFC 8030 reads."""
+
+    delete_answers_204: bool = False  # 204 to a DELETE whatever became of the message
+    location: bool = True  # False: 201 Created without a Location
+
+
+SPEC = PushQuirks()
+AUTOPUSH = PushQuirks(delete_answers_204=True)
+WEB_PUSH_TESTING = PushQuirks(location=False)
+
+
 @dataclass(slots=True)
 class Subscriber:
     """A user agent's push subscription: its keys stay here; estop gets endpoint and public keys."""
@@ -82,12 +100,13 @@ class StandInPushService(HttpStandIn):
     name = "push service"
 
     def __init__(self, port: int = 0, connect_every_s: float = 2.0, allow_delete: bool = True,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", quirks: PushQuirks = SPEC) -> None:
         super().__init__()
         self.host = host
         self.port = port
         self.connect_every_s = connect_every_s
         self.allow_delete = allow_delete
+        self.quirks = quirks
         self.subscribers: dict[str, Subscriber] = {}
         self.messages: dict[str, PushMessage] = {}
         self.arrivals = Arrivals()
@@ -185,13 +204,17 @@ class StandInPushService(HttpStandIn):
             message.state = EXPIRED
         else:
             self._stored[message.message_id] = message
-        return web.Response(status=201, headers={"Location": f"{self.origin}/wmsg/{message.message_id}",
-                                                 "TTL": ttl_header})
+        headers = {"TTL": ttl_header}
+        if self.quirks.location:
+            headers["Location"] = f"{self.origin}/wmsg/{message.message_id}"
+        return web.Response(status=201, headers=headers)
 
     async def _delete(self, request: web.Request) -> web.Response:
         if not self.allow_delete:
             return self._refuse(405, "this push service does not delete messages")
         message = self.messages.get(request.match_info["message"])
+        if message is not None and message.state != STORED and self.quirks.delete_answers_204:
+            return web.Response(status=204)  # as for a deletion: the sender cannot tell
         if message is None or message.state != STORED:
             return web.Response(status=404, text="no such message stored")
         message.state = DELETED

@@ -3,9 +3,15 @@ checked against one system_id and password, ``submit_sm`` answered with a messag
 message held ``hold_s`` before it reaches the handset (so a stop can catch it), ``cancel_sm``
 that removes a held message (``ESME_RCANCELFAIL`` once it left), ``validity_period`` enforced
 (a message still held when it runs out expires), and a delivery receipt (``deliver_sm``,
-appendix B text plus TLVs) for every message that asked for one. Receipts wait for a bound
-receiver of the same system_id and are sent again until acknowledged, as an SMSC stores them.
-``max_rate`` answers ``ESME_RTHROTTLED`` past that many submits per second."""
+appendix B text plus TLVs) for every message that asked for one, ``receipt_delay_s`` after the
+delivery (a handset network's receipts lag). Receipts wait for a bound receiver of the same
+system_id and are sent again until acknowledged, as an SMSC stores them. ``query_sm`` answers a
+message's state (ENROUTE while held, DELIVERED, DELETED once cancelled, EXPIRED). ``max_rate``
+answers ``ESME_RTHROTTLED`` past that many submits per second.
+
+``quirks`` make it answer as real SMSCs do where they depart from that: ``SMPPSIM`` answers
+ESME_ROK to ``cancel_sm`` of a message that already left (nothing is cancelled) and a query
+failure for a message it cancelled, as the SMPPSim simulator does."""
 
 from __future__ import annotations
 
@@ -31,6 +37,29 @@ CAN_SUBMIT = {"transmitter", "transceiver"}
 CAN_RECEIVE = {"receiver", "transceiver"}
 
 
+def _tenths(when: datetime) -> datetime:
+    """SMPP times carry tenths of a second; the codec rounds microseconds and fails from .95 s."""
+    return when.replace(microsecond=when.microsecond // 100_000 * 100_000)
+
+
+@dataclass(frozen=True, slots=True)
+class SmscQuirks:
+    """Where this SMSC answers as a real one does rather than as SMPP 3.4 reads."""
+
+    # ESME_ROK to cancel_sm of a message that is no longer held (delivered, expired, cancelled);
+    # only a held message is really cancelled.
+    cancel_ok_after_delivery: bool = False
+    # query_sm of a cancelled message fails (ESME_RQUERYFAIL, no body) instead of DELETED.
+    forget_cancelled: bool = False
+    query_sm: bool = True  # False: query_sm is not supported (generic_nack ESME_RINVCMDID)
+
+
+SPEC = SmscQuirks()
+SMPPSIM = SmscQuirks(cancel_ok_after_delivery=True, forget_cancelled=True)
+QUERY_STATE = {HELD: pdus.MessageState.ENROUTE, DELIVERED: pdus.MessageState.DELIVERED,
+               CANCELLED: pdus.MessageState.DELETED, EXPIRED: pdus.MessageState.EXPIRED}
+
+
 @dataclass(slots=True)
 class ShortMessage:
     message_id: str
@@ -43,6 +72,7 @@ class ShortMessage:
     expires_ms: int | None
     wants_receipt: bool
     state: str = HELD
+    done: datetime | None = None  # when it reached its final state
 
 
 @dataclass(slots=True, eq=False)
@@ -53,8 +83,8 @@ class Session:
     sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     unacked: dict[int, pdus.PDU] = field(default_factory=dict)  # receipts sent, by sequence
 
-    def send(self, pdu: pdus.PDU) -> None:
-        self.writer.write(pdus.encode(pdu))
+    def send(self, pdu: pdus.PDU | bytes) -> None:
+        self.writer.write(pdu if isinstance(pdu, bytes) else pdus.encode(pdu))
 
 
 @dataclass
@@ -63,6 +93,8 @@ class SmscCounts:
     throttled: int = 0
     cancelled: int = 0
     cancel_refused: int = 0  # ESME_RCANCELFAIL: the message had left
+    cancel_ok_too_late: int = 0  # ESME_ROK for a message that had left (quirk), nothing cancelled
+    queries: int = 0
     expired: int = 0
     receipts_acked: int = 0
 
@@ -71,7 +103,8 @@ class StandInSmsc(StandIn):
     name = "smsc"
 
     def __init__(self, port: int, system_id: str, password: str, hold_s: float,
-                 max_rate: float | None = None, host: str = "127.0.0.1") -> None:
+                 max_rate: float | None = None, host: str = "127.0.0.1",
+                 quirks: SmscQuirks = SPEC, receipt_delay_s: float = 0.0) -> None:
         super().__init__()
         self.host = host
         self.port = port
@@ -79,10 +112,13 @@ class StandInSmsc(StandIn):
         self.password = password
         self.hold_ms = int(hold_s * 1000)
         self.max_rate = max_rate
+        self.quirks = quirks
+        self.receipt_delay_ms = int(receipt_delay_s * 1000)
         self.messages: dict[str, ShortMessage] = {}
         self.arrivals = Arrivals()
         self.counts = SmscCounts()
         self._due: list[tuple[int, str]] = []
+        self._receipts_due: list[tuple[int, str]] = []  # (when its receipt leaves, message id)
         self._receipts: dict[str, deque[ShortMessage]] = {}
         self._sessions: set[Session] = set()
         self._ids = itertools.count(1)
@@ -155,6 +191,8 @@ class StandInSmsc(StandIn):
             session.send(self._submit(session, pdu))
         elif command == CommandId.cancel_sm:
             session.send(self._cancel(session, pdu))
+        elif command == CommandId.query_sm and self.quirks.query_sm:
+            session.send(self._query(session, pdu))
         elif command == CommandId.deliver_sm_resp:
             message = session.unacked.pop(pdu.seqNum, None)
             if message is not None:
@@ -236,17 +274,39 @@ class StandInSmsc(StandIn):
                 destination and destination != message.destination):
             return operations.CancelSMResp(seqNum=pdu.seqNum, status=CommandStatus.ESME_RINVSRCADR)
         if message.state != HELD:
+            if self.quirks.cancel_ok_after_delivery:
+                self.counts.cancel_ok_too_late += 1
+                return operations.CancelSMResp(seqNum=pdu.seqNum)
             self.counts.cancel_refused += 1
             return operations.CancelSMResp(seqNum=pdu.seqNum, status=CommandStatus.ESME_RCANCELFAIL)
         message.state = CANCELLED
+        message.done = _tenths(datetime.now(UTC))
         self.counts.cancelled += 1
         return operations.CancelSMResp(seqNum=pdu.seqNum)
+
+    def _query(self, session: Session, pdu: pdus.PDU) -> pdus.PDU | bytes:
+        """SMPP 3.4 section 4.8: the state of a message, by message_id and source address."""
+        if session.bound not in CAN_SUBMIT:
+            return pdus.error_response(CommandId.query_sm_resp, pdu.seqNum, CommandStatus.ESME_RINVBNDSTS)
+        self.counts.queries += 1
+        message = self.messages.get(pdus.text(pdu.params.get("message_id")))
+        if (message is None or message.system_id != session.system_id
+                or pdus.text(pdu.params.get("source_addr")) != message.source
+                or (message.state == CANCELLED and self.quirks.forget_cancelled)):
+            return pdus.error_response(CommandId.query_sm_resp, pdu.seqNum, CommandStatus.ESME_RQUERYFAIL)
+        return operations.QuerySMResp(seqNum=pdu.seqNum, message_id=message.message_id,
+                                      final_date=message.done, message_state=QUERY_STATE[message.state],
+                                      error_code=0)
 
     # -- the network side ----------------------------------------------------------------------
 
     async def _tick(self) -> None:
         while True:
-            self._deliver_due(now_ms())
+            now = now_ms()
+            self._deliver_due(now)
+            while self._receipts_due and self._receipts_due[0][0] <= now:
+                message = self.messages[heapq.heappop(self._receipts_due)[1]]
+                self._receipts.setdefault(message.system_id, deque()).append(message)
             for system_id in list(self._receipts):
                 self._send_receipts(system_id)
             await asyncio.sleep(TICK_S)
@@ -264,8 +324,9 @@ class StandInSmsc(StandIn):
                 message.state = DELIVERED
                 self.arrivals.add(Arrival(message_id, message.destination,
                                           message.text.decode("latin-1"), now))
+            message.done = _tenths(datetime.now(UTC))
             if message.wants_receipt:
-                self._receipts.setdefault(message.system_id, deque()).append(message)
+                heapq.heappush(self._receipts_due, (now + self.receipt_delay_ms, message_id))
 
     def _send_receipts(self, system_id: str) -> None:
         waiting = self._receipts.get(system_id)
