@@ -147,7 +147,8 @@ def security_init(settings: Settings) -> None:
 
 @main.group()
 def mta() -> None:
-    """The private MTA for email: Postfix run from the data folder, and a receiver for it."""
+    """The private MTA for email: Postfix run from the data folder, a receiver for it, and the
+    agent that dispatchers on any host reach it through."""
 
 
 @mta.command("start")
@@ -156,7 +157,8 @@ def mta() -> None:
 @click.pass_obj
 @handles_errors
 def mta_start(settings: Settings, without_receiver: bool) -> None:
-    """Start Postfix (and its receiver); says how to send email through it."""
+    """Start Postfix, its receiver and the MTA agent (in the background); says how to send
+    email through them."""
     from streams.mta.local import LocalMta
 
     local = LocalMta(settings)
@@ -164,6 +166,10 @@ def mta_start(settings: Settings, without_receiver: bool) -> None:
     status = local.status()
     click.echo(f"Postfix running at {status.smtp} (folder {status.home}); receiver "
                f"{'at ' + status.receiver if status.receiver_running else 'down'}")
+    click.echo(f"MTA agent running at {status.agent} (pid {local.agent.pid()}, log "
+               f"{local.agent.files.log}): Postfix's log -> "
+               f"{settings.topics.receipts('email')} at {settings.bootstrap_servers}; its token is "
+               f"{'ESTOP_MTA_AGENT_TOKEN' if settings.mta_agent_token else local.agent.files.token}")
     click.echo(f"send email through it: ESTOP_EMAIL_PROVIDER={local.provider_url}")
 
 
@@ -171,18 +177,19 @@ def mta_start(settings: Settings, without_receiver: bool) -> None:
 @click.pass_obj
 @handles_errors
 def mta_stop(settings: Settings) -> None:
-    """Stop Postfix and its receiver; exits 0 when neither runs."""
+    """Stop Postfix, its receiver and the MTA agent; exits 0 when none runs."""
     from streams.mta.local import LocalMta
 
     LocalMta(settings).stop()
-    click.echo("Postfix and its receiver stopped")
+    click.echo("Postfix, its receiver and the MTA agent stopped")
 
 
 @mta.command("status")
 @click.pass_obj
 @handles_errors
 def mta_status(settings: Settings) -> None:
-    """Say whether Postfix and the receiver run, what waits in the queue, what arrived."""
+    """Say whether Postfix, the receiver and the MTA agent run, what waits in the queue, what
+    arrived, what the agent shipped; exits 1 when Postfix or the agent is down."""
     from streams.mta.local import LocalMta
 
     status = LocalMta(settings).status()
@@ -191,8 +198,34 @@ def mta_status(settings: Settings) -> None:
                f"queue: {queued}")
     click.echo(f"receiver {'running at ' + status.receiver if status.receiver_running else 'down'}; "
                f"{status.received:,} messages received")
-    if not status.running:
+    health = status.agent_health
+    if health is not None:
+        kafka = f"; Kafka: {health['kafka_error']}" if health["kafka_error"] else ""
+        click.echo(f"MTA agent running at {status.agent}; {health['shipped']:,} receipts shipped "
+                   f"to {health['receipts_topic']} at {health['bootstrap_servers']}, "
+                   f"{health['unshipped']:,} waiting{kafka}")
+    else:
+        click.echo(f"MTA agent {'not answering' if status.agent_running else 'not running'} "
+                   f"at {status.agent}")
+    if not status.running or health is None:
         sys.exit(1)
+
+
+@mta.command("agent")
+@click.pass_obj
+@handles_errors
+def mta_agent(settings: Settings) -> None:
+    """Run the MTA agent in the foreground: ship Postfix's log to Kafka, serve find and cancel
+    to the dispatchers (ESTOP_MTA_AGENT_HOST/PORT, bearer ESTOP_MTA_AGENT_TOKEN); SIGTERM stops."""
+    from streams.mta.agent_api import run_agent
+
+    def announce(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(run_agent(settings, announce))
 
 
 @mta.command("receiver")
@@ -553,15 +586,13 @@ def demo(settings: Settings, recipients: int | None, stop_after: int | None, cha
                          "--channels email (--provider real carries every channel)")
     settings = settings.model_copy(update={
         "provider_rate": provider_rate or (REAL_RATE if real else 5000.0), "provider_delay_s": 1.0})
-    mta = None
-    if provider == "smtp" or (real and "email" in channel_list):
-        mta = LocalMta(settings)
-        mta.start()
-        settings = settings.model_copy(update={"email_provider": mta.provider_url})
+    through_mta = provider == "smtp" or (real and "email" in channel_list)
+    if through_mta:  # started by the demo once it has a broker, for the agent to ship to
+        settings = settings.model_copy(update={"email_provider": LocalMta(settings).provider_url})
     with demo_progress(transient=as_json) as progress:
         result = run_demo(settings, recipients, stop_after, channel_list,
                           say=progress.console.print if not as_json else _say, progress=progress,
-                          mta=mta, outage_s=outage_s, real=real)
+                          through_mta=through_mta, outage_s=outage_s, real=real)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
         return

@@ -211,6 +211,16 @@ class OutcomeWatch:
         self._consumer.close()
 
 
+def start_mta(settings: Settings, say: Any) -> LocalMta:
+    """The private Postfix, its receiver and its agent, the agent shipping Postfix's log to this
+    broker (the demo leaves them running: `estop mta stop`)."""
+    mta = LocalMta(settings)
+    mta.start()
+    say(f"email: Postfix at {mta.status().smtp}, its agent at {mta.agent.url} shipping its log to "
+        f"{settings.topics.receipts('email')}")
+    return mta
+
+
 def start_stand_ins(settings: Settings, channels: list[str], recipients: int, say: Any) -> LocalStandIns:
     """The local stand-ins of the SMSC, the web push service and FCM for ``--provider real``."""
     stand_ins = LocalStandIns(settings.data_dir / "stand-ins", [c for c in channels if c != "email"],
@@ -279,16 +289,18 @@ def demo_progress(transient: bool) -> Progress:
 
 
 def run_demo(settings: Settings, recipients: int, stop_after: int, channels: list[str],
-             say: Any, progress: Any, mta: LocalMta | None = None, outage_s: float = 0.0,
+             say: Any, progress: Any, through_mta: bool = False, outage_s: float = 0.0,
              real: bool = False) -> DemoResult:
-    """With ``mta`` (email through the private Postfix), the receiver goes down once
-    ``stop_after`` messages were sent, so mail waits in Postfix's deferred queue for ``outage_s``
-    seconds before the stop; it comes back once the stop is confirmed. With ``real``, SMS, web
-    push and mobile push go over their protocols to local stand-ins of their services."""
+    """With ``through_mta`` (email through the private Postfix, started here with its receiver
+    and agent unless they run), the receiver goes down once ``stop_after`` messages were sent, so
+    mail waits in Postfix's deferred queue for ``outage_s`` seconds before the stop; it comes back
+    once the stop is confirmed. With ``real``, SMS, web push and mobile push go over their
+    protocols to local stand-ins of their services."""
     handle: BrokerHandle = acquire_broker(settings, say)
     settings = settings.model_copy(update={"bootstrap_servers": handle.bootstrap_servers})
     say(f"broker: {handle.origin} at {handle.bootstrap_servers}")
     create_topics(settings, say=lambda _: None)
+    mta = start_mta(settings, say) if through_mta else None
     stand_ins = start_stand_ins(settings, channels, recipients, say) if real else None
     try:
         return _run(settings, recipients, stop_after, channels, say, progress, handle, mta, outage_s,

@@ -107,8 +107,17 @@ class Settings(BaseSettings):
     # port, and the port of the receiving server that stands for the internet.
     mta_port: int = Field(default=2525, ge=1, le=65535)
     mta_receiver_port: int = Field(default=2526, ge=1, le=65535)
-    # Its folder (config, queue, log, the receiver's mailbox); default <data_dir>/mta.
+    # Its folder (config, queue, log, the receiver's mailbox, the agent's files); default
+    # <data_dir>/mta.
     mta_dir: Path | None = None
+    # The MTA agent beside that Postfix (`estop mta agent`): ships Postfix's log to Kafka and
+    # finds and cancels queued mail for the dispatchers over HTTP, on this port, bound to this
+    # address (loopback unless set: every dispatcher on another host needs it reachable). Its
+    # bearer token: unset, `estop mta start` generates one into <mta_dir>/agent/token (0600),
+    # which the agent, and an smtp:// adapter on the same host, read.
+    mta_agent_port: int = Field(default=2527, ge=1, le=65535)
+    mta_agent_host: str = "127.0.0.1"
+    mta_agent_token: SecretStr | None = None
 
     # Web push (webpush://): the subscription directory (a JSON file: recipient_id -> {endpoint,
     # keys: {p256dh, auth}}, as browsers hand them out), the VAPID private key the subscriptions
@@ -139,6 +148,17 @@ class Settings(BaseSettings):
     @property
     def mta_home(self) -> Path:
         return self.mta_dir or self.data_dir / "mta"
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the ESTOP_* variables of an estop process started from this one
+        (secrets too: they go in its environment, never on its command line)."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is not None:
+                text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+                env[f"ESTOP_{name.upper()}"] = text
+        return env
 
     def provider_url(self, channel: str) -> str:
         """The provider setting of a channel (ESTOP_<CHANNEL>_PROVIDER)."""

@@ -5,10 +5,7 @@ holds the internet down: Postfix keeps the mail in its deferred queue until it i
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -17,7 +14,7 @@ from pathlib import Path
 
 from streams.mta.exceptions import MtaError
 from streams.mta.postfix import HOST
-from streams.processes import alive, port_open
+from streams.processes import alive, port_open, terminate
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 BACKLOG = "256"
@@ -93,15 +90,7 @@ class Receiver:
         pid = self.pid()
         if pid is None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL if SIGTERM did not end it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while alive(pid) and time.monotonic() < deadline:
-                _reap(pid)
-                time.sleep(0.05)
-            if not alive(pid):
-                break
+        terminate(pid, STOP_TIMEOUT_S)
         self.pid_path.unlink(missing_ok=True)
 
     def arrivals(self) -> Arrivals:
@@ -133,8 +122,3 @@ def _identity(path: Path) -> tuple[str, str] | None:
                 return campaign, message
     return None
 
-
-def _reap(pid: int) -> None:
-    """Collect our own child's exit status, if it is ours (a started receiver in this process)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)

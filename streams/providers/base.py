@@ -1,7 +1,8 @@
 """The provider adapter contract: what a dispatcher needs from an email server, SMS gateway or
-push service, and nothing more. The dispatcher owns estop's durable state (its outbox in
-``streams.dispatch.outbox``: idempotency by message id, numbered receipt batches, crash
-settlement); an adapter only speaks the provider's protocol and never persists estop's state.
+push service, and nothing more. The dispatcher owns estop's durable state (its handoff ledger in
+``streams.dispatch.ledger``, kept in a Kafka changelog: idempotency by message id, outcomes
+reported once, restored by whichever process is assigned a partition); an adapter only speaks
+the provider's protocol and never persists estop's state.
 
 The dispatcher calls one adapter from more than one thread (handoffs on its own thread, a stop's
 cancel on the control feed's), one call at a time: an adapter needs no locking of its own."""
@@ -93,25 +94,28 @@ class ProviderAdapter(Protocol):
     def find(self, handoffs: Sequence[Handoff]) -> dict[str, str]:
         """Which of these messages the provider already accepted: message_id -> provider_id.
         Asked only for messages in doubt (an UNKNOWN answer, or a crash between submission and
-        the outbox's record of it) before they are submitted again. An adapter whose provider
+        the ledger's record of it) before they are submitted again. An adapter whose provider
         cannot be asked returns ``{}``: the message is submitted again (at least once)."""
 
     def resume(self, accepted: Sequence[Accepted]) -> None:
-        """Called once when the dispatcher starts, before any other call, with what its outbox
-        says this provider accepted without an outcome yet (accepted before a restart). An
-        adapter that learns deliveries from the provider (its log, receipts sent again) has
-        nothing to do; one that learns them from its own clock (web push: the TTL; FCM: the
-        acceptance) tracks them again, so no message is left without an outcome."""
+        """Called each time the dispatcher is assigned partitions, before it hands anything over
+        from them, with what their ledger says this provider accepted without an outcome yet
+        (accepted by this process or another one before). An adapter that learns deliveries from
+        the provider (its log, receipts sent again) has nothing to do; one that learns them from
+        its own clock (web push: the TTL; FCM: the acceptance) tracks them again, so no message
+        is left without an outcome. Deliveries of messages whose partition is held elsewhere are
+        routed to their owner by the dispatcher."""
 
     def cancel(self, campaign_id: str, provider_ids: Mapping[str, str]) -> dict[str, CancelStatus]:
         """Cancel what the provider still holds of a stopped campaign. ``provider_ids``: message_id
-        -> provider_id of the messages the outbox says are accepted and not known delivered;
+        -> provider_id of the messages the ledger says are accepted and not known delivered;
         returns message_id -> status for each."""
 
     def deliveries(self) -> list[Delivery]:
         """Deliveries learned since the last call; must not block long. After the adapter is
         opened, the first calls report every delivery the provider still remembers (so one
-        learned but not recorded before a crash is learned again); the outbox applies each
-        once."""
+        learned but not recorded before a crash is learned again); the ledger applies each
+        once. An adapter whose provider reports elsewhere (the MTA agent ships Postfix's log to
+        Kafka) returns nothing: those receipts reach the owner through Kafka."""
 
     def close(self) -> None: ...

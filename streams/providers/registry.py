@@ -30,8 +30,7 @@ def open_simulated(settings: Settings, channel: str, _url: SplitResult) -> Provi
 def open_smtp(settings: Settings, channel: str, url: SplitResult) -> ProviderAdapter:
     from streams.providers.smtp import SmtpAdapter
 
-    host, port = host_port(url, f"ESTOP_{channel.upper()}_PROVIDER")
-    return SmtpAdapter.connect(settings, channel, host, port)
+    return SmtpAdapter.connect(settings, channel, url)
 
 
 def open_smpp(settings: Settings, _channel: str, url: SplitResult) -> ProviderAdapter:

@@ -18,7 +18,8 @@ from tests.support import free_port, run_estop
 
 def demo_env(settings: Settings, mta: Path) -> dict[str, str]:
     return {**cli_env(settings), "ESTOP_MTA_DIR": str(mta), "ESTOP_MTA_PORT": str(free_port()),
-            "ESTOP_MTA_RECEIVER_PORT": str(free_port()), "ESTOP_METRICS_PORT": str(free_port())}
+            "ESTOP_MTA_RECEIVER_PORT": str(free_port()), "ESTOP_MTA_AGENT_PORT": str(free_port()),
+            "ESTOP_METRICS_PORT": str(free_port())}
 
 
 @pytest.mark.broker

@@ -1,6 +1,8 @@
 """Fixtures of the provider tests: one private Postfix instance (and its smtp-sink receiver) for
 the whole session, on free ports, in a session folder removed at the end; each test's settings
-send email through it. Postfix missing from the machine fails these tests with a clear message."""
+send email through it, and a test that needs the MTA agent gets one of its own, shipping
+Postfix's log to that test's receipts topic (the agent ships to one topic prefix, each test has
+its own). Postfix missing from the machine fails these tests with a clear message."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.mta.agent_process import AgentProcess
 from streams.mta.local import LocalMta
 from streams.mta.postfix import POSTFIX
 from streams.settings import Settings, load_settings
@@ -25,8 +28,8 @@ def mta() -> Iterator[LocalMta]:
     home = Path(tempfile.mkdtemp(prefix="estop-mta-"))
     home.chmod(0o755)
     local = LocalMta(load_settings(mta_dir=home, mta_port=free_port(),
-                                   mta_receiver_port=free_port()))
-    local.start()
+                                   mta_receiver_port=free_port(), mta_agent_port=free_port()))
+    local.start(agent=False)
     try:
         yield local
     finally:
@@ -42,12 +45,29 @@ def receiver_up(mta: LocalMta) -> Iterator[LocalMta]:
     mta.receiver_up()
 
 
-@pytest.fixture
-def smtp_settings(settings: Settings, mta: LocalMta) -> Settings:
-    """This test's settings, email through the session's Postfix."""
+def through(settings: Settings, mta: LocalMta) -> Settings:
+    """``settings`` with email through the session's Postfix and its agent's port."""
     return settings.model_copy(update={
         "email_provider": mta.provider_url,
         "mta_dir": mta.postfix.home,
         "mta_port": mta.postfix.port,
         "mta_receiver_port": mta.receiver.port,
+        "mta_agent_port": mta.agent.port,
     })
+
+
+@pytest.fixture
+def smtp_settings(settings: Settings, mta: LocalMta) -> Settings:
+    """This test's settings (its topics exist), email through the session's Postfix."""
+    return through(settings, mta)
+
+
+@pytest.fixture
+def agent(smtp_settings: Settings) -> Iterator[AgentProcess]:
+    """The MTA agent for this test, in the background as `estop mta start` runs it."""
+    process = AgentProcess(smtp_settings)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()

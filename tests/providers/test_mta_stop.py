@@ -1,10 +1,13 @@
 """The emergency stop through a real MTA: a worker hands email to the private Postfix over SMTP;
 the receiver (the internet) goes down, so the rest of the campaign waits in Postfix's deferred
-queue after the campaign Finished; the stop deletes it there. Once the receiver is back, not one
-message of the stopped campaign arrives (counted at the receiver), every message has exactly one
-outcome, sent is exactly what arrived, and the report says how many were cancelled at the
-provider. And a dispatcher SIGKILLed between an SMTP submission and its record in the outbox
-neither delivers a message twice nor loses one."""
+queue after the campaign Finished; the stop deletes it there, through the MTA agent. Once the
+receiver is back, not one message of the stopped campaign arrives (counted at the receiver),
+every message has exactly one outcome, sent is exactly what arrived, and the report says how
+many were cancelled at the provider. And a dispatcher SIGKILLed between an SMTP submission and
+its record in the ledger neither delivers a message twice nor loses one.
+
+Deliveries reach the dispatcher only through dispatch.email.receipts, where the agent ships
+Postfix's log."""
 
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ from streams.campaigns.launcher import LaunchResult, launch
 from streams.control.stop import issue_stop
 from streams.dispatch.changelog import LedgerStats
 from streams.models import REASON_CANCELLED, REASON_HELD, STAGE_PROVIDER
+from streams.mta.agent_process import AgentProcess
 from streams.mta.local import LocalMta
-from streams.providers.smtp import PostfixLog
+from streams.mta.maillog import MAYBE_SENT
 from streams.serde import Serdes
 from streams.settings import Settings
+from tests.providers.support import receipts_of
 from tests.reliability.support import WAIT_S, Fleet, assert_exact, env_of, wait_for
 from tests.support import ESTOP, run_estop
 
@@ -41,7 +46,7 @@ def launched_in_background(settings: Settings, campaign: str, count: int) -> tup
 
 
 def test_a_stop_deletes_the_mail_waiting_in_postfix_and_none_of_it_arrives(
-    smtp_settings: Settings, receiver_up: LocalMta
+    smtp_settings: Settings, receiver_up: LocalMta, agent: AgentProcess
 ) -> None:
     settings, mta = smtp_settings, receiver_up
     campaign = "mta-stop"
@@ -79,11 +84,11 @@ def test_a_stop_deletes_the_mail_waiting_in_postfix_and_none_of_it_arrives(
         sent_ids = {e["message_id"] for e in events.sent}
         # Sent means it reached the receiver; nothing else did. Taking the receiver down can cut
         # a message after its data and before the answer: the receiver may or may not have
-        # written it, and it counts as sent (Postfix's log: "may be sent more than once").
-        log = PostfixLog(mta.postfix.log_path)
-        log.read()
+        # written it, and it counts as sent (Postfix's log: "may be sent more than once"; the
+        # agent ships its removal as its delivery).
+        uncertain = {d.message_id for _, d in receipts_of(settings, sent_ids) if d.detail == MAYBE_SENT}
         assert arrived.ids(campaign) <= sent_ids
-        assert sent_ids - arrived.ids(campaign) <= log.uncertain
+        assert sent_ids - arrived.ids(campaign) <= uncertain
         assert arrived.twice(campaign) == 0
         assert arrived.count(campaign) < RECIPIENTS
 
@@ -103,8 +108,8 @@ def test_a_stop_deletes_the_mail_waiting_in_postfix_and_none_of_it_arrives(
         fleet.stop_all()
 
 
-def test_a_dispatcher_killed_between_smtp_submission_and_its_outbox_record(
-    smtp_settings: Settings, receiver_up: LocalMta
+def test_a_dispatcher_killed_between_smtp_submission_and_its_ledger_record(
+    smtp_settings: Settings, receiver_up: LocalMta, agent: AgentProcess
 ) -> None:
     settings, mta = smtp_settings, receiver_up
     campaign = "mta-kill"
@@ -116,7 +121,7 @@ def test_a_dispatcher_killed_between_smtp_submission_and_its_outbox_record(
                     crash_at="handoff-submitted")
         fleet.start("sink", "--role", "sink")
         launcher, launched = launched_in_background(settings, campaign, count)
-        # Postfix accepted a slice; the process died before the outbox recorded its queue ids.
+        # Postfix accepted a slice; the process died before the ledger recorded its queue ids.
         fleet.crashed("dispatcher")
         fleet.restart("dispatcher")
         launcher.join(WAIT_S)
@@ -128,8 +133,8 @@ def test_a_dispatcher_killed_between_smtp_submission_and_its_outbox_record(
         arrived = mta.receiver.arrivals()
         assert arrived.count(campaign) == count  # none lost
         assert arrived.twice(campaign) == 0  # none delivered twice
-        # The restarted dispatcher found the messages in doubt in Postfix's log instead of
-        # submitting them again.
+        # The restarted dispatcher found the messages in doubt in Postfix's log (asking the
+        # agent) instead of submitting them again.
         output = fleet.procs["dispatcher"].output()
         assert "messages in doubt were found at the provider" in output
         assert LedgerStats(settings, "email").resubmitted(campaign) > 0
@@ -140,9 +145,14 @@ def test_a_dispatcher_killed_between_smtp_submission_and_its_outbox_record(
 def test_a_worker_refuses_to_start_with_a_provider_it_cannot_use(settings: Settings) -> None:
     """One line naming the setting, a non-zero exit, no traceback."""
     for url, code, words in [("kumo://mta:8000", 2, "unknown provider"),
-                             ("smtp://127.0.0.1:1", 1, "no Postfix instance")]:
-        done = run_estop("worker", "--role", "dispatcher", "--channel", "email",
-                         env={**env_of(settings), "ESTOP_EMAIL_PROVIDER": url}, timeout_s=120)
+                             ("smtp://127.0.0.1:1", 2, "needs its token"),
+                             ("smtp://127.0.0.1:1?agent=http://127.0.0.1:1", 1,
+                              "the MTA agent at http://127.0.0.1:1 does not answer")]:
+        env = {**env_of(settings), "ESTOP_EMAIL_PROVIDER": url}
+        if "agent=" in url:
+            env["ESTOP_MTA_AGENT_TOKEN"] = "a-token"
+        done = run_estop("worker", "--role", "dispatcher", "--channel", "email", env=env,
+                         timeout_s=120)
         assert done.returncode == code, done.stderr
         errors = [line for line in done.stderr.splitlines() if line.startswith("estop:")]
         assert len(errors) == 1 and "ESTOP_EMAIL_PROVIDER" in errors[0] and words in errors[0]
