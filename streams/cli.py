@@ -703,10 +703,12 @@ def _audit_line(entry: dict[str, Any]) -> str:
 @handles_errors
 def export(settings: Settings, campaign_id: str, outcome: str, channel: str | None, out: Path) -> None:
     """One CSV row per recipient of a campaign with the given outcome."""
+    from streams.models.ids import check_id
     from streams.security import audit
     from streams.sink.report import export_recipients
     from streams.sink.store import open_store
 
+    check_id(campaign_id)
     store = open_store(settings)
     try:
         rows = export_recipients(store, campaign_id, outcome, channel, out)

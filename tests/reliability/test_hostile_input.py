@@ -34,6 +34,7 @@ from streams.models import (
 )
 from streams.serde import Serdes
 from streams.settings import Settings
+from streams.sink.store import open_store
 from tests.pipeline.support import cli_env
 from tests.reliability.support import (
     Fleet,
@@ -277,11 +278,12 @@ def test_a_control_record_keyed_by_another_campaign_is_refused_by_every_worker(
         settings: Settings) -> None:
     """A record keyed ``kept`` whose body stops ``elsewhere`` would, once compacted, replace
     kept's stop as kept's only record; records whose ids break the id rule name campaigns no
-    request can carry. Every worker refuses them (not applied, counted, logged): kept stays
-    stopped, elsewhere is not stopped by a record that is not its own."""
+    request can carry. Every worker refuses them (not applied, counted, logged), and the analytics
+    sink dead-letters them: kept stays stopped, elsewhere is not stopped, nor reported stopped, by
+    a record that is not its own."""
     fleet = Fleet(settings, **ENV)
     try:
-        worker = fleet.start("worker", "--role", "gate", "--role", "dispatcher")
+        worker = fleet.start("worker", "--role", "gate", "--role", "dispatcher", "--role", "sink")
         wait_joined(settings, worker.process_id, settings.topics.gate_group("email"))
         kept = issue_stop(settings, SERDES, "kept", REASON, [], by="ops", timeout_s=60, force=True)
         assert kept.confirmed
@@ -312,5 +314,12 @@ def test_a_control_record_keyed_by_another_campaign_is_refused_by_every_worker(
         assert campaign_events(settings, SERDES, "elsewhere").not_sent == []
         passed = [m.key() for m in read_all(settings, settings.topics.dispatch("email"))]
         assert passed == [message_id("elsewhere", "email", 0).encode()]
+        wait_for(lambda: len(dead_letters(settings, settings.topics.control)) == 3,
+                 "the sink to dead-letter the three refused control records")
+        store = open_store(settings)
+        try:
+            assert store.stops("elsewhere") == [] and len(store.stops("kept")) == 1
+        finally:
+            store.close()
     finally:
         fleet.stop_all()
