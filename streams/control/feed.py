@@ -133,7 +133,6 @@ class ControlFeed:
         campaign = key.decode(errors="replace") if isinstance(key, bytes) else ""
         anomalies = self.view.anomalies
         value = message.value()
-        where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
         if value is None:
             if self.view.apply_tombstone(campaign):
                 log.warning("ignored a tombstone for stopped campaign %r: a stop is final", campaign)
@@ -143,12 +142,12 @@ class ControlFeed:
             except SerdeError as exc:
                 self.view.apply_anomaly()
                 log.warning("ignored an unreadable control record for %r at %s: %s", campaign,
-                            where, exc.reason)
+                            _where(message), exc.reason)
             else:
                 refused = refusal(key, command)
                 if refused is not None:
                     self.view.apply_anomaly()
-                    log.warning("refused control record %s: %s", where, refused)
+                    log.warning("refused control record %s: %s", _where(message), refused)
                 else:
                     self._apply_command(command, message, applied, ack_from)
         if self.view.anomalies > anomalies:
@@ -205,3 +204,7 @@ class ControlFeed:
             self._producer.produce(self.settings.topics.acks, key=result.command_id.encode(),
                                    value=self.serdes.control_ack.encode(ack))
         self._producer.flush(10)
+
+
+def _where(message: Message) -> str:
+    return f"{message.topic()}[{message.partition()}]@{message.offset()}"

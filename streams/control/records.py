@@ -18,11 +18,17 @@ from typing import Any
 
 from streams.control.view import ALL_CHANNELS, ControlView
 from streams.models import ACTION_STOP
-from streams.models.ids import id_problem
+from streams.models.ids import ID_BYTES, ID_MAX, id_problem
 
 
 def refusal(key: bytes | None, command: Mapping[str, Any]) -> str | None:
-    """Why a decoded command must not be applied at all (one line), or None."""
+    """Why a decoded command must not be applied at all (one line), or None. (A start-up reads
+    every command: the valid ones take two byte checks and a comparison.)"""
+    if key is not None and 0 < len(key) <= ID_MAX and not key.translate(None, ID_BYTES) and \
+            key == command["campaign_id"].encode():
+        command_id = command["command_id"].encode()
+        if 0 < len(command_id) <= ID_MAX and not command_id.translate(None, ID_BYTES):
+            return None
     for name in ("campaign_id", "command_id"):
         problem = id_problem(command[name], name.replace("_", " "))
         if problem is not None:

@@ -21,7 +21,7 @@ from streams.exceptions import UsageError
 ID_MAX: Final = 128
 MESSAGE_ID_MAX: Final = ID_MAX + 64
 ALLOWED: Final = "A-Z a-z 0-9 . _ : -"
-_ID_BYTES = (string.ascii_letters + string.digits + "._:-").encode()
+ID_BYTES = (string.ascii_letters + string.digits + "._:-").encode()  # the allowed bytes
 _SHOWN = 40  # characters of a bad id quoted in an error
 
 
@@ -44,7 +44,7 @@ def id_problem(value: object, what: str = "campaign id", limit: int = ID_MAX) ->
         why = f"it is {len(raw):,} characters long, at most {limit} are allowed"
     else:
         index, char = next((i, c) for i, c in enumerate(text)
-                           if not c.isascii() or c.encode().translate(None, _ID_BYTES))
+                           if not c.isascii() or c.encode().translate(None, ID_BYTES))
         name = unicodedata.name(char, "(a control character)")
         why = f"character {index + 1} is U+{ord(char):04X} {name}"
     return f"invalid {what} {shown}: {why} (an id is 1 to {limit} of {ALLOWED})"
@@ -53,7 +53,7 @@ def id_problem(value: object, what: str = "campaign id", limit: int = ID_MAX) ->
 def is_valid_id(raw: bytes, limit: int = ID_MAX) -> bool:
     """``id_problem(raw) is None`` for the hot path (a record's key or header, as bytes): every
     byte deleted by the allowed ones leaves nothing (one C call, no regular expression)."""
-    return 0 < len(raw) <= limit and not raw.translate(None, _ID_BYTES)
+    return 0 < len(raw) <= limit and not raw.translate(None, ID_BYTES)
 
 
 def check_id(value: str, what: str = "campaign id", limit: int = ID_MAX) -> str:
