@@ -368,8 +368,10 @@ def launch(settings: Settings, campaign_id: str, channels: tuple[str, ...], reci
 
     from streams.campaigns.launcher import launch as run_launch
     from streams.kafka.clients import wait_for_broker
+    from streams.models.ids import check_id
     from streams.serde import serdes_for
 
+    check_id(campaign_id)
     wait_for_broker(settings)
     channel_list = list(dict.fromkeys(channels))
     with Progress(transient=False) as progress:
@@ -386,7 +388,8 @@ def launch(settings: Settings, campaign_id: str, channels: tuple[str, ...], reci
 @main.command()
 @click.argument("campaign_id", required=False)
 @click.option("--all", "stop_everything", is_flag=True,
-              help="The kill switch: stop every campaign that is Sending or Finished, every channel.")
+              help="The kill switch: stop every campaign no command has stopped on every channel, "
+                   "whatever its status says, on every channel.")
 @click.option("--reason", required=True, help="Why the campaign is stopped (shown everywhere).")
 @click.option("--channel", "channels", multiple=True,
               help="Stop only these channels (default: every channel).")
@@ -401,7 +404,7 @@ def stop(settings: Settings, campaign_id: str | None, stop_everything: bool, rea
     """Stop a campaign on every channel (or some), or every campaign with --all, and wait until
     it is confirmed. The stop is recorded as requested by your Kafka user (ESTOP_SASL_USERNAME),
     or your OS user on a cluster without authentication, and audited."""
-    from streams.control.exceptions import StopNotConfirmedError
+    from streams.control.exceptions import StopNotConfirmedError, StopsIncompleteError
     from streams.control.stop import audited_stop, audited_stop_all
     from streams.security.audit import cli_actor
     from streams.serde import serdes_for
@@ -411,23 +414,28 @@ def stop(settings: Settings, campaign_id: str | None, stop_everything: bool, rea
     timeout = settings.stop_timeout_s if timeout_s is None else timeout_s
     if stop_everything:
         if campaign_id or channels or force:
-            raise UsageError("--all stops every Sending or Finished campaign on every channel: "
-                             "give no CAMPAIGN, --channel or --force with it")
+            raise UsageError("--all stops every campaign on every channel: give no CAMPAIGN, "
+                             "--channel or --force with it")
         results = audited_stop_all(settings, serdes, actor, reason, timeout)
         _warn_unaudited(results)
         if as_json:
             click.echo(json.dumps({"stopped": [r.as_dict() for r in results]}))
         elif not results:
-            click.echo("no campaign is Sending or Finished; nothing written")
+            click.echo("every campaign is stopped already; nothing written")
         for result in [] if as_json else results:
             _print_stop(result)
+        failed = [r for r in results if r.error is not None]
+        if failed:
+            raise StopsIncompleteError(
+                f"{len(failed)} campaign(s) could not be stopped, every other one was: "
+                + "; ".join(f"{r.campaign_id!r}: {r.error}" for r in failed))
         unconfirmed = [r.campaign_id for r in results if not r.confirmed]
         if unconfirmed:
             raise StopNotConfirmedError(f"stop of {', '.join(unconfirmed)} not confirmed within "
                                         f"{timeout:g}s; it stays in force")
         return
     if not campaign_id:
-        raise UsageError("name the CAMPAIGN to stop (or --all for every Sending or Finished campaign)")
+        raise UsageError("name the CAMPAIGN to stop (or --all for every campaign)")
     result = audited_stop(settings, serdes, actor, campaign_id, reason, list(channels), timeout, force)
     _warn_unaudited([result])
     if as_json:
@@ -448,6 +456,9 @@ def _warn_unaudited(results: list[Any]) -> None:
 
 
 def _print_stop(result: Any) -> None:
+    if result.error is not None:
+        click.echo(f"{result.campaign_id!r} could NOT be stopped: {result.error}")
+        return
     if result.already_stopped:
         click.echo(f"{result.campaign_id} is already stopped on {', '.join(result.channels)} "
                    f"(command {result.command_id}); nothing written")
@@ -486,9 +497,13 @@ def relaunch(settings: Settings, campaign_id: str, new_id: str, rate: float | No
     from streams.campaigns.relaunch import plan_relaunch
     from streams.campaigns.relaunch import relaunch as run_relaunch
     from streams.kafka.clients import wait_for_broker
+    from streams.models.ids import check_id
+    from streams.security import audit
     from streams.serde import serdes_for
     from streams.sink.store import open_store
 
+    check_id(campaign_id)
+    check_id(new_id, "new campaign id")
     serdes = serdes_for(settings)
     wait_for_broker(settings)
     store = open_store(settings)
@@ -498,9 +513,34 @@ def relaunch(settings: Settings, campaign_id: str, new_id: str, rate: float | No
         plan = plan_relaunch(store, campaign_id, new_id, known)
     finally:
         store.close()
-    result = run_relaunch(settings, serdes, plan, rate)
+    channels = sorted(plan.audience)
+    _audited_cli(settings, audit.RELAUNCH, audit.ACCEPTED, campaign_id, channels,
+                 f"as {new_id}: {plan.recipients:,} notSent recipient(s)")
+    try:
+        result = run_relaunch(settings, serdes, plan, rate)
+    except EstopError as exc:
+        _audited_cli(settings, audit.RELAUNCH, audit.FAILED, campaign_id, channels,
+                     f"as {new_id}: {exc}")
+        raise
     click.echo(f"{plan.campaign_id}: {result.state}; relaunched the notSent recipients of "
                f"{campaign_id}: " + ", ".join(f"{c} {n:,}" for c, n in result.queued.items()))
+    if plan.foreign:
+        click.echo(f"  left out {plan.foreign:,} notSent row(s) whose message ids {campaign_id} "
+                   "was never planned with")
+
+
+def _audited_cli(settings: Settings, action: str, outcome: str, campaign_id: str,
+                 channels: list[str], detail: str) -> None:
+    """Audit what the command did under its identity (the Kafka user, else the OS user); say
+    so when the event could not be written (what it did stands)."""
+    from streams.security import audit
+    from streams.serde import serdes_for
+
+    entry = audit.event(settings, audit.cli_actor(settings), action, outcome, campaign_id,
+                        channels=channels, detail=detail)
+    problem = audit.record(settings, serdes_for(settings), entry)
+    if problem:
+        _say(f"estop: warning: {problem}")
 
 
 @main.command()
@@ -734,14 +774,19 @@ def _audit_line(entry: dict[str, Any]) -> str:
 @handles_errors
 def export(settings: Settings, campaign_id: str, outcome: str, channel: str | None, out: Path) -> None:
     """One CSV row per recipient of a campaign with the given outcome."""
+    from streams.models.ids import check_id
+    from streams.security import audit
     from streams.sink.report import export_recipients
     from streams.sink.store import open_store
 
+    check_id(campaign_id)
     store = open_store(settings)
     try:
         rows = export_recipients(store, campaign_id, outcome, channel, out)
     finally:
         store.close()
+    _audited_cli(settings, audit.EXPORT, audit.ACCEPTED, campaign_id, [channel] if channel else [],
+                 f"{rows:,} {outcome} row(s) to {out}")
     click.echo(f"wrote {rows:,} {outcome} rows of {campaign_id} to {out}")
 
 

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # SASL_SSL (or SSL): the CA certificate (PEM) the brokers' certificates are checked against;
+    # unset, the system's trusted CAs.
+    ssl_ca_location: Path | None = None
     schema_registry_url: str | None = None
 
     # Topics.
@@ -51,10 +54,19 @@ class Settings(BaseSettings):
     # Control plane (`estop control`): HTTP API and its /metrics; port 0 picks a free port.
     control_port: int = Field(default=6066, ge=0, le=65535)
     control_host: str = "localhost"
+    # Host names clients may reach the API by (the Host header; comma-separated), besides the
+    # bound address and, on loopback, localhost: anything else is answered 421 (DNS rebinding).
+    control_allowed_hosts: str = ""
+    # HTTPS for the API: a certificate (chain) and its private key, PEM files.
+    control_tls_cert: Path | None = None
+    control_tls_key: Path | None = None
     # Who may use the HTTP API: comma-separated ``name:role:token`` entries, role viewer (reads),
-    # operator (also stops) or admin (also the kill switch); a request carries
-    # ``Authorization: Bearer <token>``. Unset: the API asks nobody (the embedded default).
+    # operator (also stops, relaunches, exports) or admin (also the kill switch); a request
+    # carries ``Authorization: Bearer <token>``. Required, unless ``http_open``.
     http_tokens: SecretStr | None = None
+    # An API that asks nobody (every request acts as an admin), only on a loopback address and
+    # only when asked for: the embedded demo and tests on one machine.
+    http_open: bool = False
     # How long a stop may wait for every live gate and dispatcher to confirm it before `estop
     # stop` exits 3 and the console warns (the stop stays in force either way).
     stop_timeout_s: float = Field(default=30.0, ge=0)
@@ -179,6 +191,8 @@ class Settings(BaseSettings):
             conf["sasl.username"] = self.sasl_username
         if self.sasl_password:
             conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location is not None:
+            conf["ssl.ca.location"] = str(self.ssl_ca_location)
         return conf
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from streams.campaigns.lifecycle import publish_status
 from streams.clock import now_ms
@@ -29,6 +29,8 @@ from streams.models import (
     STATE_SENDING,
     STATE_STOPPED,
 )
+from streams.models.ids import check_id
+from streams.security.refusals import refused
 from streams.serde import Serdes
 from streams.serde.fastevents import HeldBackEvents
 from streams.settings import Settings
@@ -85,6 +87,7 @@ def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[
            progress: Progress = lambda _: None) -> LaunchResult:
     """Queue ``recipients`` (a count: the same numbered recipients on every channel; or an
     audience per channel, as a relaunch of the unsent recipients has) as campaign ``campaign_id``."""
+    check_id(campaign_id)  # before anything is written: a campaign no stop could name
     audience: Audience = (dict.fromkeys(channels, Numbered(recipients)) if isinstance(recipients, int)
                           else recipients)
     # With a schema registry, every schema the launch writes is registered before its first
@@ -95,16 +98,21 @@ def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[
     feed = ControlFeed(settings, view, serdes, process_id=f"launcher:{campaign_id}", roles=[],
                        acknowledge=False)
     feed.start()
-    out = producer(settings)
+    refusals = _Refusals(settings)
+    # Only failed deliveries come back (none per message sent): a write Kafka refuses (an ACL,
+    # a record too large) fails the launch instead of passing for queued.
+    out = producer(settings, **{"delivery.report.only.error": True, "on_delivery": refusals.note})
     planned = {c: len(audience[c]) for c in channels}
     result = LaunchResult(campaign_id, planned, dict.fromkeys(channels, 0))
     try:
         publish_status(out, settings, serdes, campaign_id, STATE_SENDING, channels, planned)
         out.flush(settings.admin_timeout_s)
-        _queue(out, settings, serdes, view, result, channels, audience, rate, progress)
+        refusals.check()
+        _queue(out, settings, serdes, view, result, channels, audience, rate, progress, refusals)
         # Every request is on its topic before the status says so: a reader that sees Finished
         # (the console, a relaunch's caller) finds the whole campaign queued.
         _flush_requests(out, FLUSH_S)
+        refusals.check()
         stops = {c: view.stopped(campaign_id, c) for c in channels}
         for channel, stop in stops.items():
             if stop is not None:
@@ -116,14 +124,34 @@ def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[
         publish_status(out, settings, serdes, campaign_id, result.state, channels, planned,
                        result.queued, any_stop)
         out.flush(FLUSH_S)
+        refusals.check()
     finally:
         feed.close()
     return result
 
 
+class _Refusals:
+    """Delivery failures of a launch's producer; ``check`` raises the first one, in one line."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.failed: list[tuple[KafkaError, str]] = []
+
+    def note(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self.failed.append((error, message.topic() or "a topic"))
+
+    def check(self) -> None:
+        if not self.failed:
+            return
+        error, topic = self.failed[0]
+        raise refused(self.settings, error, f"write {topic}") or KafkaUnavailableError(
+            f"Kafka did not take a record on {topic}: {error.str()}; the campaign stays Sending")
+
+
 def _queue(out: Producer, settings: Settings, serdes: Serdes, view: ControlView,
            result: LaunchResult, channels: list[str], audience: Audience, rate: float | None,
-           progress: Progress) -> None:
+           progress: Progress, refusals: _Refusals) -> None:
     campaign_id = result.campaign_id
     encode = serdes.send_request.encode
     topics = {c: settings.topics.send_requests(c) for c in channels}
@@ -152,6 +180,9 @@ def _queue(out: Producer, settings: Settings, serdes: Serdes, view: ControlView,
                      [*headers[channel], (HEADER_RECIPIENT, recipient.encode())])
             result.queued[channel] += 1
         progress(len(queued))
+        if (index + 1) % 1000 == 0:
+            out.poll(0)  # serves failed deliveries: a refused write stops the launch early
+            refusals.check()
         if rate and (index + 1) % 100 == 0:
             ahead = (index + 1) / rate - (time.monotonic() - started)
             if ahead > 0:

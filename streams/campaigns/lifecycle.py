@@ -1,8 +1,11 @@
 """Campaign lifecycle on the compacted ``campaign-status`` topic: Sending (planned counts),
 Finished (every request queued), Stopped (when, by whom, why, which channels).
 
-The stop itself lives on ``campaign-control``; readers combine both, so a campaign stopped by
-any producer of the control topic shows Stopped even if nobody wrote its status."""
+The stop itself lives on ``campaign-control``, and "Stopped" comes from there alone: the campaign
+engine may write ``campaign-status``, so nothing on it can take a campaign off the kill switch's
+list or hide its stop button. A Stopped status that no stop command backs counts as Sending, and
+a tombstone, an unreadable record or a record whose key is not its campaign's id never replaces
+a campaign's last status."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from confluent_kafka import Message, Producer
 from streams.clock import now_ms
 from streams.control.feed import ControlFeed
 from streams.control.view import ControlView, Stop
-from streams.models import STATE_STOPPED
+from streams.models import STATE_SENDING, STATE_STOPPED
 from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
 
@@ -46,24 +49,29 @@ def stop_info(stop: Stop) -> dict[str, Any]:
     }
 
 
+def status_record(serdes: Serdes, key: bytes | None, value: bytes | None) -> Status | None:
+    """The status a ``campaign-status`` record gives its campaign, or None when it gives none:
+    a tombstone, an unreadable value, or a body naming another campaign than the key (compaction
+    would keep it as the key's only record)."""
+    if key is None or value is None:
+        return None
+    try:
+        record: Status = serdes.campaign_status.decode(value)
+    except SerdeError:
+        return None
+    return record if record["campaign_id"].encode("utf-8", "surrogatepass") == key else None
+
+
 def read_campaigns(settings: Settings, serdes: Serdes) -> dict[str, Status]:
-    """The latest status of every campaign (unreadable records are skipped)."""
+    """The last status of every campaign (see ``status_record`` for what is skipped)."""
     from streams.kafka.reader import read_topic
 
     table: dict[str, Status] = {}
 
     def handle(message: Message) -> None:
-        key = message.key()
-        if key is None:
-            return
-        if message.value() is None:
-            table.pop(key.decode(errors="replace"), None)
-            return
-        try:
-            record = serdes.campaign_status.decode(message.value())
-        except SerdeError:
-            return
-        table[record["campaign_id"]] = record
+        record = status_record(serdes, message.key(), message.value())
+        if record is not None:
+            table[record["campaign_id"]] = record
 
     read_topic(settings, settings.topics.status, handle)
     return table
@@ -79,6 +87,10 @@ def read_control(settings: Settings, serdes: Serdes) -> ControlView:
 
 
 def effective_state(status: Status | None, view: ControlView, campaign_id: str) -> str | None:
+    """Stopped when a command stopped the campaign; else its status, where a Stopped that no
+    command backs is Sending (its messages may still flow: nothing stopped them)."""
     if view.channels_stopped(campaign_id):
         return STATE_STOPPED
-    return status["state"] if status else None
+    if status is None:
+        return None
+    return STATE_SENDING if status["state"] == STATE_STOPPED else str(status["state"])

@@ -19,3 +19,7 @@ class StopNotConfirmedError(EstopError):
     """The stop is in force but not every live process acknowledged it within the timeout."""
 
     exit_code = 3
+
+
+class StopsIncompleteError(EstopError):
+    """The kill switch stopped every campaign it could; these it could not (named with why)."""

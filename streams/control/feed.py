@@ -10,11 +10,10 @@ stopped campaigns), then acknowledges it (``acknowledge_partitions``). A stop is
 every partition is held by a process whose acknowledgement covers the stop's offset
 (``streams.control.confirmation``).
 
-``campaign-control`` is compacted by campaign id: only the latest record of a campaign survives.
-A tombstone, an unknown action or an unreadable record after a stop would therefore erase the
-stop for every process that starts after compaction. A data-plane feed that reads such a record
-(or any record that does not carry every stopped channel) re-publishes the stop in force, so the
-latest record of a stopped campaign is always a stop."""
+What a record may do is ``streams.control.records``' rule: a record whose ids break the id rule
+or whose key is not its campaign's id is refused, a tombstone, an unknown action or an unreadable
+record leaves every stop in force; each is counted (``estop_control_anomalies_total``) and
+logged. The control plane restates a stop over such a record, so compaction keeps the stop."""
 
 from __future__ import annotations
 
@@ -23,16 +22,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from streams.clock import now_ms
-from streams.control.view import ALL_CHANNELS, Applied, ControlView
+from streams.control.records import refusal
+from streams.control.view import Applied, ControlView
 from streams.kafka.clients import consumer, producer, take
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.kafka.reader import assign_all, high_watermark, read_until
 from streams.metrics import CONTROL_ANOMALIES, STOP_PROPAGATION, STOPS_APPLIED
-from streams.models import ACTION_STOP
 from streams.serde import SerdeError, Serdes
 from streams.serde.fastevents import FlatDecoder
 from streams.settings import Settings
@@ -75,10 +75,6 @@ class ControlFeed:
         self.last_pass = time.monotonic()  # the tail loop's heartbeat, for the worker's /health
         self.bootstrap_s: float | None = None
         self._received_at: dict[str, int] = {}  # record timestamps of commands being applied
-        self._repair: set[str] = set()  # stopped campaigns whose latest record is not a full stop
-        # Re-published stops get a producer of their own: on a secured cluster the workers' user
-        # may not write campaign-control, and that refusal must not touch the acks' producer.
-        self._repairs: Producer | None = producer(settings, **{"linger.ms": 0}) if acknowledge else None
 
     def add_hook(self, hook: StopHook) -> None:
         """``hook`` for each stop applied while tailing (and each recent one read at start-up)."""
@@ -147,7 +143,6 @@ class ControlFeed:
             for partition, end in ends.items():  # compaction may have left the last offsets empty
                 self._position[partition] = max(self._position[partition], end)
         self._after_apply(applied, applied)  # only the recent ones: see _apply
-        self._republish()
         self.bootstrap_s = time.monotonic() - started
         log.info("control view ready: %d stopped campaigns, %d commands in %.2fs",
                  len(self.view), self.view.applied, self.bootstrap_s)
@@ -174,8 +169,6 @@ class ControlFeed:
             self._ends_reader.close()
         if self._producer is not None:
             self._producer.flush(5)
-        if self._repairs is not None:
-            self._repairs.flush(5)
 
     def _tail(self) -> None:
         assert self._consumer is not None
@@ -194,7 +187,6 @@ class ControlFeed:
                 self._caught_up()
             if applied:
                 self._after_apply(applied, applied)
-            self._republish()
 
     def _caught_up(self) -> None:
         """Advance the position to where the reader is (past records without a command, and
@@ -215,7 +207,6 @@ class ControlFeed:
         key = message.key()
         campaign = key.decode(errors="replace") if isinstance(key, bytes) else ""
         anomalies = self.view.anomalies
-        covers: frozenset[str] = frozenset()  # the channels this record stops on its own
         value = message.value()
         if value is None:
             if self.view.apply_tombstone(campaign):
@@ -225,76 +216,38 @@ class ControlFeed:
                 command = self._commands.decode(value)
             except SerdeError as exc:
                 self.view.apply_anomaly()
-                log.warning("ignored an unreadable control record for %r at %s[%d]@%d: %s", campaign,
-                            message.topic(), message.partition(), message.offset(), exc.reason)
+                log.warning("ignored an unreadable control record for %r at %s: %s", campaign,
+                            _where(message), exc.reason)
             else:
-                # A re-published stop is not new: not acknowledged or run through the hooks again.
-                seen = self.view.in_force(command["campaign_id"], command["command_id"])
-                result = self.view.apply(command)
-                if result is None:
-                    log.warning("ignored control command %s for %r: action %r, channels %s",
-                                command.get("command_id"), command.get("campaign_id"),
-                                command.get("action"), command.get("channels"))
+                refused = refusal(key, command)
+                if refused is not None:
+                    self.view.apply_anomaly()
+                    log.warning("refused control record %s: %s", _where(message), refused)
                 else:
-                    channels = command["channels"]
-                    covers = frozenset(channels) if channels else ALL_CHANNELS  # only stops apply
-                    if self.view.anomalies > anomalies:
-                        log.warning("control command %s names unknown channels: %s",
-                                    result.command_id, command.get("channels"))
-                    if not seen:
-                        # A start-up keeps only what it acknowledges; the start hooks take the rest.
-                        acknowledged = ack_from is None or result.requested_at >= ack_from
-                        if acknowledged:
-                            self._received_at[result.command_id] = message.timestamp()[1]
-                            applied.append(result)
+                    self._apply_command(command, message, applied, ack_from)
         if self.view.anomalies > anomalies:
             CONTROL_ANOMALIES.inc(self.view.anomalies - anomalies)
-        if covers is ALL_CHANNELS:
-            self._repair.discard(campaign)  # a full stop is all compaction needs to keep
-            return
-        stopped = self.view.channels_stopped(campaign) if campaign else frozenset()
-        if stopped and not stopped <= covers:
-            self._repair.add(campaign)
-        else:
-            self._repair.discard(campaign)
 
-    def _republish(self) -> None:
-        """Make a full stop the latest record of every stopped campaign whose latest record is
-        not one (see the module's note); every data-plane process does it, duplicates are
-        harmless (same command id: not applied or acknowledged twice)."""
-        if not self._repair or self._repairs is None:
-            self._repair.clear()
+    def _apply_command(self, command: dict[str, Any], message: Message, applied: list[Applied],
+                       ack_from: int | None) -> None:
+        # A re-published stop is not new: not acknowledged or run through the hooks again.
+        seen = self.view.in_force(command["campaign_id"], command["command_id"])
+        anomalies = self.view.anomalies
+        result = self.view.apply(command)
+        if result is None:
+            log.warning("ignored control command %s for %r: action %r, channels %s",
+                        command.get("command_id"), command.get("campaign_id"),
+                        command.get("action"), command.get("channels"))
             return
-        for campaign in sorted(self._repair):
-            stops = self.view.stops(campaign)
-            if not stops:
-                continue
-            channels = self.view.channels_stopped(campaign)
-            first = stops[0]
-            command = {
-                "command_id": first.command_id,
-                "campaign_id": campaign,
-                "action": ACTION_STOP,
-                "channels": [] if channels == ALL_CHANNELS else sorted(channels),
-                "reason": first.reason,
-                "requested_by": first.requested_by,
-                "requested_at": first.requested_at,
-            }
-            def delivered(error: KafkaError | None, _message: Message, campaign: str = campaign,
-                          channels: frozenset[str] = channels) -> None:
-                if error is None:
-                    log.warning("re-published the stop of %r on %s: its latest record was not a "
-                                "stop of every stopped channel, which compaction would have kept "
-                                "alone", campaign, ", ".join(sorted(channels)))
-                else:
-                    log.warning("could not re-publish the stop of %r: %s; the stop stays in force "
-                                "in every running process", campaign, error.str())
-
-            self._repairs.produce(self.settings.topics.control, key=campaign.encode(),
-                                  value=self.serdes.control_command.encode(command),
-                                  on_delivery=delivered)
-        self._repair.clear()
-        self._repairs.flush(10)
+        if self.view.anomalies > anomalies:
+            log.warning("control command %s names unknown channels: %s",
+                        result.command_id, command.get("channels"))
+        if not seen:
+            # A start-up keeps only what it acknowledges; the start hooks take the rest.
+            acknowledged = ack_from is None or result.requested_at >= ack_from
+            if acknowledged:
+                self._received_at[result.command_id] = message.timestamp()[1]
+                applied.append(result)
 
     def _after_apply(self, to_ack: list[Applied], applied: list[Applied]) -> None:
         halted: dict[str, int] = {}
@@ -331,3 +284,7 @@ class ControlFeed:
             self._producer.produce(self.settings.topics.acks, key=result.command_id.encode(),
                                    value=self.serdes.control_ack.encode(ack))
         self._producer.flush(10)
+
+
+def _where(message: Message) -> str:
+    return f"{message.topic()}[{message.partition()}]@{message.offset()}"

@@ -7,6 +7,7 @@ channels it halts is held by a process that acknowledged it there
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -33,20 +34,26 @@ from streams.control.confirmation import (
     verdict,
 )
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
-from streams.control.view import ControlView, Stop
+from streams.control.view import ALL_CHANNELS, ControlView, Stop
 from streams.exceptions import EstopError, UsageError
 from streams.kafka.clients import admin, consumer, producer, take, wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.kafka.reader import high_watermark
 from streams.models import ACTION_STOP, CHANNELS, STATE_STOPPED, STOPPABLE_STATES, check_channels
+from streams.models.ids import id_problem
 from streams.security import audit
 from streams.security.exceptions import AccessDeniedError
 from streams.security.refusals import fatal_cause, refused
 from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
 
+log = logging.getLogger(__name__)
+
 # Called once the broker acknowledged a stop command: (campaign id, command id, channels).
 OnWritten = Callable[[str, str, list[str]], None]
+# A stop's reason travels in its command, its status, its audit event and every notSent event it
+# makes: long enough for any explanation, far below any record limit.
+REASON_MAX = 1000
 
 
 @dataclass
@@ -75,6 +82,7 @@ class StopResult:
     # Partitions not covered yet: (topic:partition, the process holding it, or None in transit).
     waiting: list[tuple[str, str | None]] = field(default_factory=list)
     not_running: list[str] = field(default_factory=list)  # roles that never ran for its channels
+    error: str | None = None  # the kill switch: why this campaign could not be stopped
 
     @property
     def halted(self) -> int:
@@ -94,6 +102,7 @@ class StopResult:
             "halted_at_provider": self.halted,
             "waiting_for": describe_waiting(self.waiting),
             "not_running": self.not_running,
+            "error": self.error,
         }
 
 
@@ -101,10 +110,22 @@ def validate(reason: str, channels: list[str]) -> tuple[str, tuple[str, ...]]:
     reason = reason.strip()
     if not reason:
         raise InvalidStopError("a stop needs a reason (--reason TEXT)")
+    if len(reason) > REASON_MAX:
+        raise InvalidStopError(f"the reason is {len(reason):,} characters long; a stop's reason "
+                               f"may have at most {REASON_MAX:,}")
     try:
         return reason, check_channels(channels)
     except ValueError as exc:
         raise InvalidStopError(str(exc)) from exc
+
+
+def check_campaign(campaign_id: str) -> str:
+    """The campaign id exactly as given, when it is a valid id (never stripped or rewritten:
+    a stop halts the campaign it names, or nothing)."""
+    problem = id_problem(campaign_id)
+    if problem is not None:
+        raise InvalidStopError(problem)
+    return campaign_id
 
 
 def live_processes(settings: Settings, client: AdminClient | None = None) -> set[str]:
@@ -118,53 +139,62 @@ def live_processes(settings: Settings, client: AdminClient | None = None) -> set
 
 def audited_stop(settings: Settings, serdes: Serdes, actor: audit.Actor, campaign_id: str,
                  reason: str, channels: list[str], timeout_s: float,
-                 force: bool = False) -> StopResult:
-    """``issue_stop`` as ``actor`` (the stop's ``requested_by``), audited whatever the outcome."""
-    return _audited(settings, serdes, actor, audit.STOP, campaign_id.strip(), reason, channels,
+                 force: bool = False, trail: audit.AuditWriter | None = None) -> StopResult:
+    """``issue_stop`` as ``actor`` (the stop's ``requested_by``), audited whatever the outcome
+    (through ``trail``, else a writer of its own)."""
+    return _audited(settings, serdes, actor, audit.STOP, campaign_id, reason, channels, trail,
                     lambda written: [issue_stop(settings, serdes, campaign_id, reason, channels,
                                                 actor.name, timeout_s, force, written)])[0]
 
 
 def audited_stop_all(settings: Settings, serdes: Serdes, actor: audit.Actor, reason: str,
-                     timeout_s: float) -> list[StopResult]:
+                     timeout_s: float, trail: audit.AuditWriter | None = None) -> list[StopResult]:
     """The kill switch (``stop_all``) as ``actor``, audited: one event per campaign it stops."""
-    return _audited(settings, serdes, actor, audit.KILL_SWITCH, "", reason, [],
+    return _audited(settings, serdes, actor, audit.KILL_SWITCH, "", reason, [], trail,
                     lambda written: stop_all(settings, serdes, reason, actor.name, timeout_s, written))
 
 
 def _audited(settings: Settings, serdes: Serdes, actor: audit.Actor, action: str, campaign_id: str,
-             reason: str, channels: list[str],
+             reason: str, channels: list[str], trail: audit.AuditWriter | None,
              run: Callable[[OnWritten], list[StopResult]]) -> list[StopResult]:
     """Run a stop and put its outcome in the audit trail: accepted (written as soon as the broker
-    acknowledged each command, before confirmation is awaited), already stopped, rejected (bad
+    acknowledged each command, before anything else can fail), already stopped, rejected (bad
     input), refused (an ACL) or failed."""
     problems: list[str | None] = []
+    writer = trail or audit.AuditWriter(settings, serdes)
 
     def note(outcome: str, campaign: str, detail: str = "", command_id: str | None = None,
              stopped: list[str] | None = None) -> None:
         entry = audit.event(settings, actor, action, outcome, campaign, command_id=command_id,
                             reason=reason, channels=channels if stopped is None else stopped,
                             detail=detail)
-        problems.append(audit.record(settings, serdes, entry))
+        problems.append(writer.write(entry))
 
     try:
-        results = run(lambda campaign, command_id, stopped: note(
-            audit.ACCEPTED, campaign, "", command_id, stopped))
-    except AccessDeniedError as exc:
-        note(audit.REFUSED, campaign_id, str(exc))
-        raise
-    except UsageError as exc:
-        note(audit.REJECTED, campaign_id, str(exc))
-        raise
-    except EstopError as exc:
-        if not problems:  # nothing written (a failure after a write was audited already)
-            note(audit.FAILED, campaign_id, str(exc))
-        raise
-    for result in results:
-        if result.already_stopped:
-            note(audit.ALREADY_STOPPED, result.campaign_id, "", result.command_id, result.channels)
-    if not results:
-        note(audit.ACCEPTED, campaign_id, "nothing was Sending or Finished: nothing to stop")
+        try:
+            results = run(lambda campaign, command_id, stopped: note(
+                audit.ACCEPTED, campaign, "", command_id, stopped))
+        except AccessDeniedError as exc:
+            note(audit.REFUSED, campaign_id, str(exc))
+            raise
+        except UsageError as exc:
+            note(audit.REJECTED, campaign_id, str(exc))
+            raise
+        except EstopError as exc:
+            if not problems:  # nothing written (a failure after a write was audited already)
+                note(audit.FAILED, campaign_id, str(exc))
+            raise
+        for result in results:
+            if result.already_stopped:
+                note(audit.ALREADY_STOPPED, result.campaign_id, "", result.command_id,
+                     result.channels)
+            elif result.error is not None:
+                note(audit.FAILED, result.campaign_id, result.error, stopped=[])
+        if not results:
+            note(audit.ACCEPTED, campaign_id, "every campaign is stopped already: nothing to stop")
+    finally:
+        if trail is None:
+            writer.close()
     problem = next((p for p in problems if p), None)
     for result in results:
         result.audit_problem = problem
@@ -178,31 +208,45 @@ def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str
                        on_written)[0]
 
 
-def stoppable(statuses: dict[str, Status], view: ControlView) -> list[str]:
-    """Campaigns a stop applies to right now: Sending or Finished, and not stopped."""
-    return sorted(c for c, status in statuses.items()
-                  if effective_state(status, view, c) in STOPPABLE_STATES)
+def stoppable(view: ControlView, campaign_id: str) -> bool:
+    """Whether a stop of every channel would halt more of the campaign: a command has not
+    stopped all of its channels. ("Stopped" comes from campaign-control alone: whatever
+    campaign-status says.)"""
+    return view.channels_stopped(campaign_id) != ALL_CHANNELS
 
 
 def stop_all(settings: Settings, serdes: Serdes, reason: str, by: str,
              timeout_s: float, on_written: OnWritten | None = None) -> list[StopResult]:
-    """The kill switch: one stop record per campaign that is Sending or Finished now, every
-    channel, all written before waiting for their confirmations together."""
+    """The kill switch: one stop record, every channel, per campaign known on campaign-status or
+    campaign-control that no command has stopped on every channel, whatever its status says; all
+    written before their confirmations are awaited together. It stops everything it can: a
+    campaign it cannot stop (an id that breaks the id rule, a write Kafka refused) is in the
+    results with its ``error``, the others are stopped all the same."""
     validate(reason, [])
     wait_for_broker(settings)
-    targets = stoppable(read_campaigns(settings, serdes), read_control(settings, serdes))
-    return issue_stops(settings, serdes, targets, reason, [], by, timeout_s,
-                       on_written=on_written) if targets else []
+    view = read_control(settings, serdes)
+    known = set(read_campaigns(settings, serdes)) | view.campaigns()
+    targets = sorted(c for c in known if stoppable(view, c))
+    invalid = [StopResult(c, None, [], already_stopped=False, confirmed=False,
+                          error=f"{problem}; the gate dead-letters its requests")
+               for c in targets if (problem := id_problem(c)) is not None]
+    valid = [c for c in targets if id_problem(c) is None]
+    stopped = issue_stops(settings, serdes, valid, reason, [], by, timeout_s, force=True,
+                          on_written=on_written, keep_going=True) if valid else []
+    return sorted([*stopped, *invalid], key=lambda r: r.campaign_id)
 
 
 def issue_stops(settings: Settings, serdes: Serdes, campaign_ids: list[str], reason: str,
                 channels: list[str], by: str, timeout_s: float,
-                force: bool = False, on_written: OnWritten | None = None) -> list[StopResult]:
+                force: bool = False, on_written: OnWritten | None = None,
+                keep_going: bool = False) -> list[StopResult]:
     """Validate every stop before writing any (nothing is written when one is invalid), write
-    them, then wait until every live process confirmed each of them or ``timeout_s`` passed."""
+    them, then wait until every live process confirmed each of them or ``timeout_s`` passed.
+    ``keep_going`` (the kill switch): a stop that cannot be written is reported in its result's
+    ``error`` and the others are written all the same."""
     reason, wanted = validate(reason, channels)
-    campaign_ids = list(dict.fromkeys(c.strip() for c in campaign_ids))
-    if not campaign_ids or not all(campaign_ids):
+    campaign_ids = list(dict.fromkeys(check_campaign(c) for c in campaign_ids))
+    if not campaign_ids:
         raise InvalidStopError("a stop needs a campaign id")
     wait_for_broker(settings)
     # Created first: an idempotent producer spends its first few hundred ms getting a producer
@@ -221,23 +265,26 @@ def issue_stops(settings: Settings, serdes: Serdes, campaign_ids: list[str], rea
                 sorted(already), already_stopped=True, confirmed=True)
             continue
         status = campaigns.get(campaign_id)
-        if not already and not force and (status is None or status["state"] not in STOPPABLE_STATES):
-            seen = f"it is {status['state']}" if status else "it has not been seen on campaign-status"
+        state = effective_state(status, view, campaign_id)
+        if not already and not force and state not in STOPPABLE_STATES:
+            seen = f"it is {state}" if status else "it has not been seen on campaign-status"
             raise CampaignNotStoppableError(
                 f"campaign {campaign_id!r} is not Sending or Finished ({seen}); "
-                "use --force to stop it anyway",
-                status["state"] if status else None,
-            )
+                "use --force to stop it anyway", state)
         to_write.append((campaign_id, already, status))
 
     acks_from = _acks_end(settings)
     started = time.monotonic()
     written = []
     for campaign_id, already, status in to_write:
-        written.append(_write_stop(send, settings, serdes, campaign_id, reason, wanted, already,
-                                   status, by))
-        if on_written is not None:
-            on_written(campaign_id, written[-1].command_id or "", written[-1].channels)
+        try:
+            written.append(_write_stop(send, settings, serdes, campaign_id, reason, wanted,
+                                       already, status, by, on_written))
+        except EstopError as exc:
+            if not keep_going:
+                raise
+            results[campaign_id] = StopResult(campaign_id, None, [], already_stopped=False,
+                                              confirmed=False, error=str(exc))
     send.flush(settings.admin_timeout_s)
     results.update((r.campaign_id, r) for r in written)
     if written:
@@ -247,9 +294,10 @@ def issue_stops(settings: Settings, serdes: Serdes, campaign_ids: list[str], rea
 
 def _write_stop(send: Producer, settings: Settings, serdes: Serdes, campaign_id: str, reason: str,
                 wanted: tuple[str, ...], already: frozenset[str], status: Status | None,
-                by: str) -> StopResult:
-    """Produce the ControlCommand (acks=all) and, once the broker acknowledged it, the
-    campaign's Stopped status."""
+                by: str, on_written: OnWritten | None) -> StopResult:
+    """Produce the ControlCommand (acks=all); once the broker acknowledged it, tell
+    ``on_written`` (the audit: before anything else can fail) and publish the campaign's Stopped
+    status (for display: a stop is in force from its command alone)."""
     requested = frozenset(wanted) or frozenset(CHANNELS)
     command_id = uuid.uuid4().hex
     command: dict[str, Any] = {
@@ -283,15 +331,22 @@ def _write_stop(send: Producer, settings: Settings, serdes: Serdes, campaign_id:
         raise refused(settings, delivered.get("error"), right) or KafkaUnavailableError(
             f"the stop command was not acknowledged by Kafka: {delivered.get('error')}"
         )
+    channels = sorted(already | requested)
+    if on_written is not None:
+        on_written(campaign_id, command_id, channels)
     stop = Stop(command_id, campaign_id, requested - already, int(command["requested_at"]), by, reason)
     planned = status["planned"] if status else {}
-    publish_status(send, settings, serdes, campaign_id, STATE_STOPPED,
-                   status["channels"] if status else sorted(requested), planned,
-                   status["queued"] if status else {}, stop)
+    try:
+        publish_status(send, settings, serdes, campaign_id, STATE_STOPPED,
+                       status["channels"] if status else sorted(requested), planned,
+                       status["queued"] if status else {}, stop)
+    except (KafkaException, BufferError) as exc:
+        log.warning("the stop of %r is in force; its Stopped status was not published: %s",
+                    campaign_id, exc)
     partition, offset = delivered["position"]
-    return StopResult(campaign_id, command_id, sorted(already | requested),
-                      already_stopped=False, confirmed=False, broker_ack_ms=delivered["at"],
-                      control_partition=partition, control_offset=offset)
+    return StopResult(campaign_id, command_id, channels, already_stopped=False, confirmed=False,
+                      broker_ack_ms=delivered["at"], control_partition=partition,
+                      control_offset=offset)
 
 
 def _acks_end(settings: Settings) -> dict[int, int]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -37,18 +38,19 @@ from typing import Any, TypeVar
 
 import faust
 from aiohttp import web
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from faust.types import EventT, StreamT, TopicT
 
 from streams.campaigns.exceptions import RelaunchError
-from streams.campaigns.lifecycle import effective_state
+from streams.campaigns.lifecycle import effective_state, status_record
 from streams.campaigns.relaunch import plan_relaunch, relaunch
 from streams.clock import now_ms
 from streams.control.confirmation import Coverage, Holdings, holdings
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
+from streams.control.records import covers, refusal, restatement
 from streams.control.stop import audited_stop, audited_stop_all, validate
-from streams.control.view import ControlView
-from streams.controlplane import auth, state
+from streams.control.view import ALL_CHANNELS, ControlView
+from streams.controlplane import auth, boundary, state
 from streams.controlplane.offsets import (
     TP,
     committed_offsets,
@@ -58,7 +60,7 @@ from streams.controlplane.offsets import (
 from streams.controlplane.topics import ensure_topics, faust_topic_spec
 from streams.controlplane.web import register_routes, route_access
 from streams.exceptions import EstopError
-from streams.kafka.clients import admin, process_id
+from streams.kafka.clients import admin, process_id, producer
 from streams.kafka.topics import TopicSpec
 from streams.metrics import (
     CAMPAIGNS,
@@ -81,6 +83,8 @@ T = TypeVar("T")
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                        "key_serializer": "raw", "value_serializer": "raw"}
 LIVE_MAX_AGE_S = 1.0  # answers use a live set at most this old
+# A relaunch's state, as `GET /campaigns/{id}/relaunch` answers it.
+RELAUNCH_QUEUEING, RELAUNCH_DONE, RELAUNCH_FAILED = "queueing", "done", "failed"
 TICK_S = 1.0  # confirmation tracking and gauges
 
 
@@ -89,6 +93,7 @@ class ControlPlane:
 
     def __init__(self, settings: Settings, serdes: Serdes | None = None,
                  on_ready: Callable[[ControlPlane], None] | None = None) -> None:
+        boundary.check_open(settings)  # before anything: no open API by accident
         self.settings = settings
         self.serdes = serdes or serdes_for(settings)
         self.process_id = process_id("control")
@@ -118,8 +123,11 @@ class ControlPlane:
             web_port=settings.control_port,
             web_bind=settings.control_host,
             web_host=settings.control_host,
-            # Tokens and roles for every route, before any handler runs (streams.controlplane.auth).
+            web_ssl_context=boundary.tls_context(settings),
+            # The boundary (host, size, headers), then tokens and roles for every route, before
+            # any handler runs (streams.controlplane.boundary, .auth).
             web_application_options={"middlewares": [
+                boundary.middleware(settings, route_access(), self._on_refused),
                 auth.middleware(settings, route_access(), self._on_refused)]},
             # Only this module's views: no table dumps or router pages on the API port.
             web_router_enabled=False,
@@ -151,12 +159,26 @@ class ControlPlane:
         self._live_lock: asyncio.Lock | None = None
         self._confirm_sent: set[str] = set()
         self._kafka_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="control-kafka")
+        # Stops and the kill switch run on threads nothing else uses: no flood of reads, refused
+        # requests or audit writes can keep a stop waiting for a thread.
+        self._stop_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="control-stop")
+        # Audit events, restated stops and statuses: one thread, one long-lived producer each.
+        self._audit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-audit")
         self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-store")
+        self._trail = audit.AuditWriter(settings, self.serdes)
+        self._throttle = audit.Throttle()
+        self._repairs: Producer | None = None  # restates stops and statuses (the audit thread's)
+        # Campaign -> (what its latest control record stops on its own, where, what it was):
+        # campaigns whose latest record is not a full stop, checked against the view once ready.
+        self._suspects: dict[str, tuple[frozenset[str], str, str]] = {}
+        # Campaign -> its last good status, for campaigns whose latest status record is not one.
+        self._status_repairs: dict[str, bytes] = {}
+        self._itself = audit.Actor("control plane", "kafka", self.process_id)
         self._closing = ExitStack()
         self._admin = self._closing.enter_context(admin(settings))
         self._store: OutcomeStore | None = None
         self._timeout_ms = int(settings.stop_timeout_s * 1000)
-        self._relaunching: set[str] = set()  # new ids being launched right now
+        self._relaunches: dict[str, dict[str, Any]] = {}  # new id -> its relaunch, as answered
 
         self._register_agents()
         self._register_views()
@@ -194,24 +216,51 @@ class ControlPlane:
 
     def _on_status(self, event: EventT) -> None:
         key, value = event.key, event.value
-        if value is None:
-            if isinstance(key, bytes):
-                self.campaigns.pop(key, None)
-                self._writes += 1
-            return
-        record = self._decode(self.serdes.campaign_status, value, event)
+        record = status_record(self.serdes, key, value)
         if record is not None:
-            self.campaigns[record["campaign_id"].encode()] = value
+            self.campaigns[key] = value
             self._writes += 1
+            self._status_repairs.pop(record["campaign_id"], None)
+            return
+        # A tombstone, an unreadable record or one naming another campaign never hides a
+        # campaign: its last status stays, and is restated so compaction keeps it.
+        known = self.campaigns.get(key) if isinstance(key, bytes) else None
+        message = event.message
+        log.warning("ignored a campaign-status record at %s[%d]@%d: %s", message.topic,
+                    message.partition, message.offset,
+                    "a tombstone" if value is None else "unreadable, or its key is not its campaign id")
+        if known is not None and isinstance(key, bytes):
+            self._status_repairs[key.decode()] = known
 
     def _on_command(self, event: EventT) -> None:
-        if event.value is None:
-            return  # a tombstone never lifts a stop (the data plane counts it)
-        if self._decode(self.serdes.control_command, event.value, event) is None:
-            return
-        message = event.message
-        self.commands[f"{message.partition:05d}/{message.offset:020d}".encode()] = event.value
-        self._writes += 1
+        """Keep a command the view applies; audit a record refused by the rule every reader
+        applies (``streams.control.records``); note a campaign whose latest record is no full
+        stop, to restate its stop if it has one."""
+        message, value = event.message, event.value
+        key = event.key if isinstance(event.key, bytes) else None
+        where = f"{message.topic}[{message.partition}]@{message.offset}"
+        campaign = key.decode(errors="replace") if key is not None else ""
+        command = None if value is None else self._decode(self.serdes.control_command, value, event)
+        refused = None if command is None else refusal(key, command)
+        if command is not None and refused is None:
+            self.commands[f"{message.partition:05d}/{message.offset:020d}".encode()] = value
+            self._writes += 1
+        elif value is not None:
+            why = refused or "unreadable: not a ControlCommand"
+            # Who wrote it is not in the record: the audit names where it is (its own kind for
+            # the throttle: each record is audited, at most WINDOWS_MAX of them per window).
+            writer = audit.Actor("a producer of the topic", "kafka", where)
+            self._audit_soon(audit.event(
+                self.settings, writer, audit.CONTROL_RECORD, audit.REFUSED, campaign,
+                command_id=command["command_id"] if command else None, detail=f"{where}: {why}",
+                audit_id=_record_audit_id(audit.REFUSED, where)))
+        covered = covers(None if refused else command)
+        if covered == ALL_CHANNELS:
+            self._suspects.pop(campaign, None)
+        elif campaign:
+            what = ("a tombstone" if value is None else "a refused record" if command is None or refused
+                    else f"{command['action']!r} of {', '.join(sorted(covered)) or 'no channel'}")
+            self._suspects[campaign] = (covered, where, what)
 
     def _on_ack(self, event: EventT) -> None:
         if event.value is None:
@@ -311,6 +360,9 @@ class ControlPlane:
     async def _kafka(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._kafka_pool, func, *args)
 
+    async def _stopping(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._stop_pool, func, *args)
+
     async def live(self, max_age_s: float = LIVE_MAX_AGE_S) -> Holdings:
         """Who holds which partition of the gate and dispatcher topics, as `estop stop` asks;
         raises when a group cannot be described (never "nobody" standing for "unknown")."""
@@ -386,10 +438,22 @@ class ControlPlane:
             self._timeout_ms))
             for campaign_id in ids]
 
-    async def _audit(self, entry: dict[str, Any]) -> None:
-        problem = await self._kafka(audit.record, self.settings, self.serdes, entry)
+    async def _audit(self, entry: dict[str, Any], throttled: bool = False) -> None:
+        """Write an audit event on the audit thread; a ``throttled`` one (a refused or rejected
+        attempt) only when it is the first of its kind in its window (``audit.Throttle``)."""
+        if throttled and not self._throttle.admit(entry, time.monotonic()):
+            return
+        if throttled:
+            log.warning("%s %s by %s from %s: %s", entry["action"], entry["outcome"],
+                        entry["actor"], entry["source"], entry["detail"])
+        problem = await asyncio.get_running_loop().run_in_executor(
+            self._audit_pool, self._trail.write, entry)
         if problem:
             log.warning("%s", problem)
+
+    def _audit_soon(self, entry: dict[str, Any]) -> None:
+        """``_audit`` (throttled) from code that cannot await (an agent's handler)."""
+        asyncio.get_running_loop().create_task(self._audit(entry, throttled=True))
 
     async def _on_refused(self, action: str, who: auth.Identity | None, request: web.Request,
                           status: int, why: str) -> None:
@@ -398,16 +462,23 @@ class ControlPlane:
                             who.role if who else None)
         campaign_id = request.match_info.get("campaign_id", "")
         await self._audit(audit.event(self.settings, actor, action, audit.REFUSED, campaign_id,
-                                      detail=f"{status}: {why}"))
+                                      detail=f"{status}: {why}"), throttled=True)
 
-    async def rejected(self, action: str, who: auth.Identity, campaign_id: str, problem: str) -> None:
-        """A stop or kill switch request refused for its shape (400): audited too."""
+    async def rejected(self, action: str, who: auth.Identity, campaign_id: str, problem: str,
+                       status: int = 400) -> None:
+        """A request of an audited route refused for what it holds (400, 413): audited too."""
         await self._audit(audit.event(self.settings, _actor(who), action, audit.REJECTED,
-                                      campaign_id, detail=f"400: {problem}"))
+                                      campaign_id, detail=f"{status}: {problem}"), throttled=True)
 
-    async def audit_trail(self, campaign_id: str | None, limit: int) -> list[dict[str, Any]]:
-        """Audit events from the analytics store (the sink stores them from the audit topic)."""
-        return await self._in_store(lambda store: store.audit(campaign_id, max(1, min(limit, 10000))))
+    async def audit_trail(self, campaign_id: str | None, limit: int,
+                          before: tuple[int, str] | None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of audit events from the analytics store (the sink stores them from the audit
+        topic), oldest first: the latest ``limit`` before the cursor ``before``; with the
+        cursor of the page before it, or None when there is none."""
+        page = await self._in_store(lambda store: store.audit(campaign_id, limit + 1, before))
+        older = len(page) > limit
+        page = page[-limit:]
+        return page, (f"{page[0]['at']}:{page[0]['audit_id']}" if older and page else None)
 
     async def stop(self, campaign_id: str, reason: str, channels: list[str], force: bool,
                    who: auth.Identity) -> tuple[int, dict[str, Any]]:
@@ -415,9 +486,13 @@ class ControlPlane:
         Issues the stop exactly as `estop stop` does, as ``who``, without waiting for
         confirmation; audited whatever the outcome."""
         try:
-            validate(reason, channels)  # the CLI's own checks: empty reason, unknown channel
-            result = await self._kafka(audited_stop, self.settings, self.serdes, _actor(who),
-                                       campaign_id, reason, channels, 0.0, force)
+            validate(reason, channels)  # the CLI's own checks: reason, channels
+        except InvalidStopError as exc:
+            await self.rejected(audit.STOP, who, campaign_id, str(exc))
+            return 400, {"error": str(exc)}
+        try:
+            result = await self._stopping(audited_stop, self.settings, self.serdes, _actor(who),
+                                          campaign_id, reason, channels, 0.0, force, self._trail)
         except CampaignNotStoppableError as exc:
             if exc.state is None:
                 return 404, {"error": f"unknown campaign {campaign_id!r}: it has not been seen on "
@@ -444,16 +519,18 @@ class ControlPlane:
         """The kill switch (``POST /stop-all``): every campaign Sending or Finished, as
         `estop stop --all` does, as ``who``, without waiting for confirmation; audited."""
         try:
-            results = await self._kafka(audited_stop_all, self.settings, self.serdes, _actor(who),
-                                        reason, 0.0)
+            results = await self._stopping(audited_stop_all, self.settings, self.serdes,
+                                           _actor(who), reason, 0.0, self._trail)
         except InvalidStopError as exc:
             return 400, {"error": str(exc)}
         except EstopError as exc:
             return 503, {"error": str(exc)}
-        return (202 if results else 200), {
-            "stopped": [{"campaign_id": r.campaign_id, "command_id": r.command_id}
-                        for r in results if not r.already_stopped],
+        written = [r for r in results if not r.already_stopped and r.error is None]
+        return (202 if written else 200), {
+            "stopped": [{"campaign_id": r.campaign_id, "command_id": r.command_id} for r in written],
             "already_stopped": [r.campaign_id for r in results if r.already_stopped],
+            "not_stopped": [{"campaign_id": r.campaign_id, "error": r.error}
+                            for r in results if r.error is not None],
         }
 
     async def timeline(self, campaign_id: str) -> dict[str, Any] | None:
@@ -469,39 +546,69 @@ class ControlPlane:
                            for s in view.stops(campaign_id)]
         return series
 
-    async def export_csv(self, campaign_id: str, outcome: str, channel: str | None) -> str:
-        """The CSV `estop export` writes, as text; raises UnknownCampaignError."""
-        def build(store: OutcomeStore) -> str:
+    async def export_csv(self, campaign_id: str, outcome: str, channel: str | None,
+                         who: auth.Identity) -> str:
+        """The CSV `estop export` writes, as text, audited under ``who``; raises
+        UnknownCampaignError."""
+        def build(store: OutcomeStore) -> tuple[str, int]:
             text = io.StringIO()
-            csv.writer(text).writerows(export_rows(store, campaign_id, outcome, channel))
-            return text.getvalue()
+            rows = list(export_rows(store, campaign_id, outcome, channel))
+            csv.writer(text).writerows(rows)
+            return text.getvalue(), len(rows) - 1
 
-        return await self._in_store(build)
+        text, rows = await self._in_store(build)
+        await self._audit(audit.event(self.settings, _actor(who), audit.EXPORT, audit.ACCEPTED,
+                                      campaign_id, channels=[channel] if channel else [],
+                                      detail=f"{rows:,} {outcome} row(s)"), throttled=True)
+        return text
 
-    async def relaunch(self, source: str, new_id: str) -> tuple[int, dict[str, Any]]:
-        """Queue the unsent audience of ``source`` as campaign ``new_id`` (as `estop relaunch`):
-        checked first (nothing written on error), then launched in the background."""
-        known = set(self.campaign_ids()) | self._relaunching
+    async def relaunch(self, source: str, new_id: str, who: auth.Identity) -> tuple[int, dict[str, Any]]:
+        """Queue the unsent audience of ``source`` as campaign ``new_id`` (as `estop relaunch`),
+        as ``who``: checked first (nothing written on error), then launched in the background;
+        ``relaunch_state`` follows it to its end, failure included. Audited either way."""
+        known = set(self.campaign_ids()) | set(self._relaunches)
         try:
             plan = await self._in_store(plan_relaunch, source, new_id, known)
-        except UnknownCampaignError as exc:
-            return 404, {"error": str(exc)}
-        except RelaunchError as exc:
-            return 409, {"error": str(exc)}
-        self._relaunching.add(plan.campaign_id)
+        except (UnknownCampaignError, RelaunchError) as exc:
+            await self._audit(audit.event(self.settings, _actor(who), audit.RELAUNCH, audit.REJECTED,
+                                          source, detail=f"as {new_id}: {exc}"), throttled=True)
+            return (404 if isinstance(exc, UnknownCampaignError) else 409), {"error": str(exc)}
+        job: dict[str, Any] = {
+            "campaign_id": plan.campaign_id, "source": plan.source, "state": RELAUNCH_QUEUEING,
+            "recipients": plan.recipients, "channels": {c: len(r) for c, r in plan.audience.items()},
+            "requested_by": who.name, "queued": None, "error": None,
+            "status_url": f"/campaigns/{plan.campaign_id}/relaunch"}
+        self._relaunches[plan.campaign_id] = job
+
+        def note(outcome: str, detail: str) -> None:
+            problem = self._trail.write(audit.event(
+                self.settings, _actor(who), audit.RELAUNCH, outcome, plan.source,
+                channels=sorted(plan.audience), detail=f"as {plan.campaign_id}: {detail}"))
+            if problem:
+                log.warning("%s", problem)
 
         def run() -> None:
+            note(audit.ACCEPTED, f"{plan.recipients:,} notSent recipient(s)")
             try:
-                relaunch(self.settings, self.serdes, plan)
-            except Exception:
-                log.exception("relaunch of %s as %s failed", plan.source, plan.campaign_id)
-            finally:
-                self._relaunching.discard(plan.campaign_id)
+                result = relaunch(self.settings, self.serdes, plan)
+            except Exception as exc:  # reported to the caller (relaunch_state) and audited
+                if not isinstance(exc, EstopError):
+                    log.exception("relaunch of %s as %s failed", plan.source, plan.campaign_id)
+                error = str(exc) if isinstance(exc, EstopError) else f"unexpected error: {exc!r}"
+                self._relaunches[plan.campaign_id] = {**job, "state": RELAUNCH_FAILED,
+                                                      "error": error}
+                note(audit.FAILED, error)
+                return
+            self._relaunches[plan.campaign_id] = {**job, "state": RELAUNCH_DONE,
+                                                  "queued": result.queued,
+                                                  "lifecycle": result.state}
 
         threading.Thread(target=run, name=f"relaunch-{plan.campaign_id}", daemon=True).start()
-        return 202, {"campaign_id": plan.campaign_id, "source": plan.source,
-                     "recipients": plan.recipients,
-                     "channels": {c: len(r) for c, r in plan.audience.items()}}
+        return 202, job
+
+    def relaunch_state(self, campaign_id: str) -> dict[str, Any] | None:
+        """A relaunch this service started as ``campaign_id``: queueing, done or failed (why)."""
+        return self._relaunches.get(campaign_id)
 
     # -- start-up and the periodic confirmation check ------------------------------------------
 
@@ -536,9 +643,14 @@ class ControlPlane:
             self.on_ready(self)
 
     async def _tick(self) -> None:
-        """Record stops newly confirmed and export the stops still waiting for confirmation."""
+        """Record stops newly confirmed and export the stops still waiting for confirmation;
+        write the audit summaries of refused attempts whose window ended; restate the stops and
+        statuses that records refused since the last tick would have erased."""
         if not self.ready:
             return
+        for summary in self._throttle.due(time.monotonic()):
+            await self._audit(summary)
+        await self._repair()
         try:
             live = await self.live()
         except (KafkaException, TimeoutError) as exc:
@@ -577,6 +689,67 @@ class ControlPlane:
         for name, count in by_state.items():
             CAMPAIGNS.labels(name).set(count)
 
+    async def _repair(self) -> None:
+        """Restate the stop in force of every stopped campaign whose latest control record is
+        not a stop of all its stopped channels, and the last status of every campaign whose
+        latest status record is not one: compaction keeps only a key's latest record."""
+        if not self._suspects and not self._status_repairs:
+            return
+        view, _ = self.view()
+        stops: list[tuple[dict[str, Any], str]] = []
+        for campaign, (covered, where, what) in self._suspects.items():
+            stopped = view.channels_stopped(campaign)
+            command = restatement(view, campaign)
+            if stopped and not stopped <= covered and command is not None:
+                stops.append((command, f"its latest record, {what} at {where}, would have lifted "
+                                       f"its stop of {', '.join(sorted(stopped))} once compacted"))
+        statuses = list(self._status_repairs.items())
+        self._suspects.clear()
+        self._status_repairs.clear()
+        if stops or statuses:
+            await asyncio.get_running_loop().run_in_executor(
+                self._audit_pool, self._restate, stops, statuses)
+
+    def _restate(self, stops: list[tuple[dict[str, Any], str]], statuses: list[tuple[str, bytes]]) -> None:
+        """On the audit thread: write the restatements, then audit each restated stop."""
+        if self._repairs is None:
+            self._repairs = producer(self.settings, **{"linger.ms": 0})
+        out, topics = self._repairs, self.settings.topics
+        failed: dict[tuple[str, str], str] = {}
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                key = message.key() or b""
+                failed[(message.topic() or "", key.decode(errors="replace"))] = error.str()
+
+        try:
+            for command, _why in stops:
+                out.produce(topics.control, key=command["campaign_id"].encode(),
+                            value=self.serdes.control_command.encode(command), on_delivery=delivered)
+            for campaign, value in statuses:
+                out.produce(topics.status, key=campaign.encode(), value=value, on_delivery=delivered)
+            out.flush(self.settings.admin_timeout_s)
+        except (KafkaException, BufferError) as exc:
+            for command, _why in stops:
+                failed.setdefault((topics.control, command["campaign_id"]), str(exc))
+        for campaign, _value in statuses:
+            if (topics.status, campaign) in failed:
+                log.warning("could not restate the status of %r: %s", campaign,
+                            failed[(topics.status, campaign)])
+        for command, why in stops:
+            problem = failed.get((topics.control, command["campaign_id"]))
+            log.warning("%s the stop of %r: %s%s", "could not restate" if problem else "restated",
+                        command["campaign_id"], why, f" ({problem})" if problem else "")
+            written = self._trail.write(audit.event(
+                self.settings, self._itself, audit.CONTROL_RECORD,
+                audit.FAILED if problem else audit.REPAIRED, command["campaign_id"],
+                command_id=command["command_id"], reason=command["reason"],
+                channels=command["channels"],
+                detail=f"{why}: " + (f"could not restate the stop in force: {problem}" if problem
+                                     else "restated the stop in force")))
+            if written:
+                log.warning("%s", written)
+
     def ready_line(self) -> str:
         _view, stopped = self.view()
         return (f"ready {self.process_id} roles=control control_port={self.settings.control_port} "
@@ -587,6 +760,11 @@ class ControlPlane:
         # A Kafka call still running (each bounded by the admin timeout) ends before its
         # client is destroyed under it.
         self._kafka_pool.shutdown(wait=True, cancel_futures=True)
+        self._stop_pool.shutdown(wait=True, cancel_futures=True)
+        self._audit_pool.shutdown(wait=True, cancel_futures=True)
+        self._trail.close()
+        if self._repairs is not None:
+            self._repairs.flush(self.settings.admin_timeout_s)
         self._closing.close()
         self._store_pool.shutdown(wait=True, cancel_futures=True)
         if self._store is not None:
@@ -598,6 +776,12 @@ class ControlPlane:
         register_routes(self)
 
 
+def _record_audit_id(outcome: str, where: str) -> str:
+    """The audit id of what the control plane did about one control record: the same every
+    time the record is read again (a restart), so the trail holds it once."""
+    return hashlib.sha256(f"{outcome}:{where}".encode()).hexdigest()[:32]
+
+
 def _actor(who: auth.Identity) -> audit.Actor:
     """An HTTP caller as the audit records it (no role when the API asks nobody)."""
     return audit.Actor(who.name, "http", who.source, who.role if who.authenticated else None)
@@ -607,7 +791,8 @@ def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredent
     protocol = settings.security_protocol.upper()
     if protocol == "PLAINTEXT":
         return None
-    context = ssl.create_default_context() if protocol.endswith("SSL") else None
+    context = (ssl.create_default_context(cafile=settings.ssl_ca_location)
+               if protocol.endswith("SSL") else None)
     if protocol.startswith("SASL"):
         password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
         return faust.SASLCredentials(username=settings.sasl_username, password=password,

@@ -5,7 +5,7 @@ Roles are ordered, each including the ones before it: ``viewer`` reads, ``operat
 campaigns, ``admin`` also uses the kill switch. Tokens come from ``ESTOP_HTTP_TOKENS``
 (``name:role:token`` entries, a ``SecretStr``: never logged or echoed); only their SHA-256 is
 kept in memory. Without tokens the API asks nobody (the embedded default) and every request acts
-as ``anonymous`` with every role.
+as ``anonymous`` with every role (only when asked for, on loopback: ``boundary.check_open``).
 
 Unauthenticated: 401 (with ``WWW-Authenticate: Bearer``); authenticated without the route's
 role: 403. Either way the handler never runs, so nothing is written, and an attempt on an audited
@@ -41,13 +41,15 @@ PUBLIC = None  # no authentication at all (health checks, Prometheus scrapes)
 ACCESS_ROLES: dict[str, str | None] = {
     "public": PUBLIC,
     "read": VIEWER,
+    "export": VIEWER,
     "audit": OPERATOR,
     "stop": OPERATOR,
     "relaunch": OPERATOR,
     "stop-all": ADMIN,
 }
 # Accesses whose refused attempts are audited -> the audit action.
-AUDITED: dict[str, str] = {"stop": audit.STOP, "stop-all": audit.KILL_SWITCH}
+AUDITED: dict[str, str] = {"stop": audit.STOP, "stop-all": audit.KILL_SWITCH,
+                           "relaunch": audit.RELAUNCH, "export": audit.EXPORT}
 
 IDENTITY_KEY = "estop.identity"
 
@@ -125,7 +127,8 @@ def middleware(settings: Settings, routes: Routes, on_refused: OnRefused) -> Cal
     if unknown:
         raise ValueError(f"routes declare accesses without a role: {', '.join(unknown)}")
     if not tokens:
-        log.warning("the HTTP API asks nobody: set ESTOP_HTTP_TOKENS to require tokens and roles")
+        log.warning("the HTTP API asks nobody (ESTOP_HTTP_OPEN, on loopback): set "
+                    "ESTOP_HTTP_TOKENS to require tokens and roles")
 
     @web.middleware
     async def authenticate(request: web.Request,

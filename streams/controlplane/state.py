@@ -10,8 +10,10 @@ from typing import Any
 
 from streams.campaigns.lifecycle import effective_state
 from streams.control.confirmation import Coverage, Holdings, verdict
+from streams.control.stop import stoppable
 from streams.control.view import ControlView, Stop
 from streams.models import STAGES
+from streams.models.ids import id_problem
 
 # command id -> process id -> decoded ControlAck
 AcksByCommand = Mapping[str, Mapping[str, dict[str, Any]]]
@@ -173,6 +175,9 @@ def campaign_detail(campaign_id: str, status: Mapping[str, Any] | None, view: Co
         "pending": sum(c["pending"] for c in counts.values()),
         "counts": counts,
         "stop": stop_detail(view.stops(campaign_id), evidence, now, timeout_ms),
+        # A stop would halt more of it (whatever its status says) and its id can be stopped:
+        # where the console offers the emergency stop, and what the kill switch stops.
+        "stoppable": stoppable(view, campaign_id) and id_problem(campaign_id) is None,
         # From the analytics store: the stop's request to the last halted message stored.
         "stop_to_last_halted_accounted_s": report.get("stop_to_last_halted_accounted_s") if report else None,
     }
@@ -193,4 +198,5 @@ def campaign_summary(detail: Mapping[str, Any]) -> dict[str, Any]:
         "pending": detail["pending"],
         "stopped": stop is not None,
         "confirmed": stop["confirmed"] if stop else None,
+        "stoppable": detail["stoppable"],
     }

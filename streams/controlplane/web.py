@@ -19,7 +19,9 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from streams.controlplane import auth
+from streams.controlplane.boundary import MAX_BODY, BodyTooLargeError, read_body
 from streams.models import CHANNELS
+from streams.models.ids import id_problem
 from streams.security import audit
 from streams.sink.exceptions import UnknownCampaignError
 
@@ -30,6 +32,8 @@ STOP_FIELDS = ("reason", "channels", "force")
 STOP_ALL_FIELDS = ("reason", "confirm")
 STOP_ALL_PHRASE = "STOP ALL"  # what the operator types to confirm the kill switch
 EXPORT_STATUSES = ("not_sent", "sent", "failed")
+AUDIT_PAGE, AUDIT_PAGE_MAX = 100, 1000  # audit events per page of GET /audit: default, most
+TOO_LARGE = f"the request body is larger than the {MAX_BODY:,} bytes any request needs"
 
 ASSETS = {  # file in streams/controlplane/console/ -> content type
     "console.js": "text/javascript; charset=utf-8",
@@ -42,9 +46,7 @@ PAGE_HEADERS = {
     "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; "
                                 "img-src 'self'; connect-src 'self'; form-action 'self'; "
                                 "base-uri 'none'; frame-ancestors 'none'"),
-    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
 }
 
 
@@ -75,17 +77,33 @@ class PlaneView(View):
     """A view of one control service (``plane`` is set when the route is registered)."""
 
     plane: ControlPlane
+    audited: str | None = None  # the audit action of a route whose every answer is audited
+    checks_ids = True  # a campaign id in the path is checked against the id rule first
 
     async def dispatch(self, request: Any) -> Any:
         if request.method == "POST":
             refused = refuse_cross_site(request)
             if refused is not None:
                 return self.json({"error": refused[1]}, status=refused[0])
+        campaign_id = request.match_info.get("campaign_id")
+        problem = id_problem(campaign_id) if campaign_id is not None and self.checks_ids else None
+        if problem is not None:
+            # Refused as it is, never rewritten: no other campaign is read or stopped.
+            return await self.rejected(request, campaign_id, problem)
         return await super().dispatch(request)
 
+    async def rejected(self, request: Request, campaign_id: str, problem: str,
+                       status: int = 400) -> Response:
+        """``status`` naming the problem; audited on an audited route."""
+        if self.audited is not None:
+            await self.plane.rejected(self.audited, requested_by(request), campaign_id, problem,
+                                      status)
+        return self.json({"error": problem}, status=status)
+
     async def payload(self, request: Request, fields: tuple[str, ...]) -> tuple[dict[str, Any], str | None]:
-        """The JSON object of a POST, or the reason it is not one."""
-        body = await self.read_request_content(request)
+        """The JSON object of a POST, or the reason it is not one (a body past
+        ``boundary.MAX_BODY`` raises BodyTooLargeError)."""
+        body = await read_body(request)
         try:
             payload = json.loads(body.decode("utf-8")) if body.strip() else None
         except (UnicodeDecodeError, ValueError) as exc:
@@ -140,15 +158,19 @@ class Timeline(PlaneView):
 
 
 class Export(PlaneView):
+    audited = audit.EXPORT
+
     async def get(self, request: Request, campaign_id: str) -> Response:
         outcome = request.query.get("status", "not_sent")
         channel = request.query.get("channel") or None
         if outcome not in EXPORT_STATUSES:
-            return self.error(400, f"unknown status {outcome!r} (expected {', '.join(EXPORT_STATUSES)})")
+            return await self.rejected(request, campaign_id, f"unknown status {outcome!r} "
+                                                             f"(expected {', '.join(EXPORT_STATUSES)})")
         if channel is not None and channel not in CHANNELS:
-            return self.error(400, f"unknown channel {channel!r} (expected {', '.join(CHANNELS)})")
+            return await self.rejected(request, campaign_id, f"unknown channel {channel!r} "
+                                                             f"(expected {', '.join(CHANNELS)})")
         try:
-            text = await self.plane.export_csv(campaign_id, outcome, channel)
+            text = await self.plane.export_csv(campaign_id, outcome, channel, requested_by(request))
         except UnknownCampaignError as exc:
             return self.error(404, str(exc))
         name = re.sub(r"[^A-Za-z0-9._-]", "_", campaign_id)
@@ -159,12 +181,16 @@ class Export(PlaneView):
 
 
 class StopCampaign(PlaneView):
+    audited = audit.STOP
+
     async def post(self, request: Request, campaign_id: str) -> Response:
-        payload, problem = await self.payload(request, STOP_FIELDS)
+        try:
+            payload, problem = await self.payload(request, STOP_FIELDS)
+        except BodyTooLargeError:
+            return await self.rejected(request, campaign_id, TOO_LARGE, 413)
         problem = problem or _check_stop(payload)
         if problem:
-            await self.plane.rejected(audit.STOP, requested_by(request), campaign_id, problem)
-            return self.json({"error": problem}, status=400)
+            return await self.rejected(request, campaign_id, problem)
         status, body = await self.plane.stop(
             campaign_id, payload["reason"], list(payload.get("channels") or []),
             bool(payload.get("force", False)), requested_by(request))
@@ -172,37 +198,68 @@ class StopCampaign(PlaneView):
 
 
 class StopAll(PlaneView):
+    audited = audit.KILL_SWITCH
+
     async def post(self, request: Request) -> Response:
-        payload, problem = await self.payload(request, STOP_ALL_FIELDS)
+        try:
+            payload, problem = await self.payload(request, STOP_ALL_FIELDS)
+        except BodyTooLargeError:
+            return await self.rejected(request, "", TOO_LARGE, 413)
         if not problem and payload.get("confirm") != STOP_ALL_PHRASE:
             problem = f'the kill switch needs "confirm": "{STOP_ALL_PHRASE}"'
         if not problem and not isinstance(payload.get("reason"), str):
             problem = 'missing "reason": a stop needs a reason'
         if problem:
-            await self.plane.rejected(audit.KILL_SWITCH, requested_by(request), "", problem)
-            return self.json({"error": problem}, status=400)
+            return await self.rejected(request, "", problem)
         status, body = await self.plane.stop_all(payload["reason"], requested_by(request))
         return self.json(body, status=status)
 
 
 class Relaunch(PlaneView):
+    audited = audit.RELAUNCH
+
     async def post(self, request: Request, campaign_id: str) -> Response:
-        payload, problem = await self.payload(request, ("as",))
+        try:
+            payload, problem = await self.payload(request, ("as",))
+        except BodyTooLargeError:
+            return await self.rejected(request, campaign_id, TOO_LARGE, 413)
         if not problem and not isinstance(payload.get("as"), str):
             problem = 'missing "as": the new campaign id'
+        if not problem:
+            problem = id_problem(payload["as"], "new campaign id")
         if problem:
-            return self.json({"error": problem}, status=400)
-        status, body = await self.plane.relaunch(campaign_id, payload["as"])
+            return await self.rejected(request, campaign_id, problem)
+        status, body = await self.plane.relaunch(campaign_id, payload["as"], requested_by(request))
         return self.json(body, status=status)
+
+    async def get(self, request: Request, campaign_id: str) -> Response:
+        """A relaunch as ``campaign_id``: queueing, done, or failed and why."""
+        state = self.plane.relaunch_state(campaign_id)
+        if state is None:
+            return self.error(404, f"this service started no relaunch as {campaign_id!r}")
+        return self.json(state)
 
 
 class Audit(PlaneView):
     async def get(self, request: Request) -> Response:
+        """A page of the trail, oldest first; ``next`` is the ``before`` of the page before it."""
         try:
-            limit = int(request.query.get("limit", "1000"))
+            limit = int(request.query.get("limit", str(AUDIT_PAGE)))
         except ValueError:
             return self.error(400, "limit must be a whole number")
-        return self.json({"audit": await self.plane.audit_trail(request.query.get("campaign"), limit)})
+        if not 1 <= limit <= AUDIT_PAGE_MAX:
+            return self.error(400, f"limit must be 1 to {AUDIT_PAGE_MAX}")
+        before = None
+        if "before" in request.query:
+            at, _, audit_id = request.query["before"].partition(":")
+            if not at.isdigit() or id_problem(audit_id, "audit id") is not None:
+                return self.error(400, "before must be the \"next\" of a page (AT:AUDIT_ID)")
+            before = (int(at), audit_id)
+        campaign = request.query.get("campaign")
+        if campaign is not None and (problem := id_problem(campaign)) is not None:
+            return self.error(400, problem)
+        entries, older = await self.plane.audit_trail(campaign, limit, before)
+        return self.json({"audit": entries, "next": older})
 
 
 class WhoAmI(PlaneView):
@@ -238,7 +295,10 @@ def _asset(name: str) -> bytes:
 
 
 class ConsolePage(PlaneView):
-    """The console's one page; its script shows the list or a campaign from the address."""
+    """The console's one page; its script shows the list or a campaign from the address (and
+    what the API answers for it, an invalid id included)."""
+
+    checks_ids = False
 
     async def get(self, request: Request, campaign_id: str | None = None) -> Response:
         return self.bytes(_asset("console.html"),
@@ -269,9 +329,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/campaigns", Campaigns, "read"),
     Route("GET", "/campaigns/{campaign_id}", Campaign, "read"),
     Route("GET", "/campaigns/{campaign_id}/timeline", Timeline, "read"),
-    Route("GET", "/campaigns/{campaign_id}/export.csv", Export, "read"),
+    Route("GET", "/campaigns/{campaign_id}/export.csv", Export, "export"),
     Route("POST", "/campaigns/{campaign_id}/stop", StopCampaign, "stop"),
     Route("POST", "/campaigns/{campaign_id}/relaunch", Relaunch, "relaunch"),
+    Route("GET", "/campaigns/{campaign_id}/relaunch", Relaunch, "read"),
     Route("POST", "/stop-all", StopAll, "stop-all"),
     Route("GET", "/audit", Audit, "audit"),
     Route("GET", "/whoami", WhoAmI, "read"),
@@ -290,7 +351,8 @@ def route_access() -> dict[tuple[str, str], str]:
 
 
 def register_routes(plane: ControlPlane) -> None:
-    """Serve every route of ``ROUTES`` from ``plane``'s Faust web server."""
-    for route in ROUTES:
-        view = type(route.view.__name__, (route.view,), {"plane": plane})
-        plane.app.page(route.path, name=f"{route.method} {route.path}")(view)
+    """Serve every route of ``ROUTES`` from ``plane``'s Faust web server (a view answers every
+    method it defines on its path: a path is registered once)."""
+    for path, view_class in dict.fromkeys((route.path, route.view) for route in ROUTES):
+        view = type(view_class.__name__, (view_class,), {"plane": plane})
+        plane.app.page(path, name=path)(view)

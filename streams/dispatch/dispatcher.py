@@ -79,6 +79,7 @@ from streams.models import (
     SENT_EVENT,
     STAGE_PROVIDER,
 )
+from streams.models.ids import request_problem
 from streams.providers.base import (
     CancelCapability,
     CancelStatus,
@@ -448,9 +449,9 @@ class Dispatcher(TransactionalStage):
             if request["channel"] not in CHANNELS:
                 raise SerdeError(f"unknown channel {request['channel']!r} on the {self.channel} topic")
             raise SerdeError(f"channel {request['channel']!r} on the {self.channel} topic")
-        for name in ("message_id", "campaign_id", "recipient_id"):
-            if not request[name]:
-                raise SerdeError(f"invalid SendRequest: empty {name}")
+        problem = request_problem(request)
+        if problem is not None:
+            raise SerdeError(problem)
         return Handoff(request["message_id"], request["campaign_id"], self.channel,
                        request["recipient_id"], request["payload"])
 

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from streams.kafka.clients import wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError, LocalBrokerError
 from streams.maven import MavenError, fetch
 from streams.processes import alive, log_tail, port_open, require
-from streams.security import credentials
+from streams.security import credentials, tls
 from streams.settings import PROJECT_ROOT, Settings
 
 RECIPE = PROJECT_ROOT / "deploy" / "broker"
@@ -155,8 +156,9 @@ class LocalBroker:
         self._wait_registered(started)
         self.say(f"broker ready at {self.address} in {time.monotonic() - started:.1f}s")
         if self.secure:
-            self.say(f"secured: SASL_PLAINTEXT, SCRAM-SHA-512, ACLs; admin credentials in "
-                     f"{self.admin_env()} (then `estop security init`)")
+            self.say(f"secured: SASL_SSL (TLS, the authority in {tls.ca_file(self.settings)}), "
+                     f"SCRAM-SHA-512, ACLs; admin credentials in {self.admin_env()} (then "
+                     "`estop security init`)")
         return self.status()
 
     def client_settings(self, address: str | None = None) -> Settings:
@@ -164,8 +166,13 @@ class LocalBroker:
         settings = self.settings.model_copy(update={"bootstrap_servers": address or self.address})
         if not self.secured_marker.exists():
             return settings
-        return credentials.as_principal(settings, self.settings.broker_admin_user,
+        return credentials.as_principal(self._secured(settings), self.settings.broker_admin_user,
                                         self._admin_password())
+
+    def _secured(self, settings: Settings) -> Settings:
+        """``settings`` connecting over TLS to this broker, trusting its own authority."""
+        return settings.model_copy(update={"security_protocol": credentials.PROTOCOL,
+                                           "ssl_ca_location": tls.ca_file(self.settings)})
 
     def admin_env(self) -> Path:
         return credentials.security_dir(self.settings) / f"{self.settings.broker_admin_user}.env"
@@ -274,7 +281,9 @@ class LocalBroker:
         if self.secure:
             user, password = self.settings.broker_admin_user, self._admin_password()
             template += (RECIPE / "security.properties.template").read_text()
-            secured = {"admin_user": user, "admin_password": password}
+            keys = tls.broker_tls(self.settings)
+            secured = {"admin_user": user, "admin_password": password, "ca": keys.ca,
+                       "keystore": keys.keystore, "keystore_password": keys.password}
             scram = ["--add-scram", f'{credentials.MECHANISM}=[name={user},password="{password}"]']
         voters = ",".join(f"{n.node_id}@localhost:{n.controller_port}" for n in self.nodes)
         # Internal topics (offsets, transactions) replicated like the data topics.
@@ -327,17 +336,27 @@ class LocalBroker:
             password = kept or credentials.new_password()
         if password != kept:
             credentials.write_env(self.admin_env(), credentials.principal_env(
-                self.settings.model_copy(update={"bootstrap_servers": self.address, "topic_prefix": ""}),
+                self._secured(self.settings.model_copy(
+                    update={"bootstrap_servers": self.address, "topic_prefix": ""})),
                 self.settings.broker_admin_user, password))
         return password
 
     def _storage_tool(self, java: str, args: list[str]) -> str:
-        result = subprocess.run(
-            [java, f"-Dlog4j2.configurationFile={RECIPE / 'log4j2.properties'}",
-             f"-Dkafka.logs.dir={self.nodes[0].logs}", "-cp", f"{self.libs}/*",
-             "kafka.tools.StorageTool", *args],
-            capture_output=True, text=True, check=False,
-        )
+        """Run Kafka's StorageTool. Its arguments (the admin's password among them when secured)
+        go in a java argument file of mode 0600, deleted after: never on a command line, where
+        any user of the machine would read them (``ps``)."""
+        self.nodes[0].home.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=".storage-tool-", suffix=".args", dir=self.nodes[0].home)
+        try:
+            with os.fdopen(handle, "w") as argfile:  # mkstemp: mode 0600
+                argfile.write("".join(f"{_java_quoted(arg)}\n"
+                                      for arg in ("kafka.tools.StorageTool", *args)))
+            result = subprocess.run(
+                [java, f"-Dlog4j2.configurationFile={RECIPE / 'log4j2.properties'}",
+                 f"-Dkafka.logs.dir={self.nodes[0].logs}", "-cp", f"{self.libs}/*", f"@{name}"],
+                capture_output=True, text=True, check=False)
+        finally:
+            Path(name).unlink(missing_ok=True)
         if result.returncode != 0:
             raise LocalBrokerError(f"kafka StorageTool {args[0]} failed: {result.stdout}{result.stderr}")
         return result.stdout
@@ -351,6 +370,11 @@ class LocalBroker:
             node.pid_file.unlink(missing_ok=True)
             return None
         return pid
+
+
+def _java_quoted(arg: str) -> str:
+    """One argument of a java argument file: quoted, its backslashes and quotes escaped."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _cluster_id(node: BrokerNode) -> str | None:

@@ -135,12 +135,6 @@ def raw_routing(headers: RecordHeaders) -> tuple[bytes | None, bytes | None, byt
             recipient if isinstance(recipient, bytes) and recipient else None)
 
 
-def routing(headers: RecordHeaders) -> tuple[str | None, str | None, bytes | None]:
-    """``raw_routing`` with the campaign and channel decoded."""
-    campaign, channel, recipient = raw_routing(headers)
-    return (campaign.decode(errors="replace") if campaign else None,
-            channel.decode(errors="replace") if channel else None, recipient)
-
 
 def take(source: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
     """Up to ``max_messages`` without waiting once something is there: ``consume`` alone waits

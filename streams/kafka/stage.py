@@ -7,7 +7,16 @@ between input and output.
 Rebalances: partitions newly assigned are handed to ``prepare`` before any of their records is
 processed (the stage makes its view of stops current, a dispatcher restores its ledger); a
 partition revoked or lost goes to ``release`` from within the poll that revokes it, which only
-happens between batches, so everything of it was committed by then."""
+happens between batches, so everything of it was committed by then.
+
+A batch is redone for as long as the cluster is the reason it failed (a broker away). When a
+record in it is the reason (``transactions.record_fault``: Kafka refuses what the record made,
+for its size, say), redoing it would loop forever: after ``SETTLE_ATTEMPTS`` such failures the
+stage settles the batch one record per transaction, and a record that fails that often alone is
+dead-lettered (a dead letter always fits: ``streams.kafka.deadletter``), in a transaction with
+its offset, and the stage goes on. A subclass opts in with ``settles_bad_records``; it reports a
+failure through ``abort`` and ``commit``, as it does anyway, and counts such dead letters in
+``dead_lettered_alone``."""
 
 from __future__ import annotations
 
@@ -20,11 +29,17 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from streams.kafka import transactions
 from streams.kafka.clients import consumer, take
+from streams.kafka.deadletter import dead_letter
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.kafka.lag import LagGauge
+from streams.metrics import DEAD_LETTERED
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Failures a record may cause (see the module's note) before its batch is settled record by
+# record, and before the record, alone, is dead-lettered.
+SETTLE_ATTEMPTS = 3
 
 PREPARE_RETRY_S = 1.0
 
@@ -43,6 +58,8 @@ class TransactionalStage:
     """Subclasses implement ``process``; ``idle`` runs after every poll, ``closing`` at the end.
     ``feed``: the process's control feed, made current before a newly assigned partition is
     prepared, and told once it is (None: a stage run alone, e.g. in a test)."""
+
+    settles_bad_records = False  # see the module's note
 
     def __init__(self, settings: Settings, source: str, group: str, process_id: str, what: str,
                  lag_name: str, feed: ControlSync | None = None, **consumer_config: Any) -> None:
@@ -64,6 +81,10 @@ class TransactionalStage:
         # feed's thread reads it for acknowledgements.
         self.ready: frozenset[int] = frozenset()
         self.last_pass = time.monotonic()  # the loop's heartbeat, for the worker's /health
+        self._settled = False  # the batch being processed was committed
+        self._fault: str | None = None  # why it failed, when a record of it was the reason
+        self._failures = 0  # consecutive failures a record caused
+        self._alone_until: dict[int, int] = {}  # partition -> offset: one record per batch up to it
 
     def run(self, running: threading.Event) -> None:
         self.transactions.init()
@@ -73,14 +94,15 @@ class TransactionalStage:
         try:
             while running.is_set():
                 self.last_pass = time.monotonic()
-                messages = take(self.consumer, self.batch_limit(), self.settings.poll_timeout_s)
+                limit = 1 if self._alone_until else self.batch_limit()
+                messages = take(self.consumer, limit, self.settings.poll_timeout_s)
                 if self._revoked:
                     messages = transactions.without_revoked(self.consumer, messages, self._revoked)
                     self._revoked.clear()
                 if self._assigned:
                     self._prepare(running)
                 if messages:
-                    self.process(messages, running)
+                    self._run_batch(messages, running)
                 self.idle()
             self.before_close()
         finally:
@@ -90,6 +112,55 @@ class TransactionalStage:
 
     def process(self, messages: list[Message], running: threading.Event) -> None:
         raise NotImplementedError
+
+    def _run_batch(self, messages: list[Message], running: threading.Event) -> None:
+        """``process`` the batch; count the failures a record of it caused, and past
+        ``SETTLE_ATTEMPTS`` settle it record by record, or dead-letter the one record."""
+        self._settled, self._fault = False, None
+        self.process(messages, running)
+        if not self.settles_bad_records:
+            return
+        if self._settled:
+            self._failures = 0
+            for message in messages:
+                end = self._alone_until.get(message.partition())  # type: ignore[arg-type]
+                if end is not None and message.offset() + 1 >= end:  # type: ignore[operator]
+                    del self._alone_until[message.partition()]  # type: ignore[arg-type]
+            return
+        if self._fault is None:
+            return  # the cluster, not a record: the batch is redone as it is
+        self._failures += 1
+        if self._failures < SETTLE_ATTEMPTS:
+            return
+        self._failures = 0
+        if len(messages) > 1:
+            for message in messages:
+                partition, offset = message.partition(), message.offset()
+                if partition is not None and offset is not None:
+                    self._alone_until[partition] = max(self._alone_until.get(partition, 0), offset + 1)
+            log.warning("%s: a batch of %d records failed %d times (%s); settling it one record "
+                        "at a time", self.source, len(messages), SETTLE_ATTEMPTS, self._fault)
+            return
+        self._dead_letter_alone(messages[0], self._fault)
+
+    def _dead_letter_alone(self, message: Message, fault: str) -> None:
+        """A record whose outputs Kafka refused ``SETTLE_ATTEMPTS`` times: its dead letter and its
+        offset, in one transaction."""
+        reason = f"Kafka refused what this record made {SETTLE_ATTEMPTS} times: {fault}"
+        self.transactions.begin()
+        try:
+            dead_letter(self.transactions.producer, message, reason)
+        except KafkaException as exc:
+            self.abort(exc)
+            return
+        if self.commit({message.partition(): message.offset() + 1}):  # type: ignore[dict-item,operator]
+            log.warning("%s: dead-lettered the record at partition %s offset %s: %s", self.source,
+                        message.partition(), message.offset(), reason)
+            DEAD_LETTERED.labels(self.source).inc()
+            self.dead_lettered_alone()
+
+    def dead_lettered_alone(self) -> None:
+        """A record was dead-lettered by ``_dead_letter_alone``: for a subclass's own counts."""
 
     def batch_limit(self) -> int:
         """How many records the next batch may take."""
@@ -155,6 +226,8 @@ class TransactionalStage:
         self._revoked.update(numbers)
         self._assigned.difference_update(numbers)
         self.ready = self.ready - set(numbers)
+        for partition in numbers:  # their next owner finds a bad record on its own
+            self._alone_until.pop(partition, None)
         self.release(numbers, lost)
 
     def commit(self, offsets: dict[int, int]) -> bool:
@@ -162,13 +235,16 @@ class TransactionalStage:
         False when it was aborted instead and the consumer rewound to redo the batch."""
         if self.transactions.commit([TopicPartition(self.source, p, o) for p, o in offsets.items()],
                                     self.consumer.consumer_group_metadata()):
+            self._settled = True
             return True
+        self._fault = transactions.record_fault(self.transactions.last_error)
         self.rewind()
         return False
 
     def abort(self, cause: KafkaException) -> None:
-        """Abort the batch's transaction (e.g. a record expired while the broker was away) and
-        rewind, so the batch is redone from its start."""
+        """Abort the batch's transaction (e.g. a record expired while the broker was away, or
+        Kafka refused a record it made) and rewind, so the batch is redone from its start."""
+        self._fault = transactions.record_fault(cause)
         self.transactions.abort(cause)
         self.rewind()
 

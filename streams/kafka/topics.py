@@ -26,6 +26,11 @@ COMPACTED = {
     "delete.retention.ms": str(7 * DAY_MS),
     "min.compaction.lag.ms": "0",
 }
+# campaign-control and campaign-status: a record that would erase a stop or hide a campaign once
+# compacted (a tombstone, a record keyed by another campaign) cannot make Kafka drop what it
+# replaces for a week; the control plane restates the stop or the status over it well before
+# (streams.controlplane.app), so a process that starts after compaction still finds them.
+PROTECTED = {**COMPACTED, "min.compaction.lag.ms": str(7 * DAY_MS)}
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,8 @@ def plan(settings: Settings, replication: Replication | None = None) -> list[Top
     data = settings.partitions
     insync = replication.config() if replication else {}
     specs = [
-        TopicSpec(t.control, settings.control_partitions, {**COMPACTED, **insync}),
-        TopicSpec(t.status, 1, {**COMPACTED, **insync}),
+        TopicSpec(t.control, settings.control_partitions, {**PROTECTED, **insync}),
+        TopicSpec(t.status, 1, {**PROTECTED, **insync}),
         TopicSpec(t.acks, 1, {"cleanup.policy": "delete", "retention.ms": str(DAY_MS), **insync}),
         *(TopicSpec(t.send_requests(c), data, dict(insync)) for c in CHANNELS),
         *(TopicSpec(t.dispatch(c), data, dict(insync)) for c in CHANNELS),

@@ -82,6 +82,24 @@ MOVING = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAIL
                     KafkaError.REQUEST_TIMED_OUT})
 
 
+# What Kafka answers when a record itself is the problem (its size, its contents): the batch that
+# holds it fails the same way every time, while the cluster is fine.
+RECORD_FAULTS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
+                           KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP,
+                           KafkaError.INVALID_MSG_SIZE})
+
+
+def record_fault(error: BaseException | None) -> str | None:
+    """Why a transaction failed, when a record it held made it fail (``RECORD_FAULTS``); None
+    when the cause is elsewhere (a broker away, a rebalance): redoing the batch will do then."""
+    if not isinstance(error, KafkaException) or not error.args:
+        return None
+    cause = error.args[0]
+    if not isinstance(cause, KafkaError) or cause.code() not in RECORD_FAULTS:
+        return None
+    return f"{cause.name()}: {cause.str()}"
+
+
 def retrying(call: Callable[[], T], what: str, pause_s: float = 0.5) -> T:
     """Run a transactional call, again while it fails with a retriable error (or one of a
     coordinator or leader moving)."""
@@ -106,6 +124,7 @@ class TransactionalProducer:
         self.base_id = transactional_id
         self.what = what
         self.producer: Producer = self._new()
+        self.last_error: KafkaException | None = None  # why the last commit failed, if it did
 
     def _new(self) -> Producer:
         return producer(self.settings, **{
@@ -156,6 +175,7 @@ class TransactionalProducer:
         timeout = self.settings.admin_timeout_s
         limit = timeout + WEDGED_AFTER_S
         out = self.producer
+        self.last_error = None
         try:
             if offsets:
                 retrying(lambda: bounded(
@@ -165,6 +185,7 @@ class TransactionalProducer:
                                      f"{self.what}: commit"), f"{self.what}: commit")
             return True
         except KafkaException as exc:
+            self.last_error = exc
             self.abort(exc)
             return False
         except WedgedProducerError as exc:

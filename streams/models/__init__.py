@@ -59,6 +59,7 @@ HEADER_ERROR: Final = "estop.error"
 HEADER_SOURCE_TOPIC: Final = "estop.source.topic"
 HEADER_SOURCE_PARTITION: Final = "estop.source.partition"
 HEADER_SOURCE_OFFSET: Final = "estop.source.offset"
+HEADER_TRUNCATED: Final = "estop.truncated"  # on a dead letter: what was cut to fit (key, headers, value)
 
 
 def check_channels(channels: list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -13,8 +13,9 @@ from pydantic import SecretStr
 from streams.security.exceptions import CredentialsError
 from streams.settings import Settings
 
-PROTOCOL = "SASL_PLAINTEXT"
+PROTOCOL = "SASL_SSL"  # what the secured local broker asks, and what a SASL client gets by default
 MECHANISM = "SCRAM-SHA-512"
+SASL_PROTOCOLS = ("SASL_SSL", "SASL_PLAINTEXT")
 
 
 def security_dir(settings: Settings) -> Path:
@@ -27,9 +28,11 @@ def new_password() -> str:
 
 
 def as_principal(settings: Settings, username: str, password: str) -> Settings:
-    """These settings, connecting as ``username`` over SASL/SCRAM."""
+    """These settings, connecting as ``username`` over SASL/SCRAM (over the settings' SASL
+    protocol and CA, TLS by default)."""
+    protocol = settings.security_protocol if settings.security_protocol in SASL_PROTOCOLS else PROTOCOL
     return settings.model_copy(update={
-        "security_protocol": PROTOCOL, "sasl_mechanism": MECHANISM,
+        "security_protocol": protocol, "sasl_mechanism": MECHANISM,
         "sasl_username": username, "sasl_password": SecretStr(password)})
 
 
@@ -55,13 +58,17 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 def principal_env(settings: Settings, username: str, password: str) -> dict[str, str]:
+    """What a process needs to connect as ``username``, on ``settings``' broker, protocol and CA."""
+    principal = as_principal(settings, username, password)
     env = {
         "ESTOP_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "ESTOP_SECURITY_PROTOCOL": PROTOCOL,
+        "ESTOP_SECURITY_PROTOCOL": principal.security_protocol,
         "ESTOP_SASL_MECHANISM": MECHANISM,
         "ESTOP_SASL_USERNAME": username,
         "ESTOP_SASL_PASSWORD": password,
     }
+    if settings.ssl_ca_location is not None:
+        env["ESTOP_SSL_CA_LOCATION"] = str(settings.ssl_ca_location)
     if settings.topic_prefix:
         env["ESTOP_TOPIC_PREFIX"] = settings.topic_prefix
     return env

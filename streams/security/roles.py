@@ -4,7 +4,8 @@ from the topic prefix, so deployments (and test runs) under different prefixes s
 * operator: writes campaign-control, campaign-status and audit; reads them, the acks, the
   outcomes and the dispatchers' ledgers (`estop stop`, `estop status`); sees the worker groups'
   members and their partitions (confirmation).
-* control: the operator's rights, plus the control plane's own group and internal topics.
+* control: the operator's rights, plus the control plane's own group and internal topics, and
+  what a relaunch writes (send-requests.*, notsent).
 * worker (gates, dispatchers): reads send-requests.*, dispatch.* and campaign-control; writes
   dispatch.*, sent, notsent, failed, the acks and its dead letters; reads and writes the
   dispatchers' ledgers and receipts (dispatch.*.ledger, dispatch.*.receipts); its groups and
@@ -70,6 +71,9 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
     control_app = f"{prefix}estop-control"
     control = [
         *operator,
+        # A relaunch from the console queues the unsent audience through the launcher: its
+        # requests, and notSent for those a stop keeps it from queueing.
+        *topics([*send_requests, t.notsent], "WRITE"),
         Grant("group", control_app, ("READ", "DESCRIBE")),
         # Faust's own topics: leader election, table changelogs, stop confirmations.
         Grant("topic", f"{control_app}-", ("CREATE", "READ", "WRITE", "DESCRIBE_CONFIGS"),

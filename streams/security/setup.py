@@ -77,7 +77,8 @@ def init_security(settings: Settings, say: Callable[[str], None] = lambda _: Non
         name = username(settings, role)
         path = folder / f"{name}.env"
         passwords[name] = credentials.password_from(credentials.read_env(path)) or credentials.new_password()
-        credentials.write_env(path, credentials.principal_env(settings, name, passwords[name]))
+        # On the admin's broker, protocol and CA (a local secured broker's own), this prefix.
+        credentials.write_env(path, credentials.principal_env(su, name, passwords[name]))
         result.users[name] = path
     upserts: list[UserScramCredentialAlteration] = [UserScramCredentialUpsertion(
         name, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS), password.encode())
@@ -90,7 +91,7 @@ def init_security(settings: Settings, say: Callable[[str], None] = lambda _: Non
         _settle(client.create_acls(acls, request_timeout=su.admin_timeout_s), su, "create ACLs")
     result.acls = len(acls)
     for name, path in result.users.items():
-        _await_login(credentials.as_principal(settings, name, passwords[name]))
+        _await_login(credentials.as_principal(su, name, passwords[name]))
         say(f"user {name:<24} credentials in {path}")
     result.http_tokens = _http_tokens(folder / HTTP_TOKENS_FILE)
     say(f"{result.acls} ACLs in place; HTTP API tokens (viewer, operator, admin) in {result.http_tokens}")

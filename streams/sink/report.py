@@ -15,6 +15,10 @@ from streams.sink.exceptions import UnknownCampaignError
 from streams.sink.store import FAILED, NOT_SENT, SENT, OutcomeStore
 
 EXPORT_COLUMNS = ("message_id", "channel", "recipient_id", "outcome", "stage", "reason", "occurred_at")
+# A cell a spreadsheet would read as a formula (or whose tab or carriage return it would act on)
+# starts with one of these; such a cell is written with a leading apostrophe (OWASP's advice for
+# CSV injection), so a recipient id "=HYPERLINK(...)" stays text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
@@ -103,14 +107,20 @@ def campaign_timeline(store: OutcomeStore, campaign_id: str, buckets: int = 120)
 
 def export_rows(store: OutcomeStore, campaign_id: str, outcome: str,
                 channel: str | None) -> Iterator[list[str]]:
-    """The export as CSV rows, header first: what `estop export` writes and the console serves."""
+    """The export as CSV rows, header first: what `estop export` writes and the console serves;
+    every cell spreadsheet-safe (``FORMULA_STARTS``)."""
     if store.campaign(campaign_id) is None and not store.counts(campaign_id):
         raise UnknownCampaignError(f"unknown campaign {campaign_id!r}")
     stored = {"not_sent": NOT_SENT, "failed": FAILED}.get(outcome, SENT)
     yield list(EXPORT_COLUMNS)
     for row in store.export(campaign_id, stored, channel):
         *head, occurred_at = row
-        yield [*head, _iso(occurred_at)]
+        yield [_cell(value) for value in (*head, _iso(occurred_at))]
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
 
 
 def export_recipients(store: OutcomeStore, campaign_id: str, outcome: str, channel: str | None,

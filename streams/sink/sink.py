@@ -15,6 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Message, Producer, TopicPartition
 
+from streams.control.records import refusal
 from streams.faults import crash_point
 from streams.kafka.clients import consumer, producer, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
@@ -28,6 +29,7 @@ from streams.metrics import (
     SINK_STORE_SECONDS,
 )
 from streams.models import ACTION_STOP, CHANNELS
+from streams.models.ids import MESSAGE_ID_MAX, id_problem
 from streams.serde import SerdeError, Serdes
 from streams.serde.fastevents import FlatDecoder
 from streams.settings import Settings
@@ -175,9 +177,16 @@ class Sink:
             event = self.serdes.failed.decode(value)
             batch.outcomes.append(_row({**event, "reason": event["error"]}, FAILED))
         elif topic == topics.status:
-            batch.campaigns.append(_status(self.serdes.campaign_status.decode(value)))
+            status = _status(self.serdes.campaign_status.decode(value))
+            if message.key() != status["campaign_id"].encode():
+                # Compacted, it would be the key's only status: it is neither campaign's.
+                raise ValueError(f"its key is not its campaign id {status['campaign_id']!r}")
+            batch.campaigns.append(status)
         elif topic == topics.control:
             command = self.serdes.control_command.decode(value)
+            refused = refusal(message.key(), command)  # what every reader of the topic refuses
+            if refused is not None:
+                raise ValueError(refused)
             # As the control view applies it: unknown channels are ignored (the workers count
             # them as control anomalies), and a stop of none of the known channels is no stop.
             known = [c for c in command["channels"] if c in CHANNELS]
@@ -203,6 +212,9 @@ def _known_channels(channels: Any) -> None:
 def _status(status: dict[str, Any]) -> dict[str, Any]:
     if not status["campaign_id"]:
         raise ValueError("empty campaign_id")
+    problem = id_problem(status["campaign_id"])
+    if problem is not None:
+        raise ValueError(problem)
     _known_channels([*status["channels"], *status["planned"], *status["queued"]])
     return status
 
@@ -223,6 +235,10 @@ def _row(event: dict[str, Any], outcome: str) -> OutcomeRow:
     for name in ("message_id", "campaign_id"):
         if not event[name]:
             raise ValueError(f"empty {name}")
+    problem = id_problem(event["message_id"], "message id", MESSAGE_ID_MAX) or id_problem(
+        event["campaign_id"])
+    if problem is not None:
+        raise ValueError(problem)
     return OutcomeRow(
         message_id=event["message_id"],
         campaign_id=event["campaign_id"],

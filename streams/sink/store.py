@@ -371,16 +371,23 @@ class OutcomeStore:
                  "requested_by": r[3], "requested_at": r[4], "acks": int(r[5]),
                  "last_applied_at": r[6]} for r in rows]
 
-    def audit(self, campaign_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Audit events, oldest first: of one campaign, or the latest ``limit`` of all."""
+    def audit(self, campaign_id: str | None = None, limit: int = 1000,
+              before: tuple[int, str] | None = None) -> list[dict[str, Any]]:
+        """Audit events, oldest first: the latest ``limit`` (of one campaign, or of all) before
+        ``before`` (at, audit_id), the last event of the page after it."""
         columns = ", ".join(AUDIT_COLUMNS)
+        where: list[str] = []
+        args: list[Any] = []
         if campaign_id is not None:
-            rows = self._query(f"SELECT {columns} FROM audit WHERE campaign_id = ?"
-                               " ORDER BY at, audit_id", (campaign_id,))
-        else:
-            rows = self._query(f"SELECT {columns} FROM (SELECT {columns} FROM audit"
-                               f" ORDER BY at DESC, audit_id DESC LIMIT {int(limit)}) latest"
-                               " ORDER BY at, audit_id")
+            where.append("campaign_id = ?")
+            args.append(campaign_id)
+        if before is not None:
+            where.append("(at < ? OR (at = ? AND audit_id < ?))")
+            args += [before[0], before[0], before[1]]
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(f"SELECT {columns} FROM (SELECT {columns} FROM audit{condition}"
+                           f" ORDER BY at DESC, audit_id DESC LIMIT {int(limit)}) latest"
+                           " ORDER BY at, audit_id", args)
         entries = [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]
         for entry in entries:
             entry["channels"] = json.loads(entry["channels"])

@@ -13,8 +13,11 @@ from playwright.sync_api import Page, expect
 from streams.kafka.source import BrokerHandle
 from tests.console.support import Stack, stack_settings, start_stack
 
+REBIND_HOST = "rebind.example"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 # A name of another site that resolves to this machine: DNS rebinding, for real.
+                 f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1"]
 
 # Every browser expectation waits at most this long for the live page to catch up (a bound,
 # never a measure: nothing asserts how fast anything happened).

@@ -60,7 +60,7 @@ def test_stop_all_sending_stops_every_sending_or_finished_campaign(stack: Stack,
 
     # Nothing left to stop: the switch says so and writes nothing.
     page.get_by_role("button", name="Stop all sending").click()
-    expect(dialog.get_by_role("listitem")).to_have_text(["No campaign is Sending or Finished right now."])
+    expect(dialog.get_by_role("listitem")).to_have_text(["Every campaign is stopped already."])
     dialog.get_by_label("Reason").fill(REASON)
     phrase.fill("STOP ALL")
     confirm.click()
@@ -83,8 +83,7 @@ def test_the_kill_switch_refuses_a_request_without_its_confirmation_or_reason(st
 def test_estop_stop_all_on_the_command_line(stack: Stack) -> None:
     announce(stack.settings, SERDES, "kill-cli", ["sms"], 10, STATE_FINISHED)
     wait_for(lambda: "kill-cli" in stack.api.campaigns(), "the control service to list kill-cli")
-    stoppable = sorted(c for c, listed in stack.api.campaigns().items()
-                       if listed["state"] in (STATE_SENDING, STATE_FINISHED))
+    stoppable = sorted(c for c, listed in stack.api.campaigns().items() if listed["stoppable"])
     assert "kill-cli" in stoppable
     stopped = stack.estop("stop", "--all", "--reason", REASON, "--json")
     assert stopped.returncode == 0, stopped.stderr
@@ -99,6 +98,6 @@ def test_estop_stop_all_on_the_command_line(stack: Stack) -> None:
 
     again = stack.estop("stop", "--all", "--reason", REASON)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.strip() == "no campaign is Sending or Finished; nothing written"
+    assert again.stdout.strip() == "every campaign is stopped already; nothing written"
     mixed = stack.estop("stop", "kill-cli", "--all", "--reason", REASON)
     assert mixed.returncode == 2 and "--all" in mixed.stderr and "Traceback" not in mixed.stderr

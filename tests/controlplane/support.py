@@ -145,6 +145,8 @@ class ControlProcess(WorkerProcess):
             "ESTOP_TOPIC_PREFIX": settings.topic_prefix,
             "ESTOP_DATA_DIR": str(settings.data_dir),
             "ESTOP_CONTROL_PORT": "0",
+            # No tokens on this machine's loopback: the API asks nobody (tests with tokens set them).
+            "ESTOP_HTTP_OPEN": "true",
             **(env or {}),
         })
         self.process = subprocess.Popen(

@@ -127,15 +127,15 @@ BAD_REQUESTS: list[tuple[str, bytes | dict[str, Any], int, str]] = [
     ("api-sending", {"reason": REASON, "reasn": "typo"}, 400, "reasn"),
     ("api-sending", {"reason": REASON, "force": "yes"}, 400, "force"),
     ("api-unknown", {"reason": REASON}, 404, "unknown campaign"),
-    ("api-stopped-status", {"reason": REASON}, 409, "Stopped"),
+    ("api-draft", {"reason": REASON}, 409, "Draft"),
 ]
 
 
 def test_bad_requests_answer_4xx_naming_the_problem_and_write_nothing(
         settings: Settings, serdes: Serdes, processes: Processes) -> None:
     announce(settings, serdes, "api-sending", ["email"], 10, STATE_SENDING)
-    # Lifecycle says Stopped but no stop command exists: not a campaign a stop applies to.
-    announce(settings, serdes, "api-stopped-status", ["email"], 10, STATE_STOPPED)
+    # A lifecycle state the stop does not know: refused without --force.
+    announce(settings, serdes, "api-draft", ["email"], 10, "Draft")
     api = start_control(processes, settings, ("worker", "--role", "control"))
 
     health = api.get("/health")

@@ -13,6 +13,7 @@ REQUIRED_ALERTS = {
     "EstopHandoffAfterConfirmedStop",  # any handoff after a confirmed stop
     "EstopConsumerLagGrowing",  # gate or dispatcher lag growing
     "EstopRecordsDeadLettered",  # records arriving in a dead-letter topic
+    "EstopControlRecordRefused",  # a record on campaign-control refused by a worker
     "EstopProcessDown",  # a worker process down
     "EstopRoleDown",  # a role down inside a running process
 }

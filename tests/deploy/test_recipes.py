@@ -222,8 +222,16 @@ def test_a_deployment_per_role_and_channel_probed_on_health() -> None:
     control = container(found["estop-control"])
     (port,) = control["ports"]
     assert port["containerPort"] == settings.control_port
-    assert control["readinessProbe"]["httpGet"] == {"path": "/health", "port": port["name"]}
+    # The API speaks HTTPS (ESTOP_CONTROL_TLS_CERT and _KEY, from the Secret estop-control-tls).
+    assert control["readinessProbe"]["httpGet"] == {"path": "/health", "port": port["name"],
+                                                     "scheme": "HTTPS"}
     assert control["livenessProbe"]["httpGet"]["path"] in ("/health", "/metrics")
+    control_env = {e["name"]: e.get("value") for e in control["env"]}
+    control_volumes = {v["name"]: v for v in found["estop-control"]["spec"]["template"]["spec"]["volumes"]}
+    (tls,) = [m for m in control["volumeMounts"]
+              if control_env["ESTOP_CONTROL_TLS_CERT"].startswith(m["mountPath"] + "/")]
+    assert control_env["ESTOP_CONTROL_TLS_KEY"].startswith(tls["mountPath"] + "/")
+    assert control_volumes[tls["name"]]["secret"]["secretName"] == "estop-control-tls"
     (service,) = of_kind("Service")
     control_labels = found["estop-control"]["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= control_labels.items()
@@ -317,6 +325,12 @@ def pod_user(deployment: Doc) -> str:
     return user
 
 
+def kafka_name() -> str:
+    (kafka,) = of_kind("Kafka")
+    name: str = kafka["metadata"]["name"]
+    return name
+
+
 def test_the_kafka_cluster_lets_in_only_authenticated_users_and_denies_what_no_acl_allows() -> None:
     """The Strimzi cluster the ConfigMap points at: every listener asks SCRAM-SHA-512 (no
     anonymous door), the simple authorizer with no super user of ours and no allow-everyone, the
@@ -394,9 +408,16 @@ def test_every_pod_authenticates_as_its_roles_user_with_the_password_from_its_se
         settings = pod_settings(**{k.removeprefix("ESTOP_").lower(): v for k, v in config.items()},
                                 sasl_username=user, sasl_password="from-the-secret")
         client = settings.client_config()
-        assert {k: client[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username")} == {
-            "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
-            "sasl.username": user}, name
+        assert {k: client[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username",
+                                       "ssl.ca.location")} == {
+            "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": user, "ssl.ca.location": "/etc/estop/kafka-ca/ca.crt"}, name
+        # The CA it trusts is the cluster's, mounted from Strimzi's Secret where the setting says.
+        spec = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (mount,) = [m for m in container(deployment)["volumeMounts"]
+                    if m["mountPath"] == "/etc/estop/kafka-ca"]
+        assert volumes[mount["name"]]["secret"]["secretName"] == f"{kafka_name()}-cluster-ca-cert", name
 
 
 def test_no_password_in_plain_text() -> None:
@@ -425,7 +446,9 @@ def test_no_password_in_plain_text() -> None:
     for user in users.values():  # no password of our own choosing: the User Operator makes one
         assert "password" not in user["spec"]["authentication"]
     (auth,) = of_kind("TriggerAuthentication")
-    assert set(auth["spec"]) == {"env"}
+    assert set(auth["spec"]) == {"env", "secretTargetRef"}
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "ca", "name": f"{kafka_name()}-cluster-ca-cert", "key": "ca.crt"}]
     # The Secrets the user creates are the ones the docs tell them to create.
     docs = (PROJECT_ROOT / "docs" / "deployment.md").read_text()
     for secret, keys in USER_SECRETS.items():
@@ -454,7 +477,7 @@ def test_every_scaler_authenticates_as_the_user_of_the_deployment_it_scales() ->
             assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
             meta = trigger["metadata"]
             assert meta["sasl"] == KEDA_SASL[settings.sasl_mechanism]
-            assert meta.get("tls", "disable") == "disable"  # SASL_PLAINTEXT, as the pods
+            assert meta["tls"] == "enable"  # SASL_SSL, as the pods
             assert allows(user, "group", meta["consumerGroup"], "Describe")
             # Without a topic the scaler follows every topic the group commits: the sink's events.
             topics = [meta["topic"]] if "topic" in meta else [

@@ -8,7 +8,7 @@ from confluent_kafka.admin import ConfigResource, NewTopic
 
 from streams.kafka.clients import admin
 from streams.kafka.exceptions import KafkaUnavailableError
-from streams.kafka.topics import COMPACTED, create_topics, plan, replication
+from streams.kafka.topics import PROTECTED, create_topics, plan, replication
 from streams.models import CHANNELS
 from streams.settings import Settings, load_settings
 from tests.support import run_estop
@@ -69,11 +69,14 @@ def test_create_topics_twice_creates_then_changes_nothing(bare_settings: Setting
 
 @pytest.mark.broker
 def test_compacted_topics_have_the_compaction_settings(settings: Settings) -> None:
-    """campaign-control must be compact only (never delete), or a stop could age out."""
+    """campaign-control must be compact only (never delete), or a stop could age out; and keep
+    every record a week before compaction may drop what a newer one replaces (the control
+    plane's time to restate a stop a record would lift)."""
     for topic in (settings.topics.control, settings.topics.status):
         configs = topic_configs(settings, topic)
         assert configs["cleanup.policy"] == "compact"
-        assert {key: configs[key] for key in COMPACTED} == COMPACTED
+        assert {key: configs[key] for key in PROTECTED} == PROTECTED
+        assert configs["min.compaction.lag.ms"] == str(7 * 24 * 3600 * 1000)
 
 
 @pytest.mark.broker

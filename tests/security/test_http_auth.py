@@ -105,4 +105,4 @@ def test_http_roles_refuse_without_writing_and_audit_every_attempt(
 
     wait_for(lambda: len(kill_switch()) == 2, "two kill switch audit events", timeout_s=WAIT_S)
     assert kill_switch() == [("refused", "operator", "403"),
-                             ("accepted", "admin", "nothing was Sending or Finished")]
+                             ("accepted", "admin", "every campaign is stopped already")]

@@ -6,7 +6,6 @@
 
 (function () {
   const POLL_MS = 1000;
-  const STOPPABLE = ["Sending", "Finished"];
   const STOP_ALL_PHRASE = "STOP ALL";
   const SVG = "http://www.w3.org/2000/svg";
   const main = document.getElementById("main");
@@ -127,7 +126,7 @@
 
   function listPage() {
     let campaigns = [];
-    let killSwitch = null; // {ids, requested}: the campaigns the kill switch just stopped
+    let killSwitch = null; // {ids, failed}: what the kill switch just stopped, what it could not
     const search = el("input", { type: "search", id: "search", placeholder: "campaign id" });
     const stateFilter = el("select", { id: "state-filter" },
       el("option", { value: "" }, "All states"),
@@ -176,10 +175,13 @@
       if (killSwitch) {
         const stopped = campaigns.filter((c) => killSwitch.ids.includes(c.campaign_id));
         const confirmed = stopped.filter((c) => c.confirmed).length;
-        banner.className = `banner ${confirmed === killSwitch.ids.length ? "ok" : "info"}`;
-        banner.textContent = killSwitch.ids.length
+        const failed = killSwitch.failed.map((f) => `${f.campaign_id} (${f.error})`);
+        banner.className = `banner ${failed.length ? "warn" : confirmed === killSwitch.ids.length ? "ok" : "info"}`;
+        banner.textContent = (killSwitch.ids.length
           ? `Stop all sending: ${killSwitch.ids.length} campaign(s) stopped, confirmed for ${confirmed} of ${killSwitch.ids.length}.`
-          : "Stop all sending: no campaign was Sending or Finished; nothing was written.";
+          : failed.length ? "Stop all sending: nothing was stopped."
+            : "Stop all sending: every campaign was stopped already; nothing was written.")
+          + (failed.length ? ` Could not stop ${failed.length}: ${failed.join("; ")}.` : "");
       }
     }
 
@@ -205,7 +207,7 @@
     const confirm = el("button", { class: "danger", type: "button", disabled: true }, "Stop all campaigns");
     const cancel = el("button", { type: "button" }, "Cancel");
     dialog.append(
-      el("p", {}, "This stops every campaign that is Sending or Finished, on every channel. A stop is final."),
+      el("p", {}, "This stops every campaign not stopped yet, whatever its state, on every channel. A stop is final."),
       targets,
       el("div", { class: "field" }, el("label", { for: "stop-all-reason" }, "Reason"), reason),
       el("div", { class: "field" },
@@ -215,9 +217,9 @@
     phrase.addEventListener("input", () => { confirm.disabled = phrase.value !== STOP_ALL_PHRASE; });
     cancel.addEventListener("click", () => dialog.close());
     killButton.addEventListener("click", () => {
-      const ids = campaigns.filter((c) => STOPPABLE.includes(c.state)).map((c) => c.campaign_id);
+      const ids = campaigns.filter((c) => c.stoppable).map((c) => c.campaign_id);
       targets.replaceChildren(...(ids.length ? ids.map((id) => el("li", {}, id))
-        : [el("li", { class: "muted" }, "No campaign is Sending or Finished right now.")]));
+        : [el("li", { class: "muted" }, "Every campaign is stopped already.")]));
       reason.value = ""; phrase.value = ""; error.textContent = ""; confirm.disabled = true;
       dialog.showModal();
     });
@@ -226,7 +228,7 @@
       error.textContent = "";
       const reply = await postJson("/stop-all", { reason: reason.value, confirm: phrase.value });
       if (reply.status === 200 || reply.status === 202) {
-        killSwitch = { ids: reply.body.stopped.map((s) => s.campaign_id) };
+        killSwitch = { ids: reply.body.stopped.map((s) => s.campaign_id), failed: reply.body.not_stopped };
         dialog.close();
         render();
       } else {
@@ -261,10 +263,9 @@
 
     function renderHeader() {
       title.replaceChildren(el("span", { id: "campaign-id" }, campaignId), badge(detail.state));
-      const stoppable = STOPPABLE.includes(detail.state);
       actions.replaceChildren(
         el("span", { class: "muted" }, `Channels: ${detail.channels.join(", ") || "–"}`),
-        ...(stoppable ? [stopButton] : []));
+        ...(detail.stoppable ? [stopButton] : []));
     }
 
     function renderStopStatus() {
@@ -371,15 +372,37 @@
       const newId = el("input", { type: "text", id: "relaunch-id", autocomplete: "off" });
       const button = el("button", { class: "primary", type: "button" }, "Relaunch unsent audience");
       const result = el("p", { id: "relaunch-result", role: "status" });
+      // Accepted means checked and started: the relaunch is followed until it is queued or failed.
       button.addEventListener("click", async () => {
         button.disabled = true;
         const reply = await postJson(apiUrl(campaignId, "/relaunch"), { as: newId.value });
-        button.disabled = false;
-        result.className = reply.status === 202 ? "" : "error";
-        result.replaceChildren(...(reply.status === 202
-          ? [`Queued ${number(reply.body.recipients)} unsent recipient(s) as `,
-            el("a", { href: campaignUrl(reply.body.campaign_id) }, reply.body.campaign_id), "."]
-          : [reply.body.error || `HTTP ${reply.status}`]));
+        const fail = (text) => {
+          button.disabled = false;
+          result.className = "error";
+          result.replaceChildren(text);
+        };
+        if (reply.status !== 202) {
+          fail(reply.body.error || `HTTP ${reply.status}`);
+          return;
+        }
+        const target = reply.body.campaign_id;
+        result.className = "";
+        result.replaceChildren(`Queueing ${number(reply.body.recipients)} unsent recipient(s) as ${target}…`);
+        for (;;) {
+          await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+          const state = await getJson(reply.body.status_url);
+          if (state.status === 200 && state.body.state === "queueing") continue;
+          if (state.status !== 200) {
+            fail(state.body.error || `HTTP ${state.status}`);
+          } else if (state.body.state === "failed") {
+            fail(`Relaunch as ${target} failed: ${state.body.error}`);
+          } else {
+            button.disabled = false;
+            result.replaceChildren(`Queued ${number(reply.body.recipients)} unsent recipient(s) as `,
+              el("a", { href: campaignUrl(target) }, target), ".");
+          }
+          return;
+        }
       });
       audience.replaceChildren(
         el("h2", { id: "audience-title" }, "Unsent audience"),
@@ -498,8 +521,9 @@
 
     async function refresh() {
       const reply = await getJson(apiUrl(campaignId));
-      if (reply.status === 404) {
-        main.replaceChildren(el("h1", {}, "Unknown campaign"), el("p", {}, `No campaign ${campaignId} is known.`),
+      if (reply.status === 404 || reply.status === 400) {
+        main.replaceChildren(el("h1", {}, "Unknown campaign"),
+          el("p", {}, reply.status === 404 ? `No campaign ${campaignId} is known.` : reply.body.error),
           el("p", {}, el("a", { href: "/console" }, "All campaigns")));
         return false;
       }
