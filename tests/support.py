@@ -12,6 +12,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
+from streams.control.confirmation import holdings
 from streams.kafka.clients import admin
 from streams.settings import Settings
 
@@ -60,6 +61,14 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 180.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(every_s)
+
+
+def holders(settings: Settings, role: str, channel: str) -> set[str]:
+    """Process ids holding a partition of a role's input topic on a channel right now (``role``:
+    gate or dispatcher)."""
+    with admin(settings) as client:
+        held = holdings(settings, client, [channel])
+    return {h for g in held.groups if g.role == f"{role}.{channel}" for h in g.holders.values()}
 
 
 def group_members(settings: Settings, group: str) -> set[str]:

@@ -65,8 +65,6 @@ class ControlFeed:
         # acknowledgement, a stage's preparation) may count on everything below it.
         self._position: dict[int, int] = {}
         self._advanced = threading.Condition()
-        self._ends_reader: Consumer | None = None
-        self._ends_lock = threading.Lock()
         self._acknowledge = acknowledge
         self._producer = producer(settings, **{"linger.ms": 0}) if acknowledge else None
         self._consumer: Consumer | None = None
@@ -90,11 +88,15 @@ class ControlFeed:
         the position reached. A stage calls it before the first record of a partition newly
         assigned to it, so a stop confirmed before the assignment holds there too."""
         topic = self.settings.topics.control
-        with self._ends_lock:  # stage threads sync at once; the tail thread owns _consumer
-            if self._ends_reader is None:
-                self._ends_reader = consumer(self.settings)
-            ends = {p: high_watermark(self._ends_reader, TopicPartition(topic, p),
-                                      self.settings.admin_timeout_s) for p in self._position}
+        # A reader of its own (the tail thread owns _consumer), new each time: a client left idle
+        # keeps asking a partition's old leader after the leader moved (a broker died), and a
+        # preparation waits on this.
+        reader = consumer(self.settings)
+        try:
+            ends = {p: high_watermark(reader, TopicPartition(topic, p), self.settings.admin_timeout_s)
+                    for p in self._position}
+        finally:
+            reader.close()
         deadline = time.monotonic() + timeout_s
         with self._advanced:
             while not all(self._position.get(p, 0) >= end for p, end in ends.items()):
@@ -165,8 +167,6 @@ class ControlFeed:
             self._thread.join(timeout=5)
         if self._consumer is not None:
             self._consumer.close()
-        if self._ends_reader is not None:
-            self._ends_reader.close()
         if self._producer is not None:
             self._producer.flush(5)
 

@@ -217,8 +217,10 @@ class Dispatcher(TransactionalStage):
                 self.writer.committed.pop(partition, None)
                 self._waiting.pop(partition, None)
         if self._receipts is not None:
-            self._receipts.incremental_unassign(
-                [TopicPartition(self.writer.receipts_topic, p) for p in partitions])
+            assigned = {tp.partition for tp in self._receipts.assignment()}
+            gone = [TopicPartition(self.writer.receipts_topic, p) for p in partitions if p in assigned]
+            if gone:
+                self._receipts.incremental_unassign(gone)
         log.info("dispatcher %s: partitions %s %s", self.channel, partitions,
                  "lost" if lost else "handed over")
 
@@ -243,8 +245,13 @@ class Dispatcher(TransactionalStage):
             self.writer.partitions = len(self._receipts.list_topics(
                 self.writer.receipts_topic, timeout=self.settings.admin_timeout_s)
                 .topics[self.writer.receipts_topic].partitions)
+        topic = self.writer.receipts_topic
+        again = [TopicPartition(topic, tp.partition) for tp in self._receipts.assignment()
+                 if tp.partition in checkpoints]
+        if again:  # assigned here before and not released (a preparation tried again)
+            self._receipts.incremental_unassign(again)
         self._receipts.incremental_assign(
-            [TopicPartition(self.writer.receipts_topic, p, o) for p, o in checkpoints.items()])
+            [TopicPartition(topic, p, o) for p, o in checkpoints.items()])
 
     # -- stop hook (control feed thread) -------------------------------------------------------
 

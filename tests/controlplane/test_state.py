@@ -100,7 +100,7 @@ def test_detail_combines_lifecycle_stop_and_store_counts() -> None:
     assert detail["state"] == STATE_STOPPED
     assert detail["counts"]["email"] == {"planned": 10, "sent": 4, "not_sent": 6,
                                          "not_sent_by_stage": {"sending": 1, "provider": 5},
-                                         "failed": 0, "pending": 0}
+                                         "failed": 0, "pending": 0, "cancel_unconfirmed": 0}
     assert detail["counts"]["sms"]["pending"] == 5
     stop = detail["stop"]
     assert stop["channels"] == ["email", "sms"] and stop["command_id"] == "k1"

@@ -40,7 +40,7 @@ from tests.pipeline.support import (
     wait_joined,
     wait_outcomes,
 )
-from tests.support import run_estop
+from tests.support import holders, run_estop
 
 pytestmark = pytest.mark.broker
 
@@ -203,13 +203,16 @@ def test_estop_stop_and_status_on_the_command_line(settings: Settings, serdes: S
 def test_a_live_process_that_did_not_apply_the_stop_keeps_it_unconfirmed(
     settings: Settings, serdes: Serdes, workers: Workers
 ) -> None:
-    """Confirmation needs every live member of the gate and dispatcher groups: one that never
-    acknowledges keeps the stop unconfirmed (exit 3), and the stop stays in force."""
+    """Confirmation needs every partition held by a process that applied the stop: a gate that
+    holds partitions and never acknowledges keeps the stop unconfirmed (exit 3), the stop stays
+    in force, and the command line names it and the partitions it holds."""
     _, worker_id = workers.start("--channel", "email")
     wait_joined(settings, [worker_id], [settings.topics.gate_group("email")])
     stuck = StuckGate(settings)
     try:
         wait_joined(settings, [StuckGate.client_id], [settings.topics.gate_group("email")])
+        wait_for(lambda: StuckGate.client_id in holders(settings, "gate", "email"),
+                 "the stuck gate to hold a partition")
         announce(settings, serdes, "hung", ["email"], 10)
         announce(settings, serdes, "hung-cli", ["email"], 10)
 
