@@ -6,7 +6,9 @@
 #   bash deploy/system-packages.sh demo   # what the demo needs: Java, Maven, Postfix
 #   bash deploy/system-packages.sh test   # and the servers the tests run privately: Prometheus,
 #                                         # PostgreSQL, Postfix, Chromium; the compose client
-#                                         # that checks deploy/compose (no engine needed)
+#                                         # that checks deploy/compose (no engine needed);
+#                                         # Node.js and npm, which install and run the
+#                                         # web push peer web-push-testing (deploy/web-push-testing)
 #
 # It installs with apt-get when it can (root on Debian/Ubuntu). No package may start a system
 # service: estop starts its own private instances on their own ports and data folders, so a
@@ -31,6 +33,8 @@ needs_test=(
     "/usr/lib/postgresql/*/bin/postgres postgresql"
     "chromium chromium"
     "docker-compose docker-compose"
+    "node nodejs"
+    "npm npm"
 )
 
 case "$purpose" in

@@ -48,13 +48,6 @@ def handoffs(campaign: str, count: int) -> list[Handoff]:
 
 
 @pytest.fixture
-def vapid() -> Vapid:
-    key = Vapid()
-    key.generate_keys()
-    return key
-
-
-@pytest.fixture
 def service(tmp_path: Path, vapid: Vapid) -> Iterator[StandInPushService]:
     server = StandInPushService(connect_every_s=3600).start()  # subscribers offline until told
     server.subscribe(RECIPIENTS, application_server_key(vapid), tmp_path / "subscriptions.json")
