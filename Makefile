@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
 	touch $(STAMP)
 
-# System packages (Java, Maven; for the tests also Prometheus, PostgreSQL, Postfix, Chromium):
+# System packages (Java, Maven; for the tests also Prometheus, PostgreSQL, Postfix, Chromium, Node.js):
 # one idempotent installer, never starting a system service (deploy/system-packages.sh).
 system-demo:
 	bash deploy/system-packages.sh demo

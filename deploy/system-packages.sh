@@ -7,7 +7,9 @@
 #   bash deploy/system-packages.sh test   # and the servers the tests run privately: Prometheus,
 #                                         # PostgreSQL, Postfix, Chromium; the compose client
 #                                         # that checks deploy/compose (no engine needed); kcat,
-#                                         # the consumer docs/consumers.md reads events with
+#                                         # the consumer docs/consumers.md reads events with;
+#                                         # Node.js and npm, which install and run the
+#                                         # web push peer web-push-testing (deploy/web-push-testing)
 #
 # It installs with apt-get when it can (root on Debian/Ubuntu). No package may start a system
 # service: estop starts its own private instances on their own ports and data folders, so a
@@ -33,6 +35,8 @@ needs_test=(
     "chromium chromium"
     "docker-compose docker-compose"
     "kcat kcat"
+    "node nodejs"
+    "npm npm"
 )
 
 case "$purpose" in

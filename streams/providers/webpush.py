@@ -82,6 +82,12 @@ def application_server_key(vapid: Vapid) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def vapid_private_key(vapid: Vapid) -> str:
+    """The VAPID private key as ESTOP_WEBPUSH_VAPID_PRIVATE_KEY takes it: base64url, raw 32 bytes."""
+    raw = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
 def load_vapid(key: str) -> Vapid:
     try:
         return Vapid.from_pem(key.encode()) if "-----BEGIN" in key else Vapid.from_string(key)
@@ -206,7 +212,10 @@ class WebPushAdapter:
                          error=f"{response.status_code} {response.text[:200]}")
 
     def _post(self, subscription: Mapping[str, Any], data: str, topic: str) -> requests.Response:
-        headers = {"Topic": topic, "Urgency": "normal", **self._vapid_headers(subscription["endpoint"])}
+        # The body is binary (RFC 8188); a service that reads bodies by their type (web-push-testing
+        # does, as an Express app) sees none without this header, and refuses the message.
+        headers = {"Topic": topic, "Urgency": "normal", "Content-Type": "application/octet-stream",
+                   **self._vapid_headers(subscription["endpoint"])}
         pusher = WebPusher(dict(subscription), requests_session=self._session)
         response = pusher.send(data, headers=headers, ttl=self.ttl_s, timeout=self.timeout_s)
         assert isinstance(response, requests.Response)

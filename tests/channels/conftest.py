@@ -1,5 +1,6 @@
 """Fixtures of the channel tests: the local stand-in SMSC, web push service and FCM, each on a
-free port for one test, and the pipeline's worker fixture."""
+free port for one test; web-push-testing (npm), a push service written by others, for the session;
+and the pipeline's worker fixture."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from py_vapid import Vapid
 
 from streams.campaigns.launcher import recipient_id
 from streams.providers.testservers.local import LocalStandIns, Pace
+from streams.settings import load_settings
+from tests.channels.web_push_testing import ServerExited, WebPushTesting, install
 from tests.pipeline.conftest import serdes, workers
+from tests.support import free_port
 
 __all__ = ["serdes", "workers"]
 
@@ -27,3 +32,35 @@ def stand_ins(tmp_path: Path) -> Iterator[LocalStandIns]:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture
+def vapid() -> Vapid:
+    """A web push sender's VAPID key pair, new for each test."""
+    key = Vapid()
+    key.generate_keys()
+    return key
+
+
+@pytest.fixture(scope="session")
+def web_push_testing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebPushTesting]:
+    """web-push-testing for the session (installed into the cache folder on first use), on a free
+    port, its log in a temporary folder, stopped at the end. Each test makes subscriptions of its
+    own, so tests never see each other's messages."""
+    installed = install(load_settings().cache_dir)
+    failure: ServerExited | None = None
+    for attempt in range(3):  # a free port may be taken before the server binds it
+        folder = tmp_path_factory.mktemp(f"web-push-testing-{attempt}")
+        server = WebPushTesting(installed, free_port(), folder)
+        try:
+            took = server.start()
+            break
+        except ServerExited as exc:
+            failure = exc
+    else:
+        pytest.fail(f"web-push-testing did not start: {failure}")
+    print(f"web-push-testing answered on port {server.port} {took:.1f}s after it was started")
+    try:
+        yield server
+    finally:
+        server.stop()

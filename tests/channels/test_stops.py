@@ -35,10 +35,16 @@ from streams.providers.testservers.pushservice import AUTOPUSH, DELETED, REPLACE
 from streams.providers.testservers.smsc import SMPPSIM
 from streams.serde import Serdes
 from streams.settings import Settings
-from streams.sink.report import campaign_report
-from streams.sink.store import open_store
 from tests.channels.conftest import PACE, RECIPIENTS
-from tests.pipeline.support import Workers, duplicates, read_events, wait_for, wait_joined, wait_outcomes
+from tests.pipeline.support import (
+    Workers,
+    accounted_report,
+    duplicates,
+    read_events,
+    wait_for,
+    wait_joined,
+    wait_outcomes,
+)
 from tests.pipeline.test_emergency_stop import Launch, stop
 
 pytestmark = pytest.mark.broker
@@ -81,13 +87,7 @@ def check(settings: Settings, serdes: Serdes, stand_ins: LocalStandIns, channel:
     # Every arrival is reported sent, and every message reported sent arrived.
     assert arrivals.count(campaign) == len(sent)
 
-    store = open_store(settings)
-    try:
-        wait_for(lambda: campaign_report(store, campaign)["accounted"] == planned,
-                 "every outcome in the analytics store")
-        report = campaign_report(store, campaign)["by_channel"][channel]
-    finally:
-        store.close()
+    report = accounted_report(settings, campaign, planned)["by_channel"][channel]
     assert report["sent"] == len(sent)
     cancelled = report["cancelled_at_provider"]
     held = report["not_sent_by_stage"][STAGE_PROVIDER] - cancelled
@@ -258,13 +258,7 @@ def test_web_push_stop_against_autopush_counts_its_204s_unconfirmed(
         assert sent <= set(arrived)
         assert unconfirmed & set(arrived), "no 204 for a delivered message: the quirk was not hit"
         assert stand_ins.arrivals("webpush").count(campaign, after_ms=result.confirmed_at_ms) == 0
-        store = open_store(settings)
-        try:
-            wait_for(lambda: campaign_report(store, campaign)["accounted"] == planned,
-                     "every outcome in the analytics store")
-            report = campaign_report(store, campaign)
-        finally:
-            store.close()
+        report = accounted_report(settings, campaign, planned)
         assert (report["cancelled_at_provider"], report["cancel_unconfirmed"]) == (0, len(unconfirmed))
         assert report["sent"] == len(sent)
     finally:

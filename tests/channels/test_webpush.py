@@ -6,7 +6,6 @@ as the real ones do: 204 to a DELETE of a delivered message (autopush), 201 with
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Iterator
@@ -30,7 +29,13 @@ from streams.providers.testservers.pushservice import (
     WEB_PUSH_TESTING,
     StandInPushService,
 )
-from streams.providers.webpush import WebPushAdapter, application_server_key, read_subscriptions, topic_for
+from streams.providers.webpush import (
+    WebPushAdapter,
+    application_server_key,
+    read_subscriptions,
+    topic_for,
+    vapid_private_key,
+)
 from streams.settings import Settings
 from tests.support import wait_for
 
@@ -40,13 +45,6 @@ RECIPIENTS = [f"r{i:08d}" for i in range(4)]
 def handoffs(campaign: str, count: int) -> list[Handoff]:
     return [Handoff(f"{campaign}:webpush:{i}", campaign, "webpush", RECIPIENTS[i], f"{campaign}: offer")
             for i in range(count)]
-
-
-@pytest.fixture
-def vapid() -> Vapid:
-    key = Vapid()
-    key.generate_keys()
-    return key
 
 
 @pytest.fixture
@@ -191,11 +189,9 @@ def test_messages_sent_before_a_restart_still_get_their_outcome(tmp_path: Path, 
 
 def configured(tmp_path: Path, vapid: Vapid, query: str) -> WebPushAdapter:
     """The adapter as a worker opens it from ``ESTOP_WEBPUSH_PROVIDER``."""
-    raw = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
     settings = Settings(webpush_provider=f"webpush://?{query}",
                         webpush_subscriptions=tmp_path / "subscriptions.json",
-                        webpush_vapid_private_key=SecretStr(
-                            base64.urlsafe_b64encode(raw).rstrip(b"=").decode()))
+                        webpush_vapid_private_key=SecretStr(vapid_private_key(vapid)))
     opened = open_provider(settings, "webpush")
     assert isinstance(opened, WebPushAdapter)
     return opened

@@ -271,3 +271,14 @@ def stored_outcomes(settings: Settings, campaign_id: str) -> int:
         return 0
     finally:
         store.close()
+
+
+def accounted_report(settings: Settings, campaign_id: str, planned: int) -> dict[str, Any]:
+    """The campaign's report from the analytics store, once it accounts for all ``planned``."""
+    wait_for(lambda: stored_outcomes(settings, campaign_id) == planned,
+             "every outcome in the analytics store")
+    store = open_store(settings)
+    try:
+        return campaign_report(store, campaign_id)
+    finally:
+        store.close()

@@ -4,7 +4,6 @@ subscription directory in one folder, and the worker settings that point estop a
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from streams.providers.testservers.pushservice import SPEC as PUSH_SPEC
 from streams.providers.testservers.pushservice import PushQuirks, StandInPushService
 from streams.providers.testservers.smsc import SPEC as SMSC_SPEC
 from streams.providers.testservers.smsc import SmscQuirks, StandInSmsc
-from streams.providers.webpush import application_server_key
+from streams.providers.webpush import application_server_key, vapid_private_key
 
 SMPP_SYSTEM_ID = "estop"
 
@@ -65,7 +64,6 @@ class LocalStandIns:
         if "webpush" in self.channels:
             vapid = Vapid()
             vapid.generate_keys()
-            raw = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
             self.push_service = StandInPushService(connect_every_s=pace.webpush_connect_every_s,
                                                    allow_delete=pace.webpush_cancel == "delete",
                                                    quirks=pace.webpush_quirks).start()
@@ -78,7 +76,7 @@ class LocalStandIns:
                 "ESTOP_WEBPUSH_PROVIDER": (f"webpush://?ttl_s={pace.webpush_ttl_s}"
                                            f"&cancel={pace.webpush_cancel}&delete_204={proof}"),
                 "ESTOP_WEBPUSH_SUBSCRIPTIONS": str(directory),
-                "ESTOP_WEBPUSH_VAPID_PRIVATE_KEY": base64.urlsafe_b64encode(raw).rstrip(b"=").decode(),
+                "ESTOP_WEBPUSH_VAPID_PRIVATE_KEY": vapid_private_key(vapid),
             })
         if "push" in self.channels:
             self.fcm = StandInFcm().start()
