@@ -17,7 +17,7 @@ from py_vapid import Vapid
 from pywebpush import WebPusher
 
 from streams.campaigns.launcher import launch, message_id, recipient_id
-from streams.dispatch.outbox import OutboxStats
+from streams.dispatch.changelog import LedgerStats
 from streams.models import REASON_HELD, SENT_EVENT, STAGE_PROVIDER, STATE_FINISHED
 from streams.providers.base import CancelStatus, Handoff, SubmitStatus
 from streams.providers.webpush import application_server_key, topic_for, vapid_private_key
@@ -150,7 +150,7 @@ def test_a_stop_where_web_push_goes_to_web_push_testing(
         "ESTOP_WEBPUSH_VAPID_PRIVATE_KEY": vapid_private_key(vapid)})
     wait_joined(settings, [worker_id], [settings.topics.gate_group("webpush"),
                                         settings.topics.dispatcher_group("webpush")])
-    outbox = OutboxStats(settings.data_dir, "webpush")
+    outbox = LedgerStats(settings, "webpush")
 
     assert launch(settings, serdes, campaign, ["webpush"], planned).state == STATE_FINISHED
     wait_for(lambda: outbox.handed(campaign) > 0, "a message handed to web-push-testing")
