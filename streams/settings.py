@@ -156,6 +156,8 @@ class Settings(BaseSettings):
     # Fault injection for the reliability tests: the process SIGKILLs itself the first time it
     # reaches this point (see streams/faults.py). Never set in production.
     crash_at: str | None = None
+    # Likewise: ``<point>:<seconds>``, the worker waits that long each time it reaches the point.
+    pause_at: str | None = None
 
     @property
     def mta_home(self) -> Path:

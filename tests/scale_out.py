@@ -15,7 +15,6 @@ from pathlib import Path
 
 from streams.campaigns.launcher import launch
 from streams.control.stop import StopResult, issue_stop
-from streams.dispatch.changelog import LedgerStats
 from streams.models import REASON_CANCELLED, STATE_FINISHED
 from streams.serde import Serdes
 from streams.settings import Settings
@@ -71,11 +70,12 @@ class ScaleOut:
 
 def stop_a_scaled_out_campaign(
         scale: ScaleOut, serdes: Serdes, campaign: str, planned: int,
-        held_at_provider: Callable[[], int],
+        taken_by_provider: Callable[[], int], held_at_provider: Callable[[], int],
         release: Callable[[], None]) -> tuple[StopResult, Events, dict[str, object]]:
-    """The scenario of the module's note. ``held_at_provider``: how many messages of the
-    campaign the provider holds now; ``release``: make the provider deliver whatever it still
-    holds (its recipients come online), so anything the stop left there arrives now."""
+    """The scenario of the module's note. ``taken_by_provider``: how many messages of the
+    campaign the provider took, whatever became of them; ``held_at_provider``: how many it holds
+    now; ``release``: make it deliver whatever it still holds (its recipients come online), so
+    anything the stop left there arrives now."""
     settings, channel = scale.settings, scale.channel
     scale.start_front()
     names = [f"dispatcher-{n}" for n in range(1, DISPATCHERS + 1)]
@@ -87,8 +87,7 @@ def stop_a_scaled_out_campaign(
 
     launched = launch(settings, serdes, campaign, [channel], planned)
     assert launched.state == STATE_FINISHED
-    ledger = LedgerStats(settings, channel)
-    wait_for(lambda: ledger.handed(campaign) == planned, "every message at the provider")
+    wait_for(lambda: taken_by_provider() == planned, "every message at the provider")
     assert held_at_provider() > 0
 
     assert scale.scale_down(names[0]) == 0  # a clean handover: SIGTERM

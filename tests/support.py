@@ -63,12 +63,18 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 180.0,
         time.sleep(every_s)
 
 
-def holders(settings: Settings, role: str, channel: str) -> set[str]:
-    """Process ids holding a partition of a role's input topic on a channel right now (``role``:
-    gate or dispatcher)."""
+def partition_holders(settings: Settings, channel: str, role: str = "dispatcher") -> dict[str, str]:
+    """``topic:partition`` -> the process id holding it, of a role's input topic on a channel
+    right now (``role``: gate or dispatcher)."""
     with admin(settings) as client:
         held = holdings(settings, client, [channel])
-    return {h for g in held.groups if g.role == f"{role}.{channel}" for h in g.holders.values()}
+    return {f"{g.topic}:{p}": h for g in held.groups if g.role == f"{role}.{channel}"
+            for p, h in g.holders.items()}
+
+
+def holders(settings: Settings, role: str, channel: str) -> set[str]:
+    """Process ids holding a partition of a role's input topic on a channel right now."""
+    return set(partition_holders(settings, channel, role).values())
 
 
 def group_members(settings: Settings, group: str) -> set[str]:

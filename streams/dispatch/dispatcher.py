@@ -58,7 +58,7 @@ from streams.dispatch.ledger import (
     Outcome,
 )
 from streams.dispatch.receipts import delivery_of
-from streams.faults import crash_point
+from streams.faults import crash_point, pause_point
 from streams.kafka import transactions
 from streams.kafka.clients import Headers, consumer, raw_routing, take
 from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
@@ -187,6 +187,7 @@ class Dispatcher(TransactionalStage):
         restored = restore(self.settings, self.serdes, self.channel, committed)
         self.restored.append(restored)
         metrics.LEDGER_RESTORE_SECONDS.labels(self.channel).observe(restored.seconds)
+        pause_point(self.settings, "dispatcher-restored")
         with self.ledger.lock:
             position = self.feed.position() if self.feed is not None else None
             self.ledger.add(restored.ledgers)

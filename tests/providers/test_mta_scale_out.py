@@ -46,9 +46,11 @@ def test_email_dispatchers_scaled_down_killed_and_added_then_a_stop_leaks_nothin
 
     scale = ScaleOut(settings, "email", tmp_path / "pods", env)
     try:
+        # The receiver is down: what Postfix took is what it queued.
         _, events, found = stop_a_scaled_out_campaign(scale, Serdes(), campaign, PLANNED, queued,
-                                                      receiver_back)
+                                                      queued, receiver_back)
     finally:
         scale.fleet.stop_all()
+    # The receiver was down the whole time: nothing was sent, nothing arrived once it was back.
     assert mta.receiver.arrivals().count(campaign) == len(events.sent) == 0
     assert found["cancelled_at_provider"] == PLANNED
