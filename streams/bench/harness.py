@@ -20,7 +20,7 @@ import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ from streams.control.feed import ControlFeed
 from streams.control.stop import issue_stop
 from streams.control.view import ControlView
 from streams.demo import WorkerProcess
-from streams.dispatch.changelog import LedgerStats
+from streams.dispatch.changelog import LedgerStats, restore
+from streams.dispatch.ledger import ACCEPTED, DELIVERED, REPORTED, SUBMITTING, Entry
 from streams.exceptions import EstopError
 from streams.kafka.clients import admin, consumer, producer, take
 from streams.kafka.source import acquire_broker
@@ -60,16 +61,18 @@ class Sizes:
     evidence: int
     latency_samples: int
     peers: int
+    handoffs: int
+    ledger_entries: int
 
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
             return cls(passthrough=60_000, drain=60_000, reference_recipients=50_000, stops=30,
                        control_commands=50_000, evidence=15_000, latency_samples=200,
-                       peers=30_000)
+                       peers=30_000, handoffs=30_000, ledger_entries=100_000)
         return cls(passthrough=300_000, drain=500_000, reference_recipients=500_000, stops=40,
                    control_commands=1_000_000, evidence=50_000, latency_samples=500,
-                   peers=100_000)
+                   peers=100_000, handoffs=100_000, ledger_entries=300_000)
 
 
 @dataclass(frozen=True)
@@ -395,6 +398,50 @@ class Bench:
             return self.rate_until(lambda: self.end_offsets(settings, settings.topics.notsent),
                                    count, 900, started[0].check, [started[0].process.pid])
 
+    def handoff_rate(self, count: int) -> Measured:
+        """Messages handed over per second by one dispatcher to a provider that takes them as
+        fast as it is given them: the ledger's cost (a reservation committed before each 100 ms
+        of handoffs, their acceptances after) with nothing else holding it back."""
+        settings = self.scenario_settings("handoff", provider_rate=1_000_000.0,
+                                          provider_delay_s=3600.0)
+        topic = settings.topics.dispatch("email")
+        self.preload(settings, topic, count, "handoff-campaign")
+        with self.workers(settings, ["--role", "dispatcher", "--channel", "email"]) as started:
+            return self.rate_until(
+                lambda: self.committed(settings, settings.topics.dispatcher_group("email"), topic),
+                count, 900, started[0].check, [started[0].process.pid])
+
+    def ledger_restore(self, entries: int) -> dict[str, Any]:
+        """Time to restore one partition's ledger of ``entries`` entries from its changelog (what
+        a dispatcher does before its first handoff from a partition assigned to it), each entry
+        written three times as a handoff writes it (reserved, accepted, reported)."""
+        settings = self.scenario_settings("restore")
+        topic = settings.topics.ledger("email")
+        out = producer(settings)
+        encode = self.serdes.ledger_entry.encode
+        at = now_ms()
+        for index in range(entries):
+            message_id = f"restore-campaign:email:{index}"
+            entry = Entry(message_id, "restore-campaign", f"r{index:08d}", index, SUBMITTING,
+                          submitted_at=at)
+            for step in (entry, replace(entry, state=ACCEPTED, provider_id=f"q{index}", handed_at=at),
+                         replace(entry, state=REPORTED, provider_id=f"q{index}", handed_at=at,
+                                 outcome=DELIVERED, occurred_at=at)):
+                while True:
+                    try:
+                        out.produce(topic, key=message_id.encode(), value=encode(step.record()),
+                                    partition=0)
+                        break
+                    except BufferError:
+                        out.poll(0.05)
+        out.flush(120)
+        # Half of them still to be read again (their requests not committed): in memory whole.
+        restored = restore(settings, self.serdes, "email", {0: entries // 2})
+        (ledger,) = restored.ledgers
+        return {"entries": entries, "records": restored.records, "seconds": restored.seconds,
+                "seconds_per_100k_entries": restored.seconds * 100_000 / entries,
+                "in_memory": len(ledger.entries), "settled": len(ledger.settled)}
+
     def stop_propagation(self) -> dict[str, Any]:
         """Stops issued one after another while a campaign keeps the workers busy; each sample is
         one process's propagation (broker ack of the stop -> that process applied it)."""
@@ -551,6 +598,11 @@ class Bench:
         say("drain of a stopped backlog at the provider stage")
         drain = self.drain_rate(sizes.drain)
         results["drain"] = {**drain.figures(base), "backlog": sizes.drain}
+        say("handoffs to a provider that takes them at once (the ledger's cost)")
+        handoffs = self.handoff_rate(sizes.handoffs)
+        results["handoffs"] = {**handoffs.figures(base), "messages": sizes.handoffs}
+        say(f"ledger restore: a partition of {sizes.ledger_entries:,} entries")
+        results["ledger_restore"] = self.ledger_restore(sizes.ledger_entries)
         say(f"stop propagation: {sizes.stops} stops under load")
         propagation = self.stop_propagation()
         samples = propagation["samples"]

@@ -14,6 +14,8 @@ from the topic prefix, so deployments (and test runs) under different prefixes s
   its group; its dead letters.
 * engine (the campaign engine, `estop launch`): writes send-requests.*, its campaign's lifecycle
   and notSent for requests it never queued; reads campaign-control and campaign-status.
+* mta (the MTA agent beside an MTA, `estop mta agent`): writes dispatch.email.receipts (the MTA's
+  log, shipped to the dispatchers that own the messages); nothing else.
 
 Only operator and control may write campaign-control: nobody else can stop a campaign."""
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from streams.models import CHANNELS
 from streams.settings import Settings
 
-ROLES = ("operator", "control", "worker", "analytics", "engine")
+ROLES = ("operator", "control", "worker", "analytics", "engine", "mta")
 # Assign-only readers (control view, whole-topic reads) carry a throwaway group id of this prefix.
 READER_GROUP_PREFIX = "estop-reader-"
 
@@ -104,5 +106,6 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
         *topics([t.control], "READ"),
         readers,
     ]
+    mta = [*topics([t.receipts("email")], "WRITE")]
     return {"operator": operator, "control": control, "worker": worker, "analytics": analytics,
-            "engine": engine}
+            "engine": engine, "mta": mta}

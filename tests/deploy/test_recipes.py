@@ -440,9 +440,10 @@ def test_no_password_in_plain_text() -> None:
                 read.add((ref["name"], ref["key"]))
     for secret, key in read:
         assert key in USER_SECRETS.get(secret, set()) or (secret in users and key == "password")
-    # estop-operator and estop-engine are for people and the campaign engine, not pods here.
+    # estop-operator, estop-engine and estop-mta are for people, the campaign engine and the MTA
+    # agent beside the organisation's MTA, not pods here.
     assert {secret for secret, _ in read} == set(USER_SECRETS) | (
-        set(users) - {"estop-operator", "estop-engine"})
+        set(users) - {"estop-operator", "estop-engine", "estop-mta"})
     for user in users.values():  # no password of our own choosing: the User Operator makes one
         assert "password" not in user["spec"]["authentication"]
     (auth,) = of_kind("TriggerAuthentication")
