@@ -118,6 +118,7 @@ class ChangelogWriter:
         self.committed: dict[int, int] = {}  # partition -> committed input offset (fencing)
         self.source = source  # who routes receipts (see streams.dispatch.receipts)
         self.committed_outcomes = committed_outcomes  # called with each transaction's outcomes
+        self.last_error: KafkaException | None = None  # why the last transaction failed, if it did
 
     def flush(self, offsets: dict[int, int] | None = None,
               extra: Callable[[], None] | None = None) -> bool:
@@ -130,12 +131,14 @@ class ChangelogWriter:
             if not pending and offsets is None and extra is None:
                 return True
             fence = {**self.committed, **(offsets or {})}
+            self.last_error = None
             self.transactions.begin()
             try:
                 self._produce(pending)
                 if extra is not None:
                     extra()
             except KafkaException as exc:
+                self.last_error = exc
                 self.transactions.abort(exc)
                 self.ledger.restore_pending(pending)
                 return False
@@ -144,6 +147,7 @@ class ChangelogWriter:
             if not self.transactions.commit(
                     [TopicPartition(topic, p, o) for p, o in fence.items() if p in held],
                     self.consumer.consumer_group_metadata()):
+                self.last_error = self.transactions.last_error
                 self.ledger.restore_pending(pending)
                 return False
             self.committed.update(offsets or {})

@@ -79,7 +79,7 @@ from streams.models import (
     SENT_EVENT,
     STAGE_PROVIDER,
 )
-from streams.models.ids import request_problem
+from streams.models.ids import MESSAGE_ID_MAX, is_valid_id, request_problem
 from streams.providers.base import (
     CancelCapability,
     CancelStatus,
@@ -129,6 +129,10 @@ class _SliceAborted(Exception):
 
 
 class Dispatcher(TransactionalStage):
+    # A record Kafka refuses what the dispatcher made of (an event too large for its topic) would
+    # fail its batch for ever: it is dead-lettered alone instead (streams.kafka.stage).
+    settles_bad_records = True
+
     def __init__(self, settings: Settings, channel: str, view: ControlView, serdes: Serdes,
                  process_id: str, provider: ProviderAdapter, rate: float,
                  feed: ControlSync | None = None) -> None:
@@ -352,7 +356,8 @@ class Dispatcher(TransactionalStage):
             # (its payload never reaches a provider). Already stopped: held back here (a stop is
             # final; the handoff slice would hold it too), so a stopped backlog skips the queue.
             key, value = message.key(), message.value()
-            if key and value is not None and len(value) <= MAX_RECORD_BYTES:
+            if key and value is not None and len(value) <= MAX_RECORD_BYTES \
+                    and is_valid_id(key, MESSAGE_ID_MAX):
                 campaign, record_channel, recipient = raw_routing(message.headers())
                 if campaign and recipient and record_channel == channel_bytes:
                     stop = stops.get(campaign)
@@ -379,6 +384,7 @@ class Dispatcher(TransactionalStage):
                 # Shutting down: the batch is not committed; the ledger makes its redo idempotent.
                 return
         except _SliceAborted:
+            self._fault = transactions.record_fault(self.writer.last_error)
             self.rewind()
             return
         owned = self._settle(held, failed)
@@ -400,8 +406,10 @@ class Dispatcher(TransactionalStage):
                 self._publish_failed(handoff, attempts, error, occurred_at)
 
         if not self.writer.flush(offsets, outputs):
+            self._fault = transactions.record_fault(self.writer.last_error)
             self.rewind()
             return
+        self._settled = True
         with self.ledger.lock:
             self.ledger.prune(offsets)
         self.halted += len(held)

@@ -231,6 +231,37 @@ def test_a_record_kafka_refuses_what_the_gate_made_of_is_dead_lettered(settings:
         fleet.stop_all()
 
 
+def test_a_record_kafka_refuses_what_the_dispatcher_made_of_is_dead_lettered(
+        settings: Settings) -> None:
+    """A request of a stopped campaign written straight to ``dispatch.email`` whose notSent event
+    Kafka refuses (its recipient header too large for ``notsent``) would fail the dispatcher's
+    batch for ever: after a few attempts the dispatcher settles the batch record by record,
+    dead-letters that one request, and the others get their notSent events."""
+    set_topic_config(settings, settings.topics.notsent, "max.message.bytes", "4000")
+    topic = settings.topics.dispatch("email")
+    issue_stop(settings, SERDES, "narrow", "wrong code", [], by="ops", timeout_s=10, force=True)
+    fleet = Fleet(settings, **ENV)
+    try:
+        worker = fleet.start("worker", "--role", "dispatcher", "--channel", "email")
+        wait_joined(settings, worker.process_id, settings.topics.dispatcher_group("email"))
+        big = base64.b64encode(os.urandom(7500))  # 10 KiB that lz4 cannot shrink to 4 KB
+        produce_each(settings, topic, [
+            (message_id("narrow", "email", i).encode(), request("narrow", i),
+             [*routing("narrow", i)[:2], (HEADER_RECIPIENT, big if i == 2 else b"r")])
+            for i in range(5)], partition=0)
+        wait_outcomes(settings, "narrow", 4, check=fleet.check)
+
+        [(error, letter)] = dead_letters(settings, topic).items()
+        assert error.startswith("Kafka refused what this record made 3 times: MSG_SIZE_TOO_LARGE"), error
+        assert letter.key() == message_id("narrow", "email", 2).encode()
+        halted = sorted(m.key() or b"" for m in read_all(settings, settings.topics.notsent))
+        assert halted == sorted(message_id("narrow", "email", i).encode() for i in (0, 1, 3, 4))
+        assert "settling it one record at a time" in worker.output()
+        assert metric(worker.scrape(), "estop_dead_lettered_records_total", topic=topic) == 1
+    finally:
+        fleet.stop_all()
+
+
 def test_the_kill_switch_stops_every_campaign_no_command_stopped(settings: Settings) -> None:
     """"Stopped" comes from campaign-control alone: a forged Stopped status, a tombstone, a
     status keyed by one campaign naming another, a stop of one channel: the kill switch stops
