@@ -307,6 +307,20 @@ class Dispatcher(TransactionalStage):
                  ended[UNCONFIRMED])
         return ended[CANCELLED] + ended[UNCONFIRMED]
 
+    # -- a record dead-lettered alone (streams.kafka.stage) ------------------------------------
+
+    def _dead_letter_alone(self, message: Message, fault: str) -> None:
+        with self.ledger.lock:  # one transaction at a time: a stop hook commits on its thread too
+            super()._dead_letter_alone(message, fault)
+
+    def commit(self, offsets: dict[int, int]) -> bool:
+        """The stage's own commit (a record dead-lettered alone): the changelog's transactions
+        fence with the offsets committed last, so they must know these."""
+        if not super().commit(offsets):
+            return False
+        self.writer.committed.update(offsets)
+        return True
+
     # -- main loop -----------------------------------------------------------------------------
 
     def batch_limit(self) -> int:
