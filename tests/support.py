@@ -7,13 +7,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from streams.control.confirmation import holdings
-from streams.kafka.clients import admin
+from streams.kafka.clients import Headers, admin, producer
 from streams.settings import Settings
 
 # The console script pip installed next to this interpreter (the package has no __main__).
@@ -86,3 +87,30 @@ def group_members(settings: Settings, group: str) -> set[str]:
         except KafkaException:
             return set()
     return {m.client_id for m in description.members}
+
+
+def produce(settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
+            headers: Headers | None = None, partition: int | None = None) -> None:
+    """Produce ``(key, value)`` records in order and wait until the broker has them all."""
+    produce_each(settings, topic, [(k, v, headers) for k, v in records], partition)
+
+
+def produce_each(settings: Settings, topic: str,
+                 records: Iterable[tuple[bytes | None, bytes | None, Headers | None]],
+                 partition: int | None = None) -> None:
+    """Produce ``(key, value, headers)`` records in order and wait for the broker."""
+    errors: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            errors.append(error)
+
+    out = producer(settings)
+    for key, value, headers in records:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers or [],
+                                  "on_delivery": delivered}
+        if partition is not None:
+            kwargs["partition"] = partition
+        out.produce(topic, **kwargs)
+    assert out.flush(60) == 0
+    assert errors == []

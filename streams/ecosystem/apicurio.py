@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from streams.ecosystem.server import JavaServer, http_ok, java
+from streams.ecosystem.server import ServerProcess, http_ok, java
 from streams.maven import fetch
 from streams.settings import PROJECT_ROOT, Settings
 
@@ -31,7 +31,7 @@ class ApicurioRegistry:
         self.home = home
         self.say = say
         self.app = settings.cache_dir / f"apicurio-registry-{VERSION}"
-        self.server: JavaServer | None = None
+        self.server: ServerProcess | None = None
 
     @property
     def url(self) -> str:
@@ -54,7 +54,7 @@ class ApicurioRegistry:
         runner = next(self.app.glob("*-runner.jar"))
         tmp = self.home / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        self.server = JavaServer("Apicurio Registry", [
+        self.server = ServerProcess("Apicurio Registry", [
             java(), "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", f"-Djava.io.tmpdir={tmp}",
             f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
             "-jar", str(runner)], self.home)

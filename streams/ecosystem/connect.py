@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from streams.ecosystem.exceptions import EcosystemError
-from streams.ecosystem.server import JavaServer, java
+from streams.ecosystem.server import ServerProcess, java
 from streams.maven import fetch
 from streams.settings import PROJECT_ROOT, Settings
 
@@ -49,7 +49,7 @@ class KafkaConnect:
         self.say = say
         self.root = settings.cache_dir / f"connect-{settings.kafka_version}"
         self.name = f"{settings.topic_prefix}estop-outcomes-jdbc"
-        self.server: JavaServer | None = None
+        self.server: ServerProcess | None = None
 
     @property
     def consumer_group(self) -> str:
@@ -61,7 +61,7 @@ class KafkaConnect:
         runtime = self._fetch()
         worker, connector = self._render()
         log = self.home / "connect.log"
-        self.server = JavaServer("Kafka Connect", [
+        self.server = ServerProcess("Kafka Connect", [
             java(), "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
             f"-Djava.io.tmpdir={self.home}",
             f"-Dlog4j2.configurationFile={RECIPE / 'log4j2.properties'}",

@@ -1,5 +1,5 @@
-"""A Java server run as a child process: its output in a log file in its own folder, ready once
-a check passes, stopped with SIGTERM (SIGKILL after a grace period)."""
+"""A server nobody here wrote, run as a child process: its output in a log file in its own
+folder, ready once a check passes, stopped with SIGTERM (SIGKILL after a grace period)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from streams.ecosystem.exceptions import EcosystemError
+from streams.ecosystem.exceptions import EcosystemError, ServerExitedError
 from streams.processes import log_tail, require
 
 JAVA_HINT = "install Java 17 or newer (apt-get install openjdk-17-jre-headless; `make test` does)"
@@ -30,8 +30,9 @@ def java() -> str:
     return require("java", JAVA_HINT)
 
 
-class JavaServer:
-    """One server process; ``start`` waits for ``ready`` and fails at once if the process exits."""
+class ServerProcess:
+    """One server process (a JVM, a Node.js script); ``start`` waits for ``ready`` and fails at
+    once if the process exits."""
 
     def __init__(self, name: str, command: list[str], home: Path) -> None:
         self.name = name
@@ -41,7 +42,8 @@ class JavaServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, ready: Callable[[], bool], timeout_s: float) -> float:
-        """Seconds from spawn until ``ready`` held."""
+        """Seconds from spawn until ``ready`` held; ServerExitedError if the process exited first
+        (e.g. its port was taken after it was picked), EcosystemError if it never got ready."""
         self.home.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with self.log.open("ab") as out:
@@ -50,7 +52,7 @@ class JavaServer:
                                             start_new_session=True)
         while not ready():
             if self.process.poll() is not None:
-                raise EcosystemError(f"{self.name} exited with code {self.process.returncode} while "
+                raise ServerExitedError(f"{self.name} exited with code {self.process.returncode} while "
                                      f"starting; see {self.log}:\n{self.tail()}")
             if time.monotonic() - started > timeout_s:
                 self.stop()
@@ -75,5 +77,5 @@ class JavaServer:
             self.process.kill()
             self.process.wait()
 
-    def tail(self) -> str:
-        return log_tail(self.log, 15)
+    def tail(self, lines: int = 15) -> str:
+        return log_tail(self.log, lines)

@@ -11,9 +11,10 @@ import pytest
 from py_vapid import Vapid
 
 from streams.campaigns.launcher import recipient_id
+from streams.ecosystem.exceptions import ServerExitedError
 from streams.providers.testservers.local import LocalStandIns, Pace
 from streams.settings import load_settings
-from tests.channels.web_push_testing import ServerExited, WebPushTesting, install
+from tests.channels.web_push_testing import WebPushTesting, install
 from tests.pipeline.conftest import serdes, workers
 from tests.support import free_port
 
@@ -48,14 +49,14 @@ def web_push_testing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebPu
     port, its log in a temporary folder, stopped at the end. Each test makes subscriptions of its
     own, so tests never see each other's messages."""
     installed = install(load_settings().cache_dir)
-    failure: ServerExited | None = None
+    failure: ServerExitedError | None = None
     for attempt in range(3):  # a free port may be taken before the server binds it
         folder = tmp_path_factory.mktemp(f"web-push-testing-{attempt}")
         server = WebPushTesting(installed, free_port(), folder)
         try:
             took = server.start()
             break
-        except ServerExited as exc:
+        except ServerExitedError as exc:
             failure = exc
     else:
         pytest.fail(f"web-push-testing did not start: {failure}")

@@ -20,10 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,8 @@ from typing import Any
 import pytest
 import requests
 
+from streams.ecosystem.exceptions import EcosystemError, ServerExitedError
+from streams.ecosystem.server import ServerProcess
 from streams.settings import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "deploy" / "web-push-testing"
@@ -38,10 +38,6 @@ NAME = "web-push-testing"
 VERSION: str = json.loads((PACKAGE / "package.json").read_text())["dependencies"][NAME]
 SERVER = Path("node_modules") / NAME / "src" / "bin" / "server.js"
 NODE_HINT = "install Node.js and npm (apt-get install nodejs npm; `make test` does)"
-
-
-class ServerExited(Exception):
-    """The server exited while starting (its port was taken after it was picked: try another)."""
 
 
 def _program(name: str) -> str:
@@ -85,44 +81,22 @@ class WebPushTesting:
     ``folder/web-push-testing.log``. Its state (subscriptions, messages) lives in the process."""
 
     def __init__(self, installed: Path, port: int, folder: Path) -> None:
-        self.installed = installed
         self.port = port
-        self.folder = folder
-        self.log = folder / f"{NAME}.log"
         self.origin = f"http://localhost:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.server = ServerProcess(NAME, [_program("node"), str(installed / SERVER), str(port)],
+                                    folder)
 
     def start(self, timeout_s: float = 60.0) -> float:
-        """Seconds until it answered ``POST /status``; fails if it exits or never answers."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen([_program("node"), str(self.installed / SERVER), str(self.port)],
-                                            cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        while not self._answers():
-            if self.process.poll() is not None:
-                raise ServerExited(f"{NAME} exited with code {self.process.returncode} while "
-                                   f"starting on port {self.port}; see {self.log}:\n{self.tail()}")
-            if time.monotonic() - started > timeout_s:
-                self.stop()
-                pytest.fail(f"{NAME} did not answer within {timeout_s:.0f}s; see {self.log}:\n"
-                            f"{self.tail()}")
-            time.sleep(0.1)
-        return time.monotonic() - started
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
+        """Seconds until it answered ``POST /status``; ServerExitedError if it exited first."""
         try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            return self.server.start(self._answers, timeout_s)
+        except ServerExitedError:
+            raise
+        except EcosystemError as exc:
+            pytest.fail(str(exc))
 
-    def tail(self, lines: int = 15) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+    def stop(self) -> None:
+        self.server.stop(timeout_s=10.0)
 
     def _answers(self) -> bool:
         try:

@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.campaigns.launcher import LaunchResult, launch, message_id
 from streams.control.stop import StopResult, issue_stop
 from streams.demo import OutcomeWatch, WorkerProcess
 from streams.dispatch.changelog import LedgerStats
-from streams.kafka.clients import Headers, consumer, headers_of, producer, take
+from streams.kafka.clients import consumer, headers_of, take
 from streams.kafka.reader import assign_all, read_until
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL
 from streams.providers.simulated import SimulatedQueueStats
@@ -34,7 +34,7 @@ from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
 from streams.sink.report import campaign_report
 from streams.sink.store import open_store
-from tests.support import group_members
+from tests.support import group_members, produce
 from tests.support import wait_for as shared_wait_for
 
 WAIT_S = 240.0  # upper bound for anything the pipeline must eventually do, faults included
@@ -207,33 +207,6 @@ def metric(text: str, sample: str, **labels: str) -> float:
 
 
 # -- Kafka ----------------------------------------------------------------------------------
-
-
-def produce(settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
-            headers: Headers | None = None, partition: int | None = None) -> None:
-    """Produce ``(key, value)`` records in order and wait until the broker has them all."""
-    produce_each(settings, topic, [(k, v, headers) for k, v in records], partition)
-
-
-def produce_each(settings: Settings, topic: str,
-                 records: Iterable[tuple[bytes | None, bytes | None, Headers | None]],
-                 partition: int | None = None) -> None:
-    """Produce ``(key, value, headers)`` records in order and wait for the broker."""
-    errors: list[KafkaError] = []
-
-    def delivered(error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            errors.append(error)
-
-    out = producer(settings)
-    for key, value, headers in records:
-        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers or [],
-                                  "on_delivery": delivered}
-        if partition is not None:
-            kwargs["partition"] = partition
-        out.produce(topic, **kwargs)
-    assert out.flush(60) == 0
-    assert errors == []
 
 
 def read_all(settings: Settings, topic: str, timeout_s: float = WAIT_S) -> list[Message]:

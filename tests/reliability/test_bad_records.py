@@ -32,14 +32,13 @@ from tests.reliability.support import (
     Fleet,
     header,
     metric,
-    produce,
-    produce_each,
     read_all,
     report,
     send_request,
     wait_for,
     wait_outcomes,
 )
+from tests.support import produce, produce_each
 
 pytestmark = pytest.mark.broker
 

@@ -26,7 +26,6 @@ from tests.reliability.support import (
     Fleet,
     campaign_events,
     metric,
-    produce,
     produce_requests,
     read_all,
     stop,
@@ -34,6 +33,7 @@ from tests.reliability.support import (
     wait_joined,
     wait_outcomes,
 )
+from tests.support import produce
 
 pytestmark = pytest.mark.broker
 

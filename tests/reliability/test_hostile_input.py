@@ -40,14 +40,12 @@ from tests.reliability.support import (
     Fleet,
     campaign_events,
     metric,
-    produce,
-    produce_each,
     read_all,
     wait_for,
     wait_joined,
     wait_outcomes,
 )
-from tests.support import run_estop
+from tests.support import produce, produce_each, run_estop
 
 pytestmark = pytest.mark.broker
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.campaigns.status import OutcomeCounter
 from streams.demo import WorkerProcess
-from streams.kafka.clients import Headers, admin, consumer, headers_of, producer
+from streams.kafka.clients import admin, consumer, headers_of
 from streams.kafka.reader import read_topic
 from streams.serde import Serdes
 from streams.settings import Settings
@@ -125,22 +125,6 @@ def samples(text: str, sample: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {tuple(sorted(s.labels.items())): s.value
             for family in text_string_to_metric_families(text)
             for s in family.samples if s.name == sample}
-
-
-def produce(settings: Settings, topic: str, records: Sequence[tuple[bytes | None, bytes | None]],
-            headers: Headers | None = None) -> None:
-    """Produce ``(key, value)`` records in order and wait until the broker has them all."""
-    errors: list[KafkaError] = []
-
-    def delivered(error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            errors.append(error)
-
-    out = producer(settings)
-    for key, value in records:
-        out.produce(topic, key=key, value=value, headers=headers or [], on_delivery=delivered)
-    assert out.flush(30) == 0
-    assert errors == []
 
 
 def header_values(message: Message) -> dict[str, bytes]:

@@ -45,7 +45,6 @@ from tests.sink.support import (
     delete_topics,
     header_values,
     metric,
-    produce,
     read_all,
     reset_sink_offsets,
     run_cli,
@@ -53,6 +52,7 @@ from tests.sink.support import (
     sink_lag,
     wait_for,
 )
+from tests.support import produce
 
 CAMPAIGN_CHANNELS = ["email", "sms", "push"]
 RECIPIENTS = 1000  # per channel: 3,000 messages
