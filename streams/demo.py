@@ -82,6 +82,56 @@ class DemoResult:
     def total(self) -> int:
         return self.sent + sum(self.not_sent.values()) + self.failed
 
+    @property
+    def adds_up(self) -> bool:
+        """Every planned message has one outcome, nothing was handed to a provider after the
+        stop's confirmation, and the receivers got exactly what was sent."""
+        return not (
+            self.total != self.planned or self.handoffs_after_confirmation
+            or (self.received is not None and not self.channels and self.received != self.sent)
+            or any(row.arrived_after_confirmation or row.arrived != row.sent
+                   for row in self.channels))
+
+    def lines(self, channels: list[str]) -> list[str]:
+        """The table `estop demo` prints: outcomes, the stop, and per channel what its
+        receiving server counted."""
+        stop_line = (f"{self.stop.confirm_s:.3f}s by {len(self.stop.acks)} process(es)"
+                     if self.stop and self.stop.confirmed else "NOT confirmed")
+        lines = [
+            f"campaign {self.campaign_id} ({', '.join(channels)}), stopped while {self.state_at_stop}",
+            f"  planned                      {self.planned:>10,}",
+            f"  sent                         {self.sent:>10,}",
+            f"  notSent, stage sending       {self.not_sent.get('sending', 0):>10,}",
+            f"  notSent, stage provider      {self.not_sent.get('provider', 0):>10,}",
+        ]
+        if self.failed:
+            lines.append(f"  failed at the provider       {self.failed:>10,}")
+        lines += [
+            f"  total outcomes               {self.total:>10,}",
+            f"  stop confirmed in            {stop_line}",
+            f"  all outcomes in after stop   {self.outcomes_complete_s or 0:.1f}s",
+            f"  handoffs after confirmation  {self.handoffs_after_confirmation:>10,}",
+        ]
+        if self.analytics:
+            lines.append(f"  analytics store accounts for {self.analytics['accounted']:>10,}   "
+                         f"(estop report {self.campaign_id})")
+        if self.received is not None and self.analytics and not self.channels:
+            lines += [
+                f"  waiting in Postfix at stop   {self.queued_at_stop or 0:>10,}",
+                f"  cancelled at the provider    {self.analytics['cancelled_at_provider']:>10,}",
+                f"  arrived at the receiver      {self.received:>10,}   (must equal sent)",
+            ]
+        if self.channels:
+            lines += ["", f"  {'channel':<8} {'provider':<26} {'sent':>7} {'@sending':>9} "
+                          f"{'cancelled':>10} {'held back':>10} {'arrived':>8} {'after stop':>10}"]
+            for row in self.channels:
+                after = ("-" if row.arrived_after_confirmation is None
+                         else f"{row.arrived_after_confirmation:,}")
+                lines.append(f"  {row.channel:<8} {row.provider:<26} {row.sent:>7,} "
+                             f"{row.at_sending:>9,} {row.cancelled:>10,} {row.held_back:>10,} "
+                             f"{row.arrived:>8,} {after:>10}")
+        return lines
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "campaign_id": self.campaign_id,

@@ -88,6 +88,35 @@ class StopResult:
     def halted(self) -> int:
         return sum(a.halted for a in self.acks)
 
+    def lines(self) -> list[str]:
+        """What `estop stop` prints: the outcome, each acknowledgement, who still holds a
+        partition that has not acknowledged it, and what was halted."""
+        if self.error is not None:
+            return [f"{self.campaign_id!r} could NOT be stopped: {self.error}"]
+        if self.already_stopped:
+            return [f"{self.campaign_id} is already stopped on {', '.join(self.channels)} "
+                    f"(command {self.command_id}); nothing written"]
+        state = "confirmed" if self.confirmed else "NOT confirmed"
+        lines = [f"stop {self.command_id} for {self.campaign_id} ({', '.join(self.channels)}): "
+                 f"{state} after {self.confirm_s:.3f}s"]
+        for ack in self.acks:
+            lines.append(f"  {ack.process_id:<40} applied after {ack.propagation_ms:>5} ms, "
+                         f"halted {ack.halted:,} at its provider")
+        held: dict[str, list[str]] = {}
+        for partition, holder in self.waiting:
+            held.setdefault(holder or "", []).append(partition)
+        for holder, partitions in sorted(held.items()):
+            if holder:
+                lines.append(f"  {holder:<40} has not acknowledged it on {', '.join(partitions)}")
+            else:
+                lines.append(f"  {'(nobody)':<40} holds {', '.join(partitions)}: in transit, or "
+                             "every process of that role is down")
+        if self.not_running:
+            lines.append(f"  never ran here: {', '.join(self.not_running)}; a process that starts "
+                         "reads the stop before its first request")
+        lines.append(f"  halted at providers so far: {self.halted:,}")
+        return lines
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "campaign_id": self.campaign_id,

@@ -1,0 +1,118 @@
+"""`estop launch`, `estop relaunch` and `estop status`: a campaign's requests and lifecycle."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from streams.cli.common import CHANNEL_OPTION, audited_cli, handles_errors, when
+from streams.exceptions import EstopError
+from streams.settings import Settings
+
+
+@click.command()
+@click.option("--campaign", "campaign_id", required=True, help="Campaign id.")
+@click.option("--channel", "channels", multiple=True, type=CHANNEL_OPTION, required=True)
+@click.option("--recipients", type=click.IntRange(min=1), required=True)
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Recipients queued per second (default: as fast as Kafka takes them).")
+@click.pass_obj
+@handles_errors
+def launch(settings: Settings, campaign_id: str, channels: tuple[str, ...], recipients: int,
+           rate: float | None) -> None:
+    """Queue a campaign the way the campaign engine would (Sending, requests, Finished)."""
+    from rich.progress import Progress
+
+    from streams.campaigns.launcher import launch as run_launch
+    from streams.kafka.clients import wait_for_broker
+    from streams.models.ids import check_id
+    from streams.serde import serdes_for
+
+    check_id(campaign_id)
+    wait_for_broker(settings)
+    channel_list = list(dict.fromkeys(channels))
+    with Progress(transient=False) as progress:
+        task = progress.add_task(f"queueing {campaign_id}", total=recipients * len(channel_list))
+        result = run_launch(settings, serdes_for(settings), campaign_id,
+                            channel_list, recipients, rate,
+                            progress=lambda n: progress.advance(task, n))
+    click.echo(f"{campaign_id}: {result.state}; queued "
+               + ", ".join(f"{c} {n:,}" for c, n in result.queued.items()))
+    for channel, count in result.never_queued.items():
+        click.echo(f"  {channel}: {count:,} never queued (reported as notSent, stage sending)")
+
+
+@click.command()
+@click.argument("campaign_id")
+@click.option("--as", "new_id", required=True, help="Id of the new campaign.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Recipients queued per second (default: as fast as Kafka takes them).")
+@click.pass_obj
+@handles_errors
+def relaunch(settings: Settings, campaign_id: str, new_id: str, rate: float | None) -> None:
+    """Queue exactly the notSent recipients of a stopped campaign as a new campaign."""
+    from streams.campaigns.lifecycle import read_campaigns, read_control
+    from streams.campaigns.relaunch import plan_relaunch
+    from streams.campaigns.relaunch import relaunch as run_relaunch
+    from streams.kafka.clients import wait_for_broker
+    from streams.models.ids import check_id
+    from streams.security import audit
+    from streams.serde import serdes_for
+    from streams.sink.store import open_store
+
+    check_id(campaign_id)
+    check_id(new_id, "new campaign id")
+    serdes = serdes_for(settings)
+    wait_for_broker(settings)
+    store = open_store(settings)
+    try:
+        known = (set(read_campaigns(settings, serdes)) | read_control(settings, serdes).campaigns()
+                 | set(store.campaigns()))
+        plan = plan_relaunch(store, campaign_id, new_id, known)
+    finally:
+        store.close()
+    channels = sorted(plan.audience)
+    audited_cli(settings, audit.RELAUNCH, audit.ACCEPTED, campaign_id, channels,
+                 f"as {new_id}: {plan.recipients:,} notSent recipient(s)")
+    try:
+        result = run_relaunch(settings, serdes, plan, rate)
+    except EstopError as exc:
+        audited_cli(settings, audit.RELAUNCH, audit.FAILED, campaign_id, channels,
+                     f"as {new_id}: {exc}")
+        raise
+    click.echo(f"{plan.campaign_id}: {result.state}; relaunched the notSent recipients of "
+               f"{campaign_id}: " + ", ".join(f"{c} {n:,}" for c, n in result.queued.items()))
+    if plan.foreign:
+        click.echo(f"  left out {plan.foreign:,} notSent row(s) whose message ids {campaign_id} "
+                   "was never planned with")
+
+
+@click.command()
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_obj
+@handles_errors
+def status(settings: Settings, campaign_id: str, as_json: bool) -> None:
+    """Lifecycle state and per-channel counts of a campaign."""
+    from streams.campaigns.status import campaign_status
+    from streams.kafka.clients import wait_for_broker
+    from streams.serde import serdes_for
+
+    wait_for_broker(settings)
+    report = campaign_status(settings, serdes_for(settings), campaign_id)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"{campaign_id}: {report['state']}")
+    click.echo(f"  {'channel':<8} {'requested':>10} {'passed gate':>12} {'handed':>10} "
+               f"{'sent':>10} {'notSent@sending':>16} {'notSent@provider':>17} "
+               f"{'cancel unconfirmed':>19} {'failed':>8} {'pending':>9}")
+    for channel, c in report["channels"].items():
+        click.echo(f"  {channel:<8} {c['requested']:>10,} {c['passed_gate']:>12,} "
+                   f"{c['handed_to_provider']:>10,} {c['sent']:>10,} "
+                   f"{c['not_sent']['sending']:>16,} {c['not_sent']['provider']:>17,} "
+                   f"{c['cancel_unconfirmed']:>19,} {c['failed']:>8,} {c['pending']:>9,}")
+    for s in report["stops"]:
+        click.echo(f"  stopped {', '.join(s['channels'])} by {s['requested_by']} at "
+                   f"{when(s['requested_at'])}: {s['reason']} (command {s['command_id']})")
