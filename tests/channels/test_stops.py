@@ -37,6 +37,7 @@ from streams.serde import Serdes
 from streams.settings import Settings
 from tests.channels.conftest import PACE, RECIPIENTS
 from tests.pipeline.support import (
+    Event,
     Workers,
     accounted_report,
     duplicates,
@@ -64,6 +65,28 @@ def start_worker(settings: Settings, workers: Workers, stand_ins: LocalStandIns,
 def wait_arrival(stand_ins: LocalStandIns, channel: str, campaign: str) -> None:
     arrivals = stand_ins.arrivals(channel)
     wait_for(lambda: arrivals.count(campaign) > 0, f"a {channel} message of {campaign} on a device")
+
+
+def stop_after_finished(settings: Settings, serdes: Serdes, workers: Workers,
+                        stand_ins: LocalStandIns, channel: str, campaign: str,
+                        planned: int) -> StopResult:
+    """A worker for ``channel``, the campaign launched until Finished, the stop once a message
+    reached a device: the provider still holds some, the dispatcher has not handed over all."""
+    start_worker(settings, workers, stand_ins, channel)
+    assert launch(settings, serdes, campaign, [channel], planned).state == STATE_FINISHED
+    wait_arrival(stand_ins, channel, campaign)
+    return stop(settings, serdes, campaign)
+
+
+def one_outcome_each(settings: Settings, serdes: Serdes, campaign: str, planned: int,
+                     result: StopResult) -> list[Event]:
+    """The campaign's events once every message has its outcome: the stop confirmed, exactly
+    one outcome per message."""
+    assert result.confirmed_at_ms is not None
+    wait_outcomes(settings, campaign, planned)
+    events = read_events(settings, serdes, campaign)
+    assert duplicates(events) == {} and len(events) == planned
+    return events
 
 
 def check(settings: Settings, serdes: Serdes, stand_ins: LocalStandIns, channel: str,
@@ -117,11 +140,7 @@ def test_stop_after_finished(channel: str, settings: Settings, serdes: Serdes, w
     still holds some: the stop cancels what the provider holds (SMS, web push), holds back what
     was not handed over, and nothing more reaches a device."""
     campaign, planned = f"finished-{channel}", 900
-    start_worker(settings, workers, stand_ins, channel)
-    launched = launch(settings, serdes, campaign, [channel], planned)
-    assert launched.state == STATE_FINISHED
-    wait_arrival(stand_ins, channel, campaign)
-    result = stop(settings, serdes, campaign)
+    result = stop_after_finished(settings, serdes, workers, stand_ins, channel, campaign, planned)
 
     figures = check(settings, serdes, stand_ins, channel, campaign, planned, result)
     assert figures["sent"] > 0 and figures["held_before_handoff"] > 0, figures
@@ -164,14 +183,9 @@ def test_web_push_stop_replaces_by_topic_where_the_service_cannot_delete(
                               [recipient_id(i) for i in range(RECIPIENTS)],
                               dataclasses.replace(PACE, webpush_cancel="topic")).start()
     try:
-        start_worker(settings, workers, stand_ins, "webpush")
-        assert launch(settings, serdes, campaign, ["webpush"], planned).state == STATE_FINISHED
-        wait_arrival(stand_ins, "webpush", campaign)
-        result = stop(settings, serdes, campaign)
-        assert result.confirmed_at_ms is not None
-        wait_outcomes(settings, campaign, planned)
-        events = read_events(settings, serdes, campaign)
-        assert duplicates(events) == {} and len(events) == planned
+        result = stop_after_finished(settings, serdes, workers, stand_ins, "webpush", campaign,
+                                     planned)
+        events = one_outcome_each(settings, serdes, campaign, planned, result)
         sent = [e for e in events if e.kind == "sent"]
         held = [e for e in events if e.kind == "notsent"]
         assert held and all(e.record["reason"].startswith(REASON_HELD) for e in held)
@@ -184,7 +198,7 @@ def test_web_push_stop_replaces_by_topic_where_the_service_cannot_delete(
         assert len(sent) == arrivals.count(campaign) + replaced
         wait_for(lambda: arrivals.count("withdrawn") >= replaced, "the no-ops on the devices")
         assert LedgerStats(settings, "webpush").handed_after(
-            campaign, result.confirmed_at_ms) == 0
+            campaign, result.confirmed_at_ms or 0) == 0
     finally:
         stand_ins.stop()
 
@@ -215,10 +229,8 @@ def test_sms_stop_against_an_smsc_that_answers_ok_for_delivered_messages(
     campaign, planned = "finished-sms-smppsim", 900
     stand_ins = quirky_stand_ins(tmp_path, "sms", sms_quirks=SMPPSIM, sms_receipt_delay_s=4.0)
     try:
-        start_worker(settings, workers, stand_ins, "sms")
-        assert launch(settings, serdes, campaign, ["sms"], planned).state == STATE_FINISHED
-        wait_arrival(stand_ins, "sms", campaign)
-        result = stop(settings, serdes, campaign)
+        result = stop_after_finished(settings, serdes, workers, stand_ins, "sms", campaign,
+                                     planned)
 
         figures = check(settings, serdes, stand_ins, "sms", campaign, planned, result)
         assert stand_ins.smsc is not None
@@ -238,14 +250,9 @@ def test_web_push_stop_against_autopush_counts_its_204s_unconfirmed(
     campaign, planned = "finished-webpush-autopush", 900
     stand_ins = quirky_stand_ins(tmp_path, "webpush", webpush_quirks=AUTOPUSH)
     try:
-        start_worker(settings, workers, stand_ins, "webpush")
-        assert launch(settings, serdes, campaign, ["webpush"], planned).state == STATE_FINISHED
-        wait_arrival(stand_ins, "webpush", campaign)
-        result = stop(settings, serdes, campaign)
-        assert result.confirmed_at_ms is not None
-        wait_outcomes(settings, campaign, planned)
-        events = read_events(settings, serdes, campaign)
-        assert duplicates(events) == {} and len(events) == planned
+        result = stop_after_finished(settings, serdes, workers, stand_ins, "webpush", campaign,
+                                     planned)
+        events = one_outcome_each(settings, serdes, campaign, planned, result)
         sent = {e.message_id for e in events if e.kind == "sent"}
         not_sent = [e for e in events if e.kind == "notsent"]
         unconfirmed = {e.message_id for e in not_sent
@@ -276,14 +283,9 @@ def test_web_push_stop_where_the_service_gives_no_location(
     stand_ins = quirky_stand_ins(tmp_path, "webpush", webpush_quirks=WEB_PUSH_TESTING,
                                  webpush_cancel="topic")
     try:
-        start_worker(settings, workers, stand_ins, "webpush")
-        assert launch(settings, serdes, campaign, ["webpush"], planned).state == STATE_FINISHED
-        wait_arrival(stand_ins, "webpush", campaign)
-        result = stop(settings, serdes, campaign)
-        assert result.confirmed_at_ms is not None
-        wait_outcomes(settings, campaign, planned)
-        events = read_events(settings, serdes, campaign)
-        assert duplicates(events) == {} and len(events) == planned  # sent or notSent: none failed
+        result = stop_after_finished(settings, serdes, workers, stand_ins, "webpush", campaign,
+                                     planned)
+        events = one_outcome_each(settings, serdes, campaign, planned, result)  # sent or notSent: none failed
         sent = {e.message_id for e in events if e.kind == "sent"}
 
         service = stand_ins.push_service
