@@ -20,9 +20,13 @@ if TYPE_CHECKING:
 @click.option("--all", "stop_everything", is_flag=True,
               help="The kill switch: stop every campaign no command has stopped on every channel, "
                    "whatever its status says, on every channel.")
-@click.option("--reason", required=True, help="Why the campaign is stopped (shown everywhere).")
+@click.option("--reason", default="", help="Why the campaign is stopped (shown everywhere); "
+                                          "required unless --dry-run.")
 @click.option("--channel", "channels", multiple=True,
               help="Stop only these channels (default: every channel).")
+@click.option("--dry-run", is_flag=True,
+              help="Write nothing: show what the stop would halt now, stage by stage and channel "
+                   "by channel, and what could still reach recipients.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None,
               help="Seconds to wait for every live worker to confirm (default ESTOP_STOP_TIMEOUT_S, 30).")
 @click.option("--force", is_flag=True, help="Stop a campaign not (yet) seen Sending or Finished.")
@@ -30,16 +34,26 @@ if TYPE_CHECKING:
 @click.pass_obj
 @handles_errors
 def stop(settings: Settings, campaign_id: str | None, stop_everything: bool, reason: str,
-         channels: tuple[str, ...], timeout_s: float | None, force: bool, as_json: bool) -> None:
+         channels: tuple[str, ...], dry_run: bool, timeout_s: float | None, force: bool,
+         as_json: bool) -> None:
     """Stop a campaign on every channel (or some), or every campaign with --all, and wait until
     it is confirmed. The stop is recorded as requested by your Kafka user (ESTOP_SASL_USERNAME),
-    or your OS user on a cluster without authentication, and audited."""
+    or your OS user on a cluster without authentication, and audited. With --dry-run, show what
+    it would halt and write nothing."""
     from streams.control.exceptions import StopNotConfirmedError, StopsIncompleteError
     from streams.control.stop import audited_stop, audited_stop_all
     from streams.security.audit import cli_actor
     from streams.serde import serdes_for
 
     serdes = serdes_for(settings)
+    if dry_run:
+        from streams.control.preview import describe, preview_with_store
+
+        if stop_everything or not campaign_id:
+            raise UsageError("--dry-run previews the stop of one CAMPAIGN")
+        impact = preview_with_store(settings, serdes, campaign_id, list(channels))
+        click.echo(json.dumps(impact.as_dict()) if as_json else describe(impact))
+        return
     actor = cli_actor(settings)
     timeout = settings.stop_timeout_s if timeout_s is None else timeout_s
     if stop_everything:

@@ -47,6 +47,7 @@ from streams.campaigns.relaunch import plan_relaunch, relaunch
 from streams.clock import now_ms
 from streams.control.confirmation import Coverage, Holdings, holdings
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
+from streams.control.preview import preview_stop
 from streams.control.records import covers, refusal, restatement
 from streams.control.stop import audited_stop, audited_stop_all, validate
 from streams.control.view import ALL_CHANNELS, ControlView
@@ -514,6 +515,14 @@ class ControlPlane:
             "status_url": f"/campaigns/{campaign_id}",
         }
         return (200 if result.already_stopped else 202), body_out
+
+    async def stop_preview(self, campaign_id: str, channels: list[str]) -> dict[str, Any]:
+        """What a stop would halt now (`estop stop --dry-run`); nothing written. Raises
+        InvalidStopError, UnknownCampaignError."""
+        report = (await self.reports([campaign_id]))[campaign_id]
+        impact = await self._kafka(preview_stop, self.settings, self.serdes, campaign_id, channels,
+                                   report)
+        return impact.as_dict()
 
     async def stop_all(self, reason: str, who: auth.Identity) -> tuple[int, dict[str, Any]]:
         """The kill switch (``POST /stop-all``): every campaign Sending or Finished, as

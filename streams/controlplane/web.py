@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from streams.controlplane import auth
 from streams.controlplane.boundary import MAX_BODY, BodyTooLargeError, read_body
+from streams.exceptions import EstopError, UsageError
 from streams.models import CHANNELS
 from streams.models.ids import id_problem
 from streams.security import audit
@@ -197,6 +198,20 @@ class StopCampaign(PlaneView):
         return self.json(body, status=status)
 
 
+class StopPreview(PlaneView):
+    async def get(self, request: Request, campaign_id: str) -> Response:
+        """What a stop would halt now, per channel and stage (``?channels=email,sms``: of those)."""
+        channels = [c for c in request.query.get("channels", "").split(",") if c]
+        try:
+            return self.json(await self.plane.stop_preview(campaign_id, channels))
+        except UnknownCampaignError as exc:
+            return self.error(404, str(exc))
+        except UsageError as exc:
+            return self.error(400, str(exc))
+        except EstopError as exc:  # Kafka unreachable
+            return self.error(503, str(exc))
+
+
 class StopAll(PlaneView):
     audited = audit.KILL_SWITCH
 
@@ -331,6 +346,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/campaigns/{campaign_id}/timeline", Timeline, "read"),
     Route("GET", "/campaigns/{campaign_id}/export.csv", Export, "export"),
     Route("POST", "/campaigns/{campaign_id}/stop", StopCampaign, "stop"),
+    Route("GET", "/campaigns/{campaign_id}/stop-preview", StopPreview, "read"),
     Route("POST", "/campaigns/{campaign_id}/relaunch", Relaunch, "relaunch"),
     Route("GET", "/campaigns/{campaign_id}/relaunch", Relaunch, "read"),
     Route("POST", "/stop-all", StopAll, "stop-all"),

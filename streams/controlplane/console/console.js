@@ -472,13 +472,54 @@
       const error = el("p", { class: "error", role: "alert", id: "stop-error" });
       const confirm = el("button", { class: "danger", type: "button", disabled: true }, "Stop campaign");
       const cancel = el("button", { type: "button" }, "Cancel");
+      const impact = el("section", { id: "stop-impact", "aria-labelledby": "stop-impact-title" });
       dialog.append(intro,
         el("div", { class: "field" }, el("label", { for: "stop-reason" }, "Reason"), reason),
-        channels,
+        channels, impact,
         el("div", { class: "field" }, el("label", { for: "stop-confirm-id" }, "Type the campaign id to confirm"), typed),
         error, el("div", { class: "buttons" }, cancel, confirm));
       typed.addEventListener("input", () => { confirm.disabled = typed.value !== campaignId; });
       cancel.addEventListener("click", () => dialog.close());
+      channels.addEventListener("change", () => showImpact());
+
+      // What the stop would halt now, from GET /campaigns/{id}/stop-preview (nothing written).
+      const IMPACT_COLUMNS = [["not_queued", "Not queued yet"], ["before_gate", "Before the gate"],
+        ["at_dispatchers", "At the dispatchers"], ["handing_over", "Being handed over"],
+        ["at_provider_cancellable", "At the provider, cancellable"],
+        ["at_provider_not_cancellable", "At the provider, not cancellable"],
+        ["delivered", "Delivered"], ["would_halt", "Would halt"], ["may_still_leak", "May still reach recipients"]];
+      let asked = 0;
+      async function showImpact() {
+        const chosen = [...channels.querySelectorAll("input[type=checkbox]:checked")].map((b) => b.value);
+        const title = el("h3", { id: "stop-impact-title" }, "What this stop would halt now");
+        if (!chosen.length) { impact.replaceChildren(title); return; }
+        const ticket = ++asked;
+        impact.replaceChildren(title, el("p", { class: "muted" }, "Reading Kafka…"));
+        const reply = await getJson(apiUrl(campaignId, `/stop-preview?channels=${chosen.map(encodeURIComponent).join(",")}`));
+        if (ticket !== asked) return;  // the channels changed meanwhile: a newer answer follows
+        if (reply.status !== 200) {
+          impact.replaceChildren(title, el("p", { class: "error" }, reply.body.error || `HTTP ${reply.status}`));
+          return;
+        }
+        const p = reply.body;
+        const row = (name, c, attrs) => el("tr", attrs, el("td", {}, name),
+          IMPACT_COLUMNS.map(([key]) => el("td", { "data-count": key }, c.already_stopped ? "–" : number(c[key]))));
+        const leaks = p.channels.filter((c) => c.may_still_leak).map((c) =>
+          `${c.channel}: up to ${number(c.may_still_leak)} (${c.at_provider_not_cancellable
+            ? `${number(c.at_provider_not_cancellable)} its provider holds and cannot cancel` : ""}${
+            c.may_still_leak > c.at_provider_not_cancellable
+              ? `${c.at_provider_not_cancellable ? "; " : ""}one pacing slice of ${number(c.slice)} per dispatcher being handed over` : ""})`);
+        impact.replaceChildren(title,
+          el("table", { id: "stop-impact-table", "aria-labelledby": "stop-impact-title" },
+            el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Channel"),
+              IMPACT_COLUMNS.map(([, h]) => el("th", { scope: "col" }, h)))),
+            el("tbody", {}, p.channels.map((c) => row(c.channel, c, { "data-channel": c.channel })),
+              row("Total", p.totals, { class: "total", "data-channel": "total" }))),
+          el("p", { class: "muted", id: "stop-impact-leak" }, leaks.length
+            ? `May still reach recipients after the stop: ${leaks.join("; ")}.`
+            : "Nothing handed over after the stop can escape a cancel: every provider here cancels. "
+              + "A message a provider is already delivering when the cancel arrives is reported sent."));
+      }
       confirm.addEventListener("click", async () => {
         confirm.disabled = true;
         error.textContent = "";
@@ -514,6 +555,7 @@
             el("label", {}, el("input", { type: "checkbox", value: c, checked: true, name: "channel" }), ` ${c}`)));
           reason.value = ""; typed.value = ""; error.textContent = ""; confirm.disabled = true;
           dialog.showModal();
+          showImpact();
           reason.focus();
         },
       };
