@@ -16,3 +16,10 @@ class UsageError(EstopError):
 
 class MissingProgramError(EstopError):
     """A program estop runs (java, mvn) is not installed."""
+
+
+class MissingExtraError(EstopError):
+    """A command needs optional dependencies that were not installed (an extra of the package)."""
+
+    def __init__(self, command: str, extra: str) -> None:
+        super().__init__(f"{command} needs the {extra} extra: pip install 'estop[{extra}]'")

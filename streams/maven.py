@@ -1,7 +1,8 @@
 """Java artifacts from Maven Central, resolved once by ``mvn`` into the cache folder: the Kafka
-broker's jars (``deploy/broker``), Apicurio Registry (``deploy/registry``), Kafka Connect and its
-plugins (``deploy/connect``). A folder appears whole or not at all (resolved into a staging
-folder, then renamed), so an interrupted download is simply redone."""
+broker's jars (``streams/kafka/broker_recipe``), and for the tests Apicurio Registry
+(``deploy/registry``), Kafka Connect and its plugins (``deploy/connect``). A folder appears whole
+or not at all (resolved into a staging folder, then renamed), so an interrupted download is
+simply redone."""
 
 from __future__ import annotations
 

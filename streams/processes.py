@@ -1,5 +1,5 @@
 """Processes and ports of servers estop runs itself (the local broker, the private MTA, the
-third-party servers of streams/ecosystem)."""
+third-party servers of tests/ecosystem)."""
 
 from __future__ import annotations
 

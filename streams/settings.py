@@ -10,8 +10,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.models import CHANNELS
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
 
 class Settings(BaseSettings):
     """Broker, topics, storage and worker tuning; defaults run everything on one machine."""
@@ -38,9 +36,11 @@ class Settings(BaseSettings):
     replication_factor: int | None = Field(default=None, ge=1)
     min_insync_replicas: int | None = Field(default=None, ge=1)
 
-    # Local files: broker data and logs, outboxes, simulated providers, the MTA, analytics store.
-    data_dir: Path = PROJECT_ROOT / ".data"
-    cache_dir: Path = PROJECT_ROOT / ".cache"
+    # Local files: broker data and logs, simulated providers, the MTA, analytics store; the cache
+    # folder holds what is downloaded once (Kafka's jars). Unset: .data and .cache in the working
+    # directory (never inside the installed package).
+    data_dir: Path = Field(default_factory=lambda: Path.cwd() / ".data")
+    cache_dir: Path = Field(default_factory=lambda: Path.cwd() / ".cache")
 
     # Analytics store: SQLite in the data folder unless a PostgreSQL DSN is given.
     analytics_dsn: SecretStr | None = None

@@ -18,12 +18,12 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from streams.ecosystem.apicurio import ApicurioRegistry
-from streams.ecosystem.exceptions import EcosystemError
 from streams.kafka.clients import admin
-from streams.kafka.source import BrokerHandle, acquire_broker
 from streams.kafka.topics import create_topics
+from streams.lab.broker import BrokerHandle, acquire_broker
 from streams.settings import Settings, load_settings
+from tests.ecosystem.apicurio import ApicurioRegistry
+from tests.ecosystem.exceptions import EcosystemError
 from tests.support import free_port
 
 _SESSION_BROKER: list[BrokerHandle] = []

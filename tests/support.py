@@ -17,6 +17,8 @@ from streams.control.confirmation import holdings
 from streams.kafka.clients import Headers, admin, producer
 from streams.settings import Settings
 
+# The checkout the tests run from: its deploy/ recipes and docs are checked against the code.
+REPO = Path(__file__).resolve().parents[1]
 # The console script pip installed next to this interpreter (the package has no __main__).
 ESTOP = Path(sys.executable).parent / "estop"
 

@@ -39,7 +39,7 @@ def demo(settings: Settings, recipients: int | None, stop_after: int | None, cha
          provider_rate: float | None, provider: str, outage_s: float, as_json: bool) -> None:
     """The reference scenario: a 500,000-recipient email campaign stopped after about 50,000
     sent."""
-    from streams.demo import demo_progress, run_demo
+    from streams.lab.demo import demo_progress, run_demo
     from streams.mta.local import LocalMta
 
     real = provider == "real"

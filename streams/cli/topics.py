@@ -36,7 +36,7 @@ def schemas() -> None:
 @schemas.command("register")
 @click.option("--dir", "directory", default=None,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Register the *.avsc files of this folder (default: estop's own schemas/), "
+              help="Register the *.avsc files of this folder (default: the schemas estop ships), "
                    "e.g. to check a changed schema against the registry's compatibility rule.")
 @click.pass_obj
 @handles_errors

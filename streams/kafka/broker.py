@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from streams.exceptions import MissingProgramError
@@ -25,9 +26,10 @@ from streams.kafka.exceptions import KafkaUnavailableError, LocalBrokerError
 from streams.maven import MavenError, fetch
 from streams.processes import alive, log_tail, port_open, require
 from streams.security import credentials, tls
-from streams.settings import PROJECT_ROOT, Settings
+from streams.settings import Settings
 
-RECIPE = PROJECT_ROOT / "deploy" / "broker"
+# Maven pom, server.properties and log4j2 of the local broker, shipped in the package.
+RECIPE = Path(str(resources.files("streams.kafka") / "broker_recipe"))
 
 
 @dataclass(frozen=True)

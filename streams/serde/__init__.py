@@ -2,7 +2,7 @@
 
 Without a schema registry a value is Avro single-object encoded: ``C3 01``, the 8-byte
 little-endian CRC-64-AVRO fingerprint of the writer schema, then the binary body; any consumer
-finds the schema by fingerprint in ``schemas/``. With a registry (``ESTOP_SCHEMA_REGISTRY_URL``)
+finds the schema by fingerprint in ``streams/schemas/``. With a registry (``ESTOP_SCHEMA_REGISTRY_URL``)
 values use the Confluent wire format: ``00``, a 4-byte big-endian schema id, the body; each
 record type is registered under its subject (``streams/serde/registry.py``).
 """
@@ -13,6 +13,7 @@ import io
 import json
 import struct
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,7 +26,8 @@ from streams.serde.fingerprint import crc64_avro
 if TYPE_CHECKING:
     from streams.settings import Settings
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent.parent / "schemas"
+# Shipped in the package (streams/schemas/), so an installed estop reads them without a checkout.
+SCHEMA_DIR = Path(str(resources.files("streams") / "schemas"))
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 _SO_HEADER = struct.Struct("<2sQ")
@@ -53,7 +55,7 @@ class Schema:
 
 
 def load_schema(name: str, directory: Path = SCHEMA_DIR) -> Schema:
-    """Load ``schemas/<name>.avsc``."""
+    """Load ``<directory>/<name>.avsc`` (estop's own schemas by default)."""
     path = directory / f"{name}.avsc"
     try:
         return Schema(json.loads(path.read_text()))

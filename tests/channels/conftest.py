@@ -11,10 +11,10 @@ import pytest
 from py_vapid import Vapid
 
 from streams.campaigns.launcher import recipient_id
-from streams.ecosystem.exceptions import ServerExitedError
-from streams.providers.testservers.local import LocalStandIns, Pace
+from streams.lab.standins.local import LocalStandIns, Pace
 from streams.settings import load_settings
 from tests.channels.web_push_testing import WebPushTesting, install
+from tests.ecosystem.exceptions import ServerExitedError
 from tests.pipeline.conftest import serdes, workers
 from tests.support import free_port
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.providers.testservers.smsc import StandInSmsc
+from streams.lab.standins.smsc import StandInSmsc
 from streams.settings import Settings
 from tests.pipeline.support import cli_env
 from tests.support import free_port, run_estop

@@ -12,11 +12,11 @@ import pytest
 
 from streams.clock import now_ms
 from streams.dispatch.ledger import Ledger, PartitionLedger
+from streams.lab.standins.fcm import StandInFcm
 from streams.providers import open_provider
 from streams.providers.base import CancelCapability, CancelStatus, Handoff, SubmitStatus
 from streams.providers.exceptions import ProviderConfigError
 from streams.providers.fcm import FcmAdapter
-from streams.providers.testservers.fcm import StandInFcm
 from streams.settings import Settings
 from tests.channels.fcm_contract import problems
 

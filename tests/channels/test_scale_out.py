@@ -13,10 +13,10 @@ import pytest
 
 from streams.campaigns.launcher import launch, recipient_id
 from streams.control.stop import issue_stop
+from streams.lab.standins.local import LocalStandIns, Pace
+from streams.lab.standins.pushservice import DELETED, STORED
+from streams.lab.standins.smsc import CANCELLED, HELD
 from streams.models import STATE_FINISHED
-from streams.providers.testservers.local import LocalStandIns, Pace
-from streams.providers.testservers.pushservice import DELETED, STORED
-from streams.providers.testservers.smsc import CANCELLED, HELD
 from streams.serde import Serdes
 from streams.settings import Settings
 from streams.sink.report import campaign_report

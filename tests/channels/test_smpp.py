@@ -11,13 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.providers import open_provider
-from streams.providers import smpp_pdus as pdus
-from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
-from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
-from streams.providers.smpp import SmppAdapter, SmppConfig, verdict
-from streams.providers.smpp_pdus import CommandId, CommandStatus, MessageState, operations
-from streams.providers.testservers.smsc import (
+from streams.lab.standins.smsc import (
     CANCELLED,
     DELIVERED,
     EXPIRED,
@@ -26,6 +20,12 @@ from streams.providers.testservers.smsc import (
     SmscQuirks,
     StandInSmsc,
 )
+from streams.providers import open_provider
+from streams.providers import smpp_pdus as pdus
+from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
+from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
+from streams.providers.smpp import SmppAdapter, SmppConfig, verdict
+from streams.providers.smpp_pdus import CommandId, CommandStatus, MessageState, operations
 from streams.settings import Settings
 from tests.support import free_port, wait_for
 

@@ -19,6 +19,9 @@ import pytest
 from streams.campaigns.launcher import launch, message_id, recipient_id
 from streams.control.stop import StopResult
 from streams.dispatch.changelog import LedgerStats
+from streams.lab.standins.local import LocalStandIns
+from streams.lab.standins.pushservice import AUTOPUSH, DELETED, REPLACED, WEB_PUSH_TESTING
+from streams.lab.standins.smsc import SMPPSIM
 from streams.models import (
     NOT_SENT_EVENT,
     REASON_CANCEL_UNCONFIRMED,
@@ -30,9 +33,6 @@ from streams.models import (
     STATE_FINISHED,
     STATE_STOPPED,
 )
-from streams.providers.testservers.local import LocalStandIns
-from streams.providers.testservers.pushservice import AUTOPUSH, DELETED, REPLACED, WEB_PUSH_TESTING
-from streams.providers.testservers.smsc import SMPPSIM
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.channels.conftest import PACE, RECIPIENTS

@@ -17,10 +17,7 @@ from pydantic import SecretStr
 
 from streams.clock import now_ms
 from streams.dispatch.ledger import Ledger, PartitionLedger
-from streams.providers import open_provider
-from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
-from streams.providers.exceptions import ProviderConfigError
-from streams.providers.testservers.pushservice import (
+from streams.lab.standins.pushservice import (
     AUTOPUSH,
     DELETED,
     DELIVERED,
@@ -29,6 +26,9 @@ from streams.providers.testservers.pushservice import (
     WEB_PUSH_TESTING,
     StandInPushService,
 )
+from streams.providers import open_provider
+from streams.providers.base import CancelStatus, Delivery, Handoff, SubmitStatus
+from streams.providers.exceptions import ProviderConfigError
 from streams.providers.webpush import (
     WebPushAdapter,
     application_server_key,

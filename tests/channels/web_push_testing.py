@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 import requests
 
-from streams.ecosystem.exceptions import EcosystemError, ServerExitedError
-from streams.ecosystem.server import ServerProcess
-from streams.settings import PROJECT_ROOT
+from tests.ecosystem.exceptions import EcosystemError, ServerExitedError
+from tests.ecosystem.server import ServerProcess
+from tests.support import REPO
 
-PACKAGE = PROJECT_ROOT / "deploy" / "web-push-testing"
+PACKAGE = REPO / "deploy" / "web-push-testing"
 NAME = "web-push-testing"
 VERSION: str = json.loads((PACKAGE / "package.json").read_text())["dependencies"][NAME]
 SERVER = Path("node_modules") / NAME / "src" / "bin" / "server.js"

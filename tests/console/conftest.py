@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from streams.kafka.source import BrokerHandle
+from streams.lab.broker import BrokerHandle
 from tests.console.support import Stack, stack_settings, start_stack
 
 REBIND_HOST = "rebind.example"

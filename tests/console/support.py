@@ -12,15 +12,15 @@ from uuid import uuid4
 import pytest
 
 from streams.control.stop import live_processes
-from streams.demo import WorkerProcess
-from streams.kafka.source import BrokerHandle
 from streams.kafka.topics import create_topics
-from streams.settings import PROJECT_ROOT, Settings, load_settings
+from streams.lab.broker import BrokerHandle
+from streams.lab.harness import WorkerProcess
+from streams.settings import Settings, load_settings
 from tests.controlplane.support import Api, ControlProcess, Processes, wait_for
 from tests.sink.support import delete_topics
-from tests.support import run_estop
+from tests.support import REPO, run_estop
 
-ARTIFACTS = PROJECT_ROOT / "test-artifacts"  # git-ignored; CI keeps it with the logs
+ARTIFACTS = REPO / "test-artifacts"  # git-ignored; CI keeps it with the logs
 
 
 @dataclass

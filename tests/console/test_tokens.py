@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from streams.kafka.source import BrokerHandle
+from streams.lab.broker import BrokerHandle
 from streams.models import STATE_SENDING, STATE_STOPPED
 from streams.serde import Serdes
 from tests.console.support import Stack, stack_settings, start_stack

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from streams.kafka.source import BrokerHandle
+from streams.lab.broker import BrokerHandle
 from streams.models import STATE_FINISHED
 from streams.serde import Serdes
 from tests.console.support import Stack, stack_settings, start_stack

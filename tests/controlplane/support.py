@@ -23,16 +23,17 @@ from typing import Any
 import pytest
 from confluent_kafka import Message
 
-from streams.demo import WorkerProcess
 from streams.kafka.clients import producer
 from streams.kafka.reader import read_topic
+from streams.lab.harness import WorkerProcess
 from streams.serde import Serdes
-from streams.settings import PROJECT_ROOT, Settings
+from streams.settings import Settings
+from tests.support import REPO
 from tests.support import wait_for as shared_wait_for
 
 WAIT_S = 120.0
-PROMETHEUS_DIR = PROJECT_ROOT / "deploy" / "prometheus"
-DASHBOARD = PROJECT_ROOT / "deploy" / "grafana" / "estop-dashboard.json"
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+DASHBOARD = REPO / "deploy" / "grafana" / "estop-dashboard.json"
 
 
 # Each suite waits as long as its slowest eventual outcome may take.

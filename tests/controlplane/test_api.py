@@ -12,7 +12,7 @@ import pytest
 
 from streams.campaigns.launcher import launch
 from streams.control.stop import live_processes
-from streams.demo import WorkerProcess
+from streams.lab.harness import WorkerProcess
 from streams.models import CHANNELS, STATE_FINISHED, STATE_SENDING, STATE_STOPPED
 from streams.serde import Serdes
 from streams.settings import Settings

@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 import streams.metrics  # noqa: F401  (registers every metric the dashboard may name)
 from streams.campaigns.launcher import launch
 from streams.control.stop import live_processes
-from streams.demo import WorkerProcess
+from streams.lab.harness import WorkerProcess
 from streams.models import STATE_FINISHED
 from streams.serde import Serdes
 from streams.settings import Settings

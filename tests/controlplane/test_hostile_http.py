@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from streams.clock import now_ms
-from streams.demo import WorkerProcess
+from streams.lab.harness import WorkerProcess
 from streams.models import STATE_SENDING, STATE_STOPPED
 from streams.serde import Serdes
 from streams.settings import Settings

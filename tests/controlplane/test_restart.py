@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from streams.control.stop import issue_stop, live_processes
-from streams.demo import WorkerProcess
+from streams.lab.harness import WorkerProcess
 from streams.models import STATE_SENDING, STATE_STOPPED
 from streams.serde import Serdes
 from streams.settings import Settings

@@ -30,10 +30,10 @@ from streams.kafka.topics import Replication, plan
 from streams.models import CHANNELS
 from streams.security import credentials
 from streams.security.roles import ROLES, Grant, grants
-from streams.settings import PROJECT_ROOT, Settings, load_settings
-from tests.support import run_estop
+from streams.settings import Settings, load_settings
+from tests.support import REPO, run_estop
 
-DEPLOY = PROJECT_ROOT / "deploy"
+DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"
 COMPOSE = DEPLOY / "compose" / "compose.yaml"
 DOCKERFILE = DEPLOY / "container" / "Dockerfile"
@@ -451,7 +451,7 @@ def test_no_password_in_plain_text() -> None:
     assert auth["spec"]["secretTargetRef"] == [
         {"parameter": "ca", "name": f"{kafka_name()}-cluster-ca-cert", "key": "ca.crt"}]
     # The Secrets the user creates are the ones the docs tell them to create.
-    docs = (PROJECT_ROOT / "docs" / "deployment.md").read_text()
+    docs = (REPO / "docs" / "deployment.md").read_text()
     for secret, keys in USER_SECRETS.items():
         (key,) = keys
         assert f"kubectl create secret generic {secret} --from-literal={key}=" in docs
@@ -636,20 +636,22 @@ def test_compose_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> No
     assert jobs == {"gate", "dispatcher", "sink", "control"}
 
 
-def test_the_image_runs_estop_from_its_source_tree_as_a_non_root_user() -> None:
+def test_the_image_installs_estop_as_a_package_and_runs_it_as_a_non_root_user() -> None:
     """What can be checked without building (no Docker engine here): the image installs the
-    package editable next to schemas/ (read from the source tree), runs estop as its entrypoint,
-    as a non-root user, and exposes the worker and control ports."""
+    package (not editable: what it reads at run time ships inside it) and drops the source copy,
+    runs estop as its entrypoint, as a non-root user, and exposes the worker and control ports."""
     text = DOCKERFILE.read_text()
     copied = set(re.findall(r"^COPY (\S+)", text, re.MULTILINE)) | {
         p for line in re.findall(r"^COPY (.+) \./$", text, re.MULTILINE) for p in line.split()}
-    assert {"pyproject.toml", "schemas", "streams"} <= copied
-    assert re.search(r"pip install -e \.", text)
+    assert {"pyproject.toml", "streams"} <= copied
+    assert re.search(r"pip install /opt/estop", text)
+    assert re.search(r"pip install -e", text) is None
+    assert re.search(r"rm -rf /opt/estop", text)
     assert re.search(r"^USER (\d+)$", text, re.MULTILINE)
     assert re.search(r"^USER 0$", text, re.MULTILINE) is None
     exposed = {int(p) for p in re.findall(r"^EXPOSE (.+)$", text, re.MULTILINE)[0].split()}
     defaults = pod_settings()
     assert exposed == {defaults.metrics_port, defaults.control_port}
     ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().split()
-    for needed in ("pyproject.toml", "README.md", "schemas/", "streams/"):
+    for needed in ("pyproject.toml", "README.md", "streams/"):
         assert f"!{needed}" in ignore

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 CONSTRUCTORS = {"admin", "AdminClient"}
 
 
@@ -37,8 +37,8 @@ def unmanaged_admin_clients(source: str) -> Iterator[int]:
 
 
 def test_every_admin_client_is_closed_by_the_code_that_made_it() -> None:
-    files = sorted((ROOT / "streams").rglob("*.py")) + sorted((ROOT / "tests").rglob("*.py"))
-    found = [f"{path.relative_to(ROOT)}:{line}" for path in files
+    files = sorted((REPO / "streams").rglob("*.py")) + sorted((REPO / "tests").rglob("*.py"))
+    found = [f"{path.relative_to(REPO)}:{line}" for path in files
              for line in unmanaged_admin_clients(path.read_text())]
 
     assert found == []

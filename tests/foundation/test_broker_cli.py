@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from streams.kafka.broker import LocalBroker
-from streams.kafka.source import BrokerHandle
+from streams.lab.broker import BrokerHandle
 from streams.settings import load_settings
 from tests.support import free_port, listen_on_free_port, run_estop
 

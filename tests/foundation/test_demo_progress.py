@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.progress import Progress
 
-from streams.demo import RemainingOrStateColumn
+from streams.lab.demo import RemainingOrStateColumn
 
 
 def test_a_stopped_bar_says_so_instead_of_an_eta() -> None:

@@ -15,11 +15,11 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro.utils import generate_many
 
-from streams.ecosystem.apicurio import ApicurioRegistry
 from streams.serde import Schema, Serde, Serdes
 from streams.serde.exceptions import SerdeError
 from streams.serde.fastevents import FlatDecoder, NotSentEncoder
 from streams.serde.registry import ConfluentRegistry
+from tests.ecosystem.apicurio import ApicurioRegistry
 
 EVENT: dict[str, Any] = {
     "event": "message.notSent",

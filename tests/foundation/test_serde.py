@@ -23,12 +23,12 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.utils import generate_many
 
-from streams.ecosystem.apicurio import ApicurioRegistry
 from streams.exceptions import EstopError
 from streams.serde import SCHEMA_DIR, Schema, Serde, Serdes, load_schema, subject_for
 from streams.serde.exceptions import SchemaRegistryError, SerdeError, UnknownSchemaError
 from streams.serde.fingerprint import crc64_avro
 from streams.serde.registry import ConfluentRegistry
+from tests.ecosystem.apicurio import ApicurioRegistry
 from tests.support import free_port, run_estop
 
 SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.avsc"))

@@ -7,9 +7,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from streams.settings import PROJECT_ROOT
+from tests.support import REPO
 
-SCRIPT = PROJECT_ROOT / "deploy" / "system-packages.sh"
+SCRIPT = REPO / "deploy" / "system-packages.sh"
 BASH = "/bin/bash"
 
 

@@ -20,10 +20,10 @@ from streams.campaigns.launcher import message_id, recipient_id
 from streams.campaigns.lifecycle import publish_status
 from streams.campaigns.status import OutcomeCounter
 from streams.clock import now_ms
-from streams.demo import OutcomeWatch, WorkerProcess
 from streams.dispatch.changelog import LedgerStats
 from streams.kafka.clients import Headers, consumer, headers_of, producer
 from streams.kafka.reader import high_watermark, read_topic
+from streams.lab.harness import OutcomeWatch, WorkerProcess
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, STATE_SENDING
 from streams.serde import Serdes
 from streams.settings import Settings

@@ -16,9 +16,9 @@ import pytest
 
 from streams.campaigns.launcher import LaunchResult, launch, message_id
 from streams.control.stop import StopResult, issue_stop
-from streams.demo import OutcomeWatch
 from streams.dispatch.changelog import LedgerStats
 from streams.kafka.clients import producer
+from streams.lab.harness import OutcomeWatch
 from streams.models import (
     CHANNELS,
     NOT_SENT_EVENT,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from streams.campaigns.launcher import launch
-from streams.providers.testservers.fcm import StandInFcm
+from streams.lab.standins.fcm import StandInFcm
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.pipeline.support import Workers, wait_for, wait_joined, wait_outcomes

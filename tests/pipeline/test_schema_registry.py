@@ -8,11 +8,11 @@ import copy
 
 from confluent_kafka import Message
 
-from streams.ecosystem.apicurio import ApicurioRegistry
 from streams.kafka.reader import read_topic
 from streams.serde import Schema, load_schema
 from streams.serde.registry import ConfluentRegistry
 from streams.settings import Settings
+from tests.ecosystem.apicurio import ApicurioRegistry
 from tests.pipeline.support import cli_env
 from tests.support import run_estop
 

@@ -23,10 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.campaigns.launcher import LaunchResult, launch, message_id
 from streams.control.stop import StopResult, issue_stop
-from streams.demo import OutcomeWatch, WorkerProcess
 from streams.dispatch.changelog import LedgerStats
 from streams.kafka.clients import consumer, headers_of, take
 from streams.kafka.reader import assign_all, read_until
+from streams.lab.harness import OutcomeWatch, WorkerProcess
 from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL
 from streams.providers.simulated import SimulatedQueueStats
 from streams.serde import Serdes

@@ -19,8 +19,8 @@ import pytest
 from streams.kafka.broker import LocalBroker
 from streams.kafka.clients import wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError
-from streams.kafka.source import BrokerHandle
 from streams.kafka.topics import create_topics
+from streams.lab.broker import BrokerHandle
 from streams.serde import Serdes
 from streams.settings import Settings, load_settings
 from tests.reliability.support import Fleet, Launch, assert_exact, wait_for, watch_until

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from streams.campaigns.launcher import LaunchResult, launch, message_id
-from streams.demo import OutcomeWatch
 from streams.dispatch.changelog import LedgerStats
+from streams.lab.harness import OutcomeWatch
 from streams.models import CHANNELS
 from streams.serde import Serdes
-from streams.settings import PROJECT_ROOT, Settings
+from streams.settings import Settings
 from tests.reliability.support import (
     Fleet,
     campaign_events,
@@ -31,6 +31,7 @@ from tests.reliability.support import (
     wait_outcomes,
     wait_reported,
 )
+from tests.support import REPO
 
 pytestmark = [pytest.mark.soak, pytest.mark.broker]
 
@@ -156,7 +157,7 @@ def test_soak_random_sigkills_during_a_stopped_four_channel_campaign(settings: S
             "wall_s": round(time.monotonic() - started, 1),
         }
         print(json.dumps(tally, indent=2))
-        out = PROJECT_ROOT / ".data" / "soak-tally.json"
+        out = REPO / ".data" / "soak-tally.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(tally, indent=2) + "\n")
 

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from streams.demo import OutcomeWatch
+from streams.lab.harness import OutcomeWatch
 from streams.models import STAGE_PROVIDER, STAGE_SENDING
 from streams.serde import Serdes
 from streams.settings import Settings

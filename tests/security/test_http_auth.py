@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from streams.demo import WorkerProcess
+from streams.lab.harness import WorkerProcess
 from streams.models import STATE_SENDING
 from streams.security import credentials
 from streams.serde import Serdes

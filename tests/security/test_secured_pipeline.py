@@ -12,9 +12,9 @@ import threading
 from confluent_kafka import KafkaError, Message, Producer
 
 from streams.campaigns.launcher import LaunchResult, launch
-from streams.demo import WorkerProcess
 from streams.dispatch.changelog import LedgerStats
 from streams.kafka.clients import producer
+from streams.lab.harness import WorkerProcess
 from streams.models import ACTION_STOP
 from streams.security.refusals import refused
 from streams.serde import Serdes

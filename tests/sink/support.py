@@ -21,9 +21,9 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Messag
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.campaigns.status import OutcomeCounter
-from streams.demo import WorkerProcess
 from streams.kafka.clients import admin, consumer, headers_of
 from streams.kafka.reader import read_topic
+from streams.lab.harness import WorkerProcess
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.support import ESTOP

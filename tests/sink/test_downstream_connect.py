@@ -28,16 +28,16 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from psycopg.conninfo import conninfo_to_dict
 
-from streams.demo import OutcomeWatch
-from streams.ecosystem.apicurio import ApicurioRegistry
-from streams.ecosystem.connect import TABLES, KafkaConnect
-from streams.kafka.source import BrokerHandle
 from streams.kafka.topics import create_topics
+from streams.lab.broker import BrokerHandle
+from streams.lab.harness import OutcomeWatch
 from streams.serde import load_schema, serdes_for
 from streams.serde.registry import ConfluentRegistry
 from streams.settings import Settings, load_settings
 from streams.sink.report import campaign_report
 from streams.sink.store import open_store
+from tests.ecosystem.apicurio import ApicurioRegistry
+from tests.ecosystem.connect import TABLES, KafkaConnect
 from tests.sink.conftest import PostgresServer
 from tests.sink.support import (
     WAIT_S,

@@ -26,9 +26,9 @@ import pytest
 from streams.campaigns.launcher import LaunchResult, launch
 from streams.clock import now_ms
 from streams.control.stop import StopResult, issue_stop
-from streams.demo import OutcomeWatch
-from streams.kafka.source import BrokerHandle
 from streams.kafka.topics import create_topics
+from streams.lab.broker import BrokerHandle
+from streams.lab.harness import OutcomeWatch
 from streams.models import CHANNELS, HEADER_CAMPAIGN, HEADER_CHANNEL, STAGES
 from streams.serde import Serdes
 from streams.settings import Settings, Topics, load_settings

@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from streams.ecosystem.server import ServerProcess, http_ok, java
 from streams.maven import fetch
-from streams.settings import PROJECT_ROOT, Settings
+from streams.settings import Settings
+from tests.ecosystem.server import ServerProcess, http_ok, java
+from tests.support import REPO
 
 VERSION = "2.6.13.Final"
-RECIPE = PROJECT_ROOT / "deploy" / "registry"
+RECIPE = REPO / "deploy" / "registry"
 START_TIMEOUT_S = 120.0  # measured 3 to 9 s on a shared 2-core machine (C1 only: half the start-up)
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from py_vapid import Vapid
 
-from streams.providers.testservers import Arrivals
-from streams.providers.testservers.fcm import StandInFcm
-from streams.providers.testservers.pushservice import SPEC as PUSH_SPEC
-from streams.providers.testservers.pushservice import PushQuirks, StandInPushService
-from streams.providers.testservers.smsc import SPEC as SMSC_SPEC
-from streams.providers.testservers.smsc import SmscQuirks, StandInSmsc
+from streams.lab.standins import Arrivals
+from streams.lab.standins.fcm import StandInFcm
+from streams.lab.standins.pushservice import SPEC as PUSH_SPEC
+from streams.lab.standins.pushservice import PushQuirks, StandInPushService
+from streams.lab.standins.smsc import SPEC as SMSC_SPEC
+from streams.lab.standins.smsc import SmscQuirks, StandInSmsc
 from streams.providers.webpush import application_server_key, vapid_private_key
 
 SMPP_SYSTEM_ID = "estop"

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from streams.clock import now_ms
+from streams.lab.standins import Arrival, Arrivals, StandIn
 from streams.providers import smpp_pdus as pdus
 from streams.providers.smpp_pdus import CommandId, CommandStatus, operations
-from streams.providers.testservers import Arrival, Arrivals, StandIn
 
 log = logging.getLogger(__name__)
 

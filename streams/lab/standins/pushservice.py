@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from streams.clock import now_ms
-from streams.providers.testservers import Arrival, Arrivals, HttpStandIn
+from streams.lab.standins import Arrival, Arrivals, HttpStandIn
 
 STORED, DELIVERED, REPLACED, DELETED, EXPIRED = "stored", "delivered", "replaced", "deleted", "expired"
 TOPIC = re.compile(r"^[A-Za-z0-9_-]{1,32}$")

@@ -11,8 +11,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from streams.ecosystem.exceptions import EcosystemError, ServerExitedError
 from streams.processes import log_tail, require
+from tests.ecosystem.exceptions import EcosystemError, ServerExitedError
 
 JAVA_HINT = "install Java 17 or newer (apt-get install openjdk-17-jre-headless; `make test` does)"
 

@@ -3,7 +3,7 @@
 of client on the data plane. Runs until SIGTERM; the harness measures it from the outside by
 watching the target topic's end offsets, exactly as it measures the gate.
 
-    python -m streams.bench.forward confluent|aiokafka BOOTSTRAP SOURCE TARGET GROUP
+    python -m streams.lab.bench.forward confluent|aiokafka BOOTSTRAP SOURCE TARGET GROUP
 """
 
 from __future__ import annotations

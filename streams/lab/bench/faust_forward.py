@@ -1,7 +1,7 @@
 """The same consume-and-forward job as a Faust agent (faust-streaming on aiokafka), batched with
 ``take`` as Faust's documentation suggests. Runs until SIGTERM.
 
-    python -m streams.bench.faust_forward BOOTSTRAP SOURCE TARGET APP_ID PARTITIONS
+    python -m streams.lab.bench.faust_forward BOOTSTRAP SOURCE TARGET APP_ID PARTITIONS
 
 Faust only assigns a source topic whose partition count matches ``topic_partitions``.
 """

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from streams.clock import now_ms
-from streams.providers.testservers import Arrival, Arrivals, HttpStandIn
+from streams.lab.standins import Arrival, Arrivals, HttpStandIn
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"

@@ -1,9 +1,10 @@
 """Where a broker comes from for tests, the demo and the benchmark, in the brief's order:
-the user's cluster (ESTOP_BOOTSTRAP_SERVERS), a Docker engine through testcontainers, the
-project's own local broker."""
+the user's cluster (ESTOP_BOOTSTRAP_SERVERS), a Docker engine through testcontainers (the test
+extra), the project's own local broker."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -38,11 +39,15 @@ def acquire_broker(settings: Settings, say: Callable[[str], None] = lambda _: No
         wait_for_broker(settings)
         return BrokerHandle(settings.bootstrap_servers, "user", lambda: None)
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
+        if importlib.util.find_spec("testcontainers") is None:
+            say("Docker answers, but testcontainers is not installed (pip install 'estop[test]'): "
+                "using the local broker")
+        else:
+            from testcontainers.kafka import KafkaContainer
 
-        container = KafkaContainer().with_kraft()
-        container.start()
-        return BrokerHandle(container.get_bootstrap_server(), "docker", container.stop)
+            container = KafkaContainer().with_kraft()
+            container.start()
+            return BrokerHandle(container.get_bootstrap_server(), "docker", container.stop)
     local = LocalBroker(settings, say)
     probe = settings.model_copy(update={"bootstrap_servers": local.address})
     if local.status().running:

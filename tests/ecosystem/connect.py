@@ -21,12 +21,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from streams.ecosystem.exceptions import EcosystemError
-from streams.ecosystem.server import ServerProcess, java
 from streams.maven import fetch
-from streams.settings import PROJECT_ROOT, Settings
+from streams.settings import Settings
+from tests.ecosystem.exceptions import EcosystemError
+from tests.ecosystem.server import ServerProcess, java
+from tests.support import REPO
 
-RECIPE = PROJECT_ROOT / "deploy" / "connect"
+RECIPE = REPO / "deploy" / "connect"
 DEBEZIUM_VERSION = "3.5.0.Final"
 APICURIO_VERSION = "2.6.13.Final"  # of the converter; the registry's own version (apicurio.py)
 START_TIMEOUT_S = 180.0  # until the sink task runs; measured about 10 s on a 2-core machine

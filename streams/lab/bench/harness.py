@@ -28,19 +28,19 @@ import confluent_kafka
 from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from streams.bench import peers
 from streams.campaigns.launcher import launch
 from streams.clock import now_ms
 from streams.control.feed import ControlFeed
 from streams.control.stop import issue_stop
 from streams.control.view import ControlView
-from streams.demo import WorkerProcess
 from streams.dispatch.changelog import LedgerStats, restore
 from streams.dispatch.ledger import ACCEPTED, DELIVERED, REPORTED, SUBMITTING, Entry
 from streams.exceptions import EstopError
 from streams.kafka.clients import admin, consumer, producer, take
-from streams.kafka.source import acquire_broker
 from streams.kafka.topics import create_topics, replication
+from streams.lab.bench import peers
+from streams.lab.broker import acquire_broker
+from streams.lab.harness import WorkerProcess
 from streams.models import ACTION_STOP, HEADER_CAMPAIGN, HEADER_CHANNEL, HEADER_RECIPIENT
 from streams.serde import Serdes
 from streams.serde.fastevents import FlatDecoder
@@ -278,7 +278,7 @@ class Bench:
                      for t in (source, target)]).values():
                 future.result()
         self.preload(settings, source, count, f"fwd-{impl}")
-        module = "streams.bench.faust_forward" if impl == "faust" else "streams.bench.forward"
+        module = "streams.lab.bench.faust_forward" if impl == "faust" else "streams.lab.bench.forward"
         args = ["-m", module]
         if impl != "faust":
             args.append(impl)
