@@ -15,9 +15,9 @@ from playwright.sync_api import Page, expect
 from streams.campaigns.launcher import launch
 from streams.control.preview import preview_stop
 from streams.control.stop import live_processes
-from streams.demo import WorkerProcess
-from streams.kafka.source import BrokerHandle
 from streams.kafka.topics import create_topics
+from streams.lab.broker import BrokerHandle
+from streams.lab.harness import WorkerProcess
 from streams.serde import Serdes
 from tests.console.support import Stack, stack_settings
 from tests.controlplane.support import ControlProcess, Processes, wait_for
