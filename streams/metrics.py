@@ -171,3 +171,24 @@ def serve_metrics(port: int, health: HealthCheck) -> int:
         server = make_server("", 0, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return int(server.server_port)
+
+# Guardrails (`estop worker --role guardrail`): labels are the rule's name and the channel.
+GUARDRAIL_VALUE = Gauge(
+    "estop_guardrail_rule_value",
+    "A guardrail rule's rate now (bounces, complaints, ... per outcome in its window), highest "
+    "against its threshold over the campaigns this process holds that reached the rule's "
+    "minimum sample",
+    ["rule", "channel"],
+)
+GUARDRAIL_THRESHOLD = Gauge(
+    "estop_guardrail_rule_threshold",
+    "The threshold of the campaign whose rate estop_guardrail_rule_value shows",
+    ["rule", "channel"],
+)
+GUARDRAIL_TRIPS = Counter(
+    "estop_guardrail_trips_total", "Guardrail rules that tripped (one per campaign)",
+    ["rule", "channel"],
+)
+GUARDRAIL_STOPS = Counter(
+    "estop_guardrail_stops_total", "Stop commands a guardrail wrote", ["rule"],
+)

@@ -211,6 +211,14 @@ class Topics:
         self.failed = f"{prefix}failed"
         self.audit = f"{prefix}audit"
         self.sink_group = f"{prefix}estop-sink"
+        # Guardrails (streams.guardrails): reports after a handoff, the rules, the processor's
+        # changelog and its consumer group.
+        self.feedback = f"{prefix}feedback"
+        self.guardrail_rules = f"{prefix}guardrail-rules"
+        self.guardrail_state = f"{prefix}guardrail-state"
+        self.guardrail_counts = f"{prefix}guardrail-counts"
+        self.guardrail_count_group = f"{prefix}estop-guardrail-count"
+        self.guardrail_group = f"{prefix}estop-guardrail"
 
     def send_requests(self, channel: str) -> str:
         return f"{self.prefix}send-requests.{channel}"
@@ -254,6 +262,7 @@ class Topics:
             self.notsent,
             self.failed,
             self.audit,
+            self.feedback,
         ]
 
 

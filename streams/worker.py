@@ -17,6 +17,7 @@ from streams.control.feed import ControlFeed
 from streams.control.view import ControlView
 from streams.dispatch.dispatcher import Dispatcher
 from streams.gate.gate import Gate
+from streams.guardrails.processor import Judge, Tally
 from streams.kafka.clients import process_id, wait_for_broker
 from streams.metrics import UP, init_labels, serve_metrics
 from streams.providers import open_provider
@@ -29,6 +30,8 @@ from streams.sink.store import open_store
 log = logging.getLogger(__name__)
 
 ROLES = ("gate", "dispatcher", "sink")
+# Run only when asked (`--role guardrail`): it stops campaigns by itself (docs/guardrails.md).
+GUARDRAIL_ROLE = "guardrail"
 # `--role control` runs the control plane (streams.controlplane, a Faust app) in a process of its
 # own: it is not one of the default roles.
 CONTROL_ROLE = "control"
@@ -41,12 +44,16 @@ class Worker:
         self.serdes = serdes_for(settings)
         self.view = ControlView()
         # Roles that must acknowledge stops (the sink carries no message to a provider).
-        self.role_names = [f"{r}.{c}" for r in roles if r != "sink" for c in channels]
+        self.role_names = [f"{r}.{c}" for r in roles if r in ("gate", "dispatcher") for c in channels]
         self.feed = ControlFeed(settings, self.view, self.serdes, self.process_id, self.role_names)
         self.sink: Sink | None = None
         if "sink" in roles:
             self.sink = Sink(settings, self.serdes, open_store(settings), self.process_id)
         self.roles = roles
+        self.guardrail: tuple[Tally, Judge] | None = None
+        if GUARDRAIL_ROLE in roles:
+            self.guardrail = (Tally(settings, self.serdes, self.process_id),
+                              Judge(settings, self.serdes, self.process_id))
         self.metrics_port: int | None = None
         self.running = threading.Event()  # stages loop while set
         self.stopping = threading.Event()  # a signal or a failed stage asks for shutdown
@@ -65,10 +72,12 @@ class Worker:
         self.feed.held = lambda: [tp for stage in [*self.gates, *self.dispatchers]
                                   for tp in stage.ready_partitions()]
         # Every stage by the name its thread, its `up` series and /health use.
-        self.stages: dict[str, Gate | Dispatcher | Sink] = {
+        self.stages: dict[str, Gate | Dispatcher | Sink | Tally | Judge] = {
             **{f"gate.{g.channel}": g for g in self.gates},
             **{f"dispatcher.{d.channel}": d for d in self.dispatchers},
             **({"sink": self.sink} if self.sink else {}),
+            **({"guardrail.counter": self.guardrail[0], "guardrail.judge": self.guardrail[1]}
+               if self.guardrail else {}),
         }
         self._threads: list[threading.Thread] = []
         self.failed = False
@@ -153,7 +162,8 @@ def run_worker(settings: Settings, roles: tuple[str, ...], channels: tuple[str, 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker.start()
-    running = [*worker.role_names, *(["sink"] if worker.sink else [])]
+    running = [*worker.role_names, *(["sink"] if worker.sink else []),
+               *([GUARDRAIL_ROLE] if worker.guardrail else [])]
     announce(f"ready {worker.process_id} roles={','.join(running)} metrics_port={worker.metrics_port} "
              f"stopped_campaigns={len(worker.view)}")
     worker.wait()

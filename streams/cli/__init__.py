@@ -8,7 +8,19 @@ import sys
 
 import click
 
-from streams.cli import bench, broker, campaign, demo, mta, report, security, stop, topics, worker
+from streams.cli import (
+    bench,
+    broker,
+    campaign,
+    demo,
+    mta,
+    report,
+    rules,
+    security,
+    stop,
+    topics,
+    worker,
+)
 from streams.settings import load_settings
 
 
@@ -25,7 +37,8 @@ def main(ctx: click.Context) -> None:
 
 for command in (broker.broker, security.security, mta.mta, topics.topics, topics.schemas,
                 worker.worker, worker.control, campaign.launch, campaign.relaunch,
-                campaign.status, stop.stop, demo.demo, report.report, report.export, bench.bench):
+                campaign.status, stop.stop, demo.demo, report.report, report.export, bench.bench,
+                rules.rules):
     main.add_command(command)
 
 __all__ = ["main"]

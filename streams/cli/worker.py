@@ -13,8 +13,9 @@ from streams.settings import Settings
 
 @click.command()
 @click.option("--role", "roles", multiple=True,
-              type=click.Choice(["gate", "dispatcher", "sink", "control"]),
+              type=click.Choice(["gate", "dispatcher", "sink", "guardrail", "control"]),
               help="Run only these roles (default: every gate and dispatcher, and the sink); "
+                   "`guardrail` runs the guardrail processor (docs/guardrails.md); "
                    "`control` alone runs the control plane, as `estop control` does.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve /metrics here (default ESTOP_METRICS_PORT; a taken port falls back to a free one).")

@@ -46,6 +46,8 @@ ACCESS_ROLES: dict[str, str | None] = {
     "stop": OPERATOR,
     "relaunch": OPERATOR,
     "stop-all": ADMIN,
+    "guardrail-rules": OPERATOR,  # a rule can stop campaigns
+    "feedback": OPERATOR,  # feedback can trip a rule
 }
 # Accesses whose refused attempts are audited -> the audit action.
 AUDITED: dict[str, str] = {"stop": audit.STOP, "stop-all": audit.KILL_SWITCH,

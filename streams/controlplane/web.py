@@ -361,14 +361,22 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+def all_routes() -> tuple[Route, ...]:
+    """``ROUTES`` and the guardrails' (``streams.guardrails.http``, whose views build on this
+    module's)."""
+    from streams.guardrails.http import ROUTES as GUARDRAIL_ROUTES
+
+    return (*ROUTES, *GUARDRAIL_ROUTES)
+
+
 def route_access() -> dict[tuple[str, str], str]:
     """(method, path) -> access of every route: the table the auth middleware checks."""
-    return {(route.method, route.path): route.access for route in ROUTES}
+    return {(route.method, route.path): route.access for route in all_routes()}
 
 
 def register_routes(plane: ControlPlane) -> None:
     """Serve every route of ``ROUTES`` from ``plane``'s Faust web server (a view answers every
     method it defines on its path: a path is registered once)."""
-    for path, view_class in dict.fromkeys((route.path, route.view) for route in ROUTES):
+    for path, view_class in dict.fromkeys((route.path, route.view) for route in all_routes()):
         view = type(view_class.__name__, (view_class,), {"plane": plane})
         plane.app.page(path, name=path)(view)

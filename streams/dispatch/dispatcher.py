@@ -94,6 +94,10 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# The start of a `failed` event's error for a message the provider accepted and then did not
+# deliver (a bounce, an UNDELIV receipt): the guardrails count it as the provider's own bounce.
+UNDELIVERED_ERROR = "accepted but not delivered by the provider"
+
 REPORT_EVERY_S = 0.1
 PACE_SLICE_S = 0.01  # handoffs are paced in slices of 10 ms worth of the provider's rate
 MAX_BACKOFF_S = 5.0
@@ -747,7 +751,7 @@ class Dispatcher(TransactionalStage):
         if entry.outcome == UNDELIVERED:
             return self._failed_record(entry.message_id, entry.campaign_id, entry.recipient_id,
                                        entry.attempts,
-                                       f"accepted but not delivered by the provider: {entry.reason}",
+                                       f"{UNDELIVERED_ERROR}: {entry.reason}",
                                        occurred_at)
         value = self.serdes.not_sent.encode({
             "event": NOT_SENT_EVENT[self.channel],

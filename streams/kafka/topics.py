@@ -103,6 +103,12 @@ def plan(settings: Settings, replication: Replication | None = None) -> list[Top
         TopicSpec(t.failed, data, dict(insync)),
         # Who stopped what, and who was refused: kept long, the store holds the trail too.
         TopicSpec(t.audit, 1, {"retention.ms": str(365 * DAY_MS), **insync}),
+        # Guardrails: feedback partitioned like the outcomes (keyed by message id); the rules,
+        # and the processor's state, by key.
+        TopicSpec(t.feedback, data, {"retention.ms": str(7 * DAY_MS), **insync}),
+        TopicSpec(t.guardrail_rules, 1, {**COMPACTED, **insync}),
+        TopicSpec(t.guardrail_state, data, {**COMPACTED, **insync}),
+        TopicSpec(t.guardrail_counts, data, {"retention.ms": str(DAY_MS), **insync}),
     ]
     consumed = set(t.inputs())
     dead_letters = [

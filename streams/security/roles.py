@@ -16,8 +16,13 @@ from the topic prefix, so deployments (and test runs) under different prefixes s
   and notSent for requests it never queued; reads campaign-control and campaign-status.
 * mta (the MTA agent beside an MTA, `estop mta agent`): writes dispatch.email.receipts (the MTA's
   log, shipped to the dispatchers that own the messages); nothing else.
+* guardrail (`estop worker --role guardrail`): reads the outcomes, feedback and the rules;
+  reads and writes its counts and its state changelog (its groups and transactional ids by
+  prefix); stops a campaign as a person does: writes campaign-control, campaign-status and
+  audit, reads the acks and sees the worker groups (confirmation).
 
-Only operator and control may write campaign-control: nobody else can stop a campaign."""
+Only operator, control and guardrail may write campaign-control: nobody else can stop a
+campaign."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 from streams.models import CHANNELS
 from streams.settings import Settings
 
-ROLES = ("operator", "control", "worker", "analytics", "engine", "mta")
+ROLES = ("operator", "control", "worker", "analytics", "engine", "mta", "guardrail")
 # Assign-only readers (control view, whole-topic reads) carry a throwaway group id of this prefix.
 READER_GROUP_PREFIX = "estop-reader-"
 
@@ -107,5 +112,16 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
         readers,
     ]
     mta = [*topics([t.receipts("email")], "WRITE")]
+    guardrail = [
+        *topics([t.sent, t.failed, t.feedback, t.guardrail_rules, t.acks], "READ"),
+        *topics([t.guardrail_counts, t.guardrail_state], "READ", "WRITE"),
+        *topics([t.control, t.status], "READ", "WRITE"),
+        *topics([t.audit, dlq(t.feedback)], "WRITE"),
+        Grant("group", f"{prefix}estop-guardrail", ("READ",), prefixed=True),
+        Grant("transactional_id", f"{prefix}estop-guardrail", ("WRITE", "DESCRIBE"), prefixed=True),
+        # Its stops wait for their confirmation, as `estop stop` does.
+        Grant("group", f"{prefix}estop-", ("DESCRIBE",), prefixed=True),
+        readers,
+    ]
     return {"operator": operator, "control": control, "worker": worker, "analytics": analytics,
-            "engine": engine, "mta": mta}
+            "engine": engine, "mta": mta, "guardrail": guardrail}

@@ -205,6 +205,10 @@ class Serdes:
         self.ledger_entry = serde("LedgerEntry")
         self.ledger_checkpoint = serde("LedgerCheckpoint")
         self.receipt = serde("ProviderReceipt")
+        self.feedback = serde("Feedback")
+        self.guardrail_rule = serde("GuardrailRule")
+        self.guardrail_state = serde("GuardrailState")
+        self.guardrail_counts = serde("GuardrailCounts")
 
 
 def serdes_for(settings: Settings) -> Serdes:

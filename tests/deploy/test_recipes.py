@@ -207,13 +207,14 @@ def test_kafka_topics_are_the_topic_plan_with_three_replicas() -> None:
 def test_a_deployment_per_role_and_channel_probed_on_health() -> None:
     settings = config_settings()
     found = deployments()
-    workers = [f"estop-{role}-{c}" for role in ("gate", "dispatcher") for c in CHANNELS] + ["estop-sink"]
+    workers = [f"estop-{role}-{c}" for role in ("gate", "dispatcher") for c in CHANNELS] + [
+        "estop-sink", "estop-guardrail"]
     assert sorted(found) == sorted([*workers, "estop-control"])
     for name in workers:
         spec = container(found[name])
         roles = spec["args"][spec["args"].index("--role") + 1]
         assert name.startswith(f"estop-{roles}")
-        if roles != "sink":
+        if roles not in ("sink", "guardrail"):
             assert spec["args"][spec["args"].index("--channel") + 1] == name.rsplit("-", 1)[1]
         (port,) = spec["ports"]
         assert port["containerPort"] == settings.metrics_port
@@ -277,7 +278,7 @@ def test_keda_scales_each_stage_on_the_lag_of_its_own_group_and_topic() -> None:
 
 # The Kafka user each Deployment's pods authenticate as, by the role label of the Deployment.
 POD_USERS = {"gate": "estop-worker", "dispatcher": "estop-worker", "sink": "estop-analytics",
-             "control": "estop-control"}
+             "control": "estop-control", "guardrail": "estop-guardrail"}
 # Secrets the user creates (docs/deployment.md says how) and the keys the recipe reads; every other
 # Secret the recipe reads is a KafkaUser's, made by Strimzi's User Operator.
 USER_SECRETS = {"estop-analytics-store": {"dsn"}, "estop-http-tokens": {"tokens"}}
@@ -378,16 +379,18 @@ def test_kafka_users_are_the_roles_with_exactly_their_grants() -> None:
 @pytest.mark.parametrize("topic", ["control", "audit"])
 def test_only_the_operator_and_the_control_plane_may_write_the_stop_topics(topic: str) -> None:
     """Read from the recipe as the broker would: whoever may write campaign-control can stop every
-    campaign, whoever may write audit can forge the trail. Of the pods, only the control plane."""
+    campaign, whoever may write audit can forge the trail: the operator, the control plane and
+    the guardrail processor (which stops campaigns as a person does). Of the pods, only the
+    control plane and the guardrail processor."""
     name = getattr(config_settings().topics, topic)
     (kafka,) = of_kind("Kafka")
     assert not kafka["spec"]["kafka"]["authorization"].get("superUsers")
     users = kafka_users()
     writers = {u for u, user in users.items() if allows(user, "topic", name, "Write")}
-    assert writers == {"estop-operator", "estop-control"}
+    assert writers == {"estop-operator", "estop-control", "estop-guardrail"}
     pods_writing = {d for d, deployment in deployments().items()
                     if pod_user(deployment) in writers}
-    assert pods_writing == {"estop-control"}
+    assert pods_writing == {"estop-control", "estop-guardrail"}
     # The check itself can say yes and no: the workers read the topic they may not write.
     assert allows(users["estop-worker"], "topic", name, "Read") == (topic == "control")
 
@@ -536,7 +539,7 @@ def test_every_command_the_recipes_run_exists_in_estop() -> None:
             assert re.search(rf"^  {name}\s", listed.stdout, re.MULTILINE), (where, name)
         parses(args)
     roles = {args[args.index("--role") + 1] for _, args in commands if "--role" in args}
-    assert roles == {"gate", "dispatcher", "sink"}
+    assert roles == {"gate", "dispatcher", "sink", "guardrail"}
     with pytest.raises(click.UsageError):
         parses(["worker", "--role", "gatekeeper"])
 

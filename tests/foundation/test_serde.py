@@ -176,6 +176,31 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
         },
     ],
     "LedgerCheckpoint": [{"receipts_offset": 0}, {"receipts_offset": 123_456}],
+    "Feedback": [
+        {"feedback_id": "f-1", "kind": "complaint", "bounce_type": None,
+         "message_id": "spring-sale:email:7", "campaign_id": "spring-sale", "channel": "email",
+         "source": "esp-webhook", "detail": "abuse report", "occurred_at": 1_732_600_010_000},
+        {"feedback_id": "f-2", "kind": "bounce", "bounce_type": "hard",
+         "message_id": "spring-sale:email:8", "campaign_id": "spring-sale", "channel": "email",
+         "source": "esp-webhook", "detail": None, "occurred_at": 1_732_600_011_000},
+    ],
+    "GuardrailRule": [
+        {"name": "bounce", "scope": "*", "enabled": True, "metric": "bounce", "threshold": 0.05,
+         "min_sample": 200, "window": "first", "window_size": 1000, "channels": [],
+         "updated_by": "builtin", "updated_at": 0},
+        {"name": "complaints", "scope": "spring-sale", "enabled": True, "metric": "complaint",
+         "threshold": 0.003, "min_sample": 500, "window": "sliding", "window_size": 600,
+         "channels": ["email"], "updated_by": "alice", "updated_at": 1_732_600_000_000},
+    ],
+    "GuardrailCounts": [
+        {"campaign_id": "spring-sale", "channel": "email", "outcomes": 120,
+         "hits": {"bounce": 9, "hard_bounce": 9, "provider_failure": 9}, "at": 1_732_600_012_000},
+    ],
+    "GuardrailState": [
+        {"campaign_id": "spring-sale", "channel": "email", "rule": "bounce", "window": "first:1000",
+         "buckets": [{"start": 0, "sample": 250, "hits": 20}], "tripped_at": 1_732_600_012_000,
+         "trip_reason": "bounce rate 8.0% >= 5.0% over 250 outcomes", "stop_command_id": None},
+    ],
     "ProviderReceipt": [
         {"channel": "email", "message_id": "spring-sale:email:1", "provider_id": "4jg5Yz1",
          "delivered": True, "occurred_at": 1_732_600_003_000, "detail": "sent: 250 2.0.0 Ok",
@@ -233,7 +258,7 @@ def test_every_schema_file_has_a_serde_and_samples() -> None:
     assert names == {
         "SendRequest", "ControlCommand", "CampaignStatus", "SentEvent", "NotSentEvent",
         "FailedEvent", "ControlAck", "AuditEvent", "LedgerEntry", "LedgerCheckpoint",
-        "ProviderReceipt",
+        "ProviderReceipt", "Feedback", "GuardrailRule", "GuardrailState", "GuardrailCounts",
     }
     assert set(serde_by_schema_name(Serdes())) == names
     assert set(SAMPLES) == names
