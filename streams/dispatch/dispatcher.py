@@ -60,12 +60,11 @@ from streams.dispatch.ledger import (
 from streams.dispatch.receipts import delivery_of
 from streams.faults import crash_point, pause_point
 from streams.kafka import transactions
-from streams.kafka.clients import Headers, consumer, raw_routing, take
-from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter
+from streams.kafka.clients import Headers, consumer, take
+from streams.kafka.deadletter import dead_letter
 from streams.kafka.reader import watermarks
 from streams.kafka.stage import ControlSync, TransactionalStage
 from streams.models import (
-    CHANNELS,
     FAILED_EVENT,
     HEADER_CAMPAIGN,
     HEADER_CHANNEL,
@@ -79,7 +78,6 @@ from streams.models import (
     SENT_EVENT,
     STAGE_PROVIDER,
 )
-from streams.models.ids import MESSAGE_ID_MAX, is_valid_id, request_problem
 from streams.providers.base import (
     CancelCapability,
     CancelStatus,
@@ -88,6 +86,7 @@ from streams.providers.base import (
     ProviderAdapter,
     SubmitStatus,
 )
+from streams.routing import Route, RoutingHeaders, SendRequest, decide, record_problem
 from streams.serde import SerdeError, Serdes
 from streams.serde.fastevents import HeldBackEvents
 from streams.settings import Settings
@@ -374,28 +373,38 @@ class Dispatcher(TransactionalStage):
             # (its payload never reaches a provider). Already stopped: held back here (a stop is
             # final; the handoff slice would hold it too), so a stopped backlog skips the queue.
             key, value = message.key(), message.value()
-            if key and value is not None and len(value) <= MAX_RECORD_BYTES \
-                    and is_valid_id(key, MESSAGE_ID_MAX):
-                campaign, record_channel, recipient = raw_routing(message.headers())
-                if campaign and recipient and record_channel == channel_bytes:
+            if key and record_problem(value, key) is None:
+                routing = RoutingHeaders.of(message.headers())
+                campaign, recipient = routing.campaign, routing.recipient
+                if campaign and recipient and routing.channel == channel_bytes:
                     stop = stops.get(campaign)
                     if stop is None:
                         stop = stops[campaign] = stopped(campaign.decode(errors="replace"), channel)
-                    if stop is not None and known_envelope(value):
+                    if stop is not None and known_envelope(value):  # type: ignore[arg-type]
                         held.append((key if key.isascii() else _utf8(key),
                                      recipient if recipient.isascii() else _utf8(recipient), stop))
                         continue
-            try:
-                handoff = self._handoff(message)
-            except SerdeError as exc:
-                dead.append((message, exc.reason))
+            # The message id comes from the body, so the key is not checked on this path.
+            problem = record_problem(value, None)
+            request: SendRequest | None = None
+            if problem is None:
+                try:
+                    request = SendRequest.checked(self.serdes.send_request.decode(value))
+                except SerdeError as exc:
+                    problem = exc.reason
+            decision = (decide(channel, request.campaign_id, request.channel, stopped)
+                        if request is not None else decide(channel, None, None, stopped, problem))
+            if decision.route is Route.DEAD_LETTER:
+                dead.append((message, decision.reason))
                 continue
-            stop = stopped(handoff.campaign_id, channel)
-            if stop is None:
+            assert request is not None
+            handoff = Handoff(request.message_id, request.campaign_id, channel, request.recipient_id,
+                              request.payload)
+            if decision.stop is None:
                 pending.append(handoff)
                 positions[handoff.message_id] = (partition, offset)  # type: ignore[assignment]
             else:
-                held.append(_held(handoff, stop))
+                held.append(_held(handoff, decision.stop))
         self._positions = positions
         try:
             if not self._hand_over(pending, held, failed, running):
@@ -471,23 +480,6 @@ class Dispatcher(TransactionalStage):
                 self.ledger.not_held(h.message_id for h in in_doubt if h.message_id not in found)
         return {m.encode() for m, state in states.items() if state != SUBMITTING} | \
             {m.encode() for m in found}
-
-    def _handoff(self, message: Message) -> Handoff:
-        """The handoff a record asks for, decoded and checked; SerdeError when it is not a valid
-        request here."""
-        value = message.value()
-        if value is None or len(value) > MAX_RECORD_BYTES:
-            raise SerdeError("empty value" if value is None else f"record of {len(value)} bytes")
-        request = self.serdes.send_request.decode(value)
-        if request["channel"] != self.channel:
-            if request["channel"] not in CHANNELS:
-                raise SerdeError(f"unknown channel {request['channel']!r} on the {self.channel} topic")
-            raise SerdeError(f"channel {request['channel']!r} on the {self.channel} topic")
-        problem = request_problem(request)
-        if problem is not None:
-            raise SerdeError(problem)
-        return Handoff(request["message_id"], request["campaign_id"], self.channel,
-                       request["recipient_id"], request["payload"])
 
     # -- handoffs ------------------------------------------------------------------------------
 

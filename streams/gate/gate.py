@@ -9,30 +9,25 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from confluent_kafka import KafkaException, Message
 
 from streams.clock import now_ms
 from streams.control.view import ControlView
 from streams.faults import crash_point
-from streams.kafka.clients import RecordHeaders, raw_routing
-from streams.kafka.deadletter import MAX_RECORD_BYTES, dead_letter, headers_size
+from streams.kafka.clients import RecordHeaders
+from streams.kafka.deadletter import dead_letter, headers_size
 from streams.kafka.stage import ControlSync, TransactionalStage
 from streams.metrics import DEAD_LETTERED, GATE_REQUESTS, NOT_SENT
-from streams.models import (
-    CHANNELS,
-    HEADER_CAMPAIGN,
-    HEADER_CHANNEL,
-    HEADER_RECIPIENT,
-    STAGE_SENDING,
-)
-from streams.models.ids import (
-    MESSAGE_ID_MAX,
-    RECIPIENT_MAX,
-    id_problem,
-    is_valid_id,
-    request_problem,
+from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, HEADER_RECIPIENT, STAGE_SENDING
+from streams.models.ids import RECIPIENT_MAX
+from streams.routing import (
+    CampaignHeader,
+    Route,
+    RoutingHeaders,
+    SendRequest,
+    decide,
+    record_problem,
 )
 from streams.serde import SerdeError, Serdes
 from streams.serde.fastevents import HeldBackEvents
@@ -60,9 +55,8 @@ class Gate(TransactionalStage):
         self.passed = 0
         self.halted = 0
         self.dead_lettered = 0
-        # Campaign header -> (campaign id, why it is refused or None): a batch carries few
-        # campaigns, each checked against the id rule once.
-        self._campaigns: dict[bytes, tuple[str, str | None]] = {}
+        # A batch carries few campaigns: each header is checked against the id rule once.
+        self._campaigns: dict[bytes, CampaignHeader] = {}
 
     def batch_limit(self) -> int:
         """Five times ``ESTOP_BATCH_SIZE``: a batch is one transaction whose commit waits for the
@@ -95,61 +89,58 @@ class Gate(TransactionalStage):
                 # Fast path: route by the campaign and channel headers, checking only the Avro
                 # envelope, the sizes and the ids; the body is decoded when the gate must read it
                 # (a notSent event, a record without headers) and, for passing records, by the
-                # dispatcher.
-                campaign_raw, channel_header, recipient_header = raw_routing(raw_headers)
-                routed = (campaign_raw is not None) + (channel_header is not None) + (
-                    recipient_header is not None)
-                problem = _size_problem(value, key, raw_headers, routed, recipient_header)
-                if problem is not None:
-                    dead_letter(out, message, problem)
-                    dead += 1
-                    continue
-                assert value is not None
-                request = None
-                if campaign_raw is None or not known(value):
-                    request = self._read(out, message, value)
-                    if request is None:
-                        dead += 1
-                        continue
-                    campaign, record_channel = request["campaign_id"], request["channel"]
-                else:
-                    found = campaigns.get(campaign_raw)
-                    if found is None:
-                        found = campaigns[campaign_raw] = _campaign_of(campaign_raw)
-                    if found[1] is not None:
-                        dead_letter(out, message, found[1])
-                        dead += 1
-                        continue
-                    campaign = found[0]
-                    record_channel = (channel if channel_header is None or channel_header == channel_bytes
-                                      else channel_header.decode(errors="replace"))
-                if record_channel != channel:
-                    known_channel = "channel" if record_channel in CHANNELS else "unknown channel"
-                    dead_letter(out, message,
-                                f"{known_channel} {record_channel!r} on the {channel} topic")
-                    dead += 1
-                    continue
-                stop = view_stopped(campaign, channel)
-                if stop is None:
+                # dispatcher. The route itself is ``streams.routing.decide``, as there.
+                routing = RoutingHeaders.of(raw_headers)
+                campaign_raw, channel_header, recipient_header = (
+                    routing.campaign, routing.channel, routing.recipient)
+                problem = _size_problem(value, key, raw_headers, routing)
+                request: SendRequest | None = None
+                campaign: str | None = None
+                record_channel: str | None = channel
+                if problem is None:
+                    assert value is not None
+                    if campaign_raw is None or not known(value):
+                        try:
+                            request = self._read(value)
+                            campaign, record_channel = request.campaign_id, request.channel
+                        except SerdeError as exc:
+                            problem = exc.reason
+                    else:
+                        found = campaigns.get(campaign_raw)
+                        if found is None:
+                            found = campaigns[campaign_raw] = CampaignHeader.of(campaign_raw)
+                        campaign, problem = found.campaign_id, found.problem
+                        if channel_header is not None and channel_header != channel_bytes:
+                            record_channel = channel_header.decode(errors="replace")
+                decision = decide(channel, campaign, record_channel, view_stopped, problem)
+                if decision.route is Route.FORWARD:
                     forward: RecordHeaders = raw_headers
                     if request is not None or channel_header != channel_bytes:  # else they say it all
+                        assert campaign is not None
                         forward = [(HEADER_CAMPAIGN, campaign.encode()), (HEADER_CHANNEL, channel_bytes)]
                         if recipient_header:
                             forward.append((HEADER_RECIPIENT, recipient_header))
                     produce(self.target, value=value, key=key, headers=forward)
                     passed += 1
                     continue
+                if decision.route is Route.DEAD_LETTER:
+                    dead_letter(out, message, decision.reason)
+                    dead += 1
+                    continue
                 # Held back: the key and the recipient header make the event, else the body.
                 recipient: str | bytes | None = recipient_header
                 if request is None and not (key and recipient):
-                    request = self._read(out, message, value)
-                    if request is None:
+                    assert value is not None
+                    try:
+                        request = self._read(value)
+                    except SerdeError as exc:
+                        dead_letter(out, message, exc.reason)
                         dead += 1
                         continue
                 if request is not None:
-                    key, recipient = request["message_id"].encode(), request["recipient_id"]
-                assert key is not None and recipient is not None
-                encoder, event_headers = held_back(stop)
+                    key, recipient = request.message_id.encode(), request.recipient_id
+                assert key is not None and recipient is not None and decision.stop is not None
+                encoder, event_headers = held_back(decision.stop)
                 produce(self.notsent, value=encoder.encode(key, recipient, now_ms()), key=key,
                         headers=event_headers)
                 halted += 1
@@ -173,43 +164,23 @@ class Gate(TransactionalStage):
         self.dead_lettered += 1
         GATE_REQUESTS.labels(self.channel, "dead_lettered").inc()
 
-    def _read(self, out: Any, message: Message, value: bytes) -> dict[str, Any] | None:
-        """The decoded request, or None once it went to the dead-letter topic."""
-        try:
-            return _valid(self.serdes.send_request.decode(value))
-        except SerdeError as exc:
-            dead_letter(out, message, exc.reason)
-            return None
+    def _read(self, value: bytes) -> SendRequest:
+        """The request a record's body makes; SerdeError when it is unreadable or names an
+        invalid id."""
+        return SendRequest.checked(self.serdes.send_request.decode(value))
 
 
-def _valid(request: dict[str, Any]) -> dict[str, Any]:
-    """A decoded request the gate can act on: every id valid (``streams.models.ids``)."""
-    problem = request_problem(request)
+def _size_problem(value: bytes | None, key: bytes | None, headers: RecordHeaders,
+                  routing: RoutingHeaders) -> str | None:
+    """Why a record is refused before it is read (``streams.routing.record_problem``), or its
+    headers are larger than any send request has; None when none is. Headers that are only the
+    routing headers are bounded but for the recipient (the campaign's is checked as an id, the
+    channel's against the topic): only other headers, or a long recipient, are measured, not
+    every record's."""
+    problem = record_problem(value, key)
     if problem is not None:
-        raise SerdeError(problem)
-    return request
-
-
-def _campaign_of(raw: bytes) -> tuple[str, str | None]:
-    """A campaign header: the campaign id, and why it is refused (an id no stop could name:
-    passing its requests would put them beyond every stop), or None."""
-    problem = id_problem(raw)
-    return raw.decode(errors="replace"), (None if problem is None else f"header {problem}")
-
-
-def _size_problem(value: bytes | None, key: bytes | None, headers: RecordHeaders, routed: int,
-                  recipient: bytes | None) -> str | None:
-    """Why a record is refused before it is read: no value, or a value, key or headers larger
-    than any send request has (a key is a message id); None when none is. Headers that are only
-    the ``routed`` routing headers are bounded but for the recipient (the campaign's is checked
-    as an id, the channel's against the topic): only other headers, or a long recipient, are
-    measured, not every record's."""
-    if value is None:
-        return "empty value"
-    if len(value) > MAX_RECORD_BYTES:
-        return f"record of {len(value):,} bytes"
-    if key is not None and not is_valid_id(key, MESSAGE_ID_MAX):
-        return f"key: {id_problem(key, 'message id', MESSAGE_ID_MAX)}"
-    if headers and (len(headers) > routed or (recipient is not None and len(recipient) > RECIPIENT_MAX)):
+        return problem
+    if headers and (len(headers) > routing.count
+                    or (routing.recipient is not None and len(routing.recipient) > RECIPIENT_MAX)):
         return headers_size(headers)
     return None

@@ -12,7 +12,6 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.exceptions import KafkaUnavailableError
-from streams.models import HEADER_CAMPAIGN, HEADER_CHANNEL, HEADER_RECIPIENT
 from streams.security.exceptions import AccessDeniedError, AuthenticationFailedError
 from streams.settings import Settings
 
@@ -119,21 +118,6 @@ def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> int:
 def headers_of(message: Message) -> Headers:
     """A consumed record's headers as a list (librdkafka hands back a list of pairs)."""
     return list(cast(Headers, message.headers() or []))
-
-
-def raw_routing(headers: RecordHeaders) -> tuple[bytes | None, bytes | None, bytes | None]:
-    """The campaign, channel and recipient headers of a send request as they came (``headers()``
-    of the record), where its producer set them: the last of a repeated header wins, a header
-    without a value counts as absent. For a hot loop that compares bytes."""
-    if not headers:
-        return None, None, None
-    found = dict(headers)
-    campaign, channel, recipient = (found.get(HEADER_CAMPAIGN), found.get(HEADER_CHANNEL),
-                                    found.get(HEADER_RECIPIENT))
-    return (campaign if isinstance(campaign, bytes) and campaign else None,
-            channel if isinstance(channel, bytes) and channel else None,
-            recipient if isinstance(recipient, bytes) and recipient else None)
-
 
 
 def take(source: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
