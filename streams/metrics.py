@@ -55,6 +55,11 @@ DEAD_LETTERED = Counter(
     "estop_dead_lettered_records_total", "Unreadable records sent to a dead-letter topic",
     ["topic"],
 )
+UNREADABLE = Counter(
+    "estop_unreadable_records_total",
+    "Unreadable records a reader without a dead-letter topic skipped (each one logged)",
+    ["topic"],
+)
 CONTROL_ANOMALIES = Counter(
     "estop_control_anomalies_total",
     "Control records ignored: tombstones for a stopped campaign, unknown actions, unreadable",

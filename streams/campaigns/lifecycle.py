@@ -16,6 +16,7 @@ from confluent_kafka import Message, Producer
 from streams.clock import now_ms
 from streams.control.feed import ControlFeed
 from streams.control.view import ControlView, Stop
+from streams.kafka.deadletter import skip_unreadable_message
 from streams.models import STATE_SENDING, STATE_STOPPED
 from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
@@ -50,26 +51,34 @@ def stop_info(stop: Stop) -> dict[str, Any]:
 
 
 def status_record(serdes: Serdes, key: bytes | None, value: bytes | None) -> Status | None:
-    """The status a ``campaign-status`` record gives its campaign, or None when it gives none:
-    a tombstone, an unreadable value, or a body naming another campaign than the key (compaction
-    would keep it as the key's only record)."""
-    if key is None or value is None:
+    """The status a ``campaign-status`` record gives its campaign, or None for a tombstone
+    (which never replaces a campaign's last status). SerdeError when the value is unreadable,
+    has no key, or names another campaign than its key (compaction would keep it as the key's
+    only record)."""
+    if value is None:
         return None
-    try:
-        record: Status = serdes.campaign_status.decode(value)
-    except SerdeError:
-        return None
-    return record if record["campaign_id"].encode("utf-8", "surrogatepass") == key else None
+    if key is None:
+        raise SerdeError("campaign status without a key")
+    record: Status = serdes.campaign_status.decode(value)
+    if record["campaign_id"].encode("utf-8", "surrogatepass") != key:
+        raise SerdeError(f"campaign status of {record['campaign_id']!r} under the key "
+                         f"{key.decode(errors='replace')!r}")
+    return record
 
 
 def read_campaigns(settings: Settings, serdes: Serdes) -> dict[str, Status]:
-    """The last status of every campaign (see ``status_record`` for what is skipped)."""
+    """The last status of every campaign; an unreadable record is counted and logged, never
+    replaces a status (``status_record``)."""
     from streams.kafka.reader import read_topic
 
     table: dict[str, Status] = {}
 
     def handle(message: Message) -> None:
-        record = status_record(serdes, message.key(), message.value())
+        try:
+            record = status_record(serdes, message.key(), message.value())
+        except SerdeError as exc:
+            skip_unreadable_message(message, exc.reason)
+            return
         if record is not None:
             table[record["campaign_id"]] = record
 

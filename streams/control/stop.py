@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.campaigns.lifecycle import (
@@ -37,6 +37,7 @@ from streams.control.exceptions import CampaignNotStoppableError, InvalidStopErr
 from streams.control.view import ALL_CHANNELS, ControlView, Stop
 from streams.exceptions import EstopError, UsageError
 from streams.kafka.clients import admin, consumer, producer, take, wait_for_broker
+from streams.kafka.deadletter import skip_unreadable_message
 from streams.kafka.exceptions import KafkaUnavailableError
 from streams.kafka.reader import high_watermark
 from streams.models import ACTION_STOP, CHANNELS, STATE_STOPPED, STOPPABLE_STATES, check_channels
@@ -420,11 +421,10 @@ def _await_confirmation(settings: Settings, serdes: Serdes, results: list[StopRe
         try:
             while waiting:
                 for message in take(reader, 500, 0.05):
-                    if message.error() or message.value() is None:
+                    if message.error():
                         continue
-                    try:
-                        ack = serdes.control_ack.decode(message.value())
-                    except SerdeError:
+                    ack = read_ack(serdes, message)
+                    if ack is None:
                         continue
                     coverage.add(ack)
                     result = by_command.get(ack["command_id"])
@@ -462,6 +462,20 @@ def _await_confirmation(settings: Settings, serdes: Serdes, results: list[StopRe
             result.not_running = final.not_running
         if result.confirm_s is None:
             result.confirm_s = time.monotonic() - started
+
+
+def read_ack(serdes: Serdes, message: Message) -> dict[str, Any] | None:
+    """The acknowledgement a record of the acks topic carries; None for an unreadable one,
+    counted and logged (no stage here to dead-letter it)."""
+    value = message.value()
+    try:
+        if value is None:
+            raise SerdeError("empty value")
+        ack: dict[str, Any] = serdes.control_ack.decode(value)
+    except SerdeError as exc:
+        skip_unreadable_message(message, exc.reason)
+        return None
+    return ack
 
 
 def _verdict(held: Holdings, coverage: Coverage, result: StopResult) -> Verdict:

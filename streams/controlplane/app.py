@@ -62,6 +62,7 @@ from streams.controlplane.topics import ensure_topics, faust_topic_spec
 from streams.controlplane.web import register_routes, route_access
 from streams.exceptions import EstopError
 from streams.kafka.clients import admin, process_id, producer
+from streams.kafka.deadletter import skip_unreadable
 from streams.kafka.topics import TopicSpec
 from streams.metrics import (
     CAMPAIGNS,
@@ -217,7 +218,16 @@ class ControlPlane:
 
     def _on_status(self, event: EventT) -> None:
         key, value = event.key, event.value
-        record = status_record(self.serdes, key, value)
+        message = event.message
+        try:
+            record = status_record(self.serdes, key, value)
+        except SerdeError as exc:
+            skip_unreadable(message.topic, message.partition, message.offset, exc.reason)
+            record = None
+        else:
+            if record is None:
+                log.warning("ignored a tombstone on %s[%d]@%d", message.topic, message.partition,
+                            message.offset)
         if record is not None:
             self.campaigns[key] = value
             self._writes += 1
@@ -226,10 +236,6 @@ class ControlPlane:
         # A tombstone, an unreadable record or one naming another campaign never hides a
         # campaign: its last status stays, and is restated so compaction keeps it.
         known = self.campaigns.get(key) if isinstance(key, bytes) else None
-        message = event.message
-        log.warning("ignored a campaign-status record at %s[%d]@%d: %s", message.topic,
-                    message.partition, message.offset,
-                    "a tombstone" if value is None else "unreadable, or its key is not its campaign id")
         if known is not None and isinstance(key, bytes):
             self._status_repairs[key.decode()] = known
 
@@ -286,8 +292,7 @@ class ControlPlane:
             return record
         except SerdeError as exc:
             message = event.message
-            log.warning("ignored an unreadable record at %s[%d]@%d: %s", message.topic,
-                        message.partition, message.offset, exc)
+            skip_unreadable(message.topic, message.partition, message.offset, exc.reason)
             return None
 
     # -- decoded state, rebuilt only after a write -------------------------------------------

@@ -12,7 +12,6 @@ p holds the entries of partition p of ``dispatch.<channel>``), after Kafka Strea
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,12 +32,11 @@ from streams.dispatch.ledger import (
 )
 from streams.dispatch.receipts import receipt_records
 from streams.kafka.clients import consumer
+from streams.kafka.deadletter import skip_unreadable
 from streams.kafka.reader import high_watermark, read_topic, read_until
 from streams.kafka.transactions import TransactionalProducer
 from streams.serde import SerdeError, Serdes, serdes_for
 from streams.settings import Settings
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT = CHECKPOINT_KEY.encode()
 RESTORE_TIMEOUT_S = 120.0  # a dead owner's open transaction holds the read for up to 10 s
@@ -85,8 +83,7 @@ def restore(settings: Settings, serdes: Serdes, channel: str, committed: dict[in
                     continue
                 entry = Entry.from_record(serdes.ledger_entry.decode(value))
             except SerdeError as exc:
-                log.error("ledger %s[%d]: unreadable entry %r skipped: %s", topic, partition, key,
-                          exc.reason)
+                skip_unreadable(topic, partition, None, f"ledger entry {key!r}: {exc.reason}")
                 continue
             if entry.state != REPORTED or entry.input_offset >= committed[partition] \
                     or entry.outcome == UNCONFIRMED:
@@ -198,8 +195,8 @@ class LedgerStats:
                 continue
             try:
                 entry = Entry.from_record(self.serdes.ledger_entry.decode(value))
-            except SerdeError:
-                log.warning("ledger %s: unreadable entry %r", self.topic, key)
+            except SerdeError as exc:
+                skip_unreadable(self.topic, None, None, f"ledger entry {key!r}: {exc.reason}")
                 continue
             if entry.campaign_id == campaign_id:
                 found.append(entry)

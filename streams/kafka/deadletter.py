@@ -1,4 +1,7 @@
-"""Errors are data: an unreadable record goes to ``<topic>.dlq`` with the reason in headers.
+"""Errors are data: an unreadable record goes to ``<topic>.dlq`` with the reason in headers,
+where a stage consumes it (gate, dispatcher, sink, receipts). A reader with no stage to
+dead-letter from (a whole-topic read, a command waiting for acknowledgements, the control
+plane's tables) counts it (``estop_unreadable_records_total``) and logs it: never a silent skip.
 
 A dead letter always fits the dead-letter topic, whatever the record it stands for: a key,
 headers or value larger than a data record may have are cut to a sample (and the header
@@ -7,9 +10,12 @@ dead-letters it fail again and again."""
 
 from __future__ import annotations
 
+import logging
+
 from confluent_kafka import Message, Producer
 
 from streams.kafka.clients import Headers, RecordHeaders, headers_of
+from streams.metrics import UNREADABLE
 from streams.models import (
     HEADER_ERROR,
     HEADER_SOURCE_OFFSET,
@@ -18,6 +24,8 @@ from streams.models import (
     HEADER_TRUNCATED,
 )
 from streams.settings import Topics
+
+log = logging.getLogger(__name__)
 
 # A record larger than this is refused rather than forwarded (the broker default is 1 MiB).
 MAX_RECORD_BYTES = 512 * 1024
@@ -74,3 +82,15 @@ def dead_letter(producer: Producer, message: Message, reason: str) -> None:
     if cut:
         headers.append((HEADER_TRUNCATED, ",".join(cut).encode()))
     producer.produce(Topics.dead_letter(topic), value=value, key=key, headers=headers)
+
+
+def skip_unreadable(topic: str, partition: int | None, offset: int | None, reason: str) -> None:
+    """An unreadable record where there is no stage to dead-letter it: counted and logged (with
+    where it is, so it can be looked at), then left out."""
+    UNREADABLE.labels(topic).inc()
+    log.warning("skipped an unreadable record at %s[%s]@%s: %s", topic, partition, offset, reason)
+
+
+def skip_unreadable_message(message: Message, reason: str) -> None:
+    """``skip_unreadable`` for a record as the Kafka client hands it over."""
+    skip_unreadable(message.topic() or "unknown", message.partition(), message.offset(), reason)
