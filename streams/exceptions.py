@@ -23,3 +23,7 @@ class MissingExtraError(EstopError):
 
     def __init__(self, command: str, extra: str) -> None:
         super().__init__(f"{command} needs the {extra} extra: pip install 'estop[{extra}]'")
+
+
+class MavenError(EstopError):
+    """A Java artifact could not be resolved (no `mvn`, no network, an unknown version)."""

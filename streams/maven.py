@@ -13,12 +13,8 @@ import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from streams.exceptions import EstopError
+from streams.exceptions import MavenError
 from streams.processes import require
-
-
-class MavenError(EstopError):
-    """An artifact could not be resolved (no `mvn`, no network, an unknown version)."""
 
 
 def fetch(pom: Path, target: Path, what: str, expect: str, *, profile: str | None = None,

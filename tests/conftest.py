@@ -1,10 +1,10 @@
 """Shared fixtures: one real Kafka broker per session, isolated topics and groups per test, and
 a real schema registry (Apicurio Registry) for the session when a test asks for one.
 
-The broker comes from where the brief says (the user's cluster, Docker, the project's own local
-broker). Each test gets its own topic prefix and consumer group, so tests never see each other's
-records and can run against a long-lived shared broker; tests of the registry use subjects of
-their own prefix the same way.
+The broker comes from the user's cluster, else Docker, else the project's own local broker.
+Each test gets its own topic prefix and consumer group, so tests never see each other's records
+and can run against a long-lived shared broker; tests of the registry use subjects of their own
+prefix the same way.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from streams.exceptions import MissingProgramError
+from streams.exceptions import MavenError, MissingProgramError
 from streams.kafka.clients import wait_for_broker
 from streams.kafka.exceptions import KafkaUnavailableError, LocalBrokerError
-from streams.maven import MavenError, fetch
+from streams.maven import fetch
 from streams.processes import alive, log_tail, port_open, require
 from streams.security import credentials, tls
 from streams.settings import Settings

@@ -14,3 +14,8 @@ class LocalBrokerError(EstopError):
 
 class TopicPlanError(UsageError):
     """The replication settings cannot work on this cluster; nothing was created."""
+
+
+class WedgedProducerError(EstopError):
+    """A transactional call did not return within its bound (``streams.kafka.transactions``):
+    the producer is abandoned for a new one."""

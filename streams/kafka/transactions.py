@@ -31,6 +31,7 @@ from confluent_kafka import (
 )
 
 from streams.kafka.clients import Headers, producer
+from streams.kafka.exceptions import WedgedProducerError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ TRANSACTION_TIMEOUT_MS = 10000
 WEDGED_AFTER_S = 5.0
 RETRY_BACKOFF_MS = 10
 SEND_OFFSETS_BOUND_S = 10.0
-
-
-class WedgedProducerError(Exception):
-    """A transactional call did not return within its bound (see the module's note)."""
 
 
 def bounded(call: Callable[[], T], limit_s: float, what: str) -> T:

@@ -1,6 +1,6 @@
-"""Where a broker comes from for tests, the demo and the benchmark, in the brief's order:
-the user's cluster (ESTOP_BOOTSTRAP_SERVERS), a Docker engine through testcontainers (the test
-extra), the project's own local broker."""
+"""Where a broker comes from for tests, the demo and the benchmark, in this order: the user's
+cluster (ESTOP_BOOTSTRAP_SERVERS), a Docker engine through testcontainers (the test extra), the
+project's own local broker."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from typing import Final
 
 CHANNELS: Final = ("email", "sms", "push", "webpush")
 
-# Event names per channel, as analytics consumers know them (the brief's table).
+# Event names per channel, as analytics consumers know them.
 SENT_EVENT: Final = {
     "email": "message.sent",
     "sms": "sms.sent",

@@ -16,17 +16,13 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any, Final
 
-from streams.exceptions import UsageError
+from streams.models.exceptions import InvalidIdError
 
 ID_MAX: Final = 128
 MESSAGE_ID_MAX: Final = ID_MAX + 64
 ALLOWED: Final = "A-Z a-z 0-9 . _ : -"
 ID_BYTES = (string.ascii_letters + string.digits + "._:-").encode()  # the allowed bytes
 _SHOWN = 40  # characters of a bad id quoted in an error
-
-
-class InvalidIdError(UsageError):
-    """An id breaks the rule; nothing was written."""
 
 
 def id_problem(value: object, what: str = "campaign id", limit: int = ID_MAX) -> str | None:

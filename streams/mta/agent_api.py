@@ -32,7 +32,12 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from streams.mta.agent import MtaAgent, ensure_token
-from streams.mta.exceptions import AgentRefusedError, AgentUnavailableError, MtaError
+from streams.mta.exceptions import (
+    AgentRefusedError,
+    AgentUnavailableError,
+    BadRequestError,
+    MtaError,
+)
 from streams.providers.base import CancelStatus
 from streams.settings import Settings
 
@@ -50,10 +55,6 @@ CANCEL_S_PER_1000 = 10.0  # on top of ESTOP_PROVIDER_TIMEOUT_S, for the answer t
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class BadRequest(Exception):
-    """A request body that is not what the route takes (400)."""
 
 
 def _digest(token: str) -> bytes:
@@ -84,7 +85,7 @@ def build_app(agent: MtaAgent, token: SecretStr) -> web.Application:
             if (request.content_length or 0) > MAX_BODY_BYTES:
                 raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
             return await handler(request)
-        except BadRequest as exc:
+        except BadRequestError as exc:
             return _error(400, str(exc))
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body over {MAX_BODY_BYTES:,} bytes: send it in parts")
@@ -97,7 +98,7 @@ def build_app(agent: MtaAgent, token: SecretStr) -> web.Application:
     async def find(request: web.Request) -> web.Response:
         ids = (await _body(request)).get("message_ids")
         if not isinstance(ids, list) or not all(isinstance(m, str) and MESSAGE_ID.match(m) for m in ids):
-            raise BadRequest("message_ids must be a list of message ids (strings of 1 to 1000 "
+            raise BadRequestError("message_ids must be a list of message ids (strings of 1 to 1000 "
                              "characters, no spaces or control characters)")
         return web.json_response({"queued": await asyncio.to_thread(agent.find, ids)})
 
@@ -106,7 +107,7 @@ def build_app(agent: MtaAgent, token: SecretStr) -> web.Application:
         if not isinstance(messages, dict) or not all(
                 isinstance(q, str) and MESSAGE_ID.match(m) and QUEUE_ID.match(q)
                 for m, q in messages.items()):
-            raise BadRequest("messages must map message ids (1 to 1000 characters, no spaces or "
+            raise BadRequestError("messages must map message ids (1 to 1000 characters, no spaces or "
                              "control characters) to Postfix queue ids (letters and digits)")
         results = await asyncio.to_thread(agent.cancel, messages)
         return web.json_response({"results": {m: s.value for m, s in results.items()}})
@@ -125,9 +126,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from exc
+        raise BadRequestError(f"the body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+        raise BadRequestError("the body must be a JSON object")
     return body
 
 

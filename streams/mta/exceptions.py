@@ -16,3 +16,9 @@ class AgentRefusedError(MtaError):
     """The MTA agent refused the token (a setting to fix, not an outage)."""
 
     exit_code = 2
+
+
+class BadRequestError(MtaError):
+    """A request to the agent whose body is not what the route takes (answered 400)."""
+
+    exit_code = 2

@@ -15,3 +15,7 @@ class ProviderConfigError(ProviderError):
 
 class ProviderUnavailableError(ProviderError):
     """The provider the settings name does not answer (a worker cannot start without it)."""
+
+
+class FramingError(ProviderError):
+    """An SMPP peer sent bytes that are not a PDU (a length out of range)."""

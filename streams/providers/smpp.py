@@ -35,7 +35,11 @@ from streams.providers.base import (
     SubmitStatus,
     Submitted,
 )
-from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
+from streams.providers.exceptions import (
+    FramingError,
+    ProviderConfigError,
+    ProviderUnavailableError,
+)
 from streams.providers.registry import query_number, query_text
 from streams.providers.smpp_pdus import CommandId, CommandStatus, MessageState, operations
 from streams.settings import Settings
@@ -199,7 +203,7 @@ class SmppAdapter:
             sock.sendall(pdus.encode(pdus.bind("transceiver", next(self._sequence), config.system_id,
                                                config.password)))
             answer = pdus.decode(_read_pdu(sock))
-        except (OSError, pdus.FramingError, pdus.PDUParseError) as exc:
+        except (OSError, FramingError, pdus.PDUParseError) as exc:
             sock.close()
             raise ProviderUnavailableError(f"{where}: bind failed: {exc}") from exc
         if answer.status != CommandStatus.ESME_ROK:
@@ -235,7 +239,7 @@ class SmppAdapter:
                     log.warning("SMSC sent a PDU that does not decode: %s", exc)
                     continue
                 self._received(pdu)
-        except (OSError, pdus.FramingError):
+        except (OSError, FramingError):
             pass
         finally:
             with self._lock:

@@ -14,6 +14,8 @@ from smpp.pdu.error import PDUParseError
 from smpp.pdu.pdu_encoding import PDUEncoder
 from smpp.pdu.pdu_types import PDU, CommandId, CommandStatus, MessageState
 
+from streams.providers.exceptions import FramingError
+
 # smpp.pdu3 0.6 prints the last character of every time string it parses (a leftover debug
 # print in smpp_time.parse); shadow it so a validity_period does not write to stdout.
 smpp_time.print = lambda *args, **kwargs: None
@@ -26,10 +28,6 @@ _ENCODER = PDUEncoder()
 
 # Receipt states (SMPP 3.4 appendix B "stat:" values).
 DELIVERED, EXPIRED, DELETED, UNDELIVERABLE, REJECTED = "DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "REJECTD"
-
-
-class FramingError(Exception):
-    """The peer sent bytes that are not an SMPP PDU (a length out of range)."""
 
 
 def encode(pdu: PDU) -> bytes:

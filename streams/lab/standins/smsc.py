@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from streams.clock import now_ms
 from streams.lab.standins import Arrival, Arrivals, StandIn
 from streams.providers import smpp_pdus as pdus
+from streams.providers.exceptions import FramingError
 from streams.providers.smpp_pdus import CommandId, CommandStatus, operations
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class StandInSmsc(StandIn):
                 if not self._handle(session, data):
                     break
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, pdus.FramingError):
+        except (asyncio.IncompleteReadError, ConnectionError, FramingError):
             pass
         finally:
             self._sessions.discard(session)
