@@ -4,6 +4,7 @@ bugs show a traceback."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -28,6 +29,10 @@ from streams.settings import load_settings
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Emergency stop for multi-channel campaigns on Kafka."""
+    # A one-shot command speaks in its own lines (a user mistake is one line). The unreadable
+    # records it passes over are counted here and logged by the long-running control plane,
+    # which reads the same topics.
+    logging.getLogger("streams.kafka.deadletter").addHandler(logging.NullHandler())
     try:
         ctx.obj = load_settings()
     except Exception as exc:  # pydantic ValidationError: a bad ESTOP_* variable
