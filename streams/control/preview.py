@@ -34,11 +34,12 @@ from streams.control.stop import check_campaign
 from streams.dispatch.changelog import LedgerStats
 from streams.dispatch.dispatcher import PACE_SLICE_S
 from streams.dispatch.ledger import ACCEPTED, DELIVERED, REPORTED, SUBMITTING
-from streams.kafka.clients import admin, consumer, raw_routing, wait_for_broker
+from streams.kafka.clients import admin, consumer, wait_for_broker
 from streams.kafka.reader import read_until, watermarks
 from streams.models import STATE_SENDING, check_channels
 from streams.providers import cancel_capability
 from streams.providers.base import CancelCapability
+from streams.routing import RoutingHeaders
 from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
@@ -200,7 +201,7 @@ def _scan(settings: Settings, serdes: Serdes, topic: str, campaign_id: str,
 
 def _campaign_of(serdes: Serdes, message: Message) -> bytes | None:
     """The campaign a send request belongs to: its header, else its body."""
-    campaign, _, _ = raw_routing(message.headers())
+    campaign = RoutingHeaders.of(message.headers()).campaign
     if campaign is not None:
         return campaign
     try:
