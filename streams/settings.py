@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # How long a stop may wait for every live gate and dispatcher to confirm it before `estop
     # stop` exits 3 and the console warns (the stop stays in force either way).
     stop_timeout_s: float = Field(default=30.0, ge=0)
+    # A canary launch (`estop launch --canary 2%`) queues the rest of its audience once the
+    # campaign went this long after its first cohort without a stop (unless released before).
+    canary_hold_s: float = Field(default=600.0, ge=0)
 
     # Local broker recipe.
     kafka_version: str = "4.1.1"
@@ -210,6 +213,7 @@ class Topics:
         self.notsent = f"{prefix}notsent"
         self.failed = f"{prefix}failed"
         self.audit = f"{prefix}audit"
+        self.canary = f"{prefix}campaign-canary"
         self.sink_group = f"{prefix}estop-sink"
         # Guardrails (streams.guardrails): reports after a handoff, the rules, the processor's
         # changelog and its consumer group.

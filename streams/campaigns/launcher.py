@@ -3,7 +3,8 @@ one send request per recipient and channel, then announces Finished.
 
 It follows the control topic itself and stops queueing a channel as soon as it is stopped;
 the requests it never queued become notSent events (stage ``sending``), so every planned
-message still has exactly one outcome."""
+message still has exactly one outcome. With a canary (``streams.campaigns.canary``) it queues a
+first cohort and the rest only once the hold passed without a stop, or an operator released it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import overload
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from streams.campaigns import canary as canaries
+from streams.campaigns.exceptions import CanaryError
 from streams.campaigns.lifecycle import publish_status
 from streams.clock import now_ms
 from streams.control.feed import ControlFeed
@@ -49,6 +52,9 @@ class LaunchResult:
     queued: dict[str, int] = field(default_factory=dict)
     never_queued: dict[str, int] = field(default_factory=dict)
     state: str = STATE_SENDING
+    # A canary launch: who released the rest ("hold" when the hold passed), or None when every
+    # channel was stopped during the hold; "" for a launch without a canary.
+    released_by: str | None = ""
 
 
 def message_id(campaign_id: str, channel: str, index: int) -> str:
@@ -84,10 +90,17 @@ class Numbered(Sequence[str]):
 
 def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[str],
            recipients: int | Audience, rate: float | None = None,
-           progress: Progress = lambda _: None) -> LaunchResult:
+           progress: Progress = lambda _: None, canary: float | None = None,
+           hold_s: float | None = None) -> LaunchResult:
     """Queue ``recipients`` (a count: the same numbered recipients on every channel; or an
-    audience per channel, as a relaunch of the unsent recipients has) as campaign ``campaign_id``."""
+    audience per channel, as a relaunch of the unsent recipients has) as campaign ``campaign_id``.
+    ``canary`` (a share, 0.02 for 2%): queue that share first and hold the rest for ``hold_s``
+    (default ``ESTOP_CANARY_HOLD_S``); run again with the same arguments after a crash, it
+    resumes the canary from Kafka."""
     check_id(campaign_id)  # before anything is written: a campaign no stop could name
+    state = canaries.read_state(settings, serdes, campaign_id) if canary else None
+    if state is not None and state["state"] == canaries.DONE:
+        raise CanaryError(f"campaign {campaign_id!r} was launched already (its canary is done)")
     audience: Audience = (dict.fromkeys(channels, Numbered(recipients)) if isinstance(recipients, int)
                           else recipients)
     # With a schema registry, every schema the launch writes is registered before its first
@@ -105,9 +118,27 @@ def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[
     planned = {c: len(audience[c]) for c in channels}
     result = LaunchResult(campaign_id, planned, dict.fromkeys(channels, 0))
     try:
-        publish_status(out, settings, serdes, campaign_id, STATE_SENDING, channels, planned)
-        out.flush(settings.admin_timeout_s)
-        refusals.check()
+        if state is None:
+            publish_status(out, settings, serdes, campaign_id, STATE_SENDING, channels, planned)
+            out.flush(settings.admin_timeout_s)
+            refusals.check()
+        if canary:
+            if state is None:
+                first = canaries.cohorts(audience, channels, canary)
+                _queue(out, settings, serdes, view, result, channels, audience, rate, progress,
+                       refusals, first)
+                _flush_requests(out, FLUSH_S)
+                state = canaries.holding(campaign_id, canary, result.queued, planned,
+                                         settings.canary_hold_s if hold_s is None else hold_s)
+                canaries.publish(out, settings, serdes, state)
+                out.flush(settings.admin_timeout_s)
+                refusals.check()
+            else:  # resumed: the cohort is on its topics already
+                result.queued = {c: int(state["cohort"].get(c, 0)) for c in channels}
+            result.released_by = canaries.hold(settings, serdes, view, state, channels)
+            if result.released_by is not None and state["state"] == canaries.HOLDING:
+                canaries.publish(out, settings, serdes, {**state, "state": canaries.RELEASED,
+                                                         "released_by": result.released_by})
         _queue(out, settings, serdes, view, result, channels, audience, rate, progress, refusals)
         # Every request is on its topic before the status says so: a reader that sees Finished
         # (the console, a relaunch's caller) finds the whole campaign queued.
@@ -123,6 +154,9 @@ def launch(settings: Settings, serdes: Serdes, campaign_id: str, channels: list[
         result.state = STATE_STOPPED if any_stop else STATE_FINISHED
         publish_status(out, settings, serdes, campaign_id, result.state, channels, planned,
                        result.queued, any_stop)
+        if state is not None:
+            canaries.publish(out, settings, serdes, {**state, "state": canaries.DONE,
+                                                     "released_by": result.released_by})
         out.flush(FLUSH_S)
         refusals.check()
     finally:
@@ -151,8 +185,11 @@ class _Refusals:
 
 def _queue(out: Producer, settings: Settings, serdes: Serdes, view: ControlView,
            result: LaunchResult, channels: list[str], audience: Audience, rate: float | None,
-           progress: Progress, refusals: _Refusals) -> None:
+           progress: Progress, refusals: _Refusals, limit: Mapping[str, int] | None = None) -> None:
+    """Queue each channel's audience from what ``result`` counts queued up to ``limit`` (every
+    recipient when None), as long as the channel is not stopped."""
     campaign_id = result.campaign_id
+    end = limit or {c: len(audience[c]) for c in channels}
     encode = serdes.send_request.encode
     topics = {c: settings.topics.send_requests(c) for c in channels}
     headers: dict[str, Headers] = {c: [(HEADER_CAMPAIGN, campaign_id.encode()), (HEADER_CHANNEL, c.encode())]
@@ -160,11 +197,12 @@ def _queue(out: Producer, settings: Settings, serdes: Serdes, view: ControlView,
     active = list(channels)
     started = time.monotonic()
     payload = f"Campaign {campaign_id}: your offer inside"
-    for index in range(max((len(audience[c]) for c in channels), default=0)):
+    first = min((result.queued[c] for c in channels), default=0)
+    for index in range(first, max((end[c] for c in channels), default=0)):
         active = [c for c in active if view.stopped(campaign_id, c) is None]
         if not active:
             return
-        queued = [c for c in active if index < len(audience[c])]
+        queued = [c for c in active if result.queued[c] <= index < end[c]]
         for channel in queued:
             mid = message_id(campaign_id, channel, index)
             recipient = audience[channel][index]
@@ -180,11 +218,12 @@ def _queue(out: Producer, settings: Settings, serdes: Serdes, view: ControlView,
                      [*headers[channel], (HEADER_RECIPIENT, recipient.encode())])
             result.queued[channel] += 1
         progress(len(queued))
-        if (index + 1) % 1000 == 0:
+        done = index + 1 - first
+        if done % 1000 == 0:
             out.poll(0)  # serves failed deliveries: a refused write stops the launch early
             refusals.check()
-        if rate and (index + 1) % 100 == 0:
-            ahead = (index + 1) / rate - (time.monotonic() - started)
+        if rate and done % 100 == 0:
+            ahead = done / rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
 

@@ -41,7 +41,7 @@ def main(ctx: click.Context) -> None:
 
 
 for command in (broker.broker, security.security, mta.mta, topics.topics, topics.schemas,
-                worker.worker, worker.control, campaign.launch, campaign.relaunch,
+                worker.worker, worker.control, campaign.launch, campaign.relaunch, campaign.release,
                 campaign.status, stop.stop, demo.demo, report.report, report.export, bench.bench,
                 rules.rules):
     main.add_command(command)

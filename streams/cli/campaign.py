@@ -6,8 +6,8 @@ import json
 
 import click
 
-from streams.cli.common import CHANNEL_OPTION, audited_cli, handles_errors, when
-from streams.exceptions import EstopError
+from streams.cli.common import CHANNEL_OPTION, audited_cli, handles_errors, say, when
+from streams.exceptions import EstopError, UsageError
 from streams.settings import Settings
 
 
@@ -17,26 +17,44 @@ from streams.settings import Settings
 @click.option("--recipients", type=click.IntRange(min=1), required=True)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Recipients queued per second (default: as fast as Kafka takes them).")
+@click.option("--canary", "canary_text", default=None, metavar="PERCENT",
+              help="Queue this share of each channel's audience first (e.g. 2%) and the rest only "
+                   "once the campaign went --hold seconds without a stop, or `estop release` "
+                   "releases it; run the same command again after a crash to resume it.")
+@click.option("--hold", "hold_s", type=click.FloatRange(min=0), default=None,
+              help="Seconds a canary holds the rest (default ESTOP_CANARY_HOLD_S, 600).")
 @click.pass_obj
 @handles_errors
 def launch(settings: Settings, campaign_id: str, channels: tuple[str, ...], recipients: int,
-           rate: float | None) -> None:
+           rate: float | None, canary_text: str | None, hold_s: float | None) -> None:
     """Queue a campaign the way the campaign engine would (Sending, requests, Finished)."""
     from rich.progress import Progress
 
+    from streams.campaigns.canary import parse_share
     from streams.campaigns.launcher import launch as run_launch
     from streams.kafka.clients import wait_for_broker
     from streams.models.ids import check_id
     from streams.serde import serdes_for
 
     check_id(campaign_id)
+    share = parse_share(canary_text) if canary_text is not None else None
+    if hold_s is not None and share is None:
+        raise UsageError("--hold is the hold of a canary: give --canary PERCENT with it")
     wait_for_broker(settings)
     channel_list = list(dict.fromkeys(channels))
+    if share is not None:
+        hold = settings.canary_hold_s if hold_s is None else hold_s
+        say(f"canary: {share:.2%} of the audience first, the rest after {hold:g}s without a stop "
+            f"(or `estop release {campaign_id}`)")
     with Progress(transient=False) as progress:
         task = progress.add_task(f"queueing {campaign_id}", total=recipients * len(channel_list))
         result = run_launch(settings, serdes_for(settings), campaign_id,
                             channel_list, recipients, rate,
-                            progress=lambda n: progress.advance(task, n))
+                            progress=lambda n: progress.advance(task, n), canary=share,
+                            hold_s=hold_s)
+    if share is not None:
+        click.echo(f"{campaign_id}: canary " + (f"released by {result.released_by}"
+                                                if result.released_by else "stopped during the hold"))
     click.echo(f"{campaign_id}: {result.state}; queued "
                + ", ".join(f"{c} {n:,}" for c, n in result.queued.items()))
     for channel, count in result.never_queued.items():
@@ -116,3 +134,29 @@ def status(settings: Settings, campaign_id: str, as_json: bool) -> None:
     for s in report["stops"]:
         click.echo(f"  stopped {', '.join(s['channels'])} by {s['requested_by']} at "
                    f"{when(s['requested_at'])}: {s['reason']} (command {s['command_id']})")
+
+
+@click.command()
+@click.argument("campaign_id")
+@click.pass_obj
+@handles_errors
+def release(settings: Settings, campaign_id: str) -> None:
+    """Release the rest of a canary launch now, instead of when its hold passes; recorded as
+    released by your Kafka user (your OS user on a cluster without authentication), audited."""
+    from streams.campaigns.canary import release as release_canary
+    from streams.kafka.clients import wait_for_broker
+    from streams.models.ids import check_id
+    from streams.security import audit
+    from streams.serde import serdes_for
+
+    check_id(campaign_id)
+    wait_for_broker(settings)
+    actor = audit.cli_actor(settings)
+    try:
+        state = release_canary(settings, serdes_for(settings), campaign_id, actor.name)
+    except EstopError as exc:
+        audited_cli(settings, audit.RELEASE, audit.REJECTED, campaign_id, [], str(exc))
+        raise
+    audited_cli(settings, audit.RELEASE, audit.ACCEPTED, campaign_id, sorted(state["cohort"]),
+                "the rest of the canary released")
+    click.echo(f"{campaign_id}: canary released by {actor.name}; the launcher queues the rest")

@@ -109,6 +109,8 @@ def plan(settings: Settings, replication: Replication | None = None) -> list[Top
         TopicSpec(t.guardrail_rules, 1, {**COMPACTED, **insync}),
         TopicSpec(t.guardrail_state, data, {**COMPACTED, **insync}),
         TopicSpec(t.guardrail_counts, data, {"retention.ms": str(DAY_MS), **insync}),
+        # Canary launches: the cohort, the hold and who released the rest (streams.campaigns.canary).
+        TopicSpec(t.canary, 1, {**COMPACTED, **insync}),
     ]
     consumed = set(t.inputs())
     dead_letters = [

@@ -29,6 +29,7 @@ from streams.serde import Serdes
 from streams.settings import Settings
 
 STOP, KILL_SWITCH, RELAUNCH, EXPORT = "stop", "kill_switch", "relaunch", "export"
+RELEASE = "release"  # the rest of a canary launch released by a person
 CONTROL_RECORD = "control_record"  # a record on campaign-control refused, or a stop restated over it
 ACCEPTED, ALREADY_STOPPED, REFUSED, REJECTED, FAILED, REPAIRED = (
     "accepted", "already_stopped", "refused", "rejected", "failed", "repaired")

@@ -1,7 +1,8 @@
 """The principals of a secured deployment and the ACLs each one gets: least privilege, derived
 from the topic prefix, so deployments (and test runs) under different prefixes stay apart.
 
-* operator: writes campaign-control, campaign-status and audit; reads them, the acks, the
+* operator: writes campaign-control, campaign-status, campaign-canary (`estop release`) and
+  audit; reads them, the acks, the
   outcomes and the dispatchers' ledgers (`estop stop`, `estop status`); sees the worker groups'
   members and their partitions (confirmation).
 * control: the operator's rights, plus the control plane's own group and internal topics, and
@@ -13,7 +14,8 @@ from the topic prefix, so deployments (and test runs) under different prefixes s
 * analytics (the sink): reads the outcomes, the lifecycle, the stops, their acks and the audit;
   its group; its dead letters.
 * engine (the campaign engine, `estop launch`): writes send-requests.*, its campaign's lifecycle
-  and notSent for requests it never queued; reads campaign-control and campaign-status.
+  and notSent for requests it never queued, its canary launches; reads campaign-control,
+  campaign-status and campaign-canary.
 * mta (the MTA agent beside an MTA, `estop mta agent`): writes dispatch.email.receipts (the MTA's
   log, shipped to the dispatchers that own the messages); nothing else.
 * guardrail (`estop worker --role guardrail`): reads the outcomes, feedback and the rules;
@@ -68,7 +70,7 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
 
     readers = Grant("group", READER_GROUP_PREFIX, ("READ",), prefixed=True)
     operator = [
-        *topics([t.control, t.status], "READ", "WRITE"),
+        *topics([t.control, t.status, t.canary], "READ", "WRITE"),
         *topics([t.audit], "WRITE"),
         *topics([t.acks, *outcomes, *ledgers], "READ"),
         # Stop confirmation asks who holds which partition of the gate and dispatch topics.
@@ -107,7 +109,7 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
     engine = [
         *topics(send_requests, "WRITE"),
         *topics([t.notsent], "WRITE"),
-        *topics([t.status], "READ", "WRITE"),
+        *topics([t.status, t.canary], "READ", "WRITE"),
         *topics([t.control], "READ"),
         readers,
     ]

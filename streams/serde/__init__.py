@@ -209,6 +209,7 @@ class Serdes:
         self.guardrail_rule = serde("GuardrailRule")
         self.guardrail_state = serde("GuardrailState")
         self.guardrail_counts = serde("GuardrailCounts")
+        self.canary = serde("CanaryState")
 
 
 def serdes_for(settings: Settings) -> Serdes:

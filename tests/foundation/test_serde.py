@@ -201,6 +201,14 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
          "buckets": [{"start": 0, "sample": 250, "hits": 20}], "tripped_at": 1_732_600_012_000,
          "trip_reason": "bounce rate 8.0% >= 5.0% over 250 outcomes", "stop_command_id": None},
     ],
+    "CanaryState": [
+        {"campaign_id": "spring-sale", "state": "holding", "share": 0.02,
+         "cohort": {"email": 200, "sms": 200}, "planned": {"email": 10_000, "sms": 10_000},
+         "hold_until": 1_732_600_600_000, "released_by": None, "updated_at": 1_732_600_000_000},
+        {"campaign_id": "spring-sale", "state": "released", "share": 0.02, "cohort": {"email": 200},
+         "planned": {"email": 10_000}, "hold_until": 1_732_600_600_000, "released_by": "ops",
+         "updated_at": 1_732_600_100_000},
+    ],
     "ProviderReceipt": [
         {"channel": "email", "message_id": "spring-sale:email:1", "provider_id": "4jg5Yz1",
          "delivered": True, "occurred_at": 1_732_600_003_000, "detail": "sent: 250 2.0.0 Ok",
@@ -259,6 +267,7 @@ def test_every_schema_file_has_a_serde_and_samples() -> None:
         "SendRequest", "ControlCommand", "CampaignStatus", "SentEvent", "NotSentEvent",
         "FailedEvent", "ControlAck", "AuditEvent", "LedgerEntry", "LedgerCheckpoint",
         "ProviderReceipt", "Feedback", "GuardrailRule", "GuardrailState", "GuardrailCounts",
+        "CanaryState",
     }
     assert set(serde_by_schema_name(Serdes())) == names
     assert set(SAMPLES) == names
