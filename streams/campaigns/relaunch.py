@@ -68,6 +68,8 @@ def _planned_index(message_id: str, campaign_id: str, channel: str) -> int:
 
 
 def relaunch(settings: Settings, serdes: Serdes, plan: Relaunch, rate: float | None = None,
-             progress: Progress = lambda _: None) -> LaunchResult:
+             progress: Progress = lambda _: None, canary: float | None = None) -> LaunchResult:
+    """Queue the plan's audience as its new campaign; ``canary``: that share first, the rest
+    after the hold (``streams.campaigns.canary``)."""
     return launch(settings, serdes, plan.campaign_id, list(plan.audience), plan.audience, rate,
-                  progress)
+                  progress, canary)

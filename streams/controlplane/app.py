@@ -576,7 +576,8 @@ class ControlPlane:
                                       detail=f"{rows:,} {outcome} row(s)"), throttled=True)
         return text
 
-    async def relaunch(self, source: str, new_id: str, who: auth.Identity) -> tuple[int, dict[str, Any]]:
+    async def relaunch(self, source: str, new_id: str, who: auth.Identity,
+                       canary: float | None = None) -> tuple[int, dict[str, Any]]:
         """Queue the unsent audience of ``source`` as campaign ``new_id`` (as `estop relaunch`),
         as ``who``: checked first (nothing written on error), then launched in the background;
         ``relaunch_state`` follows it to its end, failure included. Audited either way."""
@@ -590,7 +591,7 @@ class ControlPlane:
         job: dict[str, Any] = {
             "campaign_id": plan.campaign_id, "source": plan.source, "state": RELAUNCH_QUEUEING,
             "recipients": plan.recipients, "channels": {c: len(r) for c, r in plan.audience.items()},
-            "requested_by": who.name, "queued": None, "error": None,
+            "requested_by": who.name, "queued": None, "error": None, "canary": canary,
             "status_url": f"/campaigns/{plan.campaign_id}/relaunch"}
         self._relaunches[plan.campaign_id] = job
 
@@ -604,7 +605,7 @@ class ControlPlane:
         def run() -> None:
             note(audit.ACCEPTED, f"{plan.recipients:,} notSent recipient(s)")
             try:
-                result = relaunch(self.settings, self.serdes, plan)
+                result = relaunch(self.settings, self.serdes, plan, canary=canary)
             except Exception as exc:  # reported to the caller (relaunch_state) and audited
                 if not isinstance(exc, EstopError):
                     log.exception("relaunch of %s as %s failed", plan.source, plan.campaign_id)

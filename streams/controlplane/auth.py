@@ -45,13 +45,15 @@ ACCESS_ROLES: dict[str, str | None] = {
     "audit": OPERATOR,
     "stop": OPERATOR,
     "relaunch": OPERATOR,
+    "release": OPERATOR,  # the rest of a canary launch
     "stop-all": ADMIN,
     "guardrail-rules": OPERATOR,  # a rule can stop campaigns
     "feedback": OPERATOR,  # feedback can trip a rule
 }
 # Accesses whose refused attempts are audited -> the audit action.
 AUDITED: dict[str, str] = {"stop": audit.STOP, "stop-all": audit.KILL_SWITCH,
-                           "relaunch": audit.RELAUNCH, "export": audit.EXPORT}
+                           "relaunch": audit.RELAUNCH, "export": audit.EXPORT,
+                           "release": audit.RELEASE}
 
 IDENTITY_KEY = "estop.identity"
 

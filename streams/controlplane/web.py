@@ -18,6 +18,8 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from streams.campaigns.canary import parse_share
+from streams.campaigns.exceptions import CanaryError
 from streams.controlplane import auth
 from streams.controlplane.boundary import MAX_BODY, BodyTooLargeError, read_body
 from streams.exceptions import EstopError, UsageError
@@ -235,16 +237,23 @@ class Relaunch(PlaneView):
 
     async def post(self, request: Request, campaign_id: str) -> Response:
         try:
-            payload, problem = await self.payload(request, ("as",))
+            payload, problem = await self.payload(request, ("as", "canary"))
         except BodyTooLargeError:
             return await self.rejected(request, campaign_id, TOO_LARGE, 413)
         if not problem and not isinstance(payload.get("as"), str):
             problem = 'missing "as": the new campaign id'
         if not problem:
             problem = id_problem(payload["as"], "new campaign id")
+        share = None
+        if not problem and payload.get("canary") not in (None, ""):
+            try:
+                share = parse_share(str(payload["canary"]))
+            except CanaryError as exc:
+                problem = str(exc)
         if problem:
             return await self.rejected(request, campaign_id, problem)
-        status, body = await self.plane.relaunch(campaign_id, payload["as"], requested_by(request))
+        status, body = await self.plane.relaunch(campaign_id, payload["as"], requested_by(request),
+                                                 share)
         return self.json(body, status=status)
 
     async def get(self, request: Request, campaign_id: str) -> Response:
@@ -362,11 +371,12 @@ ROUTES: tuple[Route, ...] = (
 
 
 def all_routes() -> tuple[Route, ...]:
-    """``ROUTES`` and the guardrails' (``streams.guardrails.http``, whose views build on this
-    module's)."""
+    """``ROUTES``, the guardrails' (``streams.guardrails.http``) and the canary's
+    (``streams.controlplane.canary``), whose views build on this module's."""
+    from streams.controlplane.canary import ROUTES as CANARY_ROUTES
     from streams.guardrails.http import ROUTES as GUARDRAIL_ROUTES
 
-    return (*ROUTES, *GUARDRAIL_ROUTES)
+    return (*ROUTES, *GUARDRAIL_ROUTES, *CANARY_ROUTES)
 
 
 def route_access() -> dict[tuple[str, str], str]:

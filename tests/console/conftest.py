@@ -52,3 +52,12 @@ def stack(broker: BrokerHandle, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """A worker (every gate, dispatcher and the sink; slow providers) and the control service
     for this module's topics."""
     yield from start_stack(stack_settings(broker, tmp_path_factory))
+
+
+
+@pytest.fixture(scope="module")
+def gates_only(broker: BrokerHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A worker with the gates and the sink but no dispatcher (what the gates pass waits at the
+    dispatchers: figures that hold still) and the control service, for this module's topics."""
+    yield from start_stack(stack_settings(broker, tmp_path_factory),
+                           worker_args=["--role", "gate", "--role", "sink"])

@@ -56,13 +56,15 @@ def stack_settings(broker: BrokerHandle, tmp_path_factory: pytest.TempPathFactor
                          data_dir=tmp_path_factory.mktemp("console") / "data", partitions=3)
 
 
-def start_stack(settings: Settings, control_env: dict[str, str] | None = None) -> Iterator[Stack]:
+def start_stack(settings: Settings, control_env: dict[str, str] | None = None,
+                worker_args: list[str] | None = None) -> Iterator[Stack]:
+    """A worker (every role unless ``worker_args`` choose) and the control service."""
     create_topics(settings, say=lambda _: None)
     processes = Processes()
     try:
         # Slow simulated providers (10 messages/s per channel): 300 recipients take 30 s, so a
         # stop made seconds after a launch finds messages to halt at every stage.
-        worker = processes.add(WorkerProcess(settings, env={
+        worker = processes.add(WorkerProcess(settings, extra_args=worker_args, env={
             "ESTOP_METRICS_PORT": "0", "ESTOP_PROVIDER_RATE": "10", "ESTOP_PROVIDER_DELAY_S": "0.5"}))
         worker_id = worker.wait_ready()
         wait_for(lambda: worker_id in live_processes(settings), f"{worker_id} to join its groups")

@@ -7,44 +7,20 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from streams.campaigns.launcher import launch
 from streams.control.preview import preview_stop
-from streams.control.stop import live_processes
-from streams.kafka.topics import create_topics
-from streams.lab.broker import BrokerHandle
-from streams.lab.harness import WorkerProcess
 from streams.serde import Serdes
-from tests.console.support import Stack, stack_settings
-from tests.controlplane.support import ControlProcess, Processes, wait_for
-from tests.sink.support import delete_topics
+from tests.console.support import Stack
+from tests.controlplane.support import wait_for
 
 pytestmark = pytest.mark.broker
 
 SERDES = Serdes()
 N = 120
-
-
-@pytest.fixture(scope="module")
-def gates_only(broker: BrokerHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = stack_settings(broker, tmp_path_factory)
-    create_topics(settings, say=lambda _: None)
-    processes = Processes()
-    try:
-        worker = processes.add(WorkerProcess(settings, extra_args=["--role", "gate", "--role", "sink"],
-                                             env={"ESTOP_METRICS_PORT": "0"}))
-        worker_id = worker.wait_ready()
-        wait_for(lambda: worker_id in live_processes(settings), f"{worker_id} to join its groups")
-        control = processes.add(ControlProcess(settings))
-        assert isinstance(control, ControlProcess)
-        yield Stack(settings, control.start(), worker_id)
-    finally:
-        processes.stop_all()
-        delete_topics(settings)
 
 
 def test_the_stop_dialog_shows_the_dry_run(gates_only: Stack, page: Page) -> None:

@@ -249,12 +249,13 @@
     const title = el("h1", {}, el("span", { id: "campaign-id" }, campaignId));
     const actions = el("div", { class: "row", id: "actions" });
     const stopStatus = el("div", { class: "banner", role: "status", id: "stop-status" });
+    const canaryStatus = el("div", { class: "banner", role: "status", id: "canary-status" });
     const counts = el("section", { "aria-labelledby": "counts-title" });
     const chart = el("section", { class: "chart", "aria-labelledby": "chart-title" });
     const audit = el("section", { "aria-labelledby": "audit-title", id: "audit" });
     const audience = el("section", { "aria-labelledby": "audience-title" });
     main.replaceChildren(el("p", {}, el("a", { href: "/console" }, "← All campaigns")), title,
-      actions, stopStatus, counts, chart, audit, audience);
+      actions, stopStatus, canaryStatus, counts, chart, audit, audience);
 
     const stopButton = el("button", { class: "danger", type: "button" }, "Emergency stop");
     const stopDialog = buildStopDialog();
@@ -370,12 +371,15 @@
         return a;
       };
       const newId = el("input", { type: "text", id: "relaunch-id", autocomplete: "off" });
+      const canaryShare = el("input", { type: "text", id: "relaunch-canary", autocomplete: "off",
+        placeholder: "e.g. 2%", size: 8 });
       const button = el("button", { class: "primary", type: "button" }, "Relaunch unsent audience");
       const result = el("p", { id: "relaunch-result", role: "status" });
       // Accepted means checked and started: the relaunch is followed until it is queued or failed.
       button.addEventListener("click", async () => {
         button.disabled = true;
-        const reply = await postJson(apiUrl(campaignId, "/relaunch"), { as: newId.value });
+        const reply = await postJson(apiUrl(campaignId, "/relaunch"),
+          { as: newId.value, ...(canaryShare.value.trim() ? { canary: canaryShare.value.trim() } : {}) });
         const fail = (text) => {
           button.disabled = false;
           result.className = "error";
@@ -387,7 +391,9 @@
         }
         const target = reply.body.campaign_id;
         result.className = "";
-        result.replaceChildren(`Queueing ${number(reply.body.recipients)} unsent recipient(s) as ${target}…`);
+        result.replaceChildren(`Queueing ${number(reply.body.recipients)} unsent recipient(s) as ${target}`
+          + (reply.body.canary ? ` (canary: ${(reply.body.canary * 100).toLocaleString("en-US")}% first, the rest after the hold or a release)…` : "…"),
+          " ", el("a", { href: campaignUrl(target) }, target));
         for (;;) {
           await new Promise((resolve) => setTimeout(resolve, POLL_MS));
           const state = await getJson(reply.body.status_url);
@@ -410,6 +416,7 @@
           link("sent", "sent (CSV)"), " · ", link("failed", "failed (CSV)"), " ", exportError),
         el("div", { class: "row" },
           el("div", { class: "field" }, el("label", { for: "relaunch-id" }, "New campaign id"), newId),
+          el("div", { class: "field" }, el("label", { for: "relaunch-canary" }, "Canary (optional)"), canaryShare),
           button),
         el("p", { class: "muted" }, "Once the error is fixed, queues exactly the notSent recipients as a new campaign."),
         result);
@@ -561,6 +568,34 @@
       };
     }
 
+    // A canary launch: its first cohort, the hold, and (while it holds) releasing the rest.
+    const releaseButton = el("button", { type: "button", id: "canary-release" }, "Release the rest now");
+    releaseButton.addEventListener("click", async () => {
+      releaseButton.disabled = true;
+      const reply = await postJson(apiUrl(campaignId, "/release"), {});
+      releaseButton.disabled = false;
+      if (reply.status !== 200) canaryStatus.append(" ", el("span", { class: "error" }, reply.body.error || `HTTP ${reply.status}`));
+    });
+    async function renderCanary() {
+      const reply = await getJson(apiUrl(campaignId, "/canary"));
+      if (reply.status !== 200) { canaryStatus.replaceChildren(); canaryStatus.className = "banner"; return; }
+      const c = reply.body;
+      const cohort = Object.values(c.cohort).reduce((a, b) => a + b, 0);
+      const planned = Object.values(c.planned).reduce((a, b) => a + b, 0);
+      const share = `${(c.share * 100).toLocaleString("en-US")}%`;
+      canaryStatus.className = "banner info";
+      if (c.state === "holding") {
+        canaryStatus.replaceChildren(`Canary ${share}: ${number(cohort)} of ${number(planned)} queued; the rest is held `
+          + `until ${when(c.hold_until)} unless the campaign is stopped first. `, releaseButton);
+      } else if (c.released_by) {
+        canaryStatus.replaceChildren(`Canary ${share}: ${number(cohort)} queued first; the rest released `
+          + (c.released_by === "hold" ? "when the hold passed." : `by ${c.released_by}.`));
+      } else {
+        canaryStatus.replaceChildren(`Canary ${share}: stopped during the hold; the other `
+          + `${number(planned - cohort)} were never queued (notSent, stage sending).`);
+      }
+    }
+
     async function refresh() {
       const reply = await getJson(apiUrl(campaignId));
       if (reply.status === 404 || reply.status === 400) {
@@ -575,6 +610,7 @@
       renderStopStatus();
       renderCounts();
       renderAudit();
+      await renderCanary();
       const series = await getJson(apiUrl(campaignId, "/timeline"));
       if (series.status === 200) renderChart(series.body);
       return true;
