@@ -22,8 +22,8 @@ def bench(settings: Settings, quick: bool, out: Path) -> None:
     """Measure throughput, stop latency, leaks and analytics completion against raw Kafka."""
     from rich.console import Console
 
-    from streams.lab.bench.harness import run_bench
     from streams.lab.bench.plot import plot, print_table
+    from streams.lab.bench.run import run_bench
 
     console = Console()
     started = __import__("time").monotonic()

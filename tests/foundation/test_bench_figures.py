@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from streams.lab.bench.harness import Measured, RssSampler, cpu_seconds
+from streams.lab.bench.instruments import Measured, RssSampler, cpu_seconds
 
 
 def test_cpu_seconds_count_the_work_this_process_did() -> None:
