@@ -6,4 +6,4 @@ import importlib.util
 from streams.exceptions import MissingExtraError
 
 if importlib.util.find_spec("matplotlib") is None:
-    raise MissingExtraError("estop bench", "bench")
+    raise MissingExtraError("the benchmark", "bench")
