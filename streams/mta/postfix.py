@@ -13,7 +13,10 @@ What makes a second Postfix run beside (or without) the system one on Debian, fo
 * a ``header_checks`` INFO rule logs each message's ``X-Estop-Message-Id`` with its queue id, so
   the log alone tells which message a queue id carries;
 * ``relayhost`` is the receiver; deferred mail is retried every 10 to 20 s (cheap while the
-  receiver is down), and `estop mta receiver start` flushes the queue (``postqueue -f``)."""
+  receiver is down), and `estop mta receiver start` flushes the queue (``postqueue -f``);
+* mail to ``REFUSED_DOMAIN`` goes to the receiver's refusing half instead (``transport_maps``:
+  LMTP over a socket in the receiver's folder, so it needs no port), which answers every
+  recipient ``550 5.1.1``: Postfix bounces it, as it bounces an address that does not exist."""
 
 from __future__ import annotations
 
@@ -38,6 +41,15 @@ DAEMONS = "/usr/lib/postfix/sbin"
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; queue_directory/private/<service> must fit
 START_TIMEOUT_S = 30.0
 HOST = "127.0.0.1"
+# Addresses the receiver refuses (550 5.1.1 user unknown): a campaign whose audience holds some
+# bounces exactly that share, through Postfix (the bounce guardrail's test, a demo of a wrong list).
+REFUSED_DOMAIN = "refused.estop.test"
+
+
+def refusing_socket(home: Path) -> Path:
+    """Where the receiver's refusing half listens (LMTP): under the receiver's folder."""
+    return home.resolve() / "receiver" / "refusing.sock"
+
 
 MASTER_CF = """\
 {host}:{port} inet n - n - - smtpd
@@ -53,6 +65,7 @@ flush     unix  n - n 1000? 0 flush
 proxymap  unix  - - n - - proxymap
 smtp      unix  - - n - - smtp
 relay     unix  - - n - - smtp
+lmtp      unix  - - n - - lmtp
 showq     unix  n - n - - showq
 error     unix  - - n - - error
 retry     unix  - - n - - error
@@ -85,6 +98,7 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 relayhost = [{host}]:{receiver_port}
+transport_maps = inline:{{ {refused_domain}=lmtp:unix:{refusing} }}
 smtp_dns_support_level = disabled
 enable_long_queue_ids = yes
 header_checks = regexp:{etc}/header_checks
@@ -152,10 +166,11 @@ class PostfixInstance:
     def configure(self) -> None:
         if not Path(POSTFIX).exists():
             raise MtaError(f"{POSTFIX} is missing: install Debian's postfix package (make system-test)")
-        longest = self.spool / "private" / "proxywrite"
-        if len(str(longest)) > SOCKET_PATH_MAX:
+        longest = max(str(self.spool / "private" / "proxywrite"), str(refusing_socket(self.home)),
+                      key=len)
+        if len(longest) > SOCKET_PATH_MAX:
             raise MtaError(f"the MTA folder {self.home} is too deep for Postfix's sockets "
-                           f"({len(str(longest))} > {SOCKET_PATH_MAX} characters); set ESTOP_MTA_DIR")
+                           f"({len(longest)} > {SOCKET_PATH_MAX} characters); set ESTOP_MTA_DIR")
         for folder in (self.etc, self.spool, self.data, self.log_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
         for folder in [self.home, *self.home.parents]:
@@ -165,7 +180,8 @@ class PostfixInstance:
         shutil.chown(self.data, "postfix")
         values = {"spool": self.spool, "data": self.data, "daemons": DAEMONS, "log": self.log_path,
                   "home": self.home, "host": HOST, "port": self.port,
-                  "receiver_port": self.receiver_port, "etc": self.etc}
+                  "receiver_port": self.receiver_port, "etc": self.etc,
+                  "refused_domain": REFUSED_DOMAIN, "refusing": refusing_socket(self.home)}
         (self.etc / "main.cf").write_text(MAIN_CF.format(**values))
         (self.etc / "master.cf").write_text(MASTER_CF.format(**values))
         (self.etc / "header_checks").write_text(HEADER_CHECKS)

@@ -1,7 +1,10 @@
 """The receiving SMTP server that stands for the internet: Postfix's ``smtp-sink`` (from Debian's
 postfix package), listening on its own port, writing every message it accepts to a file in
-``<data>/mta/receiver`` so tests and the demo can count what arrived, per campaign. Stopping it
-holds the internet down: Postfix keeps the mail in its deferred queue until it is back."""
+``<data>/mta/receiver`` so tests and the demo can count what arrived, per campaign. Beside it, a
+refusing half (a second ``smtp-sink``, LMTP on a socket in the same folder) answers every
+recipient at ``REFUSED_DOMAIN`` with ``550 5.1.1``, so Postfix bounces exactly the share of an
+audience addressed there. Stopping the receiver holds the internet down (both halves): Postfix
+keeps the mail in its deferred queue until it is back."""
 
 from __future__ import annotations
 
@@ -9,11 +12,12 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from streams.mta.exceptions import MtaError
-from streams.mta.postfix import HOST
+from streams.mta.postfix import HOST, refusing_socket
 from streams.processes import alive, port_open, terminate
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -22,6 +26,7 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 HEADER_MESSAGE = b"x-estop-message-id:"
 HEADER_CAMPAIGN = b"x-estop-campaign-id:"
+REFUSAL = "550 5.1.1 Recipient address rejected: User unknown"
 
 
 @dataclass
@@ -45,12 +50,14 @@ class Receiver:
         self.folder = home.resolve() / "receiver"
         self.mail = self.folder / "mail"
         self.pid_path = self.folder / "smtp-sink.pid"
+        self.refusing_pid_path = self.folder / "refusing.pid"
+        self.refusing = refusing_socket(home)
         self.port = port
         self._seen: dict[str, tuple[str, str]] = {}  # file name -> (campaign, message) once read
 
-    def pid(self) -> int | None:
+    def pid(self, path: Path | None = None) -> int | None:
         try:
-            pid = int(self.pid_path.read_text())
+            pid = int((path or self.pid_path).read_text())
         except (FileNotFoundError, ValueError):
             return None
         return pid if alive(pid) else None
@@ -70,28 +77,37 @@ class Receiver:
             raise MtaError(f"port {self.port} is taken by another process: set ESTOP_MTA_RECEIVER_PORT")
         self.mail.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.mail, "postfix")
-        # -u: drop to the postfix user after binding; -d: one file per message, named by the
-        # second it arrived plus a random suffix; -q .: disconnect instead of answering '.'.
+        # -d: one file per message, named by the second it arrived plus a random suffix;
+        # -q .: disconnect instead of answering '.'.
         hang_up = [] if answer_end_of_data else ["-q", "."]
+        self._spawn([*hang_up, "-d", f"{self.mail}/%Y%m%d%H%M%S.", f"{HOST}:{self.port}"],
+                    self.pid_path, lambda: port_open(self.port, HOST), f"{HOST}:{self.port}")
+        # -L: LMTP (Postfix's lmtp client reaches a socket); -f RCPT with -B: every recipient 550.
+        self.refusing.unlink(missing_ok=True)
+        self._spawn(["-L", "-f", "RCPT", "-B", REFUSAL, f"unix:{self.refusing}"],
+                    self.refusing_pid_path, self.refusing.exists, str(self.refusing))
+        shutil.chown(self.refusing, "postfix")  # made by root before smtp-sink dropped to postfix
+
+    def _spawn(self, args: list[str], pid_path: Path, up: Callable[[], bool], where: str) -> None:
+        # -u: drop to the postfix user after binding.
         process = subprocess.Popen(
-            [SMTP_SINK, "-u", "postfix", *hang_up, "-d", f"{self.mail}/%Y%m%d%H%M%S.",
-             f"{HOST}:{self.port}", BACKLOG],
+            [SMTP_SINK, "-u", "postfix", *args, BACKLOG],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=(self.folder / "smtp-sink.log").open("ab"), start_new_session=True)
-        self.pid_path.write_text(str(process.pid))
+        pid_path.write_text(str(process.pid))
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_open(self.port, HOST):
+        while not up():
             if process.poll() is not None or time.monotonic() > deadline:
-                raise MtaError(f"smtp-sink did not start on {HOST}:{self.port} "
+                raise MtaError(f"smtp-sink did not start on {where} "
                                f"(see {self.folder / 'smtp-sink.log'})")
             time.sleep(0.05)
 
     def stop(self) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        terminate(pid, STOP_TIMEOUT_S)
-        self.pid_path.unlink(missing_ok=True)
+        for path in (self.pid_path, self.refusing_pid_path):
+            pid = self.pid(path)
+            if pid is not None:
+                terminate(pid, STOP_TIMEOUT_S)
+            path.unlink(missing_ok=True)
 
     def arrivals(self) -> Arrivals:
         """Every message the receiver wrote, read from its files (each read once)."""
