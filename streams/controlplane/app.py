@@ -556,7 +556,8 @@ class ControlPlane:
         except UnknownCampaignError:
             series = {"campaign_id": campaign_id, "start": None, "slice_ms": 0, "points": []}
         view, _ = self.view()
-        series["stops"] = [{"command_id": s.command_id, "at": s.requested_at}
+        series["stops"] = [{"command_id": s.command_id, "at": s.requested_at,
+                            "requested_by": s.requested_by}
                            for s in view.stops(campaign_id)]
         return series
 

@@ -197,6 +197,8 @@ def campaign_summary(detail: Mapping[str, Any]) -> dict[str, Any]:
         "failed": detail["failed"],
         "pending": detail["pending"],
         "stopped": stop is not None,
+        # Who stopped it first: a person, or ``guardrail:<rule>`` (the console's badge).
+        "stopped_by": stop["requested_by"] if stop else None,
         "confirmed": stop["confirmed"] if stop else None,
         "stoppable": detail["stoppable"],
     }

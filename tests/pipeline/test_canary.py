@@ -16,13 +16,17 @@ import pytest
 from streams.campaigns import canary
 from streams.campaigns.launcher import LaunchResult, launch, message_id
 from streams.control.stop import issue_stop
+from streams.guardrails import feedback
+from streams.guardrails.rules import set_rule
 from streams.models import HEADER_CAMPAIGN, STAGE_SENDING, STATE_FINISHED, STATE_STOPPED
+from streams.security import audit
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.pipeline.support import (
     WAIT_S,
     Workers,
     cli_env,
+    control_records,
     header,
     read_events,
     records,
@@ -150,3 +154,33 @@ def test_bad_canaries_are_refused_before_anything_is_written(settings: Settings)
     assert records(settings, settings.topics.status) == []
     unknown = run_estop("release", "never-launched", env=cli_env(settings))
     assert unknown.returncode == 2 and "not launched with a canary" in unknown.stderr
+
+
+def test_a_guardrail_trip_during_the_canary_leaves_the_rest_never_queued(
+        settings: Settings, serdes: Serdes, workers: Workers) -> None:
+    """The guardrail processor, not a person: complaints on the first cohort trip a complaint
+    rule during the hold, its stop (requested by guardrail:complaint) ends the canary, and the
+    rest is never queued."""
+    campaign = "canary-guarded"
+    set_rule(settings, serdes, audit.Actor("tester", "cli", "test"),
+             {"name": "complaint", "scope": campaign, "threshold": 0.05, "min_sample": 50,
+              "window": "first", "window_size": 100})
+    workers.start(delay_s=0.0)
+    workers.start("--role", "guardrail")
+    launcher = Background(settings, serdes, campaign, ["email"], 500, canary=0.2, hold_s=600)
+    wait_for(lambda: holding(settings, serdes, campaign), "the canary cohort to be queued")
+    feedback.publish(settings, serdes, [
+        feedback.check({"kind": "complaint", "message_id": message_id(campaign, "email", i),
+                        "campaign_id": campaign, "channel": "email"}, "test-webhook")
+        for i in range(10)])
+    result = launcher.join()
+    assert result.released_by is None and result.state == STATE_STOPPED
+    assert (result.queued, result.never_queued) == ({"email": 100}, {"email": 400})
+    stops = [serdes.control_command.decode(m.value()) for m in control_records(settings, campaign)
+             if m.value() is not None]
+    assert {s["requested_by"] for s in stops} == {"guardrail:complaint"}
+    assert len(queued(settings, campaign)) == 100
+    wait_outcomes(settings, campaign, 500)
+    never = [e for e in read_events(settings, serdes, campaign)
+             if e.kind == "notsent" and "never queued" in e.record["reason"]]
+    assert len(never) == 400 and {e.record["stage"] for e in never} == {STAGE_SENDING}

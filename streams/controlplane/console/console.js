@@ -92,6 +92,17 @@
     return new Date(ms).toISOString().replace("T", " ").replace("Z", " UTC");
   }
 
+  // A stop a guardrail wrote is requested by "guardrail:<rule>": the rule's name, else null.
+  const GUARDRAIL = "guardrail:";
+  const guardrailRule = (by) => (by && by.startsWith(GUARDRAIL) ? by.slice(GUARDRAIL.length) : null);
+
+  function guardrailBadge(by) {
+    const rule = guardrailRule(by);
+    return rule === null ? null
+      : el("span", { class: "badge guardrail", "data-guardrail": rule, title: `Stopped automatically by the guardrail rule ${rule}` },
+        `Guardrail: ${rule}`);
+  }
+
   function badge(state) {
     const name = state || "unknown";
     return el("span", { class: `badge state-${name.toLowerCase()}`, "data-state": name }, name);
@@ -160,7 +171,8 @@
         el("td", { class: "text" }, el("a", { href: campaignUrl(c.campaign_id) }, c.campaign_id)),
         el("td", { class: "text" }, c.channels.join(", ")),
         el("td", { class: "text" }, badge(c.state),
-          c.stopped ? el("span", { class: "muted" }, c.confirmed ? " confirmed" : " confirming…") : null),
+          c.stopped ? el("span", { class: "muted" }, c.confirmed ? " confirmed" : " confirming…") : null,
+          c.stopped ? guardrailBadge(c.stopped_by) : null),
         el("td", { "data-count": "planned" }, number(c.planned)),
         el("td", { "data-count": "sent" }, number(c.sent)),
         el("td", { "data-count": "not_sent" }, number(c.not_sent)),
@@ -253,9 +265,10 @@
     const counts = el("section", { "aria-labelledby": "counts-title" });
     const chart = el("section", { class: "chart", "aria-labelledby": "chart-title" });
     const audit = el("section", { "aria-labelledby": "audit-title", id: "audit" });
+    const guardrails = el("section", { "aria-labelledby": "guardrails-title", id: "guardrails" });
     const audience = el("section", { "aria-labelledby": "audience-title" });
     main.replaceChildren(el("p", {}, el("a", { href: "/console" }, "← All campaigns")), title,
-      actions, stopStatus, canaryStatus, counts, chart, audit, audience);
+      actions, stopStatus, canaryStatus, counts, chart, guardrails, audit, audience);
 
     const stopButton = el("button", { class: "danger", type: "button" }, "Emergency stop");
     const stopDialog = buildStopDialog();
@@ -263,7 +276,8 @@
     buildAudience();
 
     function renderHeader() {
-      title.replaceChildren(el("span", { id: "campaign-id" }, campaignId), badge(detail.state));
+      title.replaceChildren(el("span", { id: "campaign-id" }, campaignId), badge(detail.state),
+        detail.stop ? guardrailBadge(detail.stop.requested_by) : null);
       actions.replaceChildren(
         el("span", { class: "muted" }, `Channels: ${detail.channels.join(", ") || "–"}`),
         ...(detail.stoppable ? [stopButton] : []));
@@ -456,18 +470,21 @@
       plot.append(line("sent", "line-sent"), line("not_sent", "line-notsent"));
       if (points[points.length - 1].failed) plot.append(line("failed", "line-failed"));
       for (const stop of stops) {
-        plot.append(svg("line", { class: "stop-line", x1: x(stop.at), x2: x(stop.at), y1: top, y2: height - bottom,
-          "data-command": stop.command_id }),
+        const rule = guardrailRule(stop.requested_by);
+        plot.append(svg("line", { class: rule === null ? "stop-line" : "stop-line automatic", x1: x(stop.at), x2: x(stop.at),
+          y1: top, y2: height - bottom, "data-command": stop.command_id, ...(rule === null ? {} : { "data-guardrail": rule }) }),
           // The label sits on the side of the line with room for it.
           svg("text", { class: "stop-label", y: top + 12, ...(x(stop.at) > width * 0.8
-            ? { x: x(stop.at) - 5, "text-anchor": "end" } : { x: x(stop.at) + 5 }) }, "stop"));
+            ? { x: x(stop.at) - 5, "text-anchor": "end" } : { x: x(stop.at) + 5 }) },
+          rule === null ? "stop" : `automatic stop: ${rule}`));
       }
       const last = points[points.length - 1];
       chart.replaceChildren(heading, plot, el("div", { class: "legend" },
         el("span", {}, el("span", { class: "swatch sent" }), `sent ${number(last.sent)}`),
         el("span", {}, el("span", { class: "swatch notsent" }), `notSent ${number(last.not_sent)}`),
         last.failed ? el("span", {}, el("span", { class: "swatch failed" }), `failed ${number(last.failed)}`) : null,
-        stops.length ? el("span", {}, `stop requested at ${when(stops[0].at)}`) : null));
+        stops.length ? el("span", {}, `stop requested at ${when(stops[0].at)}`
+          + (guardrailRule(stops[0].requested_by) === null ? "" : ` by the guardrail rule ${guardrailRule(stops[0].requested_by)}`)) : null));
     }
 
     function buildStopDialog() {
@@ -576,6 +593,50 @@
       releaseButton.disabled = false;
       if (reply.status !== 200) canaryStatus.append(" ", el("span", { class: "error" }, reply.body.error || `HTTP ${reply.status}`));
     });
+    // Each rule's live value against its threshold, per channel (GET /campaigns/{id}/guardrails).
+    const percent = (v) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(2)}%`);
+    async function renderGuardrails() {
+      const reply = await getJson(apiUrl(campaignId, "/guardrails"));
+      const heading = el("h2", { id: "guardrails-title" }, "Guardrails");
+      if (reply.status !== 200) {
+        guardrails.replaceChildren(heading, el("p", { class: "muted" }, reply.body.error || `HTTP ${reply.status}`));
+        return;
+      }
+      const g = reply.body;
+      const rows = [];
+      for (const rule of g.rules) {
+        const windows = rule.windows.length ? rule.windows : [null];
+        for (const w of windows) {
+          const state = !rule.enabled ? "off" : !w ? "no outcome yet" : w.tripped_at ? "tripped"
+            : w.sample_reached ? "watching" : `sample ${number(w.sample)} of ${number(rule.min_sample)}`;
+          const share = w && rule.threshold ? Math.min(100, (100 * w.value) / rule.threshold) : 0;
+          rows.push(el("tr", { "data-rule": rule.name, "data-channel": w ? w.channel : "", class: w && w.tripped_at ? "tripped" : null },
+            el("td", { class: "text" }, rule.name),
+            el("td", { class: "text" }, rule.metric),
+            el("td", { class: "text" }, w ? w.channel : (rule.channels.join(", ") || "all")),
+            el("td", { "data-field": "value" }, w ? percent(w.value) : "–"),
+            el("td", { "data-field": "threshold" }, percent(rule.threshold)),
+            el("td", {}, el("div", { class: "meter", role: "meter", "aria-label": `${rule.name} against its threshold`,
+              "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(share) },
+              el("span", { "data-width": share, class: share >= 100 ? "over" : null }))),
+            el("td", { "data-field": "sample" }, w ? `${number(w.hits)} of ${number(w.sample)}` : "–"),
+            el("td", { class: "text", "data-field": "state" }, state)));
+        }
+      }
+      const tripped = g.tripped;
+      guardrails.replaceChildren(heading,
+        tripped ? el("p", { class: "banner warn", id: "guardrail-tripped" },
+          `Stopped automatically by the guardrail rule ${tripped.rule} (${tripped.channel}) at ${when(tripped.tripped_at)}: ${tripped.reason}`)
+          : null,
+        el("table", { id: "guardrail-table", "aria-labelledby": "guardrails-title" },
+          el("thead", {}, el("tr", {}, ["Rule", "Metric", "Channel", "Value", "Threshold", "", "Hits of sample", "State"]
+            .map((h, i) => el("th", { class: i < 3 || i === 7 ? "text" : null, scope: "col" }, h)))),
+          el("tbody", {}, rows)));
+      for (const span of guardrails.querySelectorAll(".meter span")) {
+        span.style.width = `${Number(span.getAttribute("data-width"))}%`;
+      }
+    }
+
     async function renderCanary() {
       const reply = await getJson(apiUrl(campaignId, "/canary"));
       if (reply.status !== 200) { canaryStatus.replaceChildren(); canaryStatus.className = "banner"; return; }
@@ -611,6 +672,7 @@
       renderCounts();
       renderAudit();
       await renderCanary();
+      await renderGuardrails();
       const series = await getJson(apiUrl(campaignId, "/timeline"));
       if (series.status === 200) renderChart(series.body);
       return true;
