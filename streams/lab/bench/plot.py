@@ -40,6 +40,17 @@ def print_table(results: dict[str, Any], console: Console) -> None:
         (f"stop propagation p50 / p99 ({results['stop_propagation_ms']['samples']} samples)",
          f"{results['stop_propagation_ms']['p50']:.1f} / {results['stop_propagation_ms']['p99']:.1f} ms",
          "", ""),
+        ("guardrail detection p50 / p99: crossing feedback -> stop confirmed "
+         f"({results['guardrail_detection']['samples']} trips)",
+         f"{results['guardrail_detection']['to_confirmed_p50']:.0f} / "
+         f"{results['guardrail_detection']['to_confirmed_p99']:.0f} ms", "", ""),
+        ("  of which crossing feedback -> stop command written p50 / p99",
+         f"{results['guardrail_detection']['to_stop_command_p50']:.0f} / "
+         f"{results['guardrail_detection']['to_stop_command_p99']:.0f} ms", "", ""),
+        ("  messages handed to the provider meanwhile p50 / max "
+         f"(at {results['guardrail_detection']['launch_rate']:,.0f} queued/s)",
+         f"{results['guardrail_detection']['handed_between_p50']:,.0f} / "
+         f"{results['guardrail_detection']['handed_between_max']:,}", "", ""),
         ("leak after confirmation / between ack and confirmation",
          f"{results['leak']['after_confirm']} / {results['leak']['between_ack_and_confirm']}", "", ""),
         (f"analytics complete after the stop ({results['reference']['halted']:,} halted)",
@@ -102,7 +113,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     left.legend()
     raw = results["stop_propagation_ms"]["raw_latency_samples_ms"]
     stops = results["stop_propagation_ms"]["samples_ms"]
-    right.boxplot([raw, stops], tick_labels=["raw produce->consume", "stop propagation"], whis=(1, 99))
+    detection = results["guardrail_detection"]["to_confirmed_ms"]
+    right.boxplot([raw, stops, detection], tick_labels=["raw produce->consume", "stop propagation",
+                                                        "guardrail: feedback->stop confirmed"],
+                  whis=(1, 99))
     right.set_ylabel("ms")
     right.set_yscale("log")
     right.set_title("Latency distributions (whiskers p1-p99)")

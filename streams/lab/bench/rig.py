@@ -40,16 +40,17 @@ class Sizes:
     peers: int
     handoffs: int
     ledger_entries: int
+    guardrail_trips: int
 
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
             return cls(passthrough=60_000, drain=60_000, reference_recipients=50_000, stops=30,
                        control_commands=50_000, evidence=15_000, latency_samples=200,
-                       peers=30_000, handoffs=30_000, ledger_entries=100_000)
+                       peers=30_000, handoffs=30_000, ledger_entries=100_000, guardrail_trips=5)
         return cls(passthrough=300_000, drain=500_000, reference_recipients=500_000, stops=40,
                    control_commands=1_000_000, evidence=50_000, latency_samples=500,
-                   peers=100_000, handoffs=100_000, ledger_entries=300_000)
+                   peers=100_000, handoffs=100_000, ledger_entries=300_000, guardrail_trips=20)
 
 
 class Rig:

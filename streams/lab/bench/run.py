@@ -24,9 +24,11 @@ from streams.lab.bench.instruments import percentile
 from streams.lab.bench.rig import Rig, Say
 from streams.lab.bench.scenarios import (
     control_view,
+    detection_figures,
     drain_rate,
     forward_rate,
     gate_rate,
+    guardrail_detection,
     handoff_rate,
     ledger_restore,
     peer_rates,
@@ -73,6 +75,8 @@ def run(rig: Rig) -> dict[str, Any]:
     results["stop_propagation_ms"] = {"p50": percentile(samples, 50),
                                       "p99": percentile(samples, 99), "samples": len(samples),
                                       "mean": statistics.fmean(samples) if samples else None}
+    say(f"guardrail detection: {sizes.guardrail_trips} trips on complaints")
+    results["guardrail_detection"] = detection_figures(guardrail_detection(rig))
     say(f"reference scenario: {sizes.reference_recipients:,} recipients stopped after a tenth")
     reference = reference_scenario(rig)
     results["leak"] = {"after_confirm": propagation["leak_after"] + reference["leak_after"],

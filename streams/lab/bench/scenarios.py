@@ -1,10 +1,11 @@
 """The scenarios of the performance issue, each on its own topics on the same broker, with the
 same partitions and message size: raw confluent-kafka baselines, the gate, the drain of a stopped
-backlog, handoffs, the ledger's restore, stop propagation under load, the reference scenario, the
-control view, and the same gate job on other frameworks."""
+backlog, handoffs, the ledger's restore, stop propagation under load, the guardrail's detection
+latency, the reference scenario, the control view, and the same gate job on other frameworks."""
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -14,17 +15,20 @@ from dataclasses import replace
 from typing import Any
 
 import confluent_kafka
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from streams.campaigns.launcher import launch
+from streams.campaigns.launcher import launch, message_id
 from streams.clock import now_ms
 from streams.control.feed import ControlFeed
-from streams.control.stop import issue_stop
+from streams.control.stop import StopResult, await_confirmation, issue_stop
 from streams.control.view import ControlView
 from streams.dispatch.changelog import LedgerStats, restore
 from streams.dispatch.ledger import ACCEPTED, DELIVERED, REPORTED, SUBMITTING, Entry
 from streams.exceptions import EstopError
+from streams.guardrails import feedback
+from streams.guardrails.processor import read_windows
+from streams.guardrails.rules import set_rule
 from streams.kafka.clients import admin, consumer, producer, take
 from streams.kafka.topics import replication
 from streams.lab.bench import peers
@@ -33,11 +37,14 @@ from streams.lab.bench.instruments import (
     RssSampler,
     committed,
     end_offsets,
+    percentile,
     rate_from_join,
     rate_until,
 )
 from streams.lab.bench.rig import Rig
-from streams.models import ACTION_STOP
+from streams.models import ACTION_STOP, CHANNELS
+from streams.security import audit
+from streams.serde import Serdes
 from streams.serde.fastevents import FlatDecoder
 from streams.settings import Settings
 from streams.sink.report import campaign_report
@@ -355,3 +362,132 @@ def peer_rates(rig: Rig, base: Measured, quix: list[str], kstreams: list[str]) -
     rates["Kafka Streams exactly_once_v2"] = peer_rate(rig,
         "kstreams-eos", kstreams, rig.sizes.peers)
     return {name: rate.figures(base) for name, rate in rates.items()}
+
+
+# -- the guardrail ---------------------------------------------------------------------------
+
+GUARD_WINDOW = 500  # the rule watches the first 500 outcomes of the campaign's channel...
+GUARD_THRESHOLD = 0.01  # ...and trips at 1% complaints: the 5th complaint over a full window
+GUARD_RECIPIENTS = 4000
+GUARD_RATE = 2000.0  # recipients queued per second: handoffs keep going while the guardrail detects
+GUARD_SPACING_S = 0.02  # between two complaints
+GUARD_REASON = re.compile(r"\((\d+) of (\d+) outcomes")
+
+
+def guardrail_detection(rig: Rig) -> dict[str, Any]:
+    """The guardrail's detection latency: from the feedback record that crosses a rule's
+    threshold to the stop it writes confirmed on every partition, and the messages handed to the
+    provider in between. Each sample is one campaign through a gate and a dispatcher (email, a
+    provider that answers at once) with the guardrail processor beside them; the complaint rule
+    watches the first ``GUARD_WINDOW`` outcomes and trips at ``GUARD_THRESHOLD``. Once the window
+    is full, complaints are produced one at a time, each acknowledged before the next: the one
+    that crosses is the ``k``-th, ``k`` the hits the trip's reason names. The stop is followed as
+    `estop stop` follows its own (``await_confirmation``)."""
+    settings = rig.scenario_settings("guardrail", provider_rate=20000.0, provider_delay_s=0.0)
+    serdes = rig.serdes
+    actor = audit.Actor("bench", "cli", "bench")
+    for name in ("bounce", "provider-failure", "unsubscribe"):
+        set_rule(settings, serdes, actor, {"name": name, "enabled": False})
+    set_rule(settings, serdes, actor, {"name": "complaint", "threshold": GUARD_THRESHOLD,
+                                       "min_sample": GUARD_WINDOW, "window": "first",
+                                       "window_size": GUARD_WINDOW})
+    to_command: list[float] = []
+    to_confirmed: list[float] = []
+    handed: list[int] = []
+    pipeline = ["--role", "gate", "--role", "dispatcher", "--channel", "email"]
+    with rig.workers(settings, pipeline, ["--role", "guardrail"]) as started:
+        out = producer(settings, **{"linger.ms": 0})
+        control = consumer(settings)
+        control.assign([TopicPartition(settings.topics.control, 0, 0)])
+        try:
+            for index in range(rig.sizes.guardrail_trips):
+                campaign = f"trip-{index}"
+                sent_before = end_offsets(settings, settings.topics.sent)
+                load = threading.Thread(target=launch, daemon=True, kwargs={
+                    "settings": settings, "serdes": serdes, "campaign_id": campaign,
+                    "channels": ["email"], "recipients": GUARD_RECIPIENTS, "rate": GUARD_RATE})
+                load.start()
+                # The window fills first, so the feedback alone makes the trip.
+                while end_offsets(settings, settings.topics.sent) - sent_before < GUARD_WINDOW + 50:
+                    for worker in started:
+                        worker.check()
+                    time.sleep(0.01)
+                acked: list[int] = []
+                command: dict[str, Any] | None = None
+                position = (0, -1)
+                while command is None:
+                    if len(acked) > 20 * GUARD_THRESHOLD * GUARD_RECIPIENTS:
+                        raise EstopError(f"the guardrail did not stop {campaign}")
+                    acked.append(_complaint(out, settings, serdes, campaign, len(acked)))
+                    deadline = time.monotonic() + GUARD_SPACING_S
+                    while command is None and time.monotonic() < deadline:
+                        for message in take(control, 100, 0.005):
+                            found = _guardrail_command(serdes, message, campaign)
+                            if found is not None:
+                                command, position = found, (message.partition() or 0,
+                                                            message.offset() or 0)
+                result = StopResult(campaign, command["command_id"], list(CHANNELS),
+                                    already_stopped=False, confirmed=False,
+                                    broker_ack_ms=command["requested_at"],
+                                    control_partition=position[0], control_offset=position[1])
+                await_confirmation(settings, serdes, result, 60)
+                if not result.confirmed or result.confirmed_at_ms is None:
+                    raise EstopError(f"the guardrail's stop of {campaign} was not confirmed")
+                crossed = acked[_trip_hits(settings, serdes, campaign) - 1]
+                to_command.append(command["requested_at"] - crossed)
+                to_confirmed.append(result.confirmed_at_ms - crossed)
+                ledger = LedgerStats(settings, "email", serdes)
+                handed.append(ledger.handed_after(campaign, crossed)
+                              - ledger.handed_after(campaign, result.confirmed_at_ms))
+                load.join(120)
+        finally:
+            control.close()
+    return {"to_stop_command_ms": to_command, "to_confirmed_ms": to_confirmed,
+            "handed_between": handed,
+            "rule": {"metric": "complaint", "threshold": GUARD_THRESHOLD,
+                     "window": f"first {GUARD_WINDOW}"},
+            "launch_rate": GUARD_RATE}
+
+
+def _complaint(out: confluent_kafka.Producer, settings: Settings, serdes: Serdes, campaign: str,
+               index: int) -> int:
+    """One complaint, acknowledged by the broker; returns when (ms)."""
+    acked: dict[str, Any] = {}
+
+    def delivered(error: KafkaError | None, _message: Message) -> None:
+        acked["error"], acked["at"] = error, now_ms()
+
+    report = feedback.check({"kind": "complaint", "message_id": message_id(campaign, "email", index),
+                             "campaign_id": campaign, "channel": "email"}, "bench")
+    out.produce(settings.topics.feedback, key=report["message_id"].encode(),
+                value=serdes.feedback.encode(report), on_delivery=delivered)
+    out.flush(10)
+    if acked.get("error") is not None or "at" not in acked:
+        raise EstopError(f"a complaint was not acknowledged: {acked.get('error')}")
+    return int(acked["at"])
+
+
+def _guardrail_command(serdes: Serdes, message: Message, campaign: str) -> dict[str, Any] | None:
+    if message.error() or message.key() != campaign.encode() or message.value() is None:
+        return None
+    command: dict[str, Any] = serdes.control_command.decode(message.value())
+    return command if command["requested_by"].startswith("guardrail:") else None
+
+
+def _trip_hits(settings: Settings, serdes: Serdes, campaign: str) -> int:
+    """The complaints the trip counted (its reason says "(k of n outcomes ...)")."""
+    for window in read_windows(settings, serdes, campaign):
+        if window.trip_reason and (match := GUARD_REASON.search(window.trip_reason)):
+            return int(match.group(1))
+    raise EstopError(f"no trip recorded for {campaign}")
+
+
+def detection_figures(measured: dict[str, Any]) -> dict[str, Any]:
+    """p50 and p99 of each latency and the handoffs in between, with the samples (the plot)."""
+    handed = measured["handed_between"]
+    spans = ("to_stop_command", "to_confirmed")
+    return {
+        **{f"{name}_p{q}": percentile(measured[f"{name}_ms"], q) for name in spans for q in (50, 99)},
+        "handed_between_p50": percentile([float(h) for h in handed], 50),
+        "handed_between_max": max(handed, default=0),
+        "samples": len(handed), **measured}
