@@ -39,11 +39,14 @@ def test_plan_names_every_topic_the_pipeline_needs() -> None:
         *(f"p-send-requests.{c}" for c in CHANNELS),
         *(f"p-dispatch.{c}" for c in CHANNELS),
         *(f"p-dispatch.{c}.receipts" for c in CHANNELS),
+        "p-feedback",
     ]
-    # The dispatchers' ledgers: changelogs, read back by their owners, with no dead letters.
+    # The dispatchers' ledgers: changelogs, read back by their owners, with no dead letters; the
+    # guardrail's rules, windows and counts, and the canary launches, likewise.
     ledgers = [f"p-dispatch.{c}.ledger" for c in CHANNELS]
+    state = ["p-guardrail-rules", "p-guardrail-state", "p-guardrail-counts", "p-campaign-canary"]
     names = [s.name for s in plan(load_settings(topic_prefix="p-"))]
-    assert sorted(names) == sorted(inputs + ledgers + [t.dead_letter(n) for n in inputs])
+    assert sorted(names) == sorted(inputs + ledgers + state + [t.dead_letter(n) for n in inputs])
     assert len(names) == len(set(names))
 
 
