@@ -46,12 +46,13 @@ from streams.campaigns.lifecycle import effective_state, status_record
 from streams.campaigns.relaunch import plan_relaunch, relaunch
 from streams.clock import now_ms
 from streams.control.confirmation import Coverage, Holdings, holdings
-from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
+from streams.control.exceptions import InvalidStopError
 from streams.control.preview import preview_stop
 from streams.control.records import covers, refusal, restatement
-from streams.control.stop import audited_stop, audited_stop_all, validate
+from streams.control.stop import StopResult, audited_stop, audited_stop_all, validate
 from streams.control.view import ALL_CHANNELS, ControlView
 from streams.controlplane import auth, boundary, state
+from streams.controlplane.exceptions import KafkaUnreachableError
 from streams.controlplane.offsets import (
     TP,
     committed_offsets,
@@ -59,8 +60,7 @@ from streams.controlplane.offsets import (
     partition_counts,
 )
 from streams.controlplane.topics import ensure_topics, faust_topic_spec
-from streams.controlplane.web import register_routes, route_access
-from streams.exceptions import EstopError
+from streams.exceptions import EstopError, UsageError
 from streams.kafka.clients import admin, process_id, producer
 from streams.kafka.deadletter import skip_unreadable
 from streams.kafka.topics import TopicSpec
@@ -93,8 +93,10 @@ TICK_S = 1.0  # confirmation tracking and gauges
 class ControlPlane:
     """One control service: the Faust app, its tables, agents, timer and web views."""
 
-    def __init__(self, settings: Settings, serdes: Serdes | None = None,
+    def __init__(self, settings: Settings, routes: auth.Routes, serdes: Serdes | None = None,
                  on_ready: Callable[[ControlPlane], None] | None = None) -> None:
+        """``routes``: the access of every HTTP route (``streams.controlplane.web``), which the
+        boundary and auth middlewares check before any view runs."""
         boundary.check_open(settings)  # before anything: no open API by accident
         self.settings = settings
         self.serdes = serdes or serdes_for(settings)
@@ -129,8 +131,8 @@ class ControlPlane:
             # The boundary (host, size, headers), then tokens and roles for every route, before
             # any handler runs (streams.controlplane.boundary, .auth).
             web_application_options={"middlewares": [
-                boundary.middleware(settings, route_access(), self._on_refused),
-                auth.middleware(settings, route_access(), self._on_refused)]},
+                boundary.middleware(settings, routes, self._on_refused),
+                auth.middleware(settings, routes, self._on_refused)]},
             # Only this module's views: no table dumps or router pages on the API port.
             web_router_enabled=False,
             web_tables_enabled=False,
@@ -183,7 +185,6 @@ class ControlPlane:
         self._relaunches: dict[str, dict[str, Any]] = {}  # new id -> its relaunch, as answered
 
         self._register_agents()
-        self._register_views()
         self.app.timer(TICK_S, name=f"{self.app_id}.track-confirmations")(self._tick)
         self.app.task(self._catch_up)
 
@@ -487,65 +488,52 @@ class ControlPlane:
         return page, (f"{page[0]['at']}:{page[0]['audit_id']}" if older and page else None)
 
     async def stop(self, campaign_id: str, reason: str, channels: list[str], force: bool,
-                   who: auth.Identity) -> tuple[int, dict[str, Any]]:
-        """``POST /campaigns/{id}/stop`` once its shape is checked: (HTTP status, JSON body).
-        Issues the stop exactly as `estop stop` does, as ``who``, without waiting for
-        confirmation; audited whatever the outcome."""
+                   who: auth.Identity) -> StopResult:
+        """Issue a stop exactly as `estop stop` does, as ``who``, without waiting for
+        confirmation; audited whatever the outcome. Raises InvalidStopError (the reason or the
+        channels; CampaignNotStoppableError: a campaign not Sending or Finished without
+        ``force``) and KafkaUnreachableError (Kafka did not take it)."""
         try:
             validate(reason, channels)  # the CLI's own checks: reason, channels
         except InvalidStopError as exc:
             await self.rejected(audit.STOP, who, campaign_id, str(exc))
-            return 400, {"error": str(exc)}
+            raise
         try:
             result = await self._stopping(audited_stop, self.settings, self.serdes, _actor(who),
                                           campaign_id, reason, channels, 0.0, force, self._trail)
-        except CampaignNotStoppableError as exc:
-            if exc.state is None:
-                return 404, {"error": f"unknown campaign {campaign_id!r}: it has not been seen on "
-                                      "campaign-status; send \"force\": true to stop it anyway"}
-            return 409, {"error": f"campaign {campaign_id!r} is {exc.state}, not Sending or "
-                                  "Finished; send \"force\": true to stop it anyway",
-                         "state": exc.state}
-        except InvalidStopError as exc:
-            return 400, {"error": str(exc)}
-        except EstopError as exc:  # Kafka unreachable: nothing confirmed written
-            return 503, {"error": str(exc)}
+        except InvalidStopError:
+            raise
+        except EstopError as exc:  # Kafka unreachable or refusing: nothing confirmed written
+            raise KafkaUnreachableError(str(exc)) from exc
         if result.audit_problem:
             log.warning("%s", result.audit_problem)
-        body_out = {
-            "campaign_id": campaign_id,
-            "command_id": result.command_id,
-            "channels": result.channels,
-            "already_stopped": result.already_stopped,
-            "status_url": f"/campaigns/{campaign_id}",
-        }
-        return (200 if result.already_stopped else 202), body_out
+        return result
 
     async def stop_preview(self, campaign_id: str, channels: list[str]) -> dict[str, Any]:
         """What a stop would halt now (`estop stop --dry-run`); nothing written. Raises
-        InvalidStopError, UnknownCampaignError."""
+        InvalidStopError, UnknownCampaignError (user mistakes) and KafkaUnreachableError."""
         report = (await self.reports([campaign_id]))[campaign_id]
-        impact = await self._kafka(preview_stop, self.settings, self.serdes, campaign_id, channels,
-                                   report)
+        try:
+            impact = await self._kafka(preview_stop, self.settings, self.serdes, campaign_id,
+                                       channels, report)
+        except UsageError:
+            raise
+        except EstopError as exc:
+            raise KafkaUnreachableError(str(exc)) from exc
         return impact.as_dict()
 
-    async def stop_all(self, reason: str, who: auth.Identity) -> tuple[int, dict[str, Any]]:
-        """The kill switch (``POST /stop-all``): every campaign Sending or Finished, as
-        `estop stop --all` does, as ``who``, without waiting for confirmation; audited."""
+    async def stop_all(self, reason: str, who: auth.Identity) -> list[StopResult]:
+        """The kill switch: every campaign Sending or Finished, as `estop stop --all` does, as
+        ``who``, without waiting for confirmation; audited. One result per campaign (its
+        ``error`` set for one it could not stop); raises InvalidStopError (the reason) and
+        KafkaUnreachableError."""
         try:
-            results = await self._stopping(audited_stop_all, self.settings, self.serdes,
-                                           _actor(who), reason, 0.0, self._trail)
-        except InvalidStopError as exc:
-            return 400, {"error": str(exc)}
+            return await self._stopping(audited_stop_all, self.settings, self.serdes,
+                                        _actor(who), reason, 0.0, self._trail)
+        except InvalidStopError:
+            raise
         except EstopError as exc:
-            return 503, {"error": str(exc)}
-        written = [r for r in results if not r.already_stopped and r.error is None]
-        return (202 if written else 200), {
-            "stopped": [{"campaign_id": r.campaign_id, "command_id": r.command_id} for r in written],
-            "already_stopped": [r.campaign_id for r in results if r.already_stopped],
-            "not_stopped": [{"campaign_id": r.campaign_id, "error": r.error}
-                            for r in results if r.error is not None],
-        }
+            raise KafkaUnreachableError(str(exc)) from exc
 
     async def timeline(self, campaign_id: str) -> dict[str, Any] | None:
         """Outcomes over time (the console's chart) with the campaign's stops marked."""
@@ -578,17 +566,18 @@ class ControlPlane:
         return text
 
     async def relaunch(self, source: str, new_id: str, who: auth.Identity,
-                       canary: float | None = None) -> tuple[int, dict[str, Any]]:
+                       canary: float | None = None) -> dict[str, Any]:
         """Queue the unsent audience of ``source`` as campaign ``new_id`` (as `estop relaunch`),
-        as ``who``: checked first (nothing written on error), then launched in the background;
-        ``relaunch_state`` follows it to its end, failure included. Audited either way."""
+        as ``who``: checked first (UnknownCampaignError, RelaunchError: nothing written), then
+        launched in the background; the relaunch as ``relaunch_state`` answers it, which follows
+        it to its end, failure included. Audited either way."""
         known = set(self.campaign_ids()) | set(self._relaunches)
         try:
             plan = await self._in_store(plan_relaunch, source, new_id, known)
         except (UnknownCampaignError, RelaunchError) as exc:
             await self._audit(audit.event(self.settings, _actor(who), audit.RELAUNCH, audit.REJECTED,
                                           source, detail=f"as {new_id}: {exc}"), throttled=True)
-            return (404 if isinstance(exc, UnknownCampaignError) else 409), {"error": str(exc)}
+            raise
         job: dict[str, Any] = {
             "campaign_id": plan.campaign_id, "source": plan.source, "state": RELAUNCH_QUEUEING,
             "recipients": plan.recipients, "channels": {c: len(r) for c, r in plan.audience.items()},
@@ -620,7 +609,7 @@ class ControlPlane:
                                                   "lifecycle": result.state}
 
         threading.Thread(target=run, name=f"relaunch-{plan.campaign_id}", daemon=True).start()
-        return 202, job
+        return job
 
     def relaunch_state(self, campaign_id: str) -> dict[str, Any] | None:
         """A relaunch this service started as ``campaign_id``: queueing, done or failed (why)."""
@@ -786,11 +775,6 @@ class ControlPlane:
         if self._store is not None:
             self._store.close()
 
-    # -- HTTP --------------------------------------------------------------------------------
-
-    def _register_views(self) -> None:
-        register_routes(self)
-
 
 def _record_audit_id(outcome: str, where: str) -> str:
     """The audit id of what the control plane did about one control record: the same every
@@ -816,11 +800,3 @@ def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredent
                                      ssl_context=context)
     return faust.SSLCredentials(context)
 
-
-def create_app(settings: Settings, serdes: Serdes | None = None,
-               on_ready: Callable[[ControlPlane], None] | None = None) -> ControlPlane:
-    """A control service for these settings: app id, group and internal topics all derive
-    from the topic prefix, so services for different prefixes never share state."""
-    plane = ControlPlane(settings, serdes, on_ready)
-    plane.declare_topics()
-    return plane

@@ -34,7 +34,7 @@ def run_control(settings: Settings, announce: Callable[[str], None],
     """Run the control service; ``announce`` gets the ready line once it has read its topics."""
     import faust
 
-    from streams.controlplane.app import create_app
+    from streams.controlplane.web import create_app
 
     settings = settings.model_copy(
         update={"control_port": control_port(settings.control_host, settings.control_port)})

@@ -2,6 +2,10 @@
 the operator console (a static page and its script, shipped in this package: no CDN), the
 identity a stop is recorded under, and the cross-site request check of every POST.
 
+The domain (``streams.controlplane.app``) returns results and raises errors; the views here
+turn them into JSON bodies and statuses (``ERROR_STATUSES``). This module imports the domain,
+never the other way round; ``create_app`` wires the two.
+
 What each route does is named by ``Route.access`` ("public", "read", "audit", "stop", "relaunch",
 "stop-all"); ``streams.controlplane.auth`` maps it to the HTTP role it needs."""
 
@@ -9,9 +13,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from faust.web import Request, Response, View
@@ -19,17 +24,20 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from streams.campaigns.canary import parse_share
-from streams.campaigns.exceptions import CanaryError
+from streams.campaigns.exceptions import CanaryError, RelaunchError
+from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
+from streams.control.stop import StopResult
 from streams.controlplane import auth
+from streams.controlplane.app import ControlPlane
 from streams.controlplane.boundary import MAX_BODY, BodyTooLargeError, read_body
+from streams.controlplane.exceptions import KafkaUnreachableError
 from streams.exceptions import EstopError, UsageError
 from streams.models import CHANNELS
 from streams.models.ids import id_problem
 from streams.security import audit
+from streams.serde import Serdes
+from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
-
-if TYPE_CHECKING:
-    from streams.controlplane.app import ControlPlane
 
 STOP_FIELDS = ("reason", "channels", "force")
 STOP_ALL_FIELDS = ("reason", "confirm")
@@ -51,6 +59,58 @@ PAGE_HEADERS = {
                                 "base-uri 'none'; frame-ancestors 'none'"),
     "Referrer-Policy": "no-referrer",
 }
+
+
+# The status of each error the domain raises, the most specific first (a subclass before its
+# base); the body is {"error": <its message>}.
+ERROR_STATUSES: tuple[tuple[type[EstopError], int], ...] = (
+    (UnknownCampaignError, 404),
+    (RelaunchError, 409),
+    (UsageError, 400),  # a bad stop (InvalidStopError), a bad id: what the request holds
+    (KafkaUnreachableError, 503),
+)
+
+
+def error_status(exc: EstopError) -> int:
+    """The HTTP status of a domain error (``ERROR_STATUSES``); an error not listed there is a
+    bug and is raised again by the caller."""
+    for kind, status in ERROR_STATUSES:
+        if isinstance(exc, kind):
+            return status
+    raise exc
+
+
+def not_stoppable(campaign_id: str, exc: CampaignNotStoppableError) -> tuple[int, dict[str, Any]]:
+    """A stop refused for the campaign's state: 404 for a campaign never seen, 409 for one not
+    Sending or Finished; either can be forced."""
+    if exc.state is None:
+        return 404, {"error": f"unknown campaign {campaign_id!r}: it has not been seen on "
+                              "campaign-status; send \"force\": true to stop it anyway"}
+    return 409, {"error": f"campaign {campaign_id!r} is {exc.state}, not Sending or "
+                          "Finished; send \"force\": true to stop it anyway", "state": exc.state}
+
+
+def stop_body(campaign_id: str, result: StopResult) -> tuple[int, dict[str, Any]]:
+    """A stop written (202) or already in force (200)."""
+    return (200 if result.already_stopped else 202), {
+        "campaign_id": campaign_id,
+        "command_id": result.command_id,
+        "channels": result.channels,
+        "already_stopped": result.already_stopped,
+        "status_url": f"/campaigns/{campaign_id}",
+    }
+
+
+def stop_all_body(results: list[StopResult]) -> tuple[int, dict[str, Any]]:
+    """The kill switch's answer: 202 when it wrote a stop, 200 when every campaign was already
+    stopped or none could be."""
+    written = [r for r in results if not r.already_stopped and r.error is None]
+    return (202 if written else 200), {
+        "stopped": [{"campaign_id": r.campaign_id, "command_id": r.command_id} for r in written],
+        "already_stopped": [r.campaign_id for r in results if r.already_stopped],
+        "not_stopped": [{"campaign_id": r.campaign_id, "error": r.error}
+                        for r in results if r.error is not None],
+    }
 
 
 def requested_by(request: Request) -> auth.Identity:
@@ -94,6 +154,10 @@ class PlaneView(View):
             # Refused as it is, never rewritten: no other campaign is read or stopped.
             return await self.rejected(request, campaign_id, problem)
         return await super().dispatch(request)
+
+    def failed(self, exc: EstopError) -> Response:
+        """A domain error as its status (``ERROR_STATUSES``) and one line naming it."""
+        return self.error(error_status(exc), str(exc))
 
     async def rejected(self, request: Request, campaign_id: str, problem: str,
                        status: int = 400) -> Response:
@@ -175,7 +239,7 @@ class Export(PlaneView):
         try:
             text = await self.plane.export_csv(campaign_id, outcome, channel, requested_by(request))
         except UnknownCampaignError as exc:
-            return self.error(404, str(exc))
+            return self.failed(exc)
         name = re.sub(r"[^A-Za-z0-9._-]", "_", campaign_id)
         return self.bytes(text.encode(), headers={
             "Content-Type": "text/csv; charset=utf-8",
@@ -194,9 +258,16 @@ class StopCampaign(PlaneView):
         problem = problem or _check_stop(payload)
         if problem:
             return await self.rejected(request, campaign_id, problem)
-        status, body = await self.plane.stop(
-            campaign_id, payload["reason"], list(payload.get("channels") or []),
-            bool(payload.get("force", False)), requested_by(request))
+        try:
+            result = await self.plane.stop(
+                campaign_id, payload["reason"], list(payload.get("channels") or []),
+                bool(payload.get("force", False)), requested_by(request))
+        except CampaignNotStoppableError as exc:
+            status, body = not_stoppable(campaign_id, exc)
+            return self.json(body, status=status)
+        except (InvalidStopError, KafkaUnreachableError) as exc:
+            return self.failed(exc)
+        status, body = stop_body(campaign_id, result)
         return self.json(body, status=status)
 
 
@@ -206,12 +277,8 @@ class StopPreview(PlaneView):
         channels = [c for c in request.query.get("channels", "").split(",") if c]
         try:
             return self.json(await self.plane.stop_preview(campaign_id, channels))
-        except UnknownCampaignError as exc:
-            return self.error(404, str(exc))
-        except UsageError as exc:
-            return self.error(400, str(exc))
-        except EstopError as exc:  # Kafka unreachable
-            return self.error(503, str(exc))
+        except (UsageError, KafkaUnreachableError) as exc:
+            return self.failed(exc)
 
 
 class StopAll(PlaneView):
@@ -228,7 +295,11 @@ class StopAll(PlaneView):
             problem = 'missing "reason": a stop needs a reason'
         if problem:
             return await self.rejected(request, "", problem)
-        status, body = await self.plane.stop_all(payload["reason"], requested_by(request))
+        try:
+            results = await self.plane.stop_all(payload["reason"], requested_by(request))
+        except (InvalidStopError, KafkaUnreachableError) as exc:
+            return self.failed(exc)
+        status, body = stop_all_body(results)
         return self.json(body, status=status)
 
 
@@ -252,9 +323,12 @@ class Relaunch(PlaneView):
                 problem = str(exc)
         if problem:
             return await self.rejected(request, campaign_id, problem)
-        status, body = await self.plane.relaunch(campaign_id, payload["as"], requested_by(request),
-                                                 share)
-        return self.json(body, status=status)
+        try:
+            job = await self.plane.relaunch(campaign_id, payload["as"], requested_by(request),
+                                            share)
+        except (UnknownCampaignError, RelaunchError) as exc:
+            return self.failed(exc)
+        return self.json(job, status=202)
 
     async def get(self, request: Request, campaign_id: str) -> Response:
         """A relaunch as ``campaign_id``: queueing, done, or failed and why."""
@@ -390,3 +464,14 @@ def register_routes(plane: ControlPlane) -> None:
     for path, view_class in dict.fromkeys((route.path, route.view) for route in all_routes()):
         view = type(view_class.__name__, (view_class,), {"plane": plane})
         plane.app.page(path, name=path)(view)
+
+
+def create_app(settings: Settings, serdes: Serdes | None = None,
+               on_ready: Callable[[ControlPlane], None] | None = None) -> ControlPlane:
+    """A control service for these settings, its routes served: app id, group and internal
+    topics all derive from the topic prefix, so services for different prefixes never share
+    state."""
+    plane = ControlPlane(settings, route_access(), serdes, on_ready)
+    register_routes(plane)
+    plane.declare_topics()
+    return plane
