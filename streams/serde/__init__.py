@@ -10,66 +10,33 @@ record type is registered under its subject (``streams/serde/registry.py``).
 from __future__ import annotations
 
 import io
-import json
 import struct
 from collections.abc import Mapping
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import fastavro
-from fastavro.schema import SchemaParseException, UnknownType, to_parsing_canonical_form
 
 from streams.serde.exceptions import SerdeError, UnknownSchemaError
-from streams.serde.fingerprint import crc64_avro
+from streams.serde.schema import SCHEMA_DIR, Schema, load_schema, subject_for
 
 if TYPE_CHECKING:
     from streams.settings import Settings
 
-# Shipped in the package (streams/schemas/), so an installed estop reads them without a checkout.
-SCHEMA_DIR = Path(str(resources.files("streams") / "schemas"))
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 _SO_HEADER = struct.Struct("<2sQ")
 _CF_HEADER = struct.Struct(">bI")
 
 __all__ = [
+    "SCHEMA_DIR",
     "Schema",
     "SchemaRegistry",
     "SerdeError",
     "Serdes",
     "UnknownSchemaError",
     "load_schema",
+    "subject_for",
 ]
-
-
-class Schema:
-    """A parsed Avro schema with its fingerprint."""
-
-    def __init__(self, definition: Mapping[str, Any]) -> None:
-        self.definition = dict(definition)
-        self.name: str = self.definition["name"]
-        self.parsed = fastavro.parse_schema(self.definition)
-        canonical = to_parsing_canonical_form(self.parsed)
-        self.fingerprint = crc64_avro(canonical.encode())
-
-
-def load_schema(name: str, directory: Path = SCHEMA_DIR) -> Schema:
-    """Load ``<directory>/<name>.avsc`` (estop's own schemas by default)."""
-    path = directory / f"{name}.avsc"
-    try:
-        return Schema(json.loads(path.read_text()))
-    except FileNotFoundError as exc:
-        raise SerdeError(f"no schema file {path}") from exc
-    except (ValueError, KeyError, TypeError, SchemaParseException, UnknownType) as exc:
-        raise SerdeError(f"{path} is not an Avro record schema: {exc}") from exc
-
-
-def subject_for(schema: Schema, subject_prefix: str = "") -> str:
-    """The registry subject of a record type's versions: ``<prefix><namespace>.<name>``
-    (Confluent's RecordNameStrategy, prefixed like the topics)."""
-    namespace = schema.definition.get("namespace")
-    return f"{subject_prefix}{namespace}.{schema.name}" if namespace else f"{subject_prefix}{schema.name}"
 
 
 class SchemaRegistry(Protocol):

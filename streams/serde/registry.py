@@ -21,8 +21,8 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientE
 from fastavro.schema import SchemaParseException, UnknownType
 
 from streams.exceptions import UsageError
-from streams.serde import SCHEMA_DIR, Schema, load_schema, subject_for
 from streams.serde.exceptions import IncompatibleSchemaError, SchemaRegistryError, UnknownSchemaError
+from streams.serde.schema import SCHEMA_DIR, Schema, load_schema, subject_for
 
 NOT_FOUND = 404
 CONFLICT = 409  # the compatibility rule refused the schema (or, Apicurio, a subject created meanwhile)
