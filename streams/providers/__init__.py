@@ -6,36 +6,27 @@ docs/providers.md for the contract (``streams.providers.base``) and how to add a
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from urllib.parse import SplitResult, urlsplit
 
 from streams.providers.base import CancelCapability, ProviderAdapter
 from streams.providers.exceptions import ProviderConfigError
 from streams.settings import Settings
 
-# A factory opens an adapter for a channel from the settings and the parsed URL; it raises
-# ProviderUnavailableError when the provider does not answer.
-Factory = Callable[[Settings, str, SplitResult], ProviderAdapter]
-
-# scheme -> "module:function" (imported when used, so an adapter's dependencies load only when
-# a channel is configured for it), "module:Class" of the adapter (what it declares, e.g. whether
-# a stop can cancel there, read without connecting), and the channels it serves.
-REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "simulated": ("streams.providers.registry:open_simulated",
-                  "streams.providers.simulated:SimulatedAdapter", ("email", "sms", "push", "webpush")),
-    "smtp": ("streams.providers.registry:open_smtp", "streams.providers.smtp:SmtpAdapter",
-             ("email",)),
-    "smpp": ("streams.providers.registry:open_smpp", "streams.providers.smpp:SmppAdapter", ("sms",)),
-    "webpush": ("streams.providers.registry:open_webpush",
-                "streams.providers.webpush:WebPushAdapter", ("webpush",)),
-    "fcm": ("streams.providers.registry:open_fcm", "streams.providers.fcm:FcmAdapter", ("push",)),
-    "fcm+http": ("streams.providers.registry:open_fcm", "streams.providers.fcm:FcmAdapter",
-                 ("push",)),
+# scheme -> the adapter class, "module:Class" (imported when used, so an adapter's dependencies
+# load only when a channel is configured for it), and the channels it serves. Every adapter opens
+# the same way: ``Class.from_url(settings, channel, parsed URL)`` (``ProviderAdapter.from_url``).
+REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "simulated": ("streams.providers.simulated:SimulatedAdapter", ("email", "sms", "push", "webpush")),
+    "smtp": ("streams.providers.smtp:SmtpAdapter", ("email",)),
+    "smpp": ("streams.providers.smpp:SmppAdapter", ("sms",)),
+    "webpush": ("streams.providers.webpush:WebPushAdapter", ("webpush",)),
+    "fcm": ("streams.providers.fcm:FcmAdapter", ("push",)),
+    "fcm+http": ("streams.providers.fcm:FcmAdapter", ("push",)),
 }
 
 
-def _entry(settings: Settings, channel: str) -> tuple[SplitResult, str, str]:
-    """(parsed URL, factory, adapter class) the settings choose for this channel;
+def _entry(settings: Settings, channel: str) -> tuple[SplitResult, str]:
+    """(parsed URL, "module:Class" of the adapter) the settings choose for this channel;
     ProviderConfigError for a URL that names no known provider or one that does not carry this
     channel."""
     url = settings.provider_url(channel).strip()
@@ -45,26 +36,28 @@ def _entry(settings: Settings, channel: str) -> tuple[SplitResult, str, str]:
     if entry is None:
         known = ", ".join(sorted(REGISTRY))
         raise ProviderConfigError(f"{setting}={url!r}: unknown provider (known: {known})")
-    target, adapter, channels = entry
+    target, channels = entry
     if channel not in channels:
         raise ProviderConfigError(f"{setting}={url!r}: a {parsed.scheme} provider does not carry "
                                   f"{channel} (it carries {', '.join(channels)})")
-    return parsed, target, adapter
+    return parsed, target
 
 
 def open_provider(settings: Settings, channel: str) -> ProviderAdapter:
     """The adapter the settings choose for this channel; ProviderConfigError for a URL that names
     no known provider (or one that does not carry this channel), ProviderUnavailableError for a
     provider that does not answer."""
-    parsed, target, _ = _entry(settings, channel)
-    module, function = target.split(":")
-    factory: Factory = getattr(importlib.import_module(module), function)
-    return factory(settings, channel, parsed)
+    parsed, target = _entry(settings, channel)
+    return _adapter_class(target).from_url(settings, channel, parsed)
 
 
 def cancel_capability(settings: Settings, channel: str) -> CancelCapability:
     """What a stop can do about messages the channel's provider accepted, as its adapter
     declares it (``ProviderAdapter.cancel_capability``), read without connecting to it."""
-    module, name = _entry(settings, channel)[2].split(":")
-    declared: CancelCapability = getattr(importlib.import_module(module), name).cancel_capability
-    return declared
+    return _adapter_class(_entry(settings, channel)[1]).cancel_capability
+
+
+def _adapter_class(target: str) -> type[ProviderAdapter]:
+    module, name = target.split(":")
+    adapter: type[ProviderAdapter] = getattr(importlib.import_module(module), name)
+    return adapter

@@ -12,7 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, Self
+from urllib.parse import SplitResult
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 
 class CancelCapability(StrEnum):
@@ -87,6 +91,13 @@ class ProviderAdapter(Protocol):
     channel: str
     cancel_capability: CancelCapability
     receipt_source: str  # one line for docs and status: where deliveries are learned
+
+    @classmethod
+    def from_url(cls, settings: Settings, channel: str, url: SplitResult) -> Self:
+        """Open the adapter for ``channel`` from its provider URL (``ESTOP_<CHANNEL>_PROVIDER``,
+        parsed) and the settings: the one constructor ``open_provider`` calls. Raises
+        ProviderConfigError for a bad URL or setting (``streams.providers.urls`` reads the URL),
+        ProviderUnavailableError when the provider does not answer."""
 
     def submit(self, handoffs: Sequence[Handoff]) -> list[Submitted]:
         """Hand messages over; one answer per handoff, in the same order."""

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import SplitResult
 
 import requests
@@ -41,7 +41,7 @@ from streams.providers.base import (
 )
 from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
 from streams.providers.http import SessionPerThread
-from streams.providers.registry import query_number
+from streams.providers.urls import query_number
 from streams.settings import Settings
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -127,7 +127,7 @@ class FcmAdapter:
         self.account.token(self._session)  # fails at start for a wrong file or an unreachable FCM
 
     @classmethod
-    def from_url(cls, settings: Settings, url: SplitResult) -> FcmAdapter:
+    def from_url(cls, settings: Settings, channel: str, url: SplitResult) -> Self:
         if not url.hostname or url.port is None:
             raise ProviderConfigError(f"{SETTING}: {url.geturl()!r} needs a host and a port, e.g. "
                                       "fcm://fcm.googleapis.com:443")

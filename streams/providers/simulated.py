@@ -15,6 +15,8 @@ import random
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
+from urllib.parse import SplitResult
 
 from streams import localdb
 from streams.clock import now_ms
@@ -73,7 +75,8 @@ class SimulatedAdapter:
         self._cursor = 0  # the last delivery reported (from the start after each open)
 
     @classmethod
-    def from_settings(cls, settings: Settings, channel: str) -> SimulatedAdapter:
+    def from_url(cls, settings: Settings, channel: str, url: SplitResult) -> Self:
+        """``simulated``: a queue in the data folder, one per channel (the URL has no options)."""
         return cls(queue_path(settings.data_dir, channel), channel, settings.provider_delay_s,
                    settings.provider_error_rate, settings.provider_timeout_rate)
 

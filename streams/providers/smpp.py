@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 from urllib.parse import SplitResult, unquote
 
 from streams.clock import now_ms
@@ -40,8 +41,8 @@ from streams.providers.exceptions import (
     ProviderConfigError,
     ProviderUnavailableError,
 )
-from streams.providers.registry import query_number, query_text
 from streams.providers.smpp_pdus import CommandId, CommandStatus, MessageState, operations
+from streams.providers.urls import query_number, query_text
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class SmppAdapter:
         self._connect()
 
     @classmethod
-    def from_url(cls, settings: Settings, url: SplitResult) -> SmppAdapter:
+    def from_url(cls, settings: Settings, channel: str, url: SplitResult) -> Self:
+        """``smpp://system_id:password@host:port?source=&validity_s=&window=``."""
         return cls(SmppConfig.from_url(url, settings.provider_timeout_s))
 
     # -- the contract --------------------------------------------------------------------------

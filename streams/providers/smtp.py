@@ -31,7 +31,7 @@ import contextlib
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Self
 from urllib.parse import SplitResult, urlsplit
 
 from streams.mta.agent import agent_token
@@ -47,7 +47,7 @@ from streams.providers.base import (
     Submitted,
 )
 from streams.providers.exceptions import ProviderConfigError, ProviderUnavailableError
-from streams.providers.registry import host_port, query_text
+from streams.providers.urls import host_port, query_text
 from streams.settings import Settings
 
 QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
@@ -121,7 +121,7 @@ class SmtpAdapter:
         self.session = SmtpSession(host, port, settings.provider_timeout_s)
 
     @classmethod
-    def connect(cls, settings: Settings, channel: str, url: SplitResult) -> SmtpAdapter:
+    def from_url(cls, settings: Settings, channel: str, url: SplitResult) -> Self:
         """The adapter for ``smtp://host:port?agent=URL``: both the MTA and its agent must answer
         (the agent must take the token), else one clear error."""
         setting = f"ESTOP_{channel.upper()}_PROVIDER"

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import SplitResult, urlsplit
 
 import requests
@@ -56,7 +56,7 @@ from streams.providers.base import (
 )
 from streams.providers.exceptions import ProviderConfigError
 from streams.providers.http import SessionPerThread
-from streams.providers.registry import query_number, query_text
+from streams.providers.urls import query_number, query_text
 from streams.settings import Settings
 
 DEFAULT_TTL_S = 60
@@ -127,7 +127,7 @@ class WebPushAdapter:
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="webpush")
 
     @classmethod
-    def from_url(cls, settings: Settings, url: SplitResult) -> WebPushAdapter:
+    def from_url(cls, settings: Settings, channel: str, url: SplitResult) -> Self:
         cancel = query_text(url, "cancel", "delete")
         if cancel not in ("delete", "topic"):
             raise ProviderConfigError(f"{SETTING}: cancel must be delete or topic, not {cancel!r}")

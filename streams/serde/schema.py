@@ -1,6 +1,6 @@
 """The Avro schemas of the records (``streams/schemas/<Name>.avsc``), parsed with their
-fingerprints, and the registry subject of each: what both the serdes (``streams.serde``) and the registry client
-(``streams.serde.registry``) read, so neither imports the other for it."""
+fingerprints, and the registry subject of each: what both the serdes (``streams.serde``) and
+the registry client (``streams.serde.registry``) read, so neither imports the other for it."""
 
 from __future__ import annotations
 

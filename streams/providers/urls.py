@@ -1,12 +1,11 @@
-"""The factories ``open_provider`` maps each URL scheme to."""
+"""Reading a provider URL (``ESTOP_<CHANNEL>_PROVIDER``): its host and port, and the options
+in its query (``?ttl_s=60``), each a clear ProviderConfigError naming the setting when wrong."""
 
 from __future__ import annotations
 
 from urllib.parse import SplitResult, parse_qs
 
-from streams.providers.base import ProviderAdapter
 from streams.providers.exceptions import ProviderConfigError
-from streams.settings import Settings
 
 
 def host_port(url: SplitResult, setting: str) -> tuple[str, int]:
@@ -19,36 +18,6 @@ def host_port(url: SplitResult, setting: str) -> tuple[str, int]:
         raise ProviderConfigError(f"{setting}: {url.geturl()!r} needs a host and a port, "
                                   f"e.g. {url.scheme}://localhost:2525")
     return url.hostname, port
-
-
-def open_simulated(settings: Settings, channel: str, _url: SplitResult) -> ProviderAdapter:
-    from streams.providers.simulated import SimulatedAdapter
-
-    return SimulatedAdapter.from_settings(settings, channel)
-
-
-def open_smtp(settings: Settings, channel: str, url: SplitResult) -> ProviderAdapter:
-    from streams.providers.smtp import SmtpAdapter
-
-    return SmtpAdapter.connect(settings, channel, url)
-
-
-def open_smpp(settings: Settings, _channel: str, url: SplitResult) -> ProviderAdapter:
-    from streams.providers.smpp import SmppAdapter
-
-    return SmppAdapter.from_url(settings, url)
-
-
-def open_webpush(settings: Settings, _channel: str, url: SplitResult) -> ProviderAdapter:
-    from streams.providers.webpush import WebPushAdapter
-
-    return WebPushAdapter.from_url(settings, url)
-
-
-def open_fcm(settings: Settings, _channel: str, url: SplitResult) -> ProviderAdapter:
-    from streams.providers.fcm import FcmAdapter
-
-    return FcmAdapter.from_url(settings, url)
 
 
 def query_number(url: SplitResult, setting: str, name: str, default: float, minimum: float) -> float:
@@ -65,5 +34,6 @@ def query_number(url: SplitResult, setting: str, name: str, default: float, mini
 
 
 def query_text(url: SplitResult, name: str, default: str) -> str:
+    """A text option from a provider URL's query (the last one given), or ``default``."""
     values = parse_qs(url.query).get(name)
     return values[-1] if values else default
