@@ -474,7 +474,7 @@ class ControlPlane:
     async def rejected(self, action: str, who: auth.Identity, campaign_id: str, problem: str,
                        status: int = 400) -> None:
         """A request of an audited route refused for what it holds (400, 413): audited too."""
-        await self._audit(audit.event(self.settings, _actor(who), action, audit.REJECTED,
+        await self._audit(audit.event(self.settings, auth.actor(who), action, audit.REJECTED,
                                       campaign_id, detail=f"{status}: {problem}"), throttled=True)
 
     async def audit_trail(self, campaign_id: str | None, limit: int,
@@ -499,7 +499,7 @@ class ControlPlane:
             await self.rejected(audit.STOP, who, campaign_id, str(exc))
             raise
         try:
-            result = await self._stopping(audited_stop, self.settings, self.serdes, _actor(who),
+            result = await self._stopping(audited_stop, self.settings, self.serdes, auth.actor(who),
                                           campaign_id, reason, channels, 0.0, force, self._trail)
         except InvalidStopError:
             raise
@@ -529,7 +529,7 @@ class ControlPlane:
         KafkaUnreachableError."""
         try:
             return await self._stopping(audited_stop_all, self.settings, self.serdes,
-                                        _actor(who), reason, 0.0, self._trail)
+                                        auth.actor(who), reason, 0.0, self._trail)
         except InvalidStopError:
             raise
         except EstopError as exc:
@@ -560,7 +560,7 @@ class ControlPlane:
             return text.getvalue(), len(rows) - 1
 
         text, rows = await self._in_store(build)
-        await self._audit(audit.event(self.settings, _actor(who), audit.EXPORT, audit.ACCEPTED,
+        await self._audit(audit.event(self.settings, auth.actor(who), audit.EXPORT, audit.ACCEPTED,
                                       campaign_id, channels=[channel] if channel else [],
                                       detail=f"{rows:,} {outcome} row(s)"), throttled=True)
         return text
@@ -575,7 +575,7 @@ class ControlPlane:
         try:
             plan = await self._in_store(plan_relaunch, source, new_id, known)
         except (UnknownCampaignError, RelaunchError) as exc:
-            await self._audit(audit.event(self.settings, _actor(who), audit.RELAUNCH, audit.REJECTED,
+            await self._audit(audit.event(self.settings, auth.actor(who), audit.RELAUNCH, audit.REJECTED,
                                           source, detail=f"as {new_id}: {exc}"), throttled=True)
             raise
         job: dict[str, Any] = {
@@ -587,7 +587,7 @@ class ControlPlane:
 
         def note(outcome: str, detail: str) -> None:
             problem = self._trail.write(audit.event(
-                self.settings, _actor(who), audit.RELAUNCH, outcome, plan.source,
+                self.settings, auth.actor(who), audit.RELAUNCH, outcome, plan.source,
                 channels=sorted(plan.audience), detail=f"as {plan.campaign_id}: {detail}"))
             if problem:
                 log.warning("%s", problem)
@@ -780,11 +780,6 @@ def _record_audit_id(outcome: str, where: str) -> str:
     """The audit id of what the control plane did about one control record: the same every
     time the record is read again (a restart), so the trail holds it once."""
     return hashlib.sha256(f"{outcome}:{where}".encode()).hexdigest()[:32]
-
-
-def _actor(who: auth.Identity) -> audit.Actor:
-    """An HTTP caller as the audit records it (no role when the API asks nobody)."""
-    return audit.Actor(who.name, "http", who.source, who.role if who.authenticated else None)
 
 
 def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:

@@ -120,6 +120,11 @@ def identity(request: Any) -> Identity:
     return who
 
 
+def actor(who: Identity) -> audit.Actor:
+    """An HTTP caller as the audit records it (no role when the API asks nobody)."""
+    return audit.Actor(who.name, "http", who.source, who.role if who.authenticated else None)
+
+
 def source_of(request: Any) -> str:
     """The client's address (an aiohttp request, as ``identity``)."""
     return str(request.remote or "unknown")

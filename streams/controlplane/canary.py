@@ -1,5 +1,5 @@
 """The canary's routes on the control plane (registered with ``streams.controlplane.web``'s
-table, authenticated like every route):
+table, built on ``streams.controlplane.views``, authenticated like every route):
 
 * ``GET /campaigns/{id}/canary``: the campaign's canary state (``CanaryState``), 404 when it was
   not launched with one;
@@ -12,7 +12,8 @@ from faust.web import Request, Response
 
 from streams.campaigns.canary import read_state, release
 from streams.campaigns.exceptions import CanaryError
-from streams.controlplane.web import PlaneView, Route, requested_by
+from streams.controlplane import auth
+from streams.controlplane.views import PlaneView, Route, requested_by
 from streams.exceptions import EstopError
 from streams.security import audit
 
@@ -32,8 +33,6 @@ class Canary(PlaneView):
 
     async def post(self, request: Request, campaign_id: str) -> Response:
         """Release the rest now (the body, if any, must be an empty JSON object)."""
-        from streams.controlplane.app import _actor
-
         plane = self.plane
         who = requested_by(request)
         try:
@@ -43,7 +42,7 @@ class Canary(PlaneView):
             return self.error(409, str(exc))
         except EstopError as exc:
             return self.error(503, str(exc))
-        await plane._audit(audit.event(plane.settings, _actor(who), audit.RELEASE, audit.ACCEPTED,
+        await plane._audit(audit.event(plane.settings, auth.actor(who), audit.RELEASE, audit.ACCEPTED,
                                        campaign_id, channels=sorted(state["cohort"]),
                                        detail="the rest of the canary released"))
         return self.json({"campaign_id": campaign_id, "state": state["state"],

@@ -1,6 +1,6 @@
 """The guardrails' routes on the control plane (registered with ``streams.controlplane.web``'s
-table, authenticated like every route): the rules as JSON, a campaign's rules with their live
-values, and the feedback webhook.
+table, built on ``streams.controlplane.views``, authenticated like every route): the rules as
+JSON, a campaign's rules with their live values, and the feedback webhook.
 
 * ``GET /guardrails/rules``: the defaults (stored, else built in) and every campaign's own rules;
 * ``POST /guardrails/rules``: set one rule (a JSON rule; fields not given keep their value),
@@ -15,19 +15,19 @@ from typing import Any
 
 from faust.web import Request, Response
 
+from streams.controlplane import auth
 from streams.controlplane.boundary import BodyTooLargeError
-from streams.controlplane.web import TOO_LARGE, PlaneView, Route, requested_by
+from streams.controlplane.views import TOO_LARGE, PlaneView, Route, requested_by
 from streams.exceptions import EstopError, UsageError
 from streams.guardrails import feedback
 from streams.guardrails.processor import read_windows
 from streams.guardrails.rules import ALL, FIELDS, delete_rule, read_rules, set_rule
+from streams.security import audit
 from streams.security.exceptions import AccessDeniedError
 
 
-def _actor(request: Request) -> Any:
-    from streams.controlplane.app import _actor as actor  # the one HTTP caller -> audit actor
-
-    return actor(requested_by(request))
+def _actor(request: Request) -> audit.Actor:
+    return auth.actor(requested_by(request))
 
 
 def _status(exc: EstopError) -> int:
