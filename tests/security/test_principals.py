@@ -52,10 +52,11 @@ def test_init_creates_each_role_with_exactly_its_grants_and_twice_changes_nothin
     assert {role: path.read_text() for role, path in secured.env_files.items()} == files
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in secured.env_files.values())
     assert {role: acls_of(secured.admin, username(secured.admin, role)) for role in plan} == before
-    # The plan itself: only operator and control may write campaign-control.
+    # The plan itself: only operator, control and the guardrail processor (its automatic stops)
+    # may write campaign-control.
     writers = {role for role, role_grants in plan.items() for g in role_grants
                if g.name == secured.admin.topics.control and "WRITE" in g.operations}
-    assert writers == {"operator", "control"}
+    assert writers == {"operator", "control", "guardrail"}
 
 
 def test_wrong_password_is_one_line_naming_the_user(secured: Principals) -> None:
