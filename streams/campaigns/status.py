@@ -1,7 +1,9 @@
 """``estop status``: where a campaign stands, per channel. The lifecycle and the stop come from
 the compacted ``campaign-status`` and ``campaign-control`` topics (what the control plane's tables
 hold), outcomes from the analytics store (one per message id), handoffs from the dispatchers'
-outboxes: nothing re-reads the ``sent`` and ``notsent`` history."""
+ledgers: nothing re-reads the ``sent`` and ``notsent`` history. The counts are the campaign's
+account (``streams.campaigns.account``). ``OutcomeCounter`` counts outcomes from the event topics
+instead, for the demo and the tests to check the pipeline against."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from streams.campaigns.lifecycle import effective_state, read_campaigns, read_control, stop_info
+from streams.campaigns.account import campaign_account
+from streams.campaigns.lifecycle import read_campaigns, read_control, stop_info
 from streams.dispatch.changelog import LedgerStats
 from streams.exceptions import UsageError
 from streams.kafka.clients import headers_of
@@ -33,29 +36,15 @@ from streams.sink.store import open_store
 
 @dataclass
 class ChannelCounts:
-    planned: int = 0
-    queued: int = 0
-    handed: int = 0
+    """One channel's outcomes as counted from the event topics."""
+
     sent: int = 0
     failed: int = 0  # the provider never accepted them within the retry budget
     not_sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
-    # Of the notSent at stage provider: the provider took the stop's cancel without proving it.
-    cancel_unconfirmed: int = 0
 
     @property
     def not_sent_total(self) -> int:
         return sum(self.not_sent.values())
-
-    @property
-    def passed_gate(self) -> int:
-        """Queued requests not halted at the gate (the launcher's never-queued ones are part of
-        the ``sending`` notSent count but were never queued). Exact once nothing is pending."""
-        halted_at_gate = self.not_sent[STAGE_SENDING] - (self.planned - self.queued)
-        return self.queued - halted_at_gate
-
-    @property
-    def pending(self) -> int:
-        return max(self.planned - self.sent - self.not_sent_total - self.failed, 0)
 
 
 class OutcomeCounter:
@@ -96,59 +85,48 @@ class OutcomeCounter:
 
 
 def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dict[str, Any]:
+    """``estop status``: the campaign's account (``streams.campaigns.account``, what the control
+    plane's API answers too) with, per channel, what passed the gate and what the dispatchers'
+    ledgers handed to the provider."""
     campaigns = read_campaigns(settings, serdes)
     view = read_control(settings, serdes)
     status = campaigns.get(campaign_id)
-    state = effective_state(status, view, campaign_id)
-    if state is None:
+    account = campaign_account(campaign_id, status, view, _stored_report(settings, campaign_id))
+    if account.state is None:
         raise UsageError(f"unknown campaign {campaign_id!r}: not on campaign-status or campaign-control")
-    channels = status["channels"] if status else sorted(view.channels_stopped(campaign_id))
-    stored = _stored_counts(settings, campaign_id)
     per_channel: dict[str, dict[str, Any]] = {}
-    for channel in channels:
-        counts = stored.get(channel, ChannelCounts())
-        counts.planned = (status or {}).get("planned", {}).get(channel, 0)
-        queued = (status or {}).get("queued", {})
-        counts.queued = queued.get(channel, counts.planned) if queued else counts.planned
-        counts.handed = LedgerStats(settings, channel).handed(campaign_id)
-        per_channel[channel] = {
-            "requested": counts.queued,
-            "planned": counts.planned,
-            "passed_gate": counts.passed_gate,
-            "handed_to_provider": counts.handed,
-            "sent": counts.sent,
-            "not_sent": dict(counts.not_sent),
-            "cancel_unconfirmed": counts.cancel_unconfirmed,
-            "failed": counts.failed,
-            "pending": counts.pending,
+    for c in account.channels:
+        halted_at_gate = c.not_sent_by_stage[STAGE_SENDING] - (c.planned - c.queued)
+        per_channel[c.channel] = {
+            "requested": c.queued,
+            "planned": c.planned,
+            # Queued requests not halted at the gate (the launcher's never-queued ones are part
+            # of the sending notSent count but were never queued). Exact once nothing is pending.
+            "passed_gate": c.queued - halted_at_gate,
+            "handed_to_provider": LedgerStats(settings, c.channel).handed(campaign_id),
+            "sent": c.sent,
+            "not_sent": {stage: c.not_sent_by_stage[stage] for stage in STAGES},
+            "cancel_unconfirmed": c.cancel_unconfirmed,
+            "failed": c.failed,
+            "pending": c.pending,
         }
     return {
         "campaign_id": campaign_id,
-        "state": state,
+        "state": account.state,
         "channels": per_channel,
         "stops": [stop_info(s) for s in view.stops(campaign_id)],
-        "totals": {
-            "planned": sum(c["planned"] for c in per_channel.values()),
-            "sent": sum(c["sent"] for c in per_channel.values()),
-            "not_sent": sum(sum(c["not_sent"].values()) for c in per_channel.values()),
-            "cancel_unconfirmed": sum(c["cancel_unconfirmed"] for c in per_channel.values()),
-            "failed": sum(c["failed"] for c in per_channel.values()),
-        },
+        "totals": {field: account.total(field)
+                   for field in ("planned", "sent", "not_sent", "cancel_unconfirmed", "failed")},
         "known_channels": list(CHANNELS),
     }
 
 
-def _stored_counts(settings: Settings, campaign_id: str) -> dict[str, ChannelCounts]:
-    """Sent, notSent by stage and failed per channel from the analytics store (none yet: zeros)."""
+def _stored_report(settings: Settings, campaign_id: str) -> dict[str, Any] | None:
+    """The campaign's analytics report (None until the store has something of it)."""
     store = open_store(settings)
     try:
-        report = campaign_report(store, campaign_id)
+        return campaign_report(store, campaign_id)
     except UnknownCampaignError:
-        return {}
+        return None
     finally:
         store.close()
-    return {channel: ChannelCounts(sent=c["sent"], failed=c["failed"],
-                                   not_sent={stage: c["not_sent_by_stage"].get(stage, 0)
-                                             for stage in STAGES},
-                                   cancel_unconfirmed=c["cancel_unconfirmed"])
-            for channel, c in report["by_channel"].items()}

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.campaigns.lifecycle import effective_state
+from streams.campaigns.account import CampaignAccount, campaign_account
 from streams.control.confirmation import Coverage, Holdings, verdict
 from streams.control.stop import stoppable
 from streams.control.view import ControlView, Stop
@@ -126,60 +126,42 @@ def _ack(ack: Mapping[str, Any], stop: Stop) -> dict[str, Any]:
     }
 
 
-def channel_counts(status: Mapping[str, Any] | None,
-                   report: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """Per channel: planned (from the lifecycle record), sent, notSent by stage, failed and
-    pending (from the analytics store; zero until the sink stored something)."""
-    planned: dict[str, int] = dict(status["planned"]) if status else {}
-    channels = list(status["channels"]) if status else []
-    by_channel = dict(report["by_channel"]) if report else {}
-    channels += sorted(set(by_channel) - set(channels))
-    counts: dict[str, dict[str, Any]] = {}
-    for channel in channels:
-        stored = by_channel.get(channel, {})
-        sent = int(stored.get("sent", 0))
-        not_sent = int(stored.get("not_sent", 0))
-        failed = int(stored.get("failed", 0))
-        cancel_unconfirmed = int(stored.get("cancel_unconfirmed", 0))
-        by_stage = {stage: int(stored.get("not_sent_by_stage", {}).get(stage, 0)) for stage in STAGES}
-        total = int(planned.get(channel, stored.get("planned", 0)))
-        counts[channel] = {
-            "planned": total,
-            "sent": sent,
-            "not_sent": not_sent,
-            "not_sent_by_stage": by_stage,
-            # Of the notSent at stage provider: the provider took the stop's cancel request
-            # without proving the message will not be delivered.
-            "cancel_unconfirmed": cancel_unconfirmed,
-            "failed": failed,
-            # Failed messages (the provider never accepted them) are accounted, not pending.
-            "pending": max(total - sent - not_sent - failed, 0),
-        }
-    return counts
+def channel_counts(account: CampaignAccount) -> dict[str, dict[str, Any]]:
+    """Per channel: planned, sent, notSent (in total and by stage), failed and pending, as the
+    API answers them (``counts``)."""
+    return {c.channel: {
+        "planned": c.planned,
+        "sent": c.sent,
+        "not_sent": c.not_sent,
+        "not_sent_by_stage": {stage: c.not_sent_by_stage[stage] for stage in STAGES},
+        # Of the notSent at stage provider: the provider took the stop's cancel request
+        # without proving the message will not be delivered.
+        "cancel_unconfirmed": c.cancel_unconfirmed,
+        "failed": c.failed,
+        "pending": c.pending,
+    } for c in account.channels}
 
 
 def campaign_detail(campaign_id: str, status: Mapping[str, Any] | None, view: ControlView,
                     evidence: Evidence, report: Mapping[str, Any] | None, now: int,
                     timeout_ms: int) -> dict[str, Any]:
-    counts = channel_counts(status, report)
+    """``GET /campaigns/{id}``: the campaign's account (``streams.campaigns.account``, what
+    `estop status` renders too) with its stop and whether it can be stopped."""
+    account = campaign_account(campaign_id, status, view, report)
     return {
         "campaign_id": campaign_id,
-        "state": effective_state(dict(status) if status else None, view, campaign_id),
+        "state": account.state,
         "channels": list(status["channels"]) if status else sorted(view.channels_stopped(campaign_id)),
         "updated_at": status["updated_at"] if status else None,
-        "planned": sum(c["planned"] for c in counts.values()),
-        "sent": sum(c["sent"] for c in counts.values()),
-        "not_sent": sum(c["not_sent"] for c in counts.values()),
-        "cancel_unconfirmed": sum(c["cancel_unconfirmed"] for c in counts.values()),
-        "failed": sum(c["failed"] for c in counts.values()),
-        "pending": sum(c["pending"] for c in counts.values()),
-        "counts": counts,
+        **{field: account.total(field)
+           for field in ("planned", "sent", "not_sent", "cancel_unconfirmed", "failed", "pending")},
+        "counts": channel_counts(account),
         "stop": stop_detail(view.stops(campaign_id), evidence, now, timeout_ms),
         # A stop would halt more of it (whatever its status says) and its id can be stopped:
         # where the console offers the emergency stop, and what the kill switch stops.
         "stoppable": stoppable(view, campaign_id) and id_problem(campaign_id) is None,
         # From the analytics store: the stop's request to the last halted message stored.
-        "stop_to_last_halted_accounted_s": report.get("stop_to_last_halted_accounted_s") if report else None,
+        "stop_to_last_halted_accounted_s": account.stop_to_last_halted_accounted_s,
     }
 
 
