@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from streams.controlplane.auth import AUDITED, OnRefused, Routes, route_access
+from streams.controlplane.exceptions import BodyTooLargeError
 from streams.security.exceptions import CredentialsError
 from streams.settings import Settings
 
@@ -35,10 +36,6 @@ MAX_BODY = 64 * 1024  # a stop request is a few hundred bytes
 ANY_HOST = frozenset({"/health", "/metrics"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 SECURE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
-
-
-class BodyTooLargeError(Exception):
-    """A request body larger than ``MAX_BODY``."""
 
 
 def is_loopback(host: str) -> bool:

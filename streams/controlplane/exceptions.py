@@ -13,3 +13,7 @@ class ControlPlaneError(EstopError):
 class KafkaUnreachableError(ControlPlaneError):
     """Kafka did not answer or refused what the service asked (a stop, the kill switch, a stop
     preview): nothing is confirmed written, and asking again is safe."""
+
+
+class BodyTooLargeError(ControlPlaneError):
+    """A request body larger than ``boundary.MAX_BODY``: refused (413) before the rest is read."""

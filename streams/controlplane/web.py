@@ -25,8 +25,7 @@ from streams.campaigns.exceptions import CanaryError, RelaunchError
 from streams.control.exceptions import CampaignNotStoppableError, InvalidStopError
 from streams.control.stop import StopResult
 from streams.controlplane.app import ControlPlane
-from streams.controlplane.boundary import BodyTooLargeError
-from streams.controlplane.exceptions import KafkaUnreachableError
+from streams.controlplane.exceptions import BodyTooLargeError, KafkaUnreachableError
 from streams.controlplane.views import TOO_LARGE, PlaneView, Route, requested_by
 from streams.exceptions import UsageError
 from streams.models import CHANNELS

@@ -16,7 +16,7 @@ from typing import Any
 from faust.web import Request, Response
 
 from streams.controlplane import auth
-from streams.controlplane.boundary import BodyTooLargeError
+from streams.controlplane.exceptions import BodyTooLargeError
 from streams.controlplane.views import TOO_LARGE, PlaneView, Route, requested_by
 from streams.exceptions import EstopError, UsageError
 from streams.guardrails import feedback

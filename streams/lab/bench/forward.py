@@ -1,7 +1,7 @@
 """Consume-and-forward between two topics with nothing else in the loop: the raw baseline
-(confluent-kafka, batched) and the same job on plain aiokafka, as evidence for the brief's choice
-of client on the data plane. Runs until SIGTERM; the benchmark measures it from the outside by
-watching the target topic's end offsets, exactly as it measures the gate.
+(confluent-kafka, batched) and the same job on plain aiokafka, as evidence for the choice of
+confluent-kafka as the data plane's client. Runs until SIGTERM; the benchmark measures it from
+the outside by watching the target topic's end offsets, exactly as it measures the gate.
 
     python -m streams.lab.bench.forward confluent|aiokafka BOOTSTRAP SOURCE TARGET GROUP
 """
