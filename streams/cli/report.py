@@ -53,7 +53,8 @@ def _report_table(data: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{data['campaign_id']}: {data['state'] or 'unknown state'}")
+    stopped_by = f" by {data['stopped_by']}" if data.get("stopped_by") else ""
+    table = Table(title=f"{data['campaign_id']}: {data['state'] or 'unknown state'}{stopped_by}")
     for column in ("channel", "planned", "sent", "notSent", "@sending", "@provider", "failed",
                    "pending"):
         table.add_column(column, justify="left" if column == "channel" else "right")

@@ -169,12 +169,20 @@ def live_processes(settings: Settings, client: AdminClient | None = None) -> set
 
 def audited_stop(settings: Settings, serdes: Serdes, actor: audit.Actor, campaign_id: str,
                  reason: str, channels: list[str], timeout_s: float,
-                 force: bool = False, trail: audit.AuditWriter | None = None) -> StopResult:
+                 force: bool = False, trail: audit.AuditWriter | None = None,
+                 command_id: str | None = None, on_written: OnWritten | None = None) -> StopResult:
     """``issue_stop`` as ``actor`` (the stop's ``requested_by``), audited whatever the outcome
-    (through ``trail``, else a writer of its own)."""
+    (through ``trail``, else a writer of its own); ``on_written`` is told after the audit."""
+
+    def written(campaign: str, command: str, stopped: list[str], audited: OnWritten) -> None:
+        audited(campaign, command, stopped)
+        if on_written is not None:
+            on_written(campaign, command, stopped)
+
     return _audited(settings, serdes, actor, audit.STOP, campaign_id, reason, channels, trail,
-                    lambda written: [issue_stop(settings, serdes, campaign_id, reason, channels,
-                                                actor.name, timeout_s, force, written)])[0]
+                    lambda audited: [issue_stop(
+                        settings, serdes, campaign_id, reason, channels, actor.name, timeout_s,
+                        force, lambda c, i, s: written(c, i, s, audited), command_id)])[0]
 
 
 def audited_stop_all(settings: Settings, serdes: Serdes, actor: audit.Actor, reason: str,
@@ -233,9 +241,11 @@ def _audited(settings: Settings, serdes: Serdes, actor: audit.Actor, action: str
 
 def issue_stop(settings: Settings, serdes: Serdes, campaign_id: str, reason: str,
                channels: list[str], by: str, timeout_s: float, force: bool = False,
-               on_written: OnWritten | None = None) -> StopResult:
+               on_written: OnWritten | None = None, command_id: str | None = None) -> StopResult:
+    """``command_id``: the command's id when the caller derives it (a guardrail's trip: a
+    second write of the same trip is the same command); else a fresh one."""
     return issue_stops(settings, serdes, [campaign_id], reason, channels, by, timeout_s, force,
-                       on_written)[0]
+                       on_written, command_id=command_id)[0]
 
 
 def stoppable(view: ControlView, campaign_id: str) -> bool:
@@ -269,12 +279,15 @@ def stop_all(settings: Settings, serdes: Serdes, reason: str, by: str,
 def issue_stops(settings: Settings, serdes: Serdes, campaign_ids: list[str], reason: str,
                 channels: list[str], by: str, timeout_s: float,
                 force: bool = False, on_written: OnWritten | None = None,
-                keep_going: bool = False) -> list[StopResult]:
+                keep_going: bool = False, command_id: str | None = None) -> list[StopResult]:
     """Validate every stop before writing any (nothing is written when one is invalid), write
     them, then wait until every live process confirmed each of them or ``timeout_s`` passed.
     ``keep_going`` (the kill switch): a stop that cannot be written is reported in its result's
-    ``error`` and the others are written all the same."""
+    ``error`` and the others are written all the same. ``command_id``: see ``issue_stop`` (with
+    one campaign only)."""
     reason, wanted = validate(reason, channels)
+    if command_id is not None and len(campaign_ids) != 1:
+        raise InvalidStopError("a command id is given for one campaign's stop only")
     campaign_ids = list(dict.fromkeys(check_campaign(c) for c in campaign_ids))
     if not campaign_ids:
         raise InvalidStopError("a stop needs a campaign id")
@@ -309,7 +322,7 @@ def issue_stops(settings: Settings, serdes: Serdes, campaign_ids: list[str], rea
     for campaign_id, already, status in to_write:
         try:
             written.append(_write_stop(send, settings, serdes, campaign_id, reason, wanted,
-                                       already, status, by, on_written))
+                                       already, status, by, on_written, command_id))
         except EstopError as exc:
             if not keep_going:
                 raise
@@ -324,12 +337,12 @@ def issue_stops(settings: Settings, serdes: Serdes, campaign_ids: list[str], rea
 
 def _write_stop(send: Producer, settings: Settings, serdes: Serdes, campaign_id: str, reason: str,
                 wanted: tuple[str, ...], already: frozenset[str], status: Status | None,
-                by: str, on_written: OnWritten | None) -> StopResult:
+                by: str, on_written: OnWritten | None, command_id: str | None = None) -> StopResult:
     """Produce the ControlCommand (acks=all); once the broker acknowledged it, tell
     ``on_written`` (the audit: before anything else can fail) and publish the campaign's Stopped
     status (for display: a stop is in force from its command alone)."""
     requested = frozenset(wanted) or frozenset(CHANNELS)
-    command_id = uuid.uuid4().hex
+    command_id = command_id or uuid.uuid4().hex
     command: dict[str, Any] = {
         "command_id": command_id,
         "campaign_id": campaign_id,

@@ -14,7 +14,15 @@
   command id recorded in turn. A process that restores a trip without a command id stops the
   campaign unless ``campaign-control`` shows it stopped already: one stop per trip across
   restarts and rebalances. One trip per campaign: once one rule tripped, the others count on
-  (their values stay visible) without tripping."""
+  (their values stay visible) without tripping.
+
+Fencing a stop against a partition that moves: the stopper writes a trip's stop only while its
+partition is held here (checked under a lock), and a revocation waits, under that lock, until a
+stop being written for the partition is acknowledged by Kafka, so the next owner, assigned only
+after the revocation returns, finds it on ``campaign-control`` and writes none. A partition lost
+without a clean revocation (the process was frozen past its session) cannot be waited for: the
+stop's command id is derived from the trip (``trip_command_id``), so both writes are one command
+to the gates, dispatchers and the confirmation (the audit then shows it accepted twice)."""
 
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +61,12 @@ BUCKETS = 20  # a sliding window is kept as this many buckets of its length
 RESTORE_TIMEOUT_S = 120.0
 RETRY_S = 1.0
 VALUES_EVERY_S = 5.0  # sliding windows age without new counts: their gauges are redone this often
+TRIP_IDS = uuid.UUID("6d1f3c2e-93a4-4f0e-9b51-0c7e2a1d5e47")  # the namespace of trip command ids
+
+
+def trip_command_id(window: Window) -> str:
+    """The stop command id of a trip: the same for every process that writes its stop."""
+    return uuid.uuid5(TRIP_IDS, f"{window.key}@{window.tripped_at}").hex
 
 
 # -- the counter --------------------------------------------------------------------------------
@@ -267,6 +282,9 @@ class Judge(TransactionalStage):
         self.trips: queue.Queue[Window] = queue.Queue()
         self.stopped: queue.Queue[tuple[str, str]] = queue.Queue()  # (window key, command id)
         self._values_at = 0.0
+        self._restored: list[Window] = []  # trips without their stop, restored by prepare
+        self._writing: int | None = None  # the partition whose trip's stop is being written
+        self._written = threading.Condition()  # guards _writing (see the module's note)
         self._running: threading.Event | None = None
         self._stopper: threading.Thread | None = None
 
@@ -347,6 +365,10 @@ class Judge(TransactionalStage):
 
     def idle(self) -> None:
         self.rules.follow()
+        restored, self._restored = self._restored, []
+        for trip in {w.key: w for w in restored}.values():  # a prepare done again restores twice
+            if trip.partition in self.ready:
+                self.trips.put(trip)
         done: list[Window] = []
         while True:
             try:
@@ -398,12 +420,15 @@ class Judge(TransactionalStage):
             self.windows[window.key] = window
             if window.tripped_at is not None:
                 self.tripped.setdefault(window.campaign_id, window.key)
-                if window.stop_command_id is None:
-                    self.trips.put(window)  # tripped, its stop not recorded: see the module's note
+                if window.stop_command_id is None:  # its stop not recorded: see the module's note
+                    self._restored.append(window)  # stopped once the partition is ready (idle)
         return super().prepare(partitions)
 
     def release(self, partitions: list[int], lost: bool) -> None:
         gone = set(partitions)
+        with self._written:  # a stop being written for them is on campaign-control first
+            while self._writing in gone:
+                self._written.wait()
         for key in [k for k, w in self.windows.items() if w.partition in gone]:
             window = self.windows.pop(key)
             if self.tripped.get(window.campaign_id) == key:
@@ -420,17 +445,30 @@ class Judge(TransactionalStage):
                 window = self.trips.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if window.partition not in self.ready and window.partition not in self._assigned:
+            with self._written:
+                held = window.partition in self.ready
+                if held:
+                    self._writing = window.partition
+            if not held:
                 continue  # the partition moved: its new owner restores the trip
             try:
                 command_id = self._stop(window)
             except Exception as exc:  # a broker away, a refused write: try again
                 log.warning("the stop of %s (%s) failed: %s; trying again", window.campaign_id,
                             window.trip_reason, exc)
+                self._wrote()
                 time.sleep(RETRY_S)
                 self.trips.put(window)
                 continue
+            self._wrote()
             self.stopped.put((window.key, command_id))
+
+    def _wrote(self, *_written: Any) -> None:
+        """The stop being written is on campaign-control (or was not written): a revocation
+        waiting for it may go on."""
+        with self._written:
+            self._writing = None
+            self._written.notify_all()
 
     def _stop(self, window: Window) -> str:
         view = read_control(self.settings, self.serdes)
@@ -443,7 +481,8 @@ class Judge(TransactionalStage):
                             role="guardrail")
         result = audited_stop(self.settings, self.serdes, actor, window.campaign_id,
                               window.trip_reason or window.rule, [], self.settings.stop_timeout_s,
-                              force=True)
+                              force=True, command_id=trip_command_id(window),
+                              on_written=self._wrote)
         metrics.GUARDRAIL_STOPS.labels(window.rule).inc()
         return result.command_id or ""
 

@@ -82,6 +82,9 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
         "cancel_unconfirmed": sum(u for _, u in cancels.values()),
         "by_channel": by_channel,
         "stops": stops,
+        # Who stopped it: the first stop's requested_by (an operator's name, the kill switch's
+        # caller, or guardrail:<rule> for a guardrail's automatic stop); None while not stopped.
+        "stopped_by": stops[0]["requested_by"] if stops else None,
         "stop_to_last_halted_accounted_s": stop_to_last,
         # Every stop, refused stop attempt and kill switch use naming the campaign.
         "audit": audit,

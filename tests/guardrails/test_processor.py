@@ -5,11 +5,12 @@ twice."""
 
 from __future__ import annotations
 
+import json
 import signal
 from typing import Any
 
 from streams.guardrails import feedback
-from streams.guardrails.processor import read_windows
+from streams.guardrails.processor import read_windows, trip_command_id
 from streams.guardrails.rules import parse, set_rule
 from streams.security import audit
 from streams.serde import Serdes
@@ -17,12 +18,14 @@ from streams.settings import Settings
 from tests.pipeline.support import (
     Workers,
     announce,
+    cli_env,
     control_records,
     produce_requests,
     records,
     wait_for,
     wait_outcomes,
 )
+from tests.support import run_estop
 
 CAMPAIGN = "guarded"
 PLANNED = 200
@@ -76,6 +79,22 @@ def test_a_complaint_rule_trips_once_and_stops_the_campaign(settings: Settings, 
     stops = [e for e in trail if e["action"] == audit.STOP]
     assert [(e["actor"], e["outcome"], e["via"]) for e in stops] == [
         ("guardrail:complaint", audit.ACCEPTED, "guardrail")]
+    # `estop report` says who stopped it, in its JSON and its table.
+    workers.start("--role", "sink")
+    wait_for(lambda: reported(settings)["stops"] != [], "the stop in the analytics store")
+    assert reported(settings)["stopped_by"] == "guardrail:complaint"
+    table = run_estop("report", CAMPAIGN, env={**cli_env(settings), "COLUMNS": "200"})
+    assert f"{CAMPAIGN}: Stopped by guardrail:complaint" in table.stdout
+
+
+def reported(settings: Settings) -> dict[str, Any]:
+    """`estop report CAMPAIGN --json`."""
+    done = run_estop("report", CAMPAIGN, "--json", env=cli_env(settings))
+    if done.returncode == 2:  # the analytics store has nothing of it yet
+        return {"stops": []}
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
 
 
 def test_under_the_threshold_nothing_is_stopped(settings: Settings, serdes: Serdes,
@@ -116,6 +135,32 @@ def test_a_processor_killed_after_the_trip_stops_once(settings: Settings, serdes
     wait_for(lambda: any(w.totals()[1] == 15 for w in read_windows(settings, serdes, CAMPAIGN)),
              "the later complaints counted")
     assert len(guardrail_stops(settings, serdes)) == 1
+
+
+def test_a_processor_killed_in_the_middle_of_the_window_trips_once_later(
+        settings: Settings, serdes: Serdes, workers: Workers) -> None:
+    """SIGKILLed with part of the window counted (5 complaints, under the threshold): the next
+    processor restores those counts from the changelog, so 5 more complaints trip the rule (not
+    missed, not counted twice: the window holds exactly 10) and write exactly one stop, whose
+    id is the trip's."""
+    complaint_rule(settings, serdes, 0.05)
+    ids = run_campaign(settings, serdes, workers)
+    first, _ = workers.start("--role", "guardrail")
+    feedback.publish(settings, serdes, complaints(ids, 5))
+    wait_for(lambda: any(w.totals()[1] == 5 for w in read_windows(settings, serdes, CAMPAIGN)),
+             "half the complaints counted")
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+    (window,) = read_windows(settings, serdes, CAMPAIGN)
+    assert window.tripped_at is None and guardrail_stops(settings, serdes) == []
+    workers.start("--role", "guardrail")
+    feedback.publish(settings, serdes, complaints(ids[5:], 5))
+    wait_for(lambda: any(w.stop_command_id for w in read_windows(settings, serdes, CAMPAIGN)),
+             "the trip's stop recorded")
+    (window,) = read_windows(settings, serdes, CAMPAIGN)
+    assert window.totals()[1] == 10
+    (stop,) = guardrail_stops(settings, serdes)
+    assert stop["command_id"] == window.stop_command_id == trip_command_id(window)
 
 
 def test_a_rule_is_checked_before_anything_is_written() -> None:

@@ -255,7 +255,9 @@ def test_estop_report_prints_the_same_numbers(scenario: Scenario) -> None:
     table = run_cli(scenario.settings, "report", scenario.campaign_id)
     assert table.returncode == 0, table.stderr
     words = " ".join(table.stdout.split())  # the table wraps long lines at the terminal width
-    assert f"{scenario.campaign_id}: Stopped" in words and f"{REASON} (1 acknowledgements)" in words
+    assert printed["stopped_by"] == "sink-test"
+    assert f"{scenario.campaign_id}: Stopped by sink-test" in words
+    assert f"{REASON} (1 acknowledgements)" in words
     total_row = next(line for line in table.stdout.splitlines() if "total" in line)
     for number in (report["total"], report["sent"], report["not_sent"]):
         assert f"{number:,}" in total_row
