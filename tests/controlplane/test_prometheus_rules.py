@@ -16,6 +16,7 @@ REQUIRED_ALERTS = {
     "EstopControlRecordRefused",  # a record on campaign-control refused by a worker
     "EstopProcessDown",  # a worker process down
     "EstopRoleDown",  # a role down inside a running process
+    "EstopGuardrailTripped",  # a guardrail stopped a campaign by itself
 }
 
 
