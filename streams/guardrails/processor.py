@@ -202,10 +202,11 @@ class Window:
                 bucket[1] += hits
             return
         width = max(1000, rule.window_size * 1000 // BUCKETS)
+        newest = max([at, *self.buckets])  # counts about a time long past age out at once
         bucket = self.buckets.setdefault(at - at % width, [0, 0])
         bucket[0] += outcomes
         bucket[1] += hits
-        self.age(rule, at)
+        self.age(rule, newest)
 
     def age(self, rule: Rule, now: int) -> None:
         if rule.window != FIRST:
