@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.control.confirmation import holdings
 from streams.kafka.clients import Headers, admin, producer
@@ -116,3 +117,13 @@ def produce_each(settings: Settings, topic: str,
         out.produce(topic, **kwargs)
     assert out.flush(60) == 0
     assert errors == []
+
+
+def metric(text: str, sample: str, **labels: str) -> float:
+    """Sum of the samples named ``sample`` whose labels include ``labels`` (0 when absent)."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total

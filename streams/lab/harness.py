@@ -18,16 +18,22 @@ from streams.models import CHANNELS
 from streams.settings import Settings
 
 
+def estop_env(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """The environment of an ``estop`` child process: this one's, pointed at the same cluster,
+    topics and data folder as ``settings``, then ``env``."""
+    return {**os.environ,
+            "ESTOP_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "ESTOP_TOPIC_PREFIX": settings.topic_prefix,
+            "ESTOP_DATA_DIR": str(settings.data_dir),
+            **env}
+
+
 class WorkerProcess:
     """An ``estop worker`` subprocess, ready once it has read the control view."""
 
     def __init__(self, settings: Settings, extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
-        full_env = dict(os.environ)
-        full_env.update({
-            "ESTOP_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "ESTOP_TOPIC_PREFIX": settings.topic_prefix,
-            "ESTOP_DATA_DIR": str(settings.data_dir),
+        full_env = estop_env(settings, {
             "ESTOP_PROVIDER_RATE": str(settings.provider_rate),
             "ESTOP_PROVIDER_DELAY_S": str(settings.provider_delay_s),
             "ESTOP_METRICS_PORT": str(settings.metrics_port),
@@ -35,8 +41,8 @@ class WorkerProcess:
             "ESTOP_MTA_DIR": str(settings.mta_home),
             "ESTOP_MTA_PORT": str(settings.mta_port),
             "ESTOP_MTA_RECEIVER_PORT": str(settings.mta_receiver_port),
+            **(env or {}),
         })
-        full_env.update(env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams", "worker", *(extra_args or [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from confluent_kafka import Message
 
 from streams.kafka.clients import producer
 from streams.kafka.reader import read_topic
-from streams.lab.harness import WorkerProcess
+from streams.lab.harness import WorkerProcess, estop_env
 from streams.serde import Serdes
 from streams.settings import Settings
 from tests.support import REPO
@@ -140,11 +139,7 @@ class ControlProcess(WorkerProcess):
 
     def __init__(self, settings: Settings, command: tuple[str, ...] = ("control",),
                  env: dict[str, str] | None = None) -> None:
-        full_env = dict(os.environ)
-        full_env.update({
-            "ESTOP_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "ESTOP_TOPIC_PREFIX": settings.topic_prefix,
-            "ESTOP_DATA_DIR": str(settings.data_dir),
+        full_env = estop_env(settings, {
             "ESTOP_CONTROL_PORT": "0",
             # No tokens on this machine's loopback: the API asks nobody (tests with tokens set them).
             "ESTOP_HTTP_OPEN": "true",

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from streams.campaigns.launcher import LaunchResult, launch, message_id
 from streams.control.stop import StopResult, issue_stop
@@ -194,16 +193,6 @@ def watch_until(settings: Settings, campaign_id: str, fleet: Fleet,
         return watch.counter.total
     finally:
         watch.close()
-
-
-def metric(text: str, sample: str, **labels: str) -> float:
-    """Sum of the samples named ``sample`` whose labels include ``labels`` (0 when absent)."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
 
 
 # -- Kafka ----------------------------------------------------------------------------------

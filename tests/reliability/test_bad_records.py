@@ -31,14 +31,13 @@ from streams.sink.exceptions import UnknownCampaignError
 from tests.reliability.support import (
     Fleet,
     header,
-    metric,
     read_all,
     report,
     send_request,
     wait_for,
     wait_outcomes,
 )
-from tests.support import produce, produce_each
+from tests.support import metric, produce, produce_each
 
 pytestmark = pytest.mark.broker
 

@@ -25,7 +25,6 @@ from tests.controlplane.support import ControlProcess, Processes
 from tests.reliability.support import (
     Fleet,
     campaign_events,
-    metric,
     produce_requests,
     read_all,
     stop,
@@ -33,7 +32,7 @@ from tests.reliability.support import (
     wait_joined,
     wait_outcomes,
 )
-from tests.support import produce
+from tests.support import metric, produce
 
 pytestmark = pytest.mark.broker
 

@@ -39,13 +39,12 @@ from tests.pipeline.support import cli_env
 from tests.reliability.support import (
     Fleet,
     campaign_events,
-    metric,
     read_all,
     wait_for,
     wait_joined,
     wait_outcomes,
 )
-from tests.support import produce, produce_each, run_estop
+from tests.support import metric, produce, produce_each, run_estop
 
 pytestmark = pytest.mark.broker
 

@@ -20,11 +20,10 @@ from tests.reliability.support import (
     Launch,
     assert_exact,
     env_of,
-    metric,
     stop,
     watch_until,
 )
-from tests.support import ESTOP
+from tests.support import ESTOP, metric
 
 pytestmark = pytest.mark.broker
 

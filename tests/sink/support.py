@@ -111,16 +111,6 @@ class Workers:
             print(f"--- worker {worker.process_id} exited {code}; last lines:\n{worker.output()}")
 
 
-def metric(text: str, sample: str, **labels: str) -> float:
-    """Sum of the samples named ``sample`` whose labels include ``labels`` (0 when absent)."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
-
-
 def samples(text: str, sample: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {tuple(sorted(s.labels.items())): s.value
             for family in text_string_to_metric_families(text)

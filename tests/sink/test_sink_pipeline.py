@@ -44,7 +44,6 @@ from tests.sink.support import (
     count_outcomes,
     delete_topics,
     header_values,
-    metric,
     read_all,
     reset_sink_offsets,
     run_cli,
@@ -52,7 +51,7 @@ from tests.sink.support import (
     sink_lag,
     wait_for,
 )
-from tests.support import produce
+from tests.support import metric, produce
 
 CAMPAIGN_CHANNELS = ["email", "sms", "push"]
 RECIPIENTS = 1000  # per channel: 3,000 messages
