@@ -16,7 +16,7 @@ from playwright.sync_api import Page, expect
 from streams.campaigns.launcher import launch
 from streams.lab.harness import WorkerProcess
 from streams.serde import Serdes
-from tests.console.support import Stack
+from tests.console.support import ARTIFACTS, Stack
 from tests.controlplane.support import wait_for
 
 pytestmark = pytest.mark.broker
@@ -74,6 +74,7 @@ def test_the_guardrail_panel_shows_the_rule_and_its_automatic_stop(
     marker = page.locator('#outcome-chart .stop-line.automatic[data-guardrail="complaint"]')
     expect(marker).to_have_count(1)
     expect(page.locator("#outcome-chart .stop-label")).to_have_text("automatic stop: complaint")
+    page.screenshot(path=str(ARTIFACTS / "console-guardrail-stop.png"), full_page=True)
 
     page.goto(f"{stack.base}/console")
     listed = page.locator(f'tr[data-campaign="{CAMPAIGN}"] .badge.guardrail')
