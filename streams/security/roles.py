@@ -4,7 +4,8 @@ from the topic prefix, so deployments (and test runs) under different prefixes s
 * operator: writes campaign-control, campaign-status, campaign-canary (`estop release`) and
   audit; reads them, the acks, the
   outcomes and the dispatchers' ledgers (`estop stop`, `estop status`); sees the worker groups'
-  members and their partitions (confirmation).
+  members and their partitions (confirmation); reads and writes guardrail-rules (`estop rules`),
+  writes feedback and reads guardrail-state (the API's feedback and rule values).
 * control: the operator's rights, plus the control plane's own group and internal topics, and
   what a relaunch writes (send-requests.*, notsent).
 * worker (gates, dispatchers): reads send-requests.*, dispatch.* and campaign-control; writes
@@ -71,8 +72,10 @@ def grants(settings: Settings) -> dict[str, list[Grant]]:
     readers = Grant("group", READER_GROUP_PREFIX, ("READ",), prefixed=True)
     operator = [
         *topics([t.control, t.status, t.canary], "READ", "WRITE"),
-        *topics([t.audit], "WRITE"),
-        *topics([t.acks, *outcomes, *ledgers], "READ"),
+        # Guardrails: rules (`estop rules`, the API), feedback (POST /feedback), rule values.
+        *topics([t.guardrail_rules], "READ", "WRITE"),
+        *topics([t.audit, t.feedback], "WRITE"),
+        *topics([t.acks, *outcomes, *ledgers, t.guardrail_state], "READ"),
         # Stop confirmation asks who holds which partition of the gate and dispatch topics.
         Grant("group", f"{prefix}estop-", ("DESCRIBE",), prefixed=True),
         readers,

@@ -636,7 +636,7 @@ def test_compose_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> No
                 host, port = target.split(":")
                 assert host in services and int(port) == pod_settings().control_port, job
     jobs = {j["job_name"].removeprefix("estop-") for j in scraped}
-    assert jobs == {"gate", "dispatcher", "sink", "control"}
+    assert jobs == {"gate", "dispatcher", "guardrail", "sink", "control"}
 
 
 def test_the_image_installs_estop_as_a_package_and_runs_it_as_a_non_root_user() -> None:

@@ -130,3 +130,23 @@ def test_a_worker_started_as_the_wrong_user_stops_with_one_line(secured: Princip
     assert (f"ERROR streams.worker: gate.email failed: user '{analytics}' may not use the "
             "transactional ids of gate.email; stopping the worker") in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_operator_sets_guardrail_rules_and_the_engine_cannot(secured: Principals) -> None:
+    """`estop rules set` as the operator stores the rule; as the campaign engine it is one line
+    naming the user and the right, nothing written."""
+    topics = secured.admin.topics
+    engine = secured.roles["engine"]
+
+    refused = run_estop("rules", "set", "bounce", "--threshold", "0.2", env=secured.env("engine"))
+
+    assert refused.returncode == 4, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"estop: user '{engine.sasl_username}' may not read {topics.guardrail_rules}"]
+    assert records(secured.admin, topics.guardrail_rules) == []
+
+    done = run_estop("rules", "set", "bounce", "--threshold", "0.2", env=secured.env("operator"))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("bounce for every campaign: bounce rate >= 20.00%")
+    assert len(records(secured.admin, topics.guardrail_rules)) == 1
