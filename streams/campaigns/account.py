@@ -46,6 +46,9 @@ class CampaignAccount:
     state: str | None  # None: the lifecycle topic and the control view never saw it
     channels: tuple[ChannelAccount, ...]
     stop_to_last_halted_accounted_s: float | None
+    # Who stopped it (the first stop in force): a person's name, or guardrail:<rule> for a
+    # guardrail's automatic stop; None while not stopped.
+    stopped_by: str | None = None
 
     def total(self, field: str) -> int:
         """A count summed over the channels (``planned``, ``sent``, ``not_sent``, ``failed``,
@@ -84,4 +87,5 @@ def campaign_account(campaign_id: str, status: Mapping[str, Any] | None, view: C
         state=effective_state(dict(status) if status else None, view, campaign_id),
         channels=tuple(channels),
         stop_to_last_halted_accounted_s=(report.get("stop_to_last_halted_accounted_s")
-                                         if report else None))
+                                         if report else None),
+        stopped_by=stops[0].requested_by if (stops := view.stops(campaign_id)) else None)

@@ -115,6 +115,7 @@ def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dic
         "state": account.state,
         "channels": per_channel,
         "stops": [stop_info(s) for s in view.stops(campaign_id)],
+        "stopped_by": account.stopped_by,
         "totals": {field: account.total(field)
                    for field in ("planned", "sent", "not_sent", "cancel_unconfirmed", "failed")},
         "known_channels": list(CHANNELS),

@@ -169,7 +169,8 @@ class ControlPlane:
         # Audit events, restated stops and statuses: one thread, one long-lived producer each.
         self._audit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-audit")
         self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-store")
-        self._trail = audit.AuditWriter(settings, self.serdes)
+        # The plane's one audit writer: other areas' views audit through it too.
+        self.trail = audit.AuditWriter(settings, self.serdes)
         self._throttle = audit.Throttle()
         self._repairs: Producer | None = None  # restates stops and statuses (the audit thread's)
         # Campaign -> (what its latest control record stops on its own, where, what it was):
@@ -364,7 +365,9 @@ class ControlPlane:
 
     # -- blocking work off the event loop ----------------------------------------------------
 
-    async def _kafka(self, func: Callable[..., T], *args: Any) -> T:
+    async def kafka(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a blocking Kafka call (a read to a topic's end, an acknowledged write) off the
+        event loop: for this plane's views and those of other areas (guardrails, canary)."""
         return await asyncio.get_running_loop().run_in_executor(self._kafka_pool, func, *args)
 
     async def _stopping(self, func: Callable[..., T], *args: Any) -> T:
@@ -377,7 +380,7 @@ class ControlPlane:
             self._live_lock = asyncio.Lock()
         async with self._live_lock:
             if time.monotonic() - self._live_at > max_age_s:
-                self._live = await self._kafka(
+                self._live = await self.kafka(
                     functools.partial(holdings, self.settings, self._admin))
                 self._live_at = time.monotonic()
                 LIVE_PROCESSES.set(len(self._live.live))
@@ -454,7 +457,7 @@ class ControlPlane:
             log.warning("%s %s by %s from %s: %s", entry["action"], entry["outcome"],
                         entry["actor"], entry["source"], entry["detail"])
         problem = await asyncio.get_running_loop().run_in_executor(
-            self._audit_pool, self._trail.write, entry)
+            self._audit_pool, self.trail.write, entry)
         if problem:
             log.warning("%s", problem)
 
@@ -500,7 +503,7 @@ class ControlPlane:
             raise
         try:
             result = await self._stopping(audited_stop, self.settings, self.serdes, auth.actor(who),
-                                          campaign_id, reason, channels, 0.0, force, self._trail)
+                                          campaign_id, reason, channels, 0.0, force, self.trail)
         except InvalidStopError:
             raise
         except EstopError as exc:  # Kafka unreachable or refusing: nothing confirmed written
@@ -514,7 +517,7 @@ class ControlPlane:
         InvalidStopError, UnknownCampaignError (user mistakes) and KafkaUnreachableError."""
         report = (await self.reports([campaign_id]))[campaign_id]
         try:
-            impact = await self._kafka(preview_stop, self.settings, self.serdes, campaign_id,
+            impact = await self.kafka(preview_stop, self.settings, self.serdes, campaign_id,
                                        channels, report)
         except UsageError:
             raise
@@ -529,7 +532,7 @@ class ControlPlane:
         KafkaUnreachableError."""
         try:
             return await self._stopping(audited_stop_all, self.settings, self.serdes,
-                                        auth.actor(who), reason, 0.0, self._trail)
+                                        auth.actor(who), reason, 0.0, self.trail)
         except InvalidStopError:
             raise
         except EstopError as exc:
@@ -586,7 +589,7 @@ class ControlPlane:
         self._relaunches[plan.campaign_id] = job
 
         def note(outcome: str, detail: str) -> None:
-            problem = self._trail.write(audit.event(
+            problem = self.trail.write(audit.event(
                 self.settings, auth.actor(who), audit.RELAUNCH, outcome, plan.source,
                 channels=sorted(plan.audience), detail=f"as {plan.campaign_id}: {detail}"))
             if problem:
@@ -622,8 +625,8 @@ class ControlPlane:
         (recovered from a changelog, or consumed now)."""
         while True:
             try:
-                last = await self._kafka(last_record_offsets, self.settings, self.source_topics)
-                committed = await self._kafka(committed_offsets, self.settings, self.app_id,
+                last = await self.kafka(last_record_offsets, self.settings, self.source_topics)
+                committed = await self.kafka(committed_offsets, self.settings, self.app_id,
                                               list(last))
                 break
             except Exception as exc:  # the broker is away: try again, never answer stale
@@ -745,7 +748,7 @@ class ControlPlane:
             problem = failed.get((topics.control, command["campaign_id"]))
             log.warning("%s the stop of %r: %s%s", "could not restate" if problem else "restated",
                         command["campaign_id"], why, f" ({problem})" if problem else "")
-            written = self._trail.write(audit.event(
+            written = self.trail.write(audit.event(
                 self.settings, self._itself, audit.CONTROL_RECORD,
                 audit.FAILED if problem else audit.REPAIRED, command["campaign_id"],
                 command_id=command["command_id"], reason=command["reason"],
@@ -767,7 +770,7 @@ class ControlPlane:
         self._kafka_pool.shutdown(wait=True, cancel_futures=True)
         self._stop_pool.shutdown(wait=True, cancel_futures=True)
         self._audit_pool.shutdown(wait=True, cancel_futures=True)
-        self._trail.close()
+        self.trail.close()
         if self._repairs is not None:
             self._repairs.flush(self.settings.admin_timeout_s)
         self._closing.close()

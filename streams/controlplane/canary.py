@@ -24,7 +24,7 @@ class Canary(PlaneView):
     async def get(self, request: Request, campaign_id: str) -> Response:
         plane = self.plane
         try:
-            state = await plane._kafka(read_state, plane.settings, plane.serdes, campaign_id)
+            state = await plane.kafka(read_state, plane.settings, plane.serdes, campaign_id)
         except EstopError as exc:
             return self.error(503, str(exc))
         if state is None:
@@ -36,7 +36,7 @@ class Canary(PlaneView):
         plane = self.plane
         who = requested_by(request)
         try:
-            state = await plane._kafka(release, plane.settings, plane.serdes, campaign_id, who.name)
+            state = await plane.kafka(release, plane.settings, plane.serdes, campaign_id, who.name)
         except CanaryError as exc:
             await plane.rejected(audit.RELEASE, who, campaign_id, str(exc), 409)
             return self.error(409, str(exc))

@@ -157,6 +157,7 @@ def campaign_detail(campaign_id: str, status: Mapping[str, Any] | None, view: Co
            for field in ("planned", "sent", "not_sent", "cancel_unconfirmed", "failed", "pending")},
         "counts": channel_counts(account),
         "stop": stop_detail(view.stops(campaign_id), evidence, now, timeout_ms),
+        "stopped_by": account.stopped_by,
         # A stop would halt more of it (whatever its status says) and its id can be stopped:
         # where the console offers the emergency stop, and what the kill switch stops.
         "stoppable": stoppable(view, campaign_id) and id_problem(campaign_id) is None,
@@ -180,7 +181,7 @@ def campaign_summary(detail: Mapping[str, Any]) -> dict[str, Any]:
         "pending": detail["pending"],
         "stopped": stop is not None,
         # Who stopped it first: a person, or ``guardrail:<rule>`` (the console's badge).
-        "stopped_by": stop["requested_by"] if stop else None,
+        "stopped_by": detail["stopped_by"],
         "confirmed": stop["confirmed"] if stop else None,
         "stoppable": detail["stoppable"],
     }

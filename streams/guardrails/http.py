@@ -39,7 +39,7 @@ def _status(exc: EstopError) -> int:
 class Rules(PlaneView):
     async def get(self, request: Request) -> Response:
         plane = self.plane
-        book = await plane._kafka(read_rules, plane.settings, plane.serdes)
+        book = await plane.kafka(read_rules, plane.settings, plane.serdes)
         campaigns: dict[str, list[dict[str, Any]]] = {}
         for rule in book.stored.values():
             if rule.scope != ALL:
@@ -56,8 +56,8 @@ class Rules(PlaneView):
             return self.json({"error": problem}, status=400)
         plane = self.plane
         try:
-            rule = await plane._kafka(set_rule, plane.settings, plane.serdes, _actor(request),
-                                      payload, plane._trail)
+            rule = await plane.kafka(set_rule, plane.settings, plane.serdes, _actor(request),
+                                      payload, plane.trail)
         except EstopError as exc:
             return self.json({"error": str(exc)}, status=_status(exc))
         return self.json({"rule": rule.as_json()})
@@ -69,8 +69,8 @@ class Rules(PlaneView):
                              status=400)
         plane = self.plane
         try:
-            await plane._kafka(delete_rule, plane.settings, plane.serdes, _actor(request), scope,
-                               name, plane._trail)
+            await plane.kafka(delete_rule, plane.settings, plane.serdes, _actor(request), scope,
+                               name, plane.trail)
         except EstopError as exc:
             return self.json({"error": str(exc)}, status=_status(exc))
         return self.json({"deleted": {"scope": scope, "name": name}})
@@ -79,8 +79,8 @@ class Rules(PlaneView):
 class CampaignGuardrails(PlaneView):
     async def get(self, request: Request, campaign_id: str) -> Response:
         plane = self.plane
-        book = await plane._kafka(read_rules, plane.settings, plane.serdes)
-        windows = await plane._kafka(read_windows, plane.settings, plane.serdes, campaign_id)
+        book = await plane.kafka(read_rules, plane.settings, plane.serdes)
+        windows = await plane.kafka(read_windows, plane.settings, plane.serdes, campaign_id)
         by_rule: dict[str, list[Any]] = {}
         for window in windows:
             by_rule.setdefault(window.rule, []).append(window)
@@ -117,7 +117,7 @@ class Feedback(PlaneView):
         plane = self.plane
         try:
             reports = feedback.check_all(payload.get("feedback"), requested_by(request).name)
-            written = await plane._kafka(feedback.publish, plane.settings, plane.serdes, reports)
+            written = await plane.kafka(feedback.publish, plane.settings, plane.serdes, reports)
         except EstopError as exc:
             return self.json({"error": str(exc)}, status=_status(exc))
         return self.json({"written": written}, status=202)

@@ -3,7 +3,8 @@ and real workers: a viewer may read the rules and a campaign's values but not se
 feedback (refused naming the user and the role it needs, nothing written); a bad rule is a 400 of
 one line, nothing written; an operator's rules apply, and feedback posted to ``POST /feedback``
 as a webhook would trips the complaint rule, which writes one stop that
-``GET /campaigns/{id}/guardrails`` shows with the rule's live value."""
+``GET /campaigns/{id}/guardrails`` shows with the rule's live value, and the campaign's account
+(``GET /campaigns/{id}``, ``estop status``) names who stopped it."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from streams.serde import Serdes
 from streams.settings import Settings
 from tests.controlplane.support import Api, ControlProcess, Processes, http
 from tests.guardrails.test_processor import CAMPAIGN, guardrail_stops, run_campaign
-from tests.pipeline.support import Workers, records
-from tests.support import wait_for
+from tests.pipeline.support import Workers, cli_env, records
+from tests.support import run_estop, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -98,6 +99,13 @@ def test_rules_and_feedback_over_http_trip_the_complaint_rule(
     assert shown["tripped"]["rule"] == "complaint"
     assert shown["tripped"]["requested_by"] == "guardrail:complaint"
     assert shown["tripped"]["stop_command_id"] == stop["command_id"]
+    # Who stopped it, in the campaign's account: the API (and so the console) and `estop status`.
+    status, detail = call(api, "GET", f"/campaigns/{CAMPAIGN}", VIEWER)
+    assert status == 200 and detail["stopped_by"] == "guardrail:complaint"
+    listed_campaign = call(api, "GET", "/campaigns", VIEWER)[1]["campaigns"]
+    assert [c["stopped_by"] for c in listed_campaign] == ["guardrail:complaint"]
+    printed = run_estop("status", CAMPAIGN, "--json", env=cli_env(settings))
+    assert printed.returncode == 0 and json.loads(printed.stdout)["stopped_by"] == "guardrail:complaint"
 
     assert call(api, "DELETE", "/guardrails/rules?name=complaint", OPERATOR) == (
         200, {"deleted": {"scope": "*", "name": "complaint"}})
