@@ -18,10 +18,11 @@ from typing import Any
 
 from confluent_kafka import Message, Producer, TopicPartition
 
-from streams.campaigns.exceptions import CanaryError
+from streams.campaigns.exceptions import CanaryError, CanaryNotHoldingError
 from streams.clock import now_ms
 from streams.control.view import ControlView
 from streams.kafka.clients import consumer, producer, take
+from streams.kafka.exceptions import KafkaUnavailableError
 from streams.kafka.reader import read_topic
 from streams.serde import SerdeError, Serdes
 from streams.settings import Settings
@@ -109,16 +110,16 @@ def release(settings: Settings, serdes: Serdes, campaign_id: str, by: str) -> Ca
     the campaign has no canary holding (nothing written)."""
     state = read_state(settings, serdes, campaign_id)
     if state is None:
-        raise CanaryError(f"campaign {campaign_id!r} was not launched with a canary")
+        raise CanaryNotHoldingError(f"campaign {campaign_id!r} was not launched with a canary")
     if state["state"] != HOLDING:
-        raise CanaryError(f"the canary of {campaign_id!r} is not holding (it is {state['state']}"
+        raise CanaryNotHoldingError(f"the canary of {campaign_id!r} is not holding (it is {state['state']}"
                           + (f", released by {state['released_by']}" if state["released_by"] else "")
                           + "); nothing to release")
     out = producer(settings)
     released = {**state, "state": RELEASED, "released_by": by}
     publish(out, settings, serdes, released)
     if out.flush(settings.admin_timeout_s):
-        raise CanaryError(f"Kafka did not acknowledge the release of {campaign_id!r}")
+        raise KafkaUnavailableError(f"Kafka did not acknowledge the release of {campaign_id!r}")
     return released
 
 

@@ -10,3 +10,8 @@ class RelaunchError(UsageError):
 class CanaryError(UsageError):
     """A canary asked for wrongly (its share), or a release of a campaign whose canary is not
     holding; nothing was written."""
+
+
+class CanaryNotHoldingError(CanaryError):
+    """A release of a campaign whose canary is not holding (none, or released or stopped
+    already); nothing was written."""

@@ -98,8 +98,16 @@ def read_control(settings: Settings, serdes: Serdes) -> ControlView:
 def effective_state(status: Status | None, view: ControlView, campaign_id: str) -> str | None:
     """Stopped when a command stopped the campaign; else its status, where a Stopped that no
     command backs is Sending (its messages may still flow: nothing stopped them)."""
-    if view.channels_stopped(campaign_id):
+    return resolved_state(status["state"] if status else None,
+                          bool(view.channels_stopped(campaign_id)))
+
+
+def resolved_state(recorded: str | None, stopped: bool) -> str | None:
+    """The rule ``effective_state`` applies, given the recorded lifecycle state (None: no status)
+    and whether a stop command is in force: the analytics store's report applies it to its
+    copy of the stops."""
+    if stopped:
         return STATE_STOPPED
-    if status is None:
+    if recorded is None:
         return None
-    return STATE_SENDING if status["state"] == STATE_STOPPED else str(status["state"])
+    return STATE_SENDING if recorded == STATE_STOPPED else str(recorded)

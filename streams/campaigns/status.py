@@ -12,8 +12,9 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from streams.campaigns.account import campaign_account
+from streams.campaigns.account import CampaignReport, campaign_account
 from streams.campaigns.lifecycle import read_campaigns, read_control, stop_info
+from streams.clock import when
 from streams.dispatch.changelog import LedgerStats
 from streams.exceptions import UsageError
 from streams.kafka.clients import headers_of
@@ -30,7 +31,7 @@ from streams.models import (
 from streams.serde import Serdes
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
-from streams.sink.report import campaign_report
+from streams.sink.report import stored_outcomes
 from streams.sink.store import open_store
 
 
@@ -91,7 +92,7 @@ def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dic
     campaigns = read_campaigns(settings, serdes)
     view = read_control(settings, serdes)
     status = campaigns.get(campaign_id)
-    account = campaign_account(campaign_id, status, view, _stored_report(settings, campaign_id))
+    account = campaign_account(campaign_id, status, view, _stored(settings, campaign_id))
     if account.state is None:
         raise UsageError(f"unknown campaign {campaign_id!r}: not on campaign-status or campaign-control")
     per_channel: dict[str, dict[str, Any]] = {}
@@ -122,11 +123,44 @@ def campaign_status(settings: Settings, serdes: Serdes, campaign_id: str) -> dic
     }
 
 
-def _stored_report(settings: Settings, campaign_id: str) -> dict[str, Any] | None:
-    """The campaign's analytics report (None until the store has something of it)."""
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """What `estop status` prints of ``campaign_status``: the state, a row per channel, a line
+    per stop."""
+    lines = [f"{status['campaign_id']}: {status['state']}",
+             f"  {'channel':<8} {'requested':>10} {'passed gate':>12} {'handed':>10} "
+             f"{'sent':>10} {'notSent@sending':>16} {'notSent@provider':>17} "
+             f"{'cancel unconfirmed':>19} {'failed':>8} {'pending':>9}"]
+    for channel, c in status["channels"].items():
+        lines.append(f"  {channel:<8} {c['requested']:>10,} {c['passed_gate']:>12,} "
+                     f"{c['handed_to_provider']:>10,} {c['sent']:>10,} "
+                     f"{c['not_sent']['sending']:>16,} {c['not_sent']['provider']:>17,} "
+                     f"{c['cancel_unconfirmed']:>19,} {c['failed']:>8,} {c['pending']:>9,}")
+    for s in status["stops"]:
+        lines.append(f"  stopped {', '.join(s['channels'])} by {s['requested_by']} at "
+                     f"{when(s['requested_at'])}: {s['reason']} (command {s['command_id']})")
+    return lines
+
+
+def campaign_report_now(settings: Settings, serdes: Serdes, campaign_id: str) -> CampaignReport:
+    """``estop report``: the campaign's account (state and who stopped it from the control view,
+    as `estop status` and the API) with the stops and the audit trail the store holds.
+    UnknownCampaignError when neither Kafka nor the store knows it."""
+    status = read_campaigns(settings, serdes).get(campaign_id)
+    view = read_control(settings, serdes)
+    stored = _stored(settings, campaign_id)
+    account = campaign_account(campaign_id, status, view, stored)
+    if account.state is None and stored is None:
+        raise UnknownCampaignError(f"unknown campaign {campaign_id!r}: not on campaign-status or "
+                                   "campaign-control, and the analytics store has nothing of it")
+    return CampaignReport(account, tuple(stored["stops"]) if stored else (),
+                          tuple(stored["audit"]) if stored else ())
+
+
+def _stored(settings: Settings, campaign_id: str) -> dict[str, Any] | None:
+    """What the analytics store holds of the campaign (None until it has something of it)."""
     store = open_store(settings)
     try:
-        return campaign_report(store, campaign_id)
+        return stored_outcomes(store, campaign_id)
     except UnknownCampaignError:
         return None
     finally:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from streams.cli.common import CHANNEL_OPTION, audited_cli, handles_errors, say, when
+from streams.cli.common import CHANNEL_OPTION, audited_cli, handles_errors, say
 from streams.exceptions import EstopError, UsageError
 from streams.settings import Settings
 
@@ -113,7 +113,7 @@ def relaunch(settings: Settings, campaign_id: str, new_id: str, rate: float | No
 @handles_errors
 def status(settings: Settings, campaign_id: str, as_json: bool) -> None:
     """Lifecycle state and per-channel counts of a campaign."""
-    from streams.campaigns.status import campaign_status
+    from streams.campaigns.status import campaign_status, status_lines
     from streams.kafka.clients import wait_for_broker
     from streams.serde import serdes_for
 
@@ -122,18 +122,8 @@ def status(settings: Settings, campaign_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report))
         return
-    click.echo(f"{campaign_id}: {report['state']}")
-    click.echo(f"  {'channel':<8} {'requested':>10} {'passed gate':>12} {'handed':>10} "
-               f"{'sent':>10} {'notSent@sending':>16} {'notSent@provider':>17} "
-               f"{'cancel unconfirmed':>19} {'failed':>8} {'pending':>9}")
-    for channel, c in report["channels"].items():
-        click.echo(f"  {channel:<8} {c['requested']:>10,} {c['passed_gate']:>12,} "
-                   f"{c['handed_to_provider']:>10,} {c['sent']:>10,} "
-                   f"{c['not_sent']['sending']:>16,} {c['not_sent']['provider']:>17,} "
-                   f"{c['cancel_unconfirmed']:>19,} {c['failed']:>8,} {c['pending']:>9,}")
-    for s in report["stops"]:
-        click.echo(f"  stopped {', '.join(s['channels'])} by {s['requested_by']} at "
-                   f"{when(s['requested_at'])}: {s['reason']} (command {s['command_id']})")
+    for line in status_lines(report):
+        click.echo(line)
 
 
 @click.command()

@@ -3,7 +3,6 @@ and the audit of what a command did."""
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
 import sys
@@ -58,11 +57,6 @@ def handles_errors(func: F) -> F:
             sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]
-
-
-def when(ms: int) -> str:
-    """A Kafka timestamp (ms since the epoch) as UTC to the millisecond."""
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 def audited_cli(settings: Settings, action: str, outcome: str, campaign_id: str,

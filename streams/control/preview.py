@@ -88,7 +88,7 @@ class StopImpact:
 def preview_stop(settings: Settings, serdes: Serdes, campaign_id: str,
                  channels: Iterable[str] = (), report: dict[str, Any] | None = None) -> StopImpact:
     """What stopping ``campaign_id`` on ``channels`` (empty: every channel) would halt now;
-    ``report`` is the analytics store's ``campaign_report`` of it, if any. Raises
+    ``report`` is what the analytics store holds of it (``stored_outcomes``), if anything. Raises
     InvalidStopError for a bad id or channel, UnknownCampaignError for a campaign never seen."""
     check_campaign(campaign_id)
     try:
@@ -106,8 +106,8 @@ def preview_stop(settings: Settings, serdes: Serdes, campaign_id: str,
     stopped = view.channels_stopped(campaign_id)
     impact = StopImpact(campaign_id, state)
     if report is not None:
-        impact.stored = {c: {"sent": e["sent"], "not_sent": e["not_sent"], "failed": e["failed"]}
-                         for c, e in report["by_channel"].items()}
+        impact.stored = {c: {"sent": e["sent"], "not_sent": sum(e["not_sent_by_stage"].values()),
+                             "failed": e["failed"]} for c, e in report["by_channel"].items()}
     planned: dict[str, int] = dict(status["planned"]) if status else {}
     queued: dict[str, int] = dict(status["queued"]) if status and status["queued"] else {}
     with admin(settings) as client:
@@ -214,12 +214,12 @@ def _campaign_of(serdes: Serdes, message: Message) -> bytes | None:
 def preview_with_store(settings: Settings, serdes: Serdes, campaign_id: str,
                        channels: Iterable[str] = ()) -> StopImpact:
     """``preview_stop`` with the outcomes the analytics store holds (none when it has none)."""
-    from streams.sink.report import campaign_report
+    from streams.sink.report import stored_outcomes
     from streams.sink.store import open_store
 
     store = open_store(settings)
     try:
-        report: dict[str, Any] | None = campaign_report(store, campaign_id)
+        report: dict[str, Any] | None = stored_outcomes(store, campaign_id)
     except UnknownCampaignError:
         report = None
     finally:

@@ -41,7 +41,10 @@ from aiohttp import web
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from faust.types import EventT, StreamT, TopicT
 
-from streams.campaigns.exceptions import RelaunchError
+from streams.campaigns.canary import Canary
+from streams.campaigns.canary import read_state as read_canary
+from streams.campaigns.canary import release as release_canary
+from streams.campaigns.exceptions import CanaryError, RelaunchError
 from streams.campaigns.lifecycle import effective_state, status_record
 from streams.campaigns.relaunch import plan_relaunch, relaunch
 from streams.clock import now_ms
@@ -75,7 +78,7 @@ from streams.security import audit
 from streams.serde import SerdeError, Serdes, serdes_for
 from streams.settings import Settings
 from streams.sink.exceptions import UnknownCampaignError
-from streams.sink.report import campaign_report, campaign_timeline, export_rows
+from streams.sink.report import campaign_timeline, export_rows, stored_outcomes
 from streams.sink.store import OutcomeStore, open_store
 
 log = logging.getLogger(__name__)
@@ -406,11 +409,12 @@ class ControlPlane:
 
     @staticmethod
     def _reports(store: OutcomeStore, campaign_ids: list[str]) -> dict[str, dict[str, Any] | None]:
-        """Analytics reports; None for a campaign the store has not seen."""
+        """What the analytics store holds of each campaign (``stored_outcomes``); None for a
+        campaign it has not seen."""
         reports: dict[str, dict[str, Any] | None] = {}
         for campaign_id in campaign_ids:
             try:
-                reports[campaign_id] = campaign_report(store, campaign_id)
+                reports[campaign_id] = stored_outcomes(store, campaign_id)
             except UnknownCampaignError:
                 reports[campaign_id] = None
         return reports
@@ -511,6 +515,30 @@ class ControlPlane:
         if result.audit_problem:
             log.warning("%s", result.audit_problem)
         return result
+
+    async def canary(self, campaign_id: str) -> Canary | None:
+        """The campaign's canary (None: it was launched without one). Raises
+        KafkaUnreachableError."""
+        try:
+            return await self.kafka(read_canary, self.settings, self.serdes, campaign_id)
+        except EstopError as exc:
+            raise KafkaUnreachableError(str(exc)) from exc
+
+    async def release(self, campaign_id: str, who: auth.Identity) -> Canary:
+        """Release the rest of a canary that is holding, as ``who`` (what `estop release` does);
+        audited once written. Raises CanaryNotHoldingError (nothing written) and
+        KafkaUnreachableError."""
+        try:
+            state = await self.kafka(release_canary, self.settings, self.serdes, campaign_id,
+                                      who.name)
+        except CanaryError:
+            raise
+        except EstopError as exc:
+            raise KafkaUnreachableError(str(exc)) from exc
+        await self._audit(audit.event(self.settings, auth.actor(who), audit.RELEASE,
+                                      audit.ACCEPTED, campaign_id, channels=sorted(state["cohort"]),
+                                      detail="the rest of the canary released"))
+        return state
 
     async def stop_preview(self, campaign_id: str, channels: list[str]) -> dict[str, Any]:
         """What a stop would halt now (`estop stop --dry-run`); nothing written. Raises

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from faust.web import Request, Response
 
-from streams.campaigns.canary import read_state, release
 from streams.campaigns.exceptions import CanaryError
-from streams.controlplane import auth
-from streams.controlplane.views import PlaneView, Route, requested_by
+from streams.controlplane.views import PlaneView, Route, error_status, requested_by
 from streams.exceptions import EstopError
 from streams.security import audit
 
@@ -22,29 +20,22 @@ class Canary(PlaneView):
     audited = audit.RELEASE
 
     async def get(self, request: Request, campaign_id: str) -> Response:
-        plane = self.plane
         try:
-            state = await plane.kafka(read_state, plane.settings, plane.serdes, campaign_id)
+            state = await self.plane.canary(campaign_id)
         except EstopError as exc:
-            return self.error(503, str(exc))
+            return self.failed(exc)
         if state is None:
             return self.error(404, f"campaign {campaign_id!r} was not launched with a canary")
         return self.json(state)
 
     async def post(self, request: Request, campaign_id: str) -> Response:
         """Release the rest now (the body, if any, must be an empty JSON object)."""
-        plane = self.plane
-        who = requested_by(request)
         try:
-            state = await plane.kafka(release, plane.settings, plane.serdes, campaign_id, who.name)
-        except CanaryError as exc:
-            await plane.rejected(audit.RELEASE, who, campaign_id, str(exc), 409)
-            return self.error(409, str(exc))
+            state = await self.plane.release(campaign_id, requested_by(request))
+        except CanaryError as exc:  # not holding: audited as rejected
+            return await self.rejected(request, campaign_id, str(exc), error_status(exc))
         except EstopError as exc:
-            return self.error(503, str(exc))
-        await plane._audit(audit.event(plane.settings, auth.actor(who), audit.RELEASE, audit.ACCEPTED,
-                                       campaign_id, channels=sorted(state["cohort"]),
-                                       detail="the rest of the canary released"))
+            return self.failed(exc)
         return self.json({"campaign_id": campaign_id, "state": state["state"],
                           "released_by": state["released_by"]})
 

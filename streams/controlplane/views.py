@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from faust.web import Request, Response, View
 
-from streams.campaigns.exceptions import RelaunchError
+from streams.campaigns.exceptions import CanaryNotHoldingError, RelaunchError
 from streams.controlplane import auth
 from streams.controlplane.app import ControlPlane
 from streams.controlplane.boundary import MAX_BODY, read_body
@@ -31,6 +31,7 @@ TOO_LARGE = f"the request body is larger than the {MAX_BODY:,} bytes any request
 ERROR_STATUSES: tuple[tuple[type[EstopError], int], ...] = (
     (UnknownCampaignError, 404),
     (RelaunchError, 409),
+    (CanaryNotHoldingError, 409),  # a release of a canary that is not holding
     (UsageError, 400),  # a bad stop (InvalidStopError), a bad id: what the request holds
     (KafkaUnreachableError, 503),
 )

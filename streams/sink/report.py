@@ -1,4 +1,5 @@
-"""The campaign report and the export of recipients, both read from the analytics store only."""
+"""What the analytics store holds of a campaign (its outcomes, stops and audit trail, the
+campaign account's figures), its outcomes over time and the export of recipients."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from streams.models import STAGES, STATE_STOPPED
+from streams.models import STAGES
 from streams.sink.exceptions import UnknownCampaignError
 from streams.sink.store import FAILED, NOT_SENT, SENT, OutcomeStore
 
@@ -21,7 +22,12 @@ EXPORT_COLUMNS = ("message_id", "channel", "recipient_id", "outcome", "stage", "
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
+def stored_outcomes(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
+    """What the analytics store holds of a campaign, what its account is built from
+    (``streams.campaigns.account``): its copy of the lifecycle record (``recorded``), per channel
+    the planned count and the outcomes (sent, failed, notSent by stage, cancels at the provider),
+    the stops with their acknowledgements, the time from the stop to the last halted message
+    stored and the audit trail. UnknownCampaignError when it holds nothing of it."""
     campaign = store.campaign(campaign_id)
     stops = store.stops(campaign_id)
     counts = store.counts(campaign_id)
@@ -32,10 +38,9 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
     planned: dict[str, int] = dict(campaign["planned"]) if campaign else {}
     channels = list(campaign["channels"]) if campaign else []
     channels += sorted({row[0] for row in counts} - set(channels))
-    by_channel: dict[str, dict[str, Any]] = {}
-    for channel in channels:
-        by_channel[channel] = {"planned": planned.get(channel, 0), "sent": 0, "not_sent": 0,
-                               "not_sent_by_stage": dict.fromkeys(STAGES, 0), "failed": 0}
+    by_channel: dict[str, dict[str, Any]] = {
+        channel: {"planned": planned.get(channel, 0), "sent": 0, "failed": 0,
+                  "not_sent_by_stage": dict.fromkeys(STAGES, 0)} for channel in channels}
     for channel, outcome, stage, count in counts:
         entry = by_channel[channel]
         if outcome == SENT:
@@ -43,52 +48,29 @@ def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
         elif outcome == FAILED:
             entry["failed"] += count
         else:
-            entry["not_sent"] += count
             key = stage or "unknown"
             entry["not_sent_by_stage"][key] = entry["not_sent_by_stage"].get(key, 0) + count
     cancels = store.provider_cancels(campaign_id)
     for channel, entry in by_channel.items():
         entry["cancelled_at_provider"], entry["cancel_unconfirmed"] = cancels.get(channel, (0, 0))
-    for entry in by_channel.values():
-        entry["accounted"] = entry["sent"] + entry["not_sent"] + entry["failed"]
-        entry["pending"] = max(entry["planned"] - entry["accounted"], 0)
-    total = sum(planned.values())
-    sent = sum(e["sent"] for e in by_channel.values())
-    not_sent = sum(e["not_sent"] for e in by_channel.values())
-    failed = sum(e["failed"] for e in by_channel.values())
-    by_stage = {stage: sum(e["not_sent_by_stage"].get(stage, 0) for e in by_channel.values())
-                for stage in STAGES}
-    state = campaign["state"] if campaign else None
-    if stops:
-        state = STATE_STOPPED
     last_halted = store.last_halted_at(campaign_id)
     stop_to_last = None
     if stops and last_halted is not None:
         stop_to_last = max(last_halted - stops[0]["requested_at"], 0) / 1000
-    return {
-        "campaign_id": campaign_id,
-        "state": state,
-        "total": total,
-        "sent": sent,
-        "not_sent": not_sent,
-        "failed": failed,  # the provider never accepted them within the retry budget
-        "accounted": sent + not_sent + failed,
-        "pending": max(total - sent - not_sent - failed, 0),
-        "not_sent_by_stage": by_stage,
-        # Of the notSent at stage provider: accepted by a provider, cancelled there on the stop
-        # as the provider proved; and cancel requested there, not confirmed (the provider took
-        # the request without proving the message will not be delivered).
-        "cancelled_at_provider": sum(c for c, _ in cancels.values()),
-        "cancel_unconfirmed": sum(u for _, u in cancels.values()),
-        "by_channel": by_channel,
-        "stops": stops,
-        # Who stopped it: the first stop's requested_by (an operator's name, the kill switch's
-        # caller, or guardrail:<rule> for a guardrail's automatic stop); None while not stopped.
-        "stopped_by": stops[0]["requested_by"] if stops else None,
-        "stop_to_last_halted_accounted_s": stop_to_last,
-        # Every stop, refused stop attempt and kill switch use naming the campaign.
-        "audit": audit,
-    }
+    return {"campaign_id": campaign_id, "recorded": campaign, "by_channel": by_channel,
+            "stops": stops, "stop_to_last_halted_accounted_s": stop_to_last, "audit": audit}
+
+
+def campaign_report(store: OutcomeStore, campaign_id: str) -> dict[str, Any]:
+    """`estop report --json` from the analytics store alone (its copies of the lifecycle record
+    and of the stops decide the state, by the control view's rule): for the bench, the demo and
+    a relaunch, which read no Kafka topic. `estop report` itself takes the state from the
+    control view (``streams.campaigns.account.campaign_account``)."""
+    from streams.campaigns.account import CampaignReport, stored_account
+
+    stored = stored_outcomes(store, campaign_id)
+    return CampaignReport(stored_account(campaign_id, stored), tuple(stored["stops"]),
+                          tuple(stored["audit"])).as_dict()
 
 
 def campaign_timeline(store: OutcomeStore, campaign_id: str, buckets: int = 120) -> dict[str, Any]:
