@@ -69,9 +69,10 @@ def test_a_campaign_bouncing_through_postfix_is_stopped_once_by_the_bounce_rule(
     assert stop["requested_by"] == "guardrail:bounce"
     assert "bounce rate" in stop["reason"] and "threshold 10.00%" in stop["reason"]
     assert {e["stop_command_id"] for e in events.not_sent} <= {stop["command_id"]}
-    assert stop_audit(settings, serdes, name) == [("guardrail:bounce", audit.ACCEPTED, "guardrail")]
+    # Recorded once the stop returned: its audit event is written by then.
     wait_for(lambda: any(w.stop_command_id for w in read_windows(settings, serdes, name)),
              "the trip's stop recorded")
+    assert stop_audit(settings, serdes, name) == [("guardrail:bounce", audit.ACCEPTED, "guardrail")]
     (window,) = read_windows(settings, serdes, name)
     assert window.rule == "bounce" and window.stop_command_id == stop["command_id"]
 
