@@ -135,6 +135,8 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(
         produce_raw(settings, settings.topics.send_requests("email"), [b"not an avro value"])
         campaign = "dash-stop"
         assert launch(settings, serdes, campaign, ["email", "sms"], 300).state == STATE_FINISHED
+        wait_for(lambda: api.get(f"/campaigns/{campaign}").status == 200,
+                 "the control service to have read the campaign")  # 404 until then
         wait_for(lambda: api.campaign(campaign)["sent"] > 0, "some messages to be sent")
         reply = api.stop(campaign, {"reason": "wrong discount code"})
         assert reply.status == 202, reply.body
