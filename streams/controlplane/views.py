@@ -19,9 +19,11 @@ from streams.campaigns.exceptions import CanaryNotHoldingError, RelaunchError
 from streams.controlplane import auth
 from streams.controlplane.app import ControlPlane
 from streams.controlplane.boundary import MAX_BODY, read_body
-from streams.controlplane.exceptions import KafkaUnreachableError
+from streams.controlplane.exceptions import BodyTooLargeError, KafkaUnreachableError
 from streams.exceptions import EstopError, UsageError
+from streams.kafka.exceptions import KafkaUnavailableError
 from streams.models.ids import id_problem
+from streams.security.exceptions import AccessDeniedError
 from streams.sink.exceptions import UnknownCampaignError
 
 TOO_LARGE = f"the request body is larger than the {MAX_BODY:,} bytes any request needs"
@@ -34,6 +36,8 @@ ERROR_STATUSES: tuple[tuple[type[EstopError], int], ...] = (
     (CanaryNotHoldingError, 409),  # a release of a canary that is not holding
     (UsageError, 400),  # a bad stop (InvalidStopError), a bad id: what the request holds
     (KafkaUnreachableError, 503),
+    (KafkaUnavailableError, 503),  # a write the service's own call could not get acknowledged
+    (AccessDeniedError, 403),  # Kafka refused the service's principal a right it needs
 )
 
 
@@ -116,6 +120,19 @@ class PlaneView(View):
         unknown = sorted(set(payload) - set(fields))
         if unknown:
             return {}, f"unknown field(s) {', '.join(unknown)} (expected {', '.join(fields)})"
+        return payload, None
+
+
+    async def body_or_refusal(self, request: Request, fields: tuple[str, ...]
+                              ) -> tuple[dict[str, Any], Response | None]:
+        """The JSON object of a POST of a route that is not audited, or the answer refusing it
+        (413 past ``boundary.MAX_BODY``, 400 naming what is wrong)."""
+        try:
+            payload, problem = await self.payload(request, fields)
+        except BodyTooLargeError:
+            return {}, self.error(413, TOO_LARGE)
+        if problem:
+            return {}, self.error(400, problem)
         return payload, None
 
 

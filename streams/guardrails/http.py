@@ -16,24 +16,16 @@ from typing import Any
 from faust.web import Request, Response
 
 from streams.controlplane import auth
-from streams.controlplane.exceptions import BodyTooLargeError
-from streams.controlplane.views import TOO_LARGE, PlaneView, Route, requested_by
-from streams.exceptions import EstopError, UsageError
+from streams.controlplane.views import PlaneView, Route, requested_by
+from streams.exceptions import EstopError
 from streams.guardrails import feedback
 from streams.guardrails.processor import read_windows
 from streams.guardrails.rules import ALL, FIELDS, delete_rule, read_rules, set_rule
 from streams.security import audit
-from streams.security.exceptions import AccessDeniedError
 
 
 def _actor(request: Request) -> audit.Actor:
     return auth.actor(requested_by(request))
-
-
-def _status(exc: EstopError) -> int:
-    if isinstance(exc, UsageError):
-        return 400
-    return 403 if isinstance(exc, AccessDeniedError) else 503
 
 
 class Rules(PlaneView):
@@ -48,18 +40,15 @@ class Rules(PlaneView):
                           "campaigns": campaigns, "fields": list(FIELDS)})
 
     async def post(self, request: Request) -> Response:
-        try:
-            payload, problem = await self.payload(request, FIELDS)
-        except BodyTooLargeError:
-            return self.json({"error": TOO_LARGE}, status=413)
-        if problem:
-            return self.json({"error": problem}, status=400)
+        payload, refusal = await self.body_or_refusal(request, FIELDS)
+        if refusal is not None:
+            return refusal
         plane = self.plane
         try:
             rule = await plane.kafka(set_rule, plane.settings, plane.serdes, _actor(request),
                                       payload, plane.trail)
         except EstopError as exc:
-            return self.json({"error": str(exc)}, status=_status(exc))
+            return self.failed(exc)
         return self.json({"rule": rule.as_json()})
 
     async def delete(self, request: Request) -> Response:
@@ -72,7 +61,7 @@ class Rules(PlaneView):
             await plane.kafka(delete_rule, plane.settings, plane.serdes, _actor(request), scope,
                                name, plane.trail)
         except EstopError as exc:
-            return self.json({"error": str(exc)}, status=_status(exc))
+            return self.failed(exc)
         return self.json({"deleted": {"scope": scope, "name": name}})
 
 
@@ -108,18 +97,15 @@ class CampaignGuardrails(PlaneView):
 
 class Feedback(PlaneView):
     async def post(self, request: Request) -> Response:
-        try:
-            payload, problem = await self.payload(request, ("feedback",))
-        except BodyTooLargeError:
-            return self.json({"error": TOO_LARGE}, status=413)
-        if problem:
-            return self.json({"error": problem}, status=400)
+        payload, refusal = await self.body_or_refusal(request, ("feedback",))
+        if refusal is not None:
+            return refusal
         plane = self.plane
         try:
             reports = feedback.check_all(payload.get("feedback"), requested_by(request).name)
             written = await plane.kafka(feedback.publish, plane.settings, plane.serdes, reports)
         except EstopError as exc:
-            return self.json({"error": str(exc)}, status=_status(exc))
+            return self.failed(exc)
         return self.json({"written": written}, status=202)
 
 

@@ -4,6 +4,7 @@ a watch counting a campaign's outcomes on the event topics."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -61,6 +62,15 @@ class WorkerProcess:
                 threading.Thread(target=self._drain, daemon=True).start()
                 return line.split()[1]
         raise EstopError("the worker was not ready in time")
+
+    def metrics_port(self) -> int:
+        """The port its /metrics is served on, as its ready line says (the setting may be 0: a
+        free port)."""
+        ready = next((line for line in reversed(self.lines) if line.startswith("ready ")), "")
+        found = re.search(r"metrics_port=(\d+)", ready)
+        if found is None:
+            raise EstopError(f"no metrics port in the worker's ready line: {ready!r}")
+        return int(found.group(1))
 
     def check(self) -> None:
         """Raise with the worker's last output if it exited: a dead worker must not hang us."""

@@ -78,6 +78,9 @@ def test_rules_and_feedback_over_http_trip_the_complaint_rule(
     assert http("POST", api.base + "/feedback", json.dumps({"feedback": reports}).encode()).status == 401
     assert call(api, "POST", "/feedback", VIEWER, {"feedback": reports}) == (
         403, {"error": REFUSED.format("POST", "/feedback")})
+    huge = {"feedback": [{**reports[0], "detail": "x" * 1000}] * 100}  # past the 64 KiB cap
+    status, refused = call(api, "POST", "/feedback", OPERATOR, huge)
+    assert status == 413 and "larger than" in refused["error"]
     assert records(settings, settings.topics.feedback) == []
     assert call(api, "POST", "/feedback", OPERATOR, {"feedback": reports}) == (202, {"written": 10})
     feedback = [serdes.feedback.decode(m.value()) for m in records(settings, settings.topics.feedback)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import threading
 import time
 import urllib.request
@@ -70,10 +69,7 @@ class Proc:
         except BaseException:
             process.kill()
             raise
-        ready = next(line for line in reversed(process.lines) if line.startswith("ready "))
-        port = re.search(r"metrics_port=(\d+)", ready)
-        assert port is not None, f"no metrics port in the ready line: {ready!r}"
-        self.metrics_port = int(port.group(1))
+        self.metrics_port = process.metrics_port()
         self.process = process
         return self
 

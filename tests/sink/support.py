@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import subprocess
 import time
 import urllib.request
@@ -97,10 +96,7 @@ class Workers:
         except BaseException:
             process.kill()
             raise
-        ready = next(line for line in reversed(process.lines) if line.startswith("ready "))
-        port = re.search(r"metrics_port=(\d+)", ready)
-        assert port is not None, f"no metrics port in the ready line: {ready!r}"
-        worker = Worker(process, process_id, int(port.group(1)))
+        worker = Worker(process, process_id, process.metrics_port())
         self.started.append(worker)
         return worker
 
