@@ -1,4 +1,4 @@
-"""``estop bench``: the scenarios of the performance issue, each measured on the same broker, with
+"""``estop bench``: the benchmark's scenarios, each measured on the same broker, with
 the same partitions and message size, next to a raw confluent-kafka baseline from the same run.
 
 Processes under test run as subprocesses (``estop worker`` roles, the forwarders), started by the

@@ -1,4 +1,4 @@
-"""The scenarios of the performance issue, each on its own topics on the same broker, with the
+"""The benchmark's scenarios, each on its own topics on the same broker, with the
 same partitions and message size: raw confluent-kafka baselines, the gate, the drain of a stopped
 backlog, handoffs, the ledger's restore, stop propagation under load, the guardrail's detection
 latency, the reference scenario, the control view, and the same gate job on other frameworks."""
