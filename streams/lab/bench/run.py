@@ -1,5 +1,5 @@
-"""``estop bench``: the benchmark's scenarios, each measured on the same broker, with
-the same partitions and message size, next to a raw confluent-kafka baseline from the same run.
+"""``estop bench``: the benchmark's scenarios, each measured on the same broker, with the same
+partitions and message size, next to a raw confluent-kafka baseline from the same run.
 
 Processes under test run as subprocesses (``estop worker`` roles, the forwarders), started by the
 rig (rig.py); the scenarios (scenarios.py) measure them from the outside with the instruments

@@ -1,5 +1,5 @@
-"""The benchmark's targets, each a limit on a figure of the run: the limits are
-named here, in one place, and scaled to the run's size where they are stated for a size."""
+"""The benchmark's targets, each a limit on a figure of the run: the limits are named here, in
+one place, and scaled to the run's size where they are stated for a size."""
 
 from __future__ import annotations
 
