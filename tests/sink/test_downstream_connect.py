@@ -146,6 +146,11 @@ def downstream(broker: BrokerHandle, schema_registry: ApicurioRegistry, postgres
     scratch = ConfluentRegistry(schema_registry.ccompat_url)
     for name in ("SentEvent", "NotSentEvent"):
         scratch.register(f"{prefix}scratch.{name}", load_schema(name))
+    # Then estop's own subjects, up front, as docs/deployment.md has an operator do: workers that
+    # all register a new subject at the same moment can leave Apicurio with two identical
+    # versions of it (docs/consumers.md).
+    registered = run_cli(settings, "schemas", "register")
+    assert registered.returncode == 0, registered.stderr
     database, dsn = postgres.create_database()
     jdbc_url, jdbc_user = _jdbc(dsn)
     connect = KafkaConnect(settings, schema_registry.registry_api_url, jdbc_url, jdbc_user, None,
