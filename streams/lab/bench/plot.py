@@ -40,6 +40,9 @@ def print_table(results: dict[str, Any], console: Console) -> None:
         (f"stop propagation p50 / p99 ({results['stop_propagation_ms']['samples']} samples)",
          f"{results['stop_propagation_ms']['p50']:.1f} / {results['stop_propagation_ms']['p99']:.1f} ms",
          "", ""),
+        *((f"  of which {role} processes ({found['samples']} samples)",
+           f"{found['p50']:.1f} / {found['p99']:.1f} ms", "", "")
+          for role, found in sorted(results["stop_propagation_ms"].get("by_role", {}).items())),
         ("guardrail detection p50 / p99: crossing feedback -> stop confirmed "
          f"({results['guardrail_detection']['samples']} trips)",
          f"{results['guardrail_detection']['to_confirmed_p50']:.0f} / "

@@ -74,7 +74,11 @@ def run(rig: Rig) -> dict[str, Any]:
     samples = propagation["samples"]
     results["stop_propagation_ms"] = {"p50": percentile(samples, 50),
                                       "p99": percentile(samples, 99), "samples": len(samples),
-                                      "mean": statistics.fmean(samples) if samples else None}
+                                      "mean": statistics.fmean(samples) if samples else None,
+                                      "by_role": {role: {"p50": percentile(found, 50),
+                                                         "p99": percentile(found, 99),
+                                                         "samples": len(found)}
+                                                  for role, found in propagation["by_role"].items()}}
     say(f"guardrail detection: {sizes.guardrail_trips} trips on complaints")
     results["guardrail_detection"] = detection_figures(guardrail_detection(rig))
     say(f"reference scenario: {sizes.reference_recipients:,} recipients stopped after a tenth")

@@ -211,6 +211,7 @@ def stop_propagation(rig: Rig) -> dict[str, Any]:
     settings = rig.scenario_settings("propagation", provider_rate=20000.0,
                                       provider_delay_s=0.5)
     samples: list[float] = []
+    by_role: dict[str, list[float]] = {}
     leak_after = leak_between = 0
     gate = ["--role", "gate", "--channel", "email"]
     dispatcher = ["--role", "dispatcher", "--channel", "email"]
@@ -228,7 +229,9 @@ def stop_propagation(rig: Rig) -> dict[str, Any]:
                                 "bench", 30, force=True)
             if not result.confirmed:
                 raise EstopError(f"stop {index} was not confirmed")
-            samples.extend(float(a.propagation_ms) for a in result.acks)
+            for ack in result.acks:
+                samples.append(float(ack.propagation_ms))
+                by_role.setdefault("+".join(sorted(ack.roles)), []).append(float(ack.propagation_ms))
         result = issue_stop(settings, rig.serdes, "load", "benchmark leak check", [], "bench",
                             30, force=True)
         load.join(300)
@@ -237,7 +240,8 @@ def stop_propagation(rig: Rig) -> dict[str, Any]:
         if result.confirmed_at_ms is not None and result.broker_ack_ms is not None:
             leak_after = outbox.handed_after("load", result.confirmed_at_ms)
             leak_between = outbox.handed_after("load", result.broker_ack_ms) - leak_after
-    return {"samples": samples, "leak_after": leak_after, "leak_between": leak_between}
+    return {"samples": samples, "by_role": by_role, "leak_after": leak_after,
+            "leak_between": leak_between}
 
 
 def reference_scenario(rig: Rig) -> dict[str, Any]:
