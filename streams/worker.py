@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,8 +35,6 @@ GUARDRAIL_ROLE = "guardrail"
 # `--role control` runs the control plane (streams.controlplane, a Faust app) in a process of its
 # own: it is not one of the default roles.
 CONTROL_ROLE = "control"
-# How long a thread may hold the GIL while another waits for it (Python's default is 5 ms).
-STOP_FEED_SWITCH_INTERVAL_S = 0.001
 
 
 class Worker:
@@ -156,9 +153,6 @@ class Worker:
 
 def run_worker(settings: Settings, roles: tuple[str, ...], channels: tuple[str, ...],
                announce: Callable[[str], None]) -> int:
-    # The stop feed's thread shares the interpreter with a busy stage loop: it waits for the
-    # GIL at each of its steps, up to the switch interval (5 ms by default) every time.
-    sys.setswitchinterval(STOP_FEED_SWITCH_INTERVAL_S)
     worker = Worker(settings, roles, channels)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

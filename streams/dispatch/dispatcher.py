@@ -267,12 +267,7 @@ class Dispatcher(TransactionalStage):
         """Runs once the view holds the stop, so no handoff of the campaign starts any more; one
         checked before it may still be under way: wait until the ledger records it (so the stop
         is acknowledged only after it, and cancels it), not for the slice's other campaigns.
-        The cancellations are committed to the changelog before the hook returns.
-
-        A dispatcher holding nothing of the campaign at the provider then acknowledges without
-        taking the ledger's lock, which the handoff loop holds through each transaction: from
-        here on only a partition being prepared can bring the campaign's messages, and its
-        preparation cancels them itself, as the view already holds the stop."""
+        The cancellations are committed to the changelog before the hook returns."""
         if self.channel not in applied.newly_halted:
             return 0
         stop = self.view.stopped(applied.campaign_id, self.channel)
@@ -280,8 +275,6 @@ class Dispatcher(TransactionalStage):
             return 0
         with self._recorded:
             self._recorded.wait_for(lambda: applied.campaign_id not in self._in_flight)
-        if not self.ledger.may_hold_at_provider(applied.campaign_id):
-            return 0
         with self.ledger.lock:
             cancelled = self._cancel(applied.campaign_id, stop, list(self.ledger.partitions))
             if cancelled:

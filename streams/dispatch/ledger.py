@@ -303,12 +303,6 @@ class Ledger:
                     held[message_id] = provider_id
         return held
 
-    def may_hold_at_provider(self, campaign_id: str) -> bool:
-        """Whether the provider may hold any of the campaign's messages, asked without the lock
-        (a stop that finds none need not wait for the transaction in hand): the partitions are
-        copied and each index asked with one dict lookup, both atomic under the GIL."""
-        return any(campaign_id in ledger.at_provider for ledger in list(self.partitions.values()))
-
     def campaigns_at_provider(self, partitions: Iterable[int]) -> set[str]:
         return {c for p in partitions if p in self.partitions for c in self.partitions[p].at_provider}
 

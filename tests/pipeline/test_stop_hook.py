@@ -130,30 +130,3 @@ def test_the_stop_hook_of_a_campaign_not_under_way_does_not_wait_for_the_provide
     wait_for(lambda: not hook.is_alive(), "the stop hook of quiet to return")
     assert halted == [0]
     assert not provider.release.is_set()
-
-
-def test_the_stop_hook_of_a_campaign_the_provider_holds_nothing_of_does_not_wait_for_the_ledger(
-        dispatching: Dispatching) -> None:
-    """The handoff loop holds the ledger's lock through each transaction; a stop with nothing
-    to cancel here is acknowledged without waiting for it."""
-    dispatcher, _, view, _ = dispatching
-    applied = view.apply(stop("quiet"))
-    assert applied is not None
-    locked, unlock = threading.Event(), threading.Event()
-
-    def hold_the_ledger() -> None:
-        with dispatcher.ledger.lock:
-            locked.set()
-            unlock.wait(180)
-
-    holder = threading.Thread(target=hold_the_ledger, daemon=True)
-    holder.start()
-    try:
-        wait_for(locked.is_set, "another thread to hold the ledger's lock")
-        hook, halted = hook_thread(dispatcher, applied)
-        wait_for(lambda: not hook.is_alive(), "the stop hook of quiet to return")
-        assert halted == [0]
-        assert holder.is_alive(), "the ledger's lock was released before the hook returned"
-    finally:
-        unlock.set()
-        holder.join(60)
