@@ -42,8 +42,9 @@ def schemas() -> None:
 @handles_errors
 def schemas_register(settings: Settings, directory: Path | None) -> None:
     """Register every schema under its subject (<topic prefix><namespace>.<name>); a schema the
-    registry's compatibility rule refuses ends the command with exit code 2. Workers register
-    their schemas themselves on first use; this does it up front."""
+    registry's compatibility rule refuses ends the command with exit code 2. Run it before the
+    workers start: they otherwise register on first use, and several registering a new subject
+    at once can leave it two identical versions."""
     from streams.serde import SCHEMA_DIR
     from streams.serde.registry import ConfluentRegistry, register_schemas
 

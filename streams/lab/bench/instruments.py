@@ -94,6 +94,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def spread(values: list[float]) -> dict[str, Any]:
+    """p50, p99 and how many samples: the figures a latency is reported by."""
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "samples": len(values)}
+
+
 def end_offsets(settings: Settings, topic: str) -> int:
     reader = consumer(settings)
     try:

@@ -20,7 +20,7 @@ from typing import Any
 import confluent_kafka
 
 from streams.lab.bench import peers
-from streams.lab.bench.instruments import percentile
+from streams.lab.bench.instruments import percentile, spread
 from streams.lab.bench.rig import Rig, Say
 from streams.lab.bench.scenarios import (
     control_view,
@@ -72,12 +72,9 @@ def run(rig: Rig) -> dict[str, Any]:
     say(f"stop propagation: {sizes.stops} stops under load")
     propagation = stop_propagation(rig)
     samples = propagation["samples"]
-    results["stop_propagation_ms"] = {"p50": percentile(samples, 50),
-                                      "p99": percentile(samples, 99), "samples": len(samples),
+    results["stop_propagation_ms"] = {**spread(samples),
                                       "mean": statistics.fmean(samples) if samples else None,
-                                      "by_role": {role: {"p50": percentile(found, 50),
-                                                         "p99": percentile(found, 99),
-                                                         "samples": len(found)}
+                                      "by_role": {role: spread(found)
                                                   for role, found in propagation["by_role"].items()}}
     say(f"guardrail detection: {sizes.guardrail_trips} trips on complaints")
     results["guardrail_detection"] = detection_figures(guardrail_detection(rig))
