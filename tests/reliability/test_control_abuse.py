@@ -132,6 +132,8 @@ def test_control_topic_abuse_leaves_the_stop_in_force(settings: Settings,
                 == (result.command_id, "stop", [])
 
         wait_for(restated, "the control plane to restate the stop")
+        # It logs the restatement once the write is acknowledged, a moment after readers see it.
+        wait_for(lambda: "restated the stop of" in "".join(control.lines), "the restatement logged")
         assert f"restated the stop of '{CAMPAIGN}'" in "".join(control.lines)
         # Audited: the records it refused (each once, however often it reads them), what it did.
         trail = [serdes.audit.decode(m.value()) for m in read_all(settings, settings.topics.audit)]
